@@ -1,0 +1,54 @@
+"""`qgsa ask`: one image, one question, one pipeline -> answer, visual tokens, selection, latency."""
+
+from __future__ import annotations
+
+import torch
+
+from qgsa_bench.build import Built
+from qgsa_bench.efficiency.timing import Stopwatch
+from qgsa_bench.models.images import load_image
+from qgsa_bench.runtime import device_name, dtype_name
+
+RANDOM_NOTE = "random weights: this answer is noise, not a model prediction"
+
+
+@torch.no_grad()
+def ask(built: Built, image_path: str, question: str, pipeline: str = "dense", resolution: int | None = None,
+        k: int | None = None, max_new_tokens: int = 16, warmup: int = 1) -> dict:
+    image = load_image(image_path)
+    resolution = resolution or built.adapter.image_size
+    run_pipeline = built.pipeline
+
+    def once():
+        prepared = run_pipeline.lm_inputs(pipeline, [image], [question], resolution, k)
+        return prepared, built.adapter.generate(prepared.inputs, max_new_tokens)
+
+    for _ in range(warmup):
+        once()
+    with Stopwatch(built.device) as sw:
+        prepared, generated = once()
+    selection = prepared.selection
+    result = {
+        **built.loaded.provenance(),
+        "qgsa_weights": built.qgsa_weights if pipeline != "dense" else "not used",
+        "device": device_name(built.device),
+        "dtype": dtype_name(built.dtype),
+        "pipeline": pipeline,
+        "question": question,
+        "image": str(image_path),
+        "resolution": resolution,
+        "effective_resolution": prepared.resolution,
+        "n_patches": prepared.n_patches,
+        "n_visual_tokens": int(prepared.inputs.n_visual[0]),
+        "k": int(selection.k[0]) if selection is not None and pipeline != "dense-bypass" else None,
+        "selected_patches": (selection.indices[0][selection.valid[0]].tolist()
+                             if selection is not None and pipeline != "dense-bypass" else None),
+        "prompt_tokens": int(prepared.inputs.attention_mask[0].sum()),
+        "answer": built.adapter.decode_text(generated[0]),
+        "answer_token_ids": generated[0],
+        "latency_ms": round(sw.ms, 2),
+        "latency_note": f"one run after {warmup} warm-up run(s): vision + selection + prefill + decode",
+    }
+    if built.loaded.weights == "random":
+        result["note"] = RANDOM_NOTE
+    return result

@@ -1,0 +1,46 @@
+"""Build the pieces every command needs: device, base model, adapter, QGSA module, pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qgsa_bench.config import QGSAConfig
+from qgsa_bench.models.idefics3 import Idefics3Adapter
+from qgsa_bench.models.registry import LoadedModel, load_model
+from qgsa_bench.pipeline import Pipeline
+from qgsa_bench.qgsa.checkpoint import load_checkpoint
+from qgsa_bench.qgsa.module import QGSAModule
+from qgsa_bench.runtime import resolve_device, resolve_dtype
+
+
+@dataclass
+class Built:
+    loaded: LoadedModel
+    adapter: Idefics3Adapter
+    module: QGSAModule
+    pipeline: Pipeline
+    device: torch.device
+    dtype: torch.dtype
+    qgsa_weights: str  # "checkpoint:<path>" or "random-init (seed N)"
+
+
+def build(model: str, weights: str = "auto", device: str = "auto", dtype: str = "auto",
+          checkpoint: str | None = None, seed: int = 0, qgsa_config: QGSAConfig | None = None,
+          attn_implementation: str = "sdpa", warn=None) -> Built:
+    dev = resolve_device(device)
+    dt = resolve_dtype(dtype, dev)
+    kwargs = {"warn": warn} if warn is not None else {}
+    loaded = load_model(model, weights, dev, dt, attn_implementation, seed, **kwargs)
+    adapter = Idefics3Adapter(loaded)
+    if checkpoint:
+        module, _ = load_checkpoint(checkpoint, loaded.provenance())
+        qgsa_weights = f"checkpoint:{checkpoint}"
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = QGSAModule(adapter.d_v, adapter.d_q, qgsa_config)
+        qgsa_weights = f"random-init (seed {seed})"
+    module.to(dev, dt).eval()
+    return Built(loaded, adapter, module, Pipeline(adapter, module, seed), dev, dt, qgsa_weights)

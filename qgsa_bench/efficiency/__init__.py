@@ -1,0 +1,1 @@
+"""Measuring: FLOP counting and timing."""

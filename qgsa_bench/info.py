@@ -1,0 +1,52 @@
+"""`qgsa info`: architecture, dimensions, patches per resolution and parameter counts."""
+
+from __future__ import annotations
+
+from qgsa_bench.build import Built
+
+INFO_RESOLUTIONS = (224, 336, 384, 448, 512, 576)
+
+
+def count(module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def model_info(built: Built, resolutions=INFO_RESOLUTIONS) -> dict:
+    a = built.adapter
+    base = {
+        "vision_model": count(a.vision_model),
+        "connector": count(a.connector),
+        "text_model": count(a.text_model),
+        "lm_head": count(a.lm_head),
+    }
+    base["total"] = count(built.loaded.model)
+    per_res = []
+    for res in resolutions:
+        if res % a.patch_size:
+            continue
+        per_res.append({
+            "resolution": res,
+            "n_patches": a.n_patches(res),
+            "dense_resolution": a.dense_resolution(res),
+            "dense_visual_tokens": a.n_dense_tokens(res),
+        })
+    cfg = built.loaded.config
+    return {
+        **built.loaded.provenance(),
+        "architecture": cfg.architectures[0] if cfg.architectures else cfg.model_type,
+        "d_v": a.d_v,
+        "d_q": a.d_q,
+        "d_h": built.module.d_h,
+        "patch_size": a.patch_size,
+        "image_size": a.image_size,
+        "scale_factor": a.scale_factor,
+        "vision_layers": cfg.vision_config.num_hidden_layers,
+        "text_layers": cfg.text_config.num_hidden_layers,
+        "text_heads": f"{cfg.text_config.num_attention_heads} ({cfg.text_config.num_key_value_heads} KV)",
+        "vocab_size": cfg.text_config.vocab_size,
+        "base_params": base,
+        "published_params": built.loaded.published_params,
+        "qgsa_params": built.module.parameter_counts(),
+        "qgsa_config": built.module.config.to_dict(),
+        "resolutions": per_res,
+    }

@@ -1,0 +1,86 @@
+"""One pipeline for every selector: image + question -> LM inputs (and then prefill / decode).
+
+    image -> vision encoder -> V (B, N, d_v);  question -> q = mean-pooled LM embeddings (B, d_q)
+    dense        : connector(V)                      the model's own path (N / s^2 tokens)
+    dense-bypass : W_vis(V)                          all N patches (the seed's accounting baseline)
+    qgsa         : W_vis(V[top-k(score(q, V))])      k from f_comp(q) unless fixed
+    random       : W_vis(V[k random patches])        image- and question-blind baseline
+    norm         : W_vis(V[k largest-norm patches])  image-only baseline
+Random and norm use the same k as QGSA would (f_comp(q)) unless k is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from qgsa_bench import QGSAError
+from qgsa_bench.models.idefics3 import Idefics3Adapter, LMInputs
+from qgsa_bench.qgsa.module import QGSAModule
+from qgsa_bench.qgsa.selector import Selection, all_selection, norm_selection, random_selection
+
+PIPELINES = ("dense", "dense-bypass", "qgsa", "random", "norm")
+SPARSE_PIPELINES = ("qgsa", "random", "norm")
+
+
+def check_pipeline(name: str) -> str:
+    if name not in PIPELINES:
+        raise QGSAError(f"unknown pipeline '{name}': use one of {', '.join(PIPELINES)}")
+    return name
+
+
+@dataclass
+class PipelineInputs:
+    pipeline: str
+    resolution: int  # the resolution the vision encoder actually ran at
+    n_patches: int  # N
+    inputs: LMInputs  # what the LM prefill takes
+    selection: Selection | None  # None for dense
+
+
+class Pipeline:
+    """The base model adapter plus a QGSA module; `lm_inputs` is the one place inputs are built."""
+
+    def __init__(self, adapter: Idefics3Adapter, module: QGSAModule, seed: int = 0):
+        self.adapter = adapter
+        self.module = module
+        self.generator = torch.Generator(device=adapter.device).manual_seed(seed)
+
+    def resolution_for(self, pipeline: str, resolution: int) -> int:
+        check_pipeline(pipeline)
+        self.adapter.n_patches(resolution)  # validates R for every pipeline
+        return self.adapter.dense_resolution(resolution) if pipeline == "dense" else resolution
+
+    def visual_tokens(self, pipeline: str, V: torch.Tensor, q: torch.Tensor, k=None):
+        """V (B, N, d_v), q (B, d_q) -> (tokens (B, n, d_q), valid (B, n), selection or None)."""
+        B, N, _ = V.shape
+        if pipeline == "dense":
+            tokens = self.adapter.connect(V)
+            return tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=V.device), None
+        if pipeline == "dense-bypass":
+            selection = all_selection(B, N, V.device)
+        elif pipeline == "qgsa":
+            selection = self.module.select(q, V, k=k, generator=self.generator)
+        else:
+            if k is None:
+                k = self.module.budget(q)[0]
+            if pipeline == "random":
+                selection = random_selection(B, N, k, V.device, generator=self.generator)
+            else:
+                selection = norm_selection(V, k)
+        return self.module.project(V, selection), selection.valid, selection
+
+    def lm_inputs(self, pipeline: str, images, questions: list[str], resolution: int, k=None) -> PipelineInputs:
+        if len(images) != len(questions):
+            raise QGSAError(f"{len(images)} images but {len(questions)} questions")
+        for question in questions:
+            if not question or not question.strip():
+                raise QGSAError("empty question: pass a non-empty --question")
+        res = self.resolution_for(pipeline, resolution)
+        pixel_values = self.adapter.pixel_values(images, res)
+        V = self.adapter.patch_features(pixel_values)  # (B, N, d_v)
+        q = self.adapter.question_embedding(questions)  # (B, d_q)
+        tokens, valid, selection = self.visual_tokens(pipeline, V, q, k)
+        inputs = self.adapter.build_inputs(tokens, questions, valid)
+        return PipelineInputs(pipeline, res, V.shape[1], inputs, selection)

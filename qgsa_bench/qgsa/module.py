@@ -1,0 +1,90 @@
+"""The trainable QGSA module: patch scorer (Eq. 1), complexity estimator (Eq. 2), W_vis and W_p."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from qgsa_bench.config import QGSAConfig
+from qgsa_bench.qgsa.selector import Selection, gather_patches, gumbel_selection, topk_selection
+
+
+class PatchScorer(nn.Module):
+    """s_i = MLP([q; v_i; q * v_i]) after projecting q and v_i to d_h = min(d_q, d_v, 256) (Eq. 1)."""
+
+    def __init__(self, d_v: int, d_q: int, d_h: int):
+        super().__init__()
+        self.proj_q = nn.Linear(d_q, d_h)
+        self.proj_v = nn.Linear(d_v, d_h)
+        self.mlp = nn.Sequential(  # two hidden layers with ReLU, scalar output
+            nn.Linear(3 * d_h, d_h), nn.ReLU(),
+            nn.Linear(d_h, d_h), nn.ReLU(),
+            nn.Linear(d_h, 1),
+        )
+
+    def forward(self, q: torch.Tensor, V: torch.Tensor) -> torch.Tensor:
+        hq = self.proj_q(q)[:, None, :].expand(-1, V.shape[1], -1)  # (B, N, d_h)
+        hv = self.proj_v(V)  # (B, N, d_h)
+        return self.mlp(torch.cat([hq, hv, hq * hv], dim=-1)).squeeze(-1)  # (B, N)
+
+
+class ComplexityEstimator(nn.Module):
+    """c = sigma(f_comp(q)); f_comp is a two-layer MLP with 256 hidden units (Eq. 2)."""
+
+    def __init__(self, d_q: int, hidden: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(d_q, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, q: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(q).squeeze(-1))  # (B,)
+
+
+class QGSAModule(nn.Module):
+    def __init__(self, d_v: int, d_q: int, config: QGSAConfig | None = None):
+        super().__init__()
+        self.config = config or QGSAConfig()
+        self.d_v, self.d_q = d_v, d_q
+        self.d_h = min(d_q, d_v, self.config.d_h_max)
+        self.scorer = PatchScorer(d_v, d_q, self.d_h)
+        self.f_comp = ComplexityEstimator(d_q, self.config.fcomp_hidden)
+        self.W_vis = nn.Linear(d_v, d_q)  # selected patches -> LM embedding space
+        self.W_p = nn.Linear(d_v, self.config.align_dim)  # alignment head (L_align)
+
+    def budget(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """k = floor(k_min + (k_max - k_min) * c): returns k (B,) long, k_cont (B,), c (B,)."""
+        c = self.f_comp(q)
+        k_cont = self.config.k_min + (self.config.k_max - self.config.k_min) * c
+        k = k_cont.detach().floor().long().clamp(self.config.k_min, self.config.k_max)
+        return k, k_cont, c
+
+    def select(self, q: torch.Tensor, V: torch.Tensor, k=None, tau: float | None = None,
+               generator: torch.Generator | None = None) -> Selection:
+        """Score the N patches of V (B, N, d_v) against q (B, d_q) and pick k of them.
+
+        Training mode (self.training): Gumbel + straight-through (Eq. 3-4); eval: deterministic top-k.
+        `k` overrides the predicted budget (fixed-k runs, baselines at the same k).
+        """
+        scores = self.scorer(q, V.to(q.dtype))
+        k_pred, k_cont, _ = self.budget(q)
+        if k is not None:
+            k_sel = torch.as_tensor(k, dtype=torch.long, device=q.device).expand(q.shape[0])
+            k_cont = k_sel.to(q.dtype)
+        else:
+            k_sel = k_pred
+        k_sel = k_sel.clamp(max=V.shape[1])
+        if not self.training:
+            return topk_selection(scores, k_sel)
+        cfg = self.config
+        return gumbel_selection(scores, k_sel, k_cont, cfg.tau if tau is None else tau, cfg.tau_sig_min,
+                                cfg.soft_mask_space, generator)
+
+    def project(self, V: torch.Tensor, selection: Selection) -> torch.Tensor:
+        """W_vis on the selected patches: (B, k_max, d_q); padded slots are masked by selection.valid."""
+        return self.W_vis(gather_patches(V.to(self.W_vis.weight.dtype), selection))
+
+    def parameter_counts(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        parts = {"scorer": count(self.scorer), "f_comp": count(self.f_comp),
+                 "W_vis": count(self.W_vis), "W_p": count(self.W_p)}
+        parts["total"] = sum(parts.values())
+        return parts
