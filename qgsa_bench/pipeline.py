@@ -78,6 +78,12 @@ class Pipeline:
             if not question or not question.strip():
                 raise QGSAError("empty question: pass a non-empty --question")
         res = self.resolution_for(pipeline, resolution)
+        if k is not None and pipeline in SPARSE_PIPELINES:
+            n = self.adapter.n_patches(res)
+            k_list = torch.as_tensor(k).reshape(-1).tolist()
+            if min(k_list) < 1 or max(k_list) > n:
+                raise QGSAError(f"k={max(k_list) if max(k_list) > n else min(k_list)} is impossible: "
+                                f"pick 1 <= k <= N = {n} patches at resolution {res}")
         pixel_values = self.adapter.pixel_values(images, res)
         V = self.adapter.patch_features(pixel_values)  # (B, N, d_v)
         q = self.adapter.question_embedding(questions)  # (B, d_q)

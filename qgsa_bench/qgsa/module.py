@@ -66,12 +66,11 @@ class QGSAModule(nn.Module):
         """
         scores = self.scorer(q, V.to(q.dtype))
         k_pred, k_cont, _ = self.budget(q)
-        if k is not None:
+        if k is not None:  # an explicit k must fit (the selector raises otherwise)
             k_sel = torch.as_tensor(k, dtype=torch.long, device=q.device).expand(q.shape[0])
             k_cont = k_sel.to(q.dtype)
-        else:
-            k_sel = k_pred
-        k_sel = k_sel.clamp(max=V.shape[1])
+        else:  # a predicted budget larger than N (tiny images) takes every patch
+            k_sel = k_pred.clamp(max=V.shape[1])
         if not self.training:
             return topk_selection(scores, k_sel)
         cfg = self.config

@@ -1,0 +1,127 @@
+"""The QGSA module and selectors: exact k, gradients through the straight-through mask, q-dependence."""
+
+import pytest
+import torch
+
+from qgsa_bench.config import QGSAConfig
+from qgsa_bench.qgsa.module import QGSAModule
+from qgsa_bench.qgsa.selector import gumbel_selection, norm_selection, random_selection, topk_selection
+
+
+def _inputs(B=4, N=64, d_v=32, d_q=48, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(B, d_q, generator=g), torch.randn(B, N, d_v, generator=g)
+
+
+def test_inference_selects_exactly_k_within_bounds():
+    torch.manual_seed(0)
+    module = QGSAModule(32, 48).eval()
+    q, V = _inputs(B=16)
+    q = q * torch.linspace(0.1, 30, 16)[:, None]  # spread f_comp's outputs
+    sel = module.select(q, V)
+    assert ((sel.k >= 4) & (sel.k <= 32)).all()
+    assert torch.equal(sel.valid.sum(1), sel.k)
+    for b in range(16):
+        chosen = sel.indices[b][sel.valid[b]]
+        assert chosen.numel() == sel.k[b] == chosen.unique().numel()
+        assert torch.equal(chosen, chosen.sort().values)  # raster order
+        expected = sel.scores[b].topk(int(sel.k[b])).indices.sort().values
+        assert torch.equal(chosen, expected)
+
+
+def test_budget_formula_eq2():
+    module = QGSAModule(32, 48, QGSAConfig(k_min=4, k_max=32))
+    q, _ = _inputs()
+    k, k_cont, c = module.budget(q)
+    assert torch.equal(k, torch.floor(4 + 28 * c).long())
+    torch.testing.assert_close(k_cont, 4 + 28 * c)
+
+
+def test_fixed_k_overrides_budget():
+    module = QGSAModule(32, 48).eval()
+    q, V = _inputs()
+    assert module.select(q, V, k=7).k.tolist() == [7, 7, 7, 7]
+
+
+def test_gumbel_selection_hard_mask_is_exactly_k_ones():
+    scores = torch.randn(3, 50, requires_grad=True)
+    k = torch.tensor([4, 9, 17])
+    for space in ("softmax", "logits"):
+        sel = gumbel_selection(scores, k, k.float(), tau=0.5, soft_mask_space=space,
+                               generator=torch.Generator().manual_seed(1))
+        assert torch.equal(sel.valid.sum(1), k)
+        ones = torch.ones_like(sel.weights)
+        torch.testing.assert_close(sel.weights[sel.valid], ones[sel.valid])  # forward value is the hard mask
+        assert (sel.weights[~sel.valid] == 0).all()
+
+
+def test_gradients_reach_scorer_fcomp_and_wvis_through_straight_through_mask():
+    torch.manual_seed(0)
+    module = QGSAModule(32, 48).train()
+    q, V = _inputs()
+    sel = module.select(q, V, tau=0.5, generator=torch.Generator().manual_seed(0))
+    tokens = module.project(V, sel)
+    (tokens * sel.valid[..., None]).pow(2).sum().backward()
+    for name in ("scorer", "f_comp", "W_vis"):
+        grads = [p.grad for p in getattr(module, name).parameters()]
+        assert all(g is not None for g in grads), name
+        assert sum(g.abs().sum() for g in grads) > 0, name
+
+
+def test_gradients_never_reach_frozen_base(tiny, images):
+    base_before = {k: v.clone() for k, v in tiny.loaded.model.state_dict().items()}
+    module = tiny.module.train()
+    try:
+        prepared = tiny.pipeline.lm_inputs("qgsa", images, ["what color?", "is there a circle?"], 64)
+        lp = tiny.adapter.answer_logprob(prepared.inputs, ["red", "yes"])
+        (-lp.sum()).backward()
+    finally:
+        module.eval()
+    assert all(not p.requires_grad and p.grad is None for p in tiny.loaded.model.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.scorer.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.W_vis.parameters())
+    module.zero_grad(set_to_none=True)
+    for key, value in tiny.loaded.model.state_dict().items():
+        assert torch.equal(value, base_before[key]), key
+
+
+def test_same_image_different_questions_select_different_patches(tiny, images):
+    # Through the pipeline: the scores of the same patches depend on the question ...
+    with torch.no_grad():
+        a = tiny.pipeline.lm_inputs("qgsa", images[:1], ["what color is the circle?"], 64, k=8).selection
+        b = tiny.pipeline.lm_inputs("qgsa", images[:1], ["how many squares are there?"], 64, k=8).selection
+    assert not torch.equal(a.scores, b.scores)
+    # ... and with question vectors of unit scale (a random-init LM's embeddings are ~0.02) the
+    # selected sets differ for the same V.
+    torch.manual_seed(0)
+    module = QGSAModule(32, 48).eval()
+    q, V = _inputs(B=2)
+    V = V[:1].expand(2, -1, -1)
+    sel = module.select(q, V, k=8)
+    assert not torch.equal(sel.indices[0], sel.indices[1])
+
+
+def test_baselines():
+    _, V = _inputs(B=2, N=30)
+    sel = norm_selection(V, 5)
+    expected = V.norm(dim=-1).topk(5).indices.sort(dim=1).values
+    assert torch.equal(sel.indices, expected)
+    r = random_selection(2, 30, torch.tensor([3, 6]), "cpu", torch.Generator().manual_seed(0))
+    assert r.valid.sum(1).tolist() == [3, 6]
+    assert r.indices[1].unique().numel() == 6
+    with pytest.raises(ValueError):
+        topk_selection(torch.randn(1, 10), 11)
+
+
+def _expected_counts(d_v, d_q, d_h=256):
+    scorer = (d_q + 1) * d_h + (d_v + 1) * d_h + (3 * d_h + 1) * d_h + (d_h + 1) * d_h + (d_h + 1)
+    f_comp = (d_q + 1) * 256 + 257
+    return {"scorer": scorer, "f_comp": f_comp, "W_vis": (d_v + 1) * d_q, "W_p": (d_v + 1) * 512,
+            "total": scorer + f_comp + (d_v + 1) * d_q + (d_v + 1) * 512}
+
+
+def test_trainable_parameter_counts_follow_eq1_and_presets():
+    counts = QGSAModule(768, 576).parameter_counts()  # SmolVLM-256M
+    assert counts == _expected_counts(768, 576) and counts["total"] == 1_592_130
+    counts = QGSAModule(768, 960).parameter_counts()  # SmolVLM-500M
+    assert counts == _expected_counts(768, 960) and counts["total"] == 2_084_034
