@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from qgsa_bench import QGSAError
+from qgsa_bench.config import DEFAULT_QUESTION
 
 app = typer.Typer(
     help="Question-Guided Sparse Attention (QGSA) for SmolVLM, measured end to end.",
@@ -34,12 +35,41 @@ def _warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/yellow] {message}")
 
 
+def _command_line() -> str:
+    """The invocation as typed (options given on the command line only), for meta.json."""
+    import importlib
+    import shlex
+
+    # click itself, or the copy newer typer releases vendor (typer._click): wherever Context lives
+    click_pkg = typer.Context.__mro__[1].__module__.rsplit(".", 1)[0]
+    ctx = importlib.import_module(f"{click_pkg}.globals").get_current_context()
+    ParameterSource = importlib.import_module(f"{click_pkg}.core").ParameterSource
+    parts = ["qgsa", *ctx.command_path.split()[1:]]  # the console script, whatever argv[0] was
+    for param in ctx.command.params:
+        if ctx.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        value, opt = ctx.params[param.name], max(param.opts, key=len)
+        if getattr(param, "is_flag", False):
+            parts.append(opt if value else (param.secondary_opts or [opt])[0])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                parts += [opt, str(item)]
+            if param.name == "sizes":
+                parts += list(ctx.args)  # --sizes 224 336 ...: the extra values
+        else:
+            parts += [opt, str(value)]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
 def friendly(func):
-    """Turn QGSAError into one clear line and exit status 2."""
+    """Record the command line; turn QGSAError into one clear line and exit status 2."""
 
     @wraps(func)
     def wrapper(*args, **kwargs):
+        from qgsa_bench.runtime import set_command_line
+
         try:
+            set_command_line(_command_line())
             return func(*args, **kwargs)
         except QGSAError as err:
             err_console.print(f"[red]error:[/red] {err}", soft_wrap=True)
@@ -141,6 +171,163 @@ def ask(
     rows = [(key, value) for key, value in result.items() if value is not None]
     console.print(_table(f"qgsa ask: {pipeline}", rows))
     _write_json(out, result)
+
+
+# ---- efficiency commands ------------------------------------------------------------------
+OPT_MODEL = typer.Option("smolvlm-256m", "--model", "-m", help=MODEL_HELP)
+OPT_WEIGHTS = typer.Option("auto", help=WEIGHTS_HELP)
+OPT_BATCH = typer.Option(1, help="Batch size (the same image and question repeated).")
+OPT_DEVICE = typer.Option("auto", help="auto | cpu | cuda[:N].")
+OPT_DTYPE = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16.")
+OPT_ATTN = typer.Option("sdpa", "--attn", help="Attention implementation: sdpa | eager (| flash_attention_2).")
+OPT_REPS = typer.Option(3, help="Timed repetitions per pipeline, pipelines alternating.")
+OPT_WARMUP = typer.Option(1, help="Untimed warm-up runs per pipeline.")
+OPT_DECODE = typer.Option(8, help="Generated tokens per run (end to end = prefill + these).")
+OPT_K = typer.Option(None, help="Fixed k for sparse pipelines (default 17, the paper's mean; f_comp with --checkpoint).")
+OPT_SEED = typer.Option(0, help="Seed for random weights, random init and the random baseline.")
+OPT_IMAGE = typer.Option(None, help="Image to run on (default: a generated picture; content does not change cost).")
+OPT_QUESTION = typer.Option(DEFAULT_QUESTION, help="Question to run with.")
+OPT_NO_FLOPS = typer.Option(False, "--no-flops", help="Skip fvcore FLOP counting (timing only).")
+
+
+def _measure_config(**kwargs):
+    from qgsa_bench.config import MeasureConfig
+
+    if kwargs.get("image") is not None:
+        kwargs["image"] = str(kwargs["image"])
+    return MeasureConfig(**kwargs)
+
+
+def _parse_sizes(values: list[str], extra: list[str]) -> tuple[int, ...]:
+    sizes = []
+    for token in [*values, *extra]:
+        for part in str(token).split(","):
+            if not part.strip():
+                continue
+            try:
+                sizes.append(int(part))
+            except ValueError:
+                raise QGSAError(f"--sizes takes integers (e.g. --sizes 224 336 384), got '{part}'") from None
+    if not sizes or any(s <= 0 for s in sizes):
+        raise QGSAError(f"--sizes needs positive resolutions, got {sizes or 'none'}")
+    return tuple(sizes)
+
+
+class _RichProgress:
+    """Adapts the library's progress callback (description, steps) to a Rich progress bar."""
+
+    def __init__(self):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console)
+        self.task = None
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def __call__(self, description: str, steps: int) -> None:
+        if self.task is None:
+            self.task = self.bar.add_task(description, total=None)
+        if steps < 0:  # the library announces the total as a negative step count
+            self.bar.update(self.task, total=-steps, description=description)
+        else:
+            self.bar.update(self.task, advance=steps, description=description)
+
+
+@app.command("sweep-resolution", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@friendly
+def sweep_resolution(
+    ctx: typer.Context,
+    model: str = OPT_MODEL,
+    sizes: list[str] = typer.Option(["224", "336", "384", "448", "576"], "--sizes",
+                                    help="Square resolutions in px, e.g. --sizes 224 336 384 448 576."),
+    pipelines: str = typer.Option("dense,dense-bypass,qgsa,random", help="Comma-separated: " + PIPELINE_HELP),
+    k: Optional[int] = OPT_K,
+    batch: int = OPT_BATCH,
+    device: str = OPT_DEVICE,
+    dtype: str = OPT_DTYPE,
+    attn: str = OPT_ATTN,
+    weights: str = OPT_WEIGHTS,
+    checkpoint: Optional[Path] = typer.Option(None, help="QGSA checkpoint (else random init)."),
+    reps: int = OPT_REPS,
+    warmup: int = OPT_WARMUP,
+    decode_tokens: int = OPT_DECODE,
+    seed: int = OPT_SEED,
+    image: Optional[Path] = OPT_IMAGE,
+    question: str = OPT_QUESTION,
+    no_flops: bool = OPT_NO_FLOPS,
+    out: Path = typer.Option(Path("results/sweep"), help="Results folder (sweep.csv, meta.json, table4.md)."),
+):
+    """FLOPs by stage (fvcore) and latency by stage for each pipeline at each resolution (Table 4)."""
+    from qgsa_bench.config import SweepConfig
+    from qgsa_bench.efficiency.sweep import run_sweep
+
+    measure = _measure_config(model=model, weights=weights, batch=batch, device=device, dtype=dtype,
+                              attn_implementation=attn, reps=reps, warmup=warmup, decode_tokens=decode_tokens,
+                              k=k, checkpoint=str(checkpoint) if checkpoint else None, seed=seed, image=image,
+                              question=question, count_flops=not no_flops)
+    cfg = SweepConfig(measure, _parse_sizes(sizes, ctx.args),
+                      tuple(p.strip() for p in pipelines.split(",") if p.strip()), str(out))
+    with _RichProgress() as progress:
+        folder = run_sweep(cfg, progress, warn=_warn)
+    console.print((folder / "table4.md").read_text(), soft_wrap=True, markup=False)
+    console.print(f"wrote {folder / 'sweep.csv'}, {folder / 'meta.json'}, {folder / 'table4.md'}")
+
+
+@app.command()
+@friendly
+def ablate(
+    model: str = OPT_MODEL,
+    resolution: int = typer.Option(384, help="Input resolution in px."),
+    checkpoint: list[str] = typer.Option([], "--checkpoint",
+                                         help="NAME=PATH, NAME one of fixed-k, adaptive-k, cs, align, full (repeatable)."),
+    k: Optional[int] = typer.Option(None, help="k of the fixed-k configuration (default 17)."),
+    batch: int = OPT_BATCH,
+    device: str = OPT_DEVICE,
+    dtype: str = OPT_DTYPE,
+    attn: str = OPT_ATTN,
+    weights: str = OPT_WEIGHTS,
+    reps: int = OPT_REPS,
+    warmup: int = OPT_WARMUP,
+    decode_tokens: int = OPT_DECODE,
+    seed: int = OPT_SEED,
+    image: Optional[Path] = OPT_IMAGE,
+    question: str = OPT_QUESTION,
+    no_flops: bool = OPT_NO_FLOPS,
+    out: Path = typer.Option(Path("results/ablate"), help="Results folder (ablate.csv, meta.json, table5.md)."),
+):
+    """Latency of dense, fixed-k, adaptive-k, +L_cs, +L_align and full QGSA (Table 5 / Fig. 5)."""
+    from qgsa_bench.config import AblateConfig
+    from qgsa_bench.efficiency.ablate import parse_checkpoints, run_ablate
+
+    measure = _measure_config(model=model, weights=weights, batch=batch, device=device, dtype=dtype,
+                              attn_implementation=attn, reps=reps, warmup=warmup, decode_tokens=decode_tokens,
+                              k=k, seed=seed, image=image, question=question, count_flops=not no_flops)
+    cfg = AblateConfig(measure, resolution, parse_checkpoints(checkpoint), str(out))
+    with _RichProgress() as progress:
+        folder = run_ablate(cfg, progress, warn=_warn)
+    console.print((folder / "table5.md").read_text(), soft_wrap=True, markup=False)
+    console.print(f"wrote {folder / 'ablate.csv'}, {folder / 'meta.json'}, {folder / 'table5.md'}")
+
+
+@app.command()
+@friendly
+def report(
+    results: list[Path] = typer.Option(..., "--results", "-r", help="Results folder(s) (repeatable)."),
+    out: Path = typer.Option(Path("results/report"), help="Where report.md and the figures go."),
+):
+    """Markdown tables and PNG figures (Figs. 2-5, per-stage breakdown) from result folders only."""
+    from qgsa_bench.report import make_report
+
+    written = make_report(list(results), out)
+    for path in written:
+        console.print(f"wrote {path}")
 
 
 def main() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+from qgsa_bench import QGSAError
+
 SOFT_MASK_SPACES = ("softmax", "logits")
 
 
@@ -36,3 +38,64 @@ class QGSAConfig:
     def from_dict(cls, data: dict) -> "QGSAConfig":
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
+
+
+DEFAULT_QUESTION = "What color is the circle?"
+
+
+@dataclass
+class MeasureConfig:
+    """What every efficiency run shares (sweep-resolution and ablate)."""
+
+    model: str = "smolvlm-256m"
+    weights: str = "auto"
+    batch: int = 1
+    device: str = "auto"
+    dtype: str = "auto"  # bf16 on GPU, fp32 on CPU
+    attn_implementation: str = "sdpa"
+    reps: int = 3  # timed repetitions per pipeline (after warm-up), pipelines alternating
+    warmup: int = 1
+    decode_tokens: int = 8  # end to end = prefill + this many generated tokens
+    k: int | None = None  # fixed k for sparse pipelines; None: 17 (the paper's mean) or f_comp with a checkpoint
+    checkpoint: str | None = None
+    seed: int = 0
+    image: str | None = None  # None: a generated picture (content does not change FLOPs or time)
+    question: str = DEFAULT_QUESTION
+    count_flops: bool = True
+
+    def __post_init__(self):
+        for name in ("batch", "reps", "decode_tokens"):
+            if getattr(self, name) < 1:
+                raise QGSAError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.warmup < 0:
+            raise QGSAError(f"--warmup must be 0 or more, got {self.warmup}")
+        if self.k is not None and self.k < 1:
+            raise QGSAError(f"--k must be at least 1, got {self.k}")
+
+    def settings(self) -> dict:
+        """The settings a results folder is tied to (a resumed run must match them)."""
+        keys = ("model", "weights", "batch", "dtype", "attn_implementation", "decode_tokens", "k",
+                "checkpoint", "seed", "image", "question")
+        return {key: getattr(self, key) for key in keys}
+
+
+@dataclass
+class SweepConfig:
+    measure: MeasureConfig
+    sizes: tuple[int, ...] = (224, 336, 384, 448, 576)
+    pipelines: tuple[str, ...] = ("dense", "dense-bypass", "qgsa", "random")
+    out: str = "results/sweep"
+
+    def __post_init__(self):
+        if not self.sizes:
+            raise QGSAError("--sizes needs at least one resolution")
+        if not self.pipelines:
+            raise QGSAError("--pipelines needs at least one pipeline")
+
+
+@dataclass
+class AblateConfig:
+    measure: MeasureConfig
+    resolution: int = 384  # the paper's SmolVLM input size (section 3.5)
+    checkpoints: dict | None = None  # ablation config name -> QGSA checkpoint path
+    out: str = "results/ablate"

@@ -13,6 +13,13 @@ import torch
 from qgsa_bench import QGSAError, __version__
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_COMMAND_LINE: str | None = None
+
+
+def set_command_line(command: str) -> None:
+    """The CLI records the invocation here so that every meta.json can repeat it."""
+    global _COMMAND_LINE
+    _COMMAND_LINE = command
 
 
 def resolve_device(device: str) -> torch.device:
@@ -59,7 +66,7 @@ def environment_meta(device: torch.device, dtype: torch.dtype) -> dict:
     import transformers
 
     return {
-        "command": " ".join(["qgsa", *sys.argv[1:]]) if sys.argv else "",
+        "command": _COMMAND_LINE or " ".join(sys.argv),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "qgsa_bench": __version__,

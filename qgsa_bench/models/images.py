@@ -68,3 +68,16 @@ def preprocess(images, resolution: int, mean, std) -> torch.Tensor:
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
     std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
     return (x - mean_t) / std_t
+
+
+def demo_image(size: int = 512):
+    """A deterministic test picture (three coloured shapes on grey), for runs given no image."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), (235, 235, 235))
+    draw = ImageDraw.Draw(img)
+    s = size / 512
+    draw.ellipse((60 * s, 60 * s, 200 * s, 200 * s), fill=(220, 30, 30))
+    draw.rectangle((300 * s, 280 * s, 460 * s, 440 * s), fill=(30, 60, 220))
+    draw.polygon([(330 * s, 60 * s), (460 * s, 220 * s), (200 * s, 220 * s)], fill=(40, 170, 60))
+    return img

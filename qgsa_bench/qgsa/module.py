@@ -65,11 +65,11 @@ class QGSAModule(nn.Module):
         `k` overrides the predicted budget (fixed-k runs, baselines at the same k).
         """
         scores = self.scorer(q, V.to(q.dtype))
-        k_pred, k_cont, _ = self.budget(q)
-        if k is not None:  # an explicit k must fit (the selector raises otherwise)
+        if k is not None:  # an explicit k must fit (the selector raises otherwise); f_comp not run
             k_sel = torch.as_tensor(k, dtype=torch.long, device=q.device).expand(q.shape[0])
             k_cont = k_sel.to(q.dtype)
         else:  # a predicted budget larger than N (tiny images) takes every patch
+            k_pred, k_cont, _ = self.budget(q)
             k_sel = k_pred.clamp(max=V.shape[1])
         if not self.training:
             return topk_selection(scores, k_sel)

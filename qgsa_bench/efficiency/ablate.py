@@ -1,0 +1,105 @@
+"""`qgsa ablate`: latency of the paper's Table 5 configurations, by stage, in one process.
+
+dense -> fixed-k -> adaptive-k -> +L_cs -> +L_align -> full. The losses only change trained
+weights, so without checkpoints the last four are the same randomly initialised module, labelled
+`random-init`: their rows differ by noise (and by k for adaptive budgets), which is itself the
+point the paper's Fig. 5 makes. Give `--checkpoint NAME=PATH` (NAME one of the configs) to
+measure trained modules.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgsa_bench import QGSAError
+from qgsa_bench.build import build
+from qgsa_bench.config import AblateConfig
+from qgsa_bench.efficiency.measure import Case
+from qgsa_bench.efficiency.runner import Progress, measure_cases, steps_per_resolution
+from qgsa_bench.efficiency.sweep import PAPER_K, check_k_fits
+from qgsa_bench.models.images import demo_image, load_image
+from qgsa_bench.pipeline import Pipeline
+from qgsa_bench.qgsa.checkpoint import load_checkpoint
+from qgsa_bench.results import append_rows, check_same_settings, read_rows, write_meta
+from qgsa_bench.runtime import dtype_name, environment_meta
+
+# name users type -> (label in tables, pipeline, fixed k?)
+ABLATION_CONFIGS = {
+    "dense": ("Baseline (dense)", "dense", False),
+    "fixed-k": ("+ sparse selection (fixed k)", "qgsa", True),
+    "adaptive-k": ("+ adaptive k", "qgsa", False),
+    "cs": ("+ L_cs", "qgsa", False),
+    "align": ("+ L_align", "qgsa", False),
+    "full": ("+ both losses (full)", "qgsa", False),
+}
+ABLATE_CSV = "ablate.csv"
+ABLATE_COLUMNS = [
+    "model", "weights", "device", "dtype", "batch", "resolution", "config", "label", "pipeline",
+    "qgsa_weights", "n_patches", "n_visual_tokens", "k", "decode_tokens", "latency_ms_median",
+    "latency_ms_p10", "latency_ms_p90", "n", "vision_ms", "select_ms", "connector_ms", "prefill_ms",
+    "decode_ms_per_token", "flops_total", "peak_mem_mb",
+]
+
+
+def parse_checkpoints(specs: list[str]) -> dict[str, str]:
+    """['full=runs/full.pt', ...] -> {'full': 'runs/full.pt'}; names must be ablation configs."""
+    parsed = {}
+    for spec in specs:
+        name, sep, path = spec.partition("=")
+        if not sep or name not in ABLATION_CONFIGS or name == "dense":
+            raise QGSAError(f"--checkpoint takes NAME=PATH with NAME one of "
+                            f"{', '.join(n for n in ABLATION_CONFIGS if n != 'dense')}; got '{spec}'")
+        parsed[name] = path
+    return parsed
+
+
+def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -> Path:
+    m = cfg.measure
+    checkpoints = cfg.checkpoints or {}
+    out = Path(cfg.out)
+    settings = {**m.settings(), "resolution": cfg.resolution, "checkpoints": checkpoints}
+    check_same_settings(out, settings)
+    built = build(m.model, m.weights, m.device, m.dtype, None, m.seed,
+                  attn_implementation=m.attn_implementation, warn=warn)
+    fixed_k = m.k or PAPER_K
+    check_k_fits(built.adapter.n_patches(cfg.resolution), cfg.resolution, fixed_k)
+    cases, qgsa_weights = [], {}
+    for name, (label, pipeline, fixed) in ABLATION_CONFIGS.items():
+        pipe, origin = built.pipeline, built.qgsa_weights
+        if name in checkpoints:
+            module, _ = load_checkpoint(checkpoints[name], built.loaded.provenance())
+            pipe = Pipeline(built.adapter, module.to(built.device, built.dtype).eval(), m.seed)
+            origin = f"checkpoint:{checkpoints[name]}"
+        cases.append(Case(name, pipeline, pipe, fixed_k if fixed else None))
+        qgsa_weights[name] = "not used" if pipeline == "dense" else origin
+    csv_path = out / ABLATE_CSV
+    if csv_path.exists():
+        done = set(read_rows(csv_path, ["config"])["config"])
+        cases = [c for c in cases if c.label not in done]
+    meta = {
+        **environment_meta(built.device, built.dtype),
+        **built.loaded.provenance(),
+        "qgsa_weights": "per configuration (see the qgsa_weights column)",
+        "kind": "ablate",
+        "settings": settings, "reps": m.reps, "warmup": m.warmup,
+        "k_rule": f"fixed-k uses k={fixed_k}; the others use f_comp(q)",
+        "note": ("RANDOM base weights: latency only; accuracy needs trained checkpoints and `qgsa eval`"
+                 if built.loaded.weights == "random" else "latency only; accuracy comes from `qgsa eval`"),
+    }
+    write_meta(out, meta)
+    if cases:
+        image = load_image(m.image) if m.image else demo_image()
+        if progress:
+            progress("ablation configurations", -steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops))
+        rows = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, cfg.resolution, m.reps,
+                             m.warmup, m.decode_tokens, m.count_flops, progress)
+        base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
+                "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
+        for row in rows:
+            name = row["label"]
+            row.update(config=name, label=ABLATION_CONFIGS[name][0], qgsa_weights=qgsa_weights[name])
+        append_rows(csv_path, [{**base, **row} for row in rows], ABLATE_COLUMNS)
+    from qgsa_bench.report import table5_markdown
+
+    (out / "table5.md").write_text(table5_markdown(read_rows(csv_path), meta))
+    return out

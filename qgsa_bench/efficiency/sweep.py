@@ -1,0 +1,101 @@
+"""`qgsa sweep-resolution`: every pipeline at every resolution, by stage, into one results folder.
+
+Writes sweep.csv (one row per resolution x pipeline, appended as each resolution finishes),
+meta.json (command, commit, versions, device, weights, settings) and table4.md. A rerun with the
+same settings skips the rows already written.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgsa_bench import QGSAError
+from qgsa_bench.build import build
+from qgsa_bench.config import SweepConfig
+from qgsa_bench.efficiency.measure import Case
+from qgsa_bench.efficiency.runner import Progress, measure_cases, steps_per_resolution
+from qgsa_bench.models.images import demo_image, load_image
+from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
+from qgsa_bench.results import append_rows, check_same_settings, read_rows, write_meta
+from qgsa_bench.runtime import dtype_name, environment_meta
+
+PAPER_K = 17  # the seed paper's mean k for SmolVLM-256M (Table 1), the default fixed budget
+SWEEP_CSV = "sweep.csv"
+SWEEP_COLUMNS = [
+    "model", "weights", "qgsa_weights", "device", "dtype", "batch", "resolution", "effective_resolution",
+    "pipeline", "n_patches", "n_visual_tokens", "k", "prompt_tokens", "decode_tokens",
+    "flops_total", "flops_vision", "flops_select", "flops_connector", "flops_prefill",
+    "flops_decode_per_token", "flops_lm_head", "flops_prefill_attention", "attn_visual_flops",
+    "paper_flops_reduction", "paper_theoretical_speedup",
+    "latency_ms_median", "latency_ms_p10", "latency_ms_p90", "n",
+    "vision_ms", "select_ms", "connector_ms", "prefill_ms", "decode_ms_per_token", "peak_mem_mb",
+    "unsupported_ops",
+]
+
+
+def resolve_k(k: int | None, checkpoint: str | None) -> tuple[int | None, str]:
+    """Fixed k if given; with a checkpoint and no k, the trained f_comp decides; else the paper's 17."""
+    if k is not None:
+        return k, f"fixed k={k}"
+    if checkpoint:
+        return None, "k from the checkpoint's f_comp"
+    return PAPER_K, f"fixed k={PAPER_K} (the paper's mean k; random-init f_comp is meaningless)"
+
+
+def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> Path:
+    m = cfg.measure
+    for name in cfg.pipelines:
+        check_pipeline(name)
+    out = Path(cfg.out)
+    check_same_settings(out, m.settings())
+    built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
+                  attn_implementation=m.attn_implementation, warn=warn)
+    k, k_note = resolve_k(m.k, m.checkpoint)
+    sparse = any(p in SPARSE_PIPELINES for p in cfg.pipelines)
+    for size in cfg.sizes:
+        check_k_fits(built.adapter.n_patches(size), size, k if sparse else None)
+    csv_path = out / SWEEP_CSV
+    done = set()
+    if csv_path.exists():
+        previous = read_rows(csv_path, ["resolution", "pipeline"])
+        done = set(zip(previous["resolution"].astype(int), previous["pipeline"]))
+    meta = {
+        **environment_meta(built.device, built.dtype),
+        **built.loaded.provenance(),
+        "qgsa_weights": built.qgsa_weights,
+        "kind": "sweep-resolution",
+        "settings": m.settings(),
+        "sizes": list(cfg.sizes), "pipelines": list(cfg.pipelines), "reps": m.reps, "warmup": m.warmup,
+        "k_rule": k_note,
+        "flop_convention": "fvcore: one multiply-add = one FLOP; attention counted over the full Lq x Lk",
+        "timing": "CUDA events + synchronize per stage" if built.device.type == "cuda"
+                  else "time.perf_counter per stage; peak memory not measured on CPU",
+        "note": ("RANDOM weights: FLOPs and latency are those of the architecture; no accuracy here"
+                 if built.loaded.weights == "random" else "pretrained weights"),
+    }
+    write_meta(out, meta)
+    image = load_image(m.image) if m.image else demo_image()
+    images, questions = [image] * m.batch, [m.question] * m.batch
+    base = {"model": m.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
+            "device": meta["device"], "dtype": dtype_name(built.dtype), "batch": m.batch,
+            "decode_tokens": m.decode_tokens}
+    todo = [(s, [p for p in cfg.pipelines if (s, p) not in done]) for s in cfg.sizes]
+    todo = [(s, ps) for s, ps in todo if ps]
+    if progress:
+        total = sum(steps_per_resolution(len(ps), m.reps, m.warmup, m.count_flops) for _, ps in todo)
+        progress(f"{len(todo)} resolution(s) to measure", -total)  # negative: announce the total
+    for size, pipelines in todo:
+        cases = [Case(p, p, built.pipeline, k if p in SPARSE_PIPELINES else None) for p in pipelines]
+        rows = measure_cases(cases, images, questions, size, m.reps, m.warmup, m.decode_tokens,
+                             m.count_flops, progress)
+        append_rows(csv_path, [{**base, **row} for row in rows], SWEEP_COLUMNS)
+    from qgsa_bench.report import write_table4
+
+    write_table4(read_rows(csv_path), out / "table4.md", meta)
+    return out
+
+
+def check_k_fits(n_patches: int, resolution: int, k: int | None) -> None:
+    if k is not None and k > n_patches:
+        raise QGSAError(f"k={k} is impossible at {resolution}px, which has only N={n_patches} patches: "
+                        f"use a larger size or a smaller --k")

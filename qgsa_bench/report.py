@@ -1,0 +1,254 @@
+"""`qgsa report`: Markdown tables and PNG figures from result folders (CSV + meta.json) only.
+
+Tables: a Table-4-style efficiency table per sweep (the paper's metrics beside the measured ones)
+and a Table-5-style ablation table. Figures: latency vs resolution (Fig. 2), FLOPs reduction
+(Fig. 3), theoretical vs measured speedup (Fig. 4), ablation latency (Fig. 5) and a per-stage
+breakdown of dense vs QGSA at each resolution.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgsa_bench import QGSAError
+from qgsa_bench.results import read_meta, read_rows
+
+STAGE_COLUMNS = ("vision_ms", "select_ms", "connector_ms", "prefill_ms")
+SWEEP_REQUIRED = ("resolution", "pipeline", "n_patches", "n_visual_tokens", "latency_ms_median",
+                  "flops_total", "attn_visual_flops", "paper_flops_reduction", "paper_theoretical_speedup")
+ABLATE_REQUIRED = ("config", "latency_ms_median", "latency_ms_p10", "latency_ms_p90")
+
+
+def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
+    try:
+        if value is None or value != value:  # None or NaN
+            return "–"
+        return f"{value:{spec}}{suffix}"
+    except (TypeError, ValueError):
+        return str(value)
+
+
+def with_dense_comparison(frame):
+    """Add measured comparisons against the dense row at the same resolution."""
+    frame = frame.copy()
+    dense = frame[frame["pipeline"] == "dense"].set_index("resolution")
+    for col, src in (("dense_latency_ms", "latency_ms_median"), ("dense_flops_total", "flops_total"),
+                     ("dense_attn_visual_flops", "attn_visual_flops")):
+        frame[col] = frame["resolution"].map(dense[src]) if len(dense) else float("nan")
+    frame["measured_speedup"] = frame["dense_latency_ms"] / frame["latency_ms_median"]
+    frame["measured_flops_reduction"] = 1 - frame["flops_total"] / frame["dense_flops_total"]
+    frame["attn_visual_reduction"] = 1 - frame["attn_visual_flops"] / frame["dense_attn_visual_flops"]
+    return frame
+
+
+def _header(meta: dict | None, title: str) -> list[str]:
+    meta = meta or {}
+    lines = [f"## {title}", ""]
+    facts = [f"model **{meta.get('model', '?')}**", f"weights **{meta.get('weights', '?')}**",
+             f"QGSA module {meta.get('qgsa_weights', '?')}", f"device {meta.get('device', '?')}",
+             f"dtype {meta.get('dtype', '?')}", f"batch {meta.get('settings', {}).get('batch', '?')}",
+             f"{meta.get('settings', {}).get('decode_tokens', '?')} generated tokens"]
+    lines.append("; ".join(facts) + ".  ")
+    if meta.get("weights") == "random":
+        lines.append("**Random weights**: FLOPs and latency are the architecture's; nothing here is accuracy.  ")
+    if meta.get("k_rule"):
+        lines.append(f"Budget: {meta['k_rule']}.  ")
+    lines.append(f"Command: `{meta.get('command', '?')}` (commit {str(meta.get('git_commit', '?'))[:10]}).")
+    lines.append("")
+    return lines
+
+
+def table4_markdown(frame, meta: dict | None) -> str:
+    frame = with_dense_comparison(frame).sort_values(["resolution", "pipeline"])
+    lines = _header(meta, "Efficiency by resolution (cf. the paper's Table 4)")
+    lines += [
+        "| Resolution | Pipeline | N patches | visual tokens to LM | latency ms median [p10–p90] "
+        "| measured speedup vs dense | paper FLOPs↓ (1−k/N) | paper speedup (N/k) "
+        "| end-to-end GFLOPs | measured end-to-end FLOPs↓ vs dense | LM visual-attention FLOPs↓ vs dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for _, r in frame.iterrows():
+        lines.append(
+            f"| {int(r['resolution'])}px | {r['pipeline']} | {int(r['n_patches'])} | {_fmt(r['n_visual_tokens'], '.0f')} "
+            f"| {_fmt(r['latency_ms_median'])} [{_fmt(r.get('latency_ms_p10'))}–{_fmt(r.get('latency_ms_p90'))}] "
+            f"| {_fmt(r['measured_speedup'], '.2f', '×')} | {_fmt(100 * r['paper_flops_reduction'], '.1f', '%')} "
+            f"| {_fmt(r['paper_theoretical_speedup'], '.1f', '×')} | {_fmt(r['flops_total'] / 1e9, '.2f')} "
+            f"| {_fmt(100 * r['measured_flops_reduction'], '.1f', '%')} | {_fmt(100 * r['attn_visual_reduction'], '.1f', '%')} |"
+        )
+    lines += [
+        "",
+        "FLOPs: fvcore's convention, one multiply-add = one FLOP; attention counted over the full "
+        "Lq×Lk rectangle. *Paper* columns are the seed's metrics over the N vision patches "
+        "(1−k/N, N/k); *measured* columns compare this row with the dense pipeline at the same "
+        "resolution, end to end (vision + selection/connector + prefill + decode). Dense runs at "
+        "the next multiple of patch×scale factor when the resolution is not one (see "
+        "`effective_resolution` in the CSV).",
+    ]
+    unsupported = sorted({op for ops in frame.get("unsupported_ops", []).dropna() for op in str(ops).split(";") if op})
+    if unsupported:
+        lines.append(f"Ops fvcore could not count (not elementwise): {', '.join(unsupported)}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_table4(frame, path: Path, meta: dict | None) -> Path:
+    Path(path).write_text(table4_markdown(frame, meta))
+    return Path(path)
+
+
+def table5_markdown(frame, meta: dict | None) -> str:
+    lines = _header(meta, "Component ablation latency (cf. the paper's Table 5)")
+    lines += ["| Configuration | QGSA weights | mean k | latency ms median [p10–p90] | end-to-end GFLOPs |",
+              "|---|---|---|---|---|"]
+    for _, r in frame.iterrows():
+        lines.append(f"| {r.get('label', r['config'])} (`{r['config']}`) | {r.get('qgsa_weights', '–')} | {_fmt(r.get('k'), '.1f')} "
+                     f"| {_fmt(r['latency_ms_median'])} [{_fmt(r['latency_ms_p10'])}–{_fmt(r['latency_ms_p90'])}] "
+                     f"| {_fmt(r.get('flops_total', float('nan')) / 1e9, '.2f')} |")
+    lines += ["", "Configurations without a checkpoint use the randomly initialised module (labelled "
+              "`random-init`): their latencies differ only by noise and by k, not by training."]
+    return "\n".join(lines) + "\n"
+
+
+# ---- figures ---------------------------------------------------------------------------------
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _label(meta: dict) -> str:
+    return f"{meta.get('model', '?')} b{meta.get('settings', {}).get('batch', '?')}"
+
+
+def figure_latency(sweeps, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for meta, frame in sweeps:
+        for pipeline, part in frame.sort_values("resolution").groupby("pipeline"):
+            err = [part["latency_ms_median"] - part["latency_ms_p10"], part["latency_ms_p90"] - part["latency_ms_median"]]
+            ax.errorbar(part["resolution"], part["latency_ms_median"], yerr=err, marker="o", capsize=3,
+                        label=f"{_label(meta)} {pipeline}")
+    ax.set(xlabel="input resolution (px)", ylabel="end-to-end latency, median (ms)",
+           title="Latency vs resolution (Fig. 2); bars: p10–p90")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def figure_flops_reduction(sweeps, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for meta, frame in sweeps:
+        part = with_dense_comparison(frame)
+        part = part[part["pipeline"] == "qgsa"].sort_values("resolution")
+        if part.empty:
+            continue
+        ax.plot(part["resolution"], 100 * part["paper_flops_reduction"], "o--", label=f"{_label(meta)} paper: 1−k/N")
+        ax.plot(part["resolution"], 100 * part["attn_visual_reduction"], "s-", label=f"{_label(meta)} measured: LM visual attention vs dense")
+        ax.plot(part["resolution"], 100 * part["measured_flops_reduction"], "^-", label=f"{_label(meta)} measured: end to end vs dense")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.set(xlabel="input resolution (px)", ylabel="FLOPs reduction (%)", title="QGSA FLOPs reduction (Fig. 3)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def figure_speedup(sweeps, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for meta, frame in sweeps:
+        part = with_dense_comparison(frame)
+        part = part[part["pipeline"] == "qgsa"].sort_values("resolution")
+        if part.empty:
+            continue
+        ax.plot(part["resolution"], part["paper_theoretical_speedup"], "o--", label=f"{_label(meta)} paper: N/k")
+        ax.plot(part["resolution"], part["measured_speedup"], "s-", label=f"{_label(meta)} measured latency vs dense")
+        ax.plot(part["resolution"], part["dense_flops_total"] / part["flops_total"], "^-",
+                label=f"{_label(meta)} measured end-to-end FLOPs ratio")
+    ax.set_yscale("log")
+    ax.axhline(1, color="grey", lw=0.5)
+    ax.set(xlabel="input resolution (px)", ylabel="speedup (×, log scale)", title="Theoretical vs measured speedup (Fig. 4)")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def figure_stages(meta, frame, path: Path) -> Path:
+    """Stacked per-stage time of dense vs qgsa at each resolution: where the time goes."""
+    plt = _plt()
+    part = frame[frame["pipeline"].isin(["dense", "qgsa"])].sort_values(["resolution", "pipeline"])
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    labels = [f"{int(r)}\n{p}" for r, p in zip(part["resolution"], part["pipeline"])]
+    decode_total = part["decode_ms_per_token"] * (part["decode_tokens"] - 1).clip(lower=0)
+    stages = [(c.replace("_ms", ""), part[c]) for c in STAGE_COLUMNS] + [("decode (all tokens)", decode_total)]
+    bottom = None
+    for name, values in stages:
+        ax.bar(labels, values, bottom=bottom, label=name)
+        bottom = values if bottom is None else bottom + values
+    ax.set(ylabel="median time (ms)", title=f"Where the time goes: {_label(meta)}, {meta.get('device', '')}")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def figure_ablation(meta, frame, path: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    err = [frame["latency_ms_median"] - frame["latency_ms_p10"], frame["latency_ms_p90"] - frame["latency_ms_median"]]
+    ax.bar(frame["config"], frame["latency_ms_median"], yerr=err, capsize=3)
+    ax.set(ylabel="end-to-end latency, median (ms)", title=f"Ablation latency (Fig. 5): {_label(meta)}")
+    ax.tick_params(axis="x", labelrotation=20)
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    _plt().close(fig)
+    return path
+
+
+# ---- the command -----------------------------------------------------------------------------
+def load_folder(folder: Path):
+    """(meta, sweep frame or None, ablate frame or None) of one results folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise QGSAError(f"results folder not found: {folder}")
+    meta = read_meta(folder)
+    if meta is None:
+        raise QGSAError(f"{folder} has no meta.json: is it a qgsa-bench results folder?")
+    sweep = read_rows(folder / "sweep.csv", SWEEP_REQUIRED) if (folder / "sweep.csv").exists() else None
+    ablate = read_rows(folder / "ablate.csv", ABLATE_REQUIRED) if (folder / "ablate.csv").exists() else None
+    if sweep is None and ablate is None:
+        raise QGSAError(f"{folder} holds neither sweep.csv nor ablate.csv")
+    return meta, sweep, ablate
+
+
+def make_report(folders: list[Path], out: Path) -> list[Path]:
+    """Write report.md and the figures into `out`; returns the files written."""
+    if not folders:
+        raise QGSAError("give at least one results folder with --results")
+    loaded = [(Path(f), *load_folder(f)) for f in folders]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written, sections = [], ["# qgsa-bench report", ""]
+    sweeps = [(meta, sweep) for _, meta, sweep, _ in loaded if sweep is not None]
+    if sweeps:
+        written += [figure_latency(sweeps, out / "fig2_latency_vs_resolution.png"),
+                    figure_flops_reduction(sweeps, out / "fig3_flops_reduction.png"),
+                    figure_speedup(sweeps, out / "fig4_speedup.png")]
+    for folder, meta, sweep, ablate in loaded:
+        sections.append(f"# {folder}\n")
+        if sweep is not None:
+            sections.append(table4_markdown(sweep, meta))
+            name = f"stages_{folder.name}.png"
+            written.append(figure_stages(meta, sweep, out / name))
+            sections.append(f"![per-stage time]({name})\n")
+        if ablate is not None:
+            sections.append(table5_markdown(ablate, meta))
+            name = f"fig5_ablation_{folder.name}.png"
+            written.append(figure_ablation(meta, ablate, out / name))
+            sections.append(f"![ablation latency]({name})\n")
+    if sweeps:
+        sections += ["## Figures", "", "![latency](fig2_latency_vs_resolution.png)",
+                     "![FLOPs reduction](fig3_flops_reduction.png)", "![speedup](fig4_speedup.png)", ""]
+    (out / "report.md").write_text("\n".join(sections))
+    return [out / "report.md", *written]

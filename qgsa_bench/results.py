@@ -1,0 +1,82 @@
+"""Result folders: flat CSV rows plus meta.json (command, commit, device, versions, weights, seed).
+
+`qgsa report` reads only these files. Rows are appended as they are measured, so an interrupted run
+keeps what it finished and a rerun with the same settings skips it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+from qgsa_bench import QGSAError
+
+META = "meta.json"
+
+
+def write_meta(out: Path, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / (META + ".tmp")
+    tmp.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    tmp.replace(out / META)
+
+
+def read_meta(out: Path) -> dict | None:
+    path = Path(out) / META
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise QGSAError(f"{path} is not valid JSON ({err.msg}): repair or delete it") from err
+
+
+def check_same_settings(out: Path, settings: dict) -> None:
+    """Refuse to add rows to a folder whose earlier rows were measured with other settings."""
+    meta = read_meta(out)
+    if meta is None or "settings" not in meta:
+        return
+    differs = [k for k, v in settings.items() if meta["settings"].get(k) != v]
+    if differs:
+        raise QGSAError(
+            f"{out} holds results made with other settings ({', '.join(differs)} differ): "
+            f"use another --out, or delete that folder to start over"
+        )
+
+
+def append_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+        if new:
+            writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _clean(row.get(k)) for k in columns})
+        handle.flush()
+
+
+def _clean(value):
+    if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
+        return ""
+    if isinstance(value, float):
+        return round(value, 6)
+    return "" if value is None else value
+
+
+def read_rows(path: Path, required: list[str] | tuple[str, ...] = ()):
+    """A results CSV as a pandas DataFrame; one clear error for a missing file or column."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise QGSAError(f"results file not found: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise QGSAError(f"cannot read {path} as CSV: {err.__class__.__name__}") from err
+    missing = [c for c in required if c not in frame.columns]
+    if missing:
+        raise QGSAError(f"{path} lacks the column(s) {', '.join(missing)}: is it a qgsa-bench results file?")
+    return frame

@@ -1,0 +1,99 @@
+"""sweep-resolution, ablate and report end to end on the tiny model: rows, resume, provenance, errors."""
+
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from qgsa_bench.cli import app
+from qgsa_bench.efficiency.sweep import SWEEP_COLUMNS
+from qgsa_bench.qgsa.checkpoint import save_checkpoint
+
+runner = CliRunner()
+FAST = ["--model", "tiny", "--reps", "1", "--warmup", "0", "--decode-tokens", "2", "--k", "5", "--device", "cpu"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_sweep_resume_settings_guard_and_report(tmp_path):
+    out = tmp_path / "sweep"
+    result = invoke("sweep-resolution", *FAST, "--sizes", "40", "64", "--pipelines", "dense,qgsa,random",
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "sweep.csv")
+    assert list(frame.columns) == SWEEP_COLUMNS
+    assert len(frame) == 6 and set(frame["weights"]) == {"random"}
+    row = frame[(frame.resolution == 64) & (frame.pipeline == "qgsa")].iloc[0]
+    assert (row.n_patches, row.n_visual_tokens, row.k) == (64, 5, 5)
+    assert row.paper_flops_reduction == round(1 - 5 / 64, 6) and row.paper_theoretical_speedup == 12.8
+    dense40 = frame[(frame.resolution == 40) & (frame.pipeline == "dense")].iloc[0]
+    assert dense40.effective_resolution == 48 and dense40.n_visual_tokens == 9  # 40 px rounds up to 48
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["weights"] == "random" and meta["settings"]["k"] == 5 and "torch" in meta
+    assert meta["command"].startswith("qgsa sweep-resolution")
+    table = (out / "table4.md").read_text()
+    assert "Random weights" in table and "| 64px | qgsa | 64 | 5 |" in table
+
+    # interrupted-and-rerun: the finished rows are kept, only the new size is measured
+    result = invoke("sweep-resolution", *FAST, "--sizes", "40", "64", "80", "--pipelines", "dense,qgsa,random",
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    again = pd.read_csv(out / "sweep.csv")
+    assert len(again) == 9 and again.iloc[:6].equals(frame)
+    assert sorted(again.resolution.unique()) == [40, 64, 80]
+
+    # other settings into the same folder: refused, nothing lost
+    result = invoke("sweep-resolution", *FAST, "--batch", "2", "--sizes", "48", "--out", out)
+    assert result.exit_code == 2 and "holds results made with other settings (batch differ)" in result.stderr
+    assert pd.read_csv(out / "sweep.csv").equals(again)
+
+    result = invoke("report", "--results", out, "--out", tmp_path / "report")
+    assert result.exit_code == 0, result.output
+    names = {p.name for p in (tmp_path / "report").iterdir()}
+    assert {"report.md", "fig2_latency_vs_resolution.png", "fig3_flops_reduction.png", "fig4_speedup.png",
+            "stages_sweep.png"} <= names
+    assert (tmp_path / "report" / "fig4_speedup.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_sweep_bad_input(tmp_path):
+    result = invoke("sweep-resolution", *FAST, "--sizes", "50", "--out", tmp_path / "a")
+    assert result.exit_code == 2 and "not a positive multiple of the patch size 8" in result.stderr
+    result = invoke("sweep-resolution", *FAST, "--sizes", "16", "--out", tmp_path / "b")
+    assert result.exit_code == 2 and "k=5 is impossible at 16px" in result.stderr
+    result = invoke("sweep-resolution", *FAST, "--sizes", "big", "--out", tmp_path / "c")
+    assert result.exit_code == 2 and "--sizes takes integers" in result.stderr
+    result = invoke("sweep-resolution", *FAST, "--pipelines", "dense,fast", "--out", tmp_path / "d")
+    assert result.exit_code == 2 and "unknown pipeline 'fast'" in result.stderr
+    result = invoke("sweep-resolution", *FAST, "--reps", "0", "--out", tmp_path / "e")
+    assert result.exit_code == 2 and "--reps must be at least 1" in result.stderr
+
+
+def test_ablate_with_and_without_checkpoints(tmp_path, tiny):
+    ckpt = save_checkpoint(tmp_path / "full.pt", tiny.module, tiny.loaded.provenance())
+    out = tmp_path / "ablate"
+    result = invoke("ablate", *FAST, "--resolution", "64", "--checkpoint", f"full={ckpt}", "--out", out)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "ablate.csv")
+    assert list(frame.config) == ["dense", "fixed-k", "adaptive-k", "cs", "align", "full"]
+    weights = dict(zip(frame.config, frame.qgsa_weights))
+    assert weights["dense"] == "not used" and weights["cs"] == "random-init (seed 0)"
+    assert weights["full"] == f"checkpoint:{ckpt}"
+    assert frame.set_index("config").loc["fixed-k", "k"] == 5
+    assert "+ both losses (full)" in (out / "table5.md").read_text()
+    result = invoke("report", "--results", out, "--out", tmp_path / "r")
+    assert result.exit_code == 0 and (tmp_path / "r" / "fig5_ablation_ablate.png").exists()
+    result = invoke("ablate", *FAST, "--checkpoint", "best=x.pt", "--out", tmp_path / "b")
+    assert result.exit_code == 2 and "--checkpoint takes NAME=PATH" in result.stderr
+
+
+def test_report_bad_input(tmp_path):
+    result = invoke("report", "--results", tmp_path / "none", "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "results folder not found" in result.stderr
+    folder = tmp_path / "f"
+    folder.mkdir()
+    (folder / "meta.json").write_text("{}")
+    (folder / "sweep.csv").write_text("resolution,pipeline\n64,dense\n")
+    result = invoke("report", "--results", folder, "--out", tmp_path / "r")
+    assert result.exit_code == 2 and "lacks the column(s)" in result.stderr
