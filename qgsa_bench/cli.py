@@ -180,7 +180,7 @@ OPT_BATCH = typer.Option(1, help="Batch size (the same image and question repeat
 OPT_DEVICE = typer.Option("auto", help="auto | cpu | cuda[:N].")
 OPT_DTYPE = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16.")
 OPT_ATTN = typer.Option("sdpa", "--attn", help="Attention implementation: sdpa | eager (| flash_attention_2).")
-OPT_REPS = typer.Option(3, help="Timed repetitions per pipeline, pipelines alternating.")
+OPT_REPS = typer.Option(5, help="Timed repetitions per pipeline, pipelines alternating.")
 OPT_WARMUP = typer.Option(1, help="Untimed warm-up runs per pipeline.")
 OPT_DECODE = typer.Option(8, help="Generated tokens per run (end to end = prefill + these).")
 OPT_K = typer.Option(None, help="Fixed k for sparse pipelines (default 17, the paper's mean; f_comp with --checkpoint).")

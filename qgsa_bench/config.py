@@ -53,7 +53,7 @@ class MeasureConfig:
     device: str = "auto"
     dtype: str = "auto"  # bf16 on GPU, fp32 on CPU
     attn_implementation: str = "sdpa"
-    reps: int = 3  # timed repetitions per pipeline (after warm-up), pipelines alternating
+    reps: int = 5  # timed repetitions per pipeline (after warm-up), pipelines alternating
     warmup: int = 1
     decode_tokens: int = 8  # end to end = prefill + this many generated tokens
     k: int | None = None  # fixed k for sparse pipelines; None: 17 (the paper's mean) or f_comp with a checkpoint

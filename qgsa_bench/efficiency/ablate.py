@@ -21,7 +21,7 @@ from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.pipeline import Pipeline
 from qgsa_bench.qgsa.checkpoint import load_checkpoint
 from qgsa_bench.results import append_rows, check_same_settings, read_rows, write_meta
-from qgsa_bench.runtime import dtype_name, environment_meta
+from qgsa_bench.runtime import device_name, dtype_name, environment_meta
 
 # name users type -> (label in tables, pipeline, fixed k?)
 ABLATION_CONFIGS = {
@@ -57,10 +57,11 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
     m = cfg.measure
     checkpoints = cfg.checkpoints or {}
     out = Path(cfg.out)
-    settings = {**m.settings(), "resolution": cfg.resolution, "checkpoints": checkpoints}
-    check_same_settings(out, settings)
     built = build(m.model, m.weights, m.device, m.dtype, None, m.seed,
                   attn_implementation=m.attn_implementation, warn=warn)
+    settings = {**m.settings(), "device": device_name(built.device), "resolution": cfg.resolution,
+                "checkpoints": checkpoints}
+    check_same_settings(out, settings)
     fixed_k = m.k or PAPER_K
     check_k_fits(built.adapter.n_patches(cfg.resolution), cfg.resolution, fixed_k)
     cases, qgsa_weights = [], {}

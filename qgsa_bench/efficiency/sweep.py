@@ -17,7 +17,7 @@ from qgsa_bench.efficiency.runner import Progress, measure_cases, steps_per_reso
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
 from qgsa_bench.results import append_rows, check_same_settings, read_rows, write_meta
-from qgsa_bench.runtime import dtype_name, environment_meta
+from qgsa_bench.runtime import device_name, dtype_name, environment_meta
 
 PAPER_K = 17  # the seed paper's mean k for SmolVLM-256M (Table 1), the default fixed budget
 SWEEP_CSV = "sweep.csv"
@@ -47,9 +47,10 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
     for name in cfg.pipelines:
         check_pipeline(name)
     out = Path(cfg.out)
-    check_same_settings(out, m.settings())
     built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
                   attn_implementation=m.attn_implementation, warn=warn)
+    settings = {**m.settings(), "device": device_name(built.device)}
+    check_same_settings(out, settings)
     k, k_note = resolve_k(m.k, m.checkpoint)
     sparse = any(p in SPARSE_PIPELINES for p in cfg.pipelines)
     for size in cfg.sizes:
@@ -64,7 +65,7 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
         **built.loaded.provenance(),
         "qgsa_weights": built.qgsa_weights,
         "kind": "sweep-resolution",
-        "settings": m.settings(),
+        "settings": settings,
         "sizes": list(cfg.sizes), "pipelines": list(cfg.pipelines), "reps": m.reps, "warmup": m.warmup,
         "k_rule": k_note,
         "flop_convention": "fvcore: one multiply-add = one FLOP; attention counted over the full Lq x Lk",
