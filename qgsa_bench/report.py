@@ -177,7 +177,9 @@ def figure_stages(meta, frame, path: Path) -> Path:
     plt = _plt()
     part = frame[frame["pipeline"].isin(["dense", "qgsa"])].sort_values(["resolution", "pipeline"])
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    labels = [f"{int(r)}\n{p}" for r, p in zip(part["resolution"], part["pipeline"])]
+    eff = part["effective_resolution"] if "effective_resolution" in part else part["resolution"]
+    labels = [f"{int(r)}\n{p}" + (f"\n(ran {int(e)})" if int(e) != int(r) else "")
+              for r, e, p in zip(part["resolution"], eff, part["pipeline"])]
     decode_total = part["decode_ms_per_token"] * (part["decode_tokens"] - 1).clip(lower=0)
     stages = [(c.replace("_ms", ""), part[c]) for c in STAGE_COLUMNS] + [("decode (all tokens)", decode_total)]
     bottom = None
