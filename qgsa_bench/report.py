@@ -136,40 +136,38 @@ def figure_latency(sweeps, path: Path) -> Path:
     return _save(fig, path)
 
 
-def figure_flops_reduction(sweeps, path: Path) -> Path:
+def _qgsa_curves(sweeps, path: Path, series, ylabel: str, title: str, log: bool = False) -> Path:
+    """Curves over resolution for the qgsa rows of each sweep; series: (values(rows), style, name)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for meta, frame in sweeps:
         part = with_dense_comparison(frame)
         part = part[part["pipeline"] == "qgsa"].sort_values("resolution")
-        if part.empty:
-            continue
-        ax.plot(part["resolution"], 100 * part["paper_flops_reduction"], "o--", label=f"{_label(meta)} paper: 1−k/N")
-        ax.plot(part["resolution"], 100 * part["attn_visual_reduction"], "s-", label=f"{_label(meta)} measured: LM visual attention vs dense")
-        ax.plot(part["resolution"], 100 * part["measured_flops_reduction"], "^-", label=f"{_label(meta)} measured: end to end vs dense")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.set(xlabel="input resolution (px)", ylabel="FLOPs reduction (%)", title="QGSA FLOPs reduction (Fig. 3)")
+        for values, style, name in series:
+            if not part.empty:
+                ax.plot(part["resolution"], values(part), style, label=f"{_label(meta)} {name}")
+    if log:
+        ax.set_yscale("log")
+    ax.axhline(1 if log else 0, color="grey", lw=0.5)
+    ax.set(xlabel="input resolution (px)", ylabel=ylabel, title=title)
     ax.legend(fontsize=7)
     return _save(fig, path)
+
+
+def figure_flops_reduction(sweeps, path: Path) -> Path:
+    return _qgsa_curves(sweeps, path, [
+        (lambda p: 100 * p["paper_flops_reduction"], "o--", "paper: 1−k/N"),
+        (lambda p: 100 * p["attn_visual_reduction"], "s-", "measured: LM visual attention vs dense"),
+        (lambda p: 100 * p["measured_flops_reduction"], "^-", "measured: end to end vs dense"),
+    ], "FLOPs reduction (%)", "QGSA FLOPs reduction (Fig. 3)")
 
 
 def figure_speedup(sweeps, path: Path) -> Path:
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for meta, frame in sweeps:
-        part = with_dense_comparison(frame)
-        part = part[part["pipeline"] == "qgsa"].sort_values("resolution")
-        if part.empty:
-            continue
-        ax.plot(part["resolution"], part["paper_theoretical_speedup"], "o--", label=f"{_label(meta)} paper: N/k")
-        ax.plot(part["resolution"], part["measured_speedup"], "s-", label=f"{_label(meta)} measured latency vs dense")
-        ax.plot(part["resolution"], part["dense_flops_total"] / part["flops_total"], "^-",
-                label=f"{_label(meta)} measured end-to-end FLOPs ratio")
-    ax.set_yscale("log")
-    ax.axhline(1, color="grey", lw=0.5)
-    ax.set(xlabel="input resolution (px)", ylabel="speedup (×, log scale)", title="Theoretical vs measured speedup (Fig. 4)")
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    return _qgsa_curves(sweeps, path, [
+        (lambda p: p["paper_theoretical_speedup"], "o--", "paper: N/k"),
+        (lambda p: p["measured_speedup"], "s-", "measured latency vs dense"),
+        (lambda p: p["dense_flops_total"] / p["flops_total"], "^-", "measured end-to-end FLOPs ratio"),
+    ], "speedup (×, log scale)", "Theoretical vs measured speedup (Fig. 4)", log=True)
 
 
 def figure_stages(meta, frame, path: Path) -> Path:
