@@ -80,3 +80,17 @@ def read_rows(path: Path, required: list[str] | tuple[str, ...] = ()):
     if missing:
         raise QGSAError(f"{path} lacks the column(s) {', '.join(missing)}: is it a qgsa-bench results file?")
     return frame
+
+
+def run_meta(built, kind: str, settings: dict, **extra) -> dict:
+    """meta.json for a results folder: environment, model provenance, the settings, and notes."""
+    from qgsa_bench.runtime import environment_meta
+
+    return {
+        **environment_meta(built.device, built.dtype),
+        **built.loaded.provenance(),
+        "qgsa_weights": built.qgsa_weights,
+        "kind": kind,
+        "settings": settings,
+        **extra,
+    }

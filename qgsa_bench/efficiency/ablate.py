@@ -20,8 +20,8 @@ from qgsa_bench.efficiency.sweep import PAPER_K, check_k_fits
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.pipeline import Pipeline
 from qgsa_bench.qgsa.checkpoint import load_checkpoint
-from qgsa_bench.results import append_rows, check_same_settings, read_rows, write_meta
-from qgsa_bench.runtime import device_name, dtype_name, environment_meta
+from qgsa_bench.results import append_rows, check_same_settings, read_rows, run_meta, write_meta
+from qgsa_bench.runtime import device_name, dtype_name
 
 # name users type -> (label in tables, pipeline, fixed k?)
 ABLATION_CONFIGS = {
@@ -77,16 +77,13 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
     if csv_path.exists():
         done = set(read_rows(csv_path, ["config"])["config"])
         cases = [c for c in cases if c.label not in done]
-    meta = {
-        **environment_meta(built.device, built.dtype),
-        **built.loaded.provenance(),
-        "qgsa_weights": "per configuration (see the qgsa_weights column)",
-        "kind": "ablate",
-        "settings": settings, "reps": m.reps, "warmup": m.warmup,
-        "k_rule": f"fixed-k uses k={fixed_k}; the others use f_comp(q)",
-        "note": ("RANDOM base weights: latency only; accuracy needs trained checkpoints and `qgsa eval`"
-                 if built.loaded.weights == "random" else "latency only; accuracy comes from `qgsa eval`"),
-    }
+    meta = run_meta(
+        built, "ablate", settings, reps=m.reps, warmup=m.warmup,
+        k_rule=f"fixed-k uses k={fixed_k}; the others use f_comp(q)",
+        note=("RANDOM base weights: latency only; accuracy needs trained checkpoints and `qgsa eval`"
+              if built.loaded.weights == "random" else "latency only; accuracy comes from `qgsa eval`"),
+    )
+    meta["qgsa_weights"] = "per configuration (see the qgsa_weights column)"
     write_meta(out, meta)
     if cases:
         image = load_image(m.image) if m.image else demo_image()

@@ -16,8 +16,8 @@ from qgsa_bench.efficiency.measure import Case
 from qgsa_bench.efficiency.runner import Progress, measure_cases, steps_per_resolution
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
-from qgsa_bench.results import append_rows, check_same_settings, read_rows, write_meta
-from qgsa_bench.runtime import device_name, dtype_name, environment_meta
+from qgsa_bench.results import append_rows, check_same_settings, read_rows, run_meta, write_meta
+from qgsa_bench.runtime import device_name, dtype_name
 
 PAPER_K = 17  # the seed paper's mean k for SmolVLM-256M (Table 1), the default fixed budget
 SWEEP_CSV = "sweep.csv"
@@ -60,20 +60,15 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
     if csv_path.exists():
         previous = read_rows(csv_path, ["resolution", "pipeline"])
         done = set(zip(previous["resolution"].astype(int), previous["pipeline"]))
-    meta = {
-        **environment_meta(built.device, built.dtype),
-        **built.loaded.provenance(),
-        "qgsa_weights": built.qgsa_weights,
-        "kind": "sweep-resolution",
-        "settings": settings,
-        "sizes": list(cfg.sizes), "pipelines": list(cfg.pipelines), "reps": m.reps, "warmup": m.warmup,
-        "k_rule": k_note,
-        "flop_convention": "fvcore: one multiply-add = one FLOP; attention counted over the full Lq x Lk",
-        "timing": "CUDA events + synchronize per stage" if built.device.type == "cuda"
-                  else "time.perf_counter per stage; peak memory not measured on CPU",
-        "note": ("RANDOM weights: FLOPs and latency are those of the architecture; no accuracy here"
-                 if built.loaded.weights == "random" else "pretrained weights"),
-    }
+    meta = run_meta(
+        built, "sweep-resolution", settings,
+        sizes=list(cfg.sizes), pipelines=list(cfg.pipelines), reps=m.reps, warmup=m.warmup, k_rule=k_note,
+        flop_convention="fvcore: one multiply-add = one FLOP; attention counted over the full Lq x Lk",
+        timing=("CUDA events + synchronize per stage" if built.device.type == "cuda"
+                else "time.perf_counter per stage; peak memory not measured on CPU"),
+        note=("RANDOM weights: FLOPs and latency are those of the architecture; no accuracy here"
+              if built.loaded.weights == "random" else "pretrained weights"),
+    )
     write_meta(out, meta)
     image = load_image(m.image) if m.image else demo_image()
     images, questions = [image] * m.batch, [m.question] * m.batch

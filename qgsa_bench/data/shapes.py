@@ -1,0 +1,154 @@
+"""`shapes`: a synthetic multi-object VQA set, generated deterministically from a seed (no files).
+
+Each image holds 2-5 non-overlapping objects (shape x colour x size). Each image gets two questions,
+about different objects where possible, of four types:
+  color  "what color is the circle?"          (the shape is unique in the image)
+  shape  "what shape is the red object?"      (the colour is unique in the image)
+  exist  "is there a blue triangle?"          (yes, or no for an absent pair)
+  count  "how many squares are there?"        (digits, as VQA normalisation writes them)
+Several objects per image is the point: only then does the question decide which patches matter.
+Boxes [x, y, w, h] are the tight boxes of each object's drawn pixels (None for count and "no").
+"""
+
+from __future__ import annotations
+
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+
+COLORS = {"red": (220, 30, 30), "green": (40, 170, 60), "blue": (30, 60, 220),
+          "yellow": (230, 200, 20), "purple": (140, 50, 180), "orange": (240, 130, 20)}
+SHAPES = ("circle", "square", "triangle")
+SIZES = {"small": (0.12, 0.16), "large": (0.20, 0.26)}  # side as a fraction of the image side
+BACKGROUND = (235, 235, 235)
+QUESTION_TYPES = ("color", "shape", "exist", "count")
+SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
+QUESTIONS_PER_IMAGE = 2
+DEFAULT_IMAGES = 200
+
+
+def _place(rng: random.Random, size: int, n: int) -> list[dict]:
+    objects, boxes = [], []
+    for _ in range(n):
+        for _try in range(200):
+            size_name = rng.choice(list(SIZES))
+            side = int(rng.uniform(*SIZES[size_name]) * size)
+            x, y = rng.randint(2, size - side - 2), rng.randint(2, size - side - 2)
+            if all(x + side + 4 <= bx or bx + bs + 4 <= x or y + side + 4 <= by or by + bs + 4 <= y
+                   for bx, by, bs in boxes):
+                boxes.append((x, y, side))
+                objects.append({"shape": rng.choice(SHAPES), "color": rng.choice(list(COLORS)),
+                                "size": size_name, "x": x, "y": y, "side": side})
+                break
+    return objects
+
+
+def draw(objects: list[dict], size: int):
+    """Render the objects; each gets its tight pixel box [x, y, w, h]."""
+    from PIL import Image, ImageDraw
+
+    img = Image.new("RGB", (size, size), BACKGROUND)
+    for obj in objects:
+        mask = Image.new("L", (size, size), 0)
+        d = ImageDraw.Draw(mask)
+        x, y, s = obj["x"], obj["y"], obj["side"]
+        if obj["shape"] == "circle":
+            d.ellipse((x, y, x + s - 1, y + s - 1), fill=255)
+        elif obj["shape"] == "square":
+            d.rectangle((x, y, x + s - 1, y + s - 1), fill=255)
+        else:
+            d.polygon([(x + (s - 1) / 2, y), (x + s - 1, y + s - 1), (x, y + s - 1)], fill=255)
+        img.paste(COLORS[obj["color"]], mask=mask)
+        ys, xs = np.nonzero(np.asarray(mask))
+        obj["box"] = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
+    return img
+
+
+def _a(word: str) -> str:
+    return "an" if word[0] in "aeiou" else "a"
+
+
+def _questions(rng: random.Random, objects: list[dict]) -> list[tuple[str, str, str, int | None]]:
+    """(type, question, answer, referent index or None), two per image, different referents if possible."""
+    shapes = [o["shape"] for o in objects]
+    colors = [o["color"] for o in objects]
+    out, used = [], set()
+    for _ in range(QUESTIONS_PER_IMAGE):
+        free = [i for i in range(len(objects)) if i not in used] or list(range(len(objects)))
+        kinds = list(QUESTION_TYPES)
+        rng.shuffle(kinds)
+        for kind in kinds:
+            if kind == "color":
+                cands = [i for i in free if shapes.count(shapes[i]) == 1]
+                if cands:
+                    i = rng.choice(cands)
+                    out.append((kind, f"what color is the {shapes[i]}?", colors[i], i))
+                    break
+            elif kind == "shape":
+                cands = [i for i in free if colors.count(colors[i]) == 1]
+                if cands:
+                    i = rng.choice(cands)
+                    out.append((kind, f"what shape is the {colors[i]} object?", shapes[i], i))
+                    break
+            elif kind == "exist":
+                pairs = list(zip(colors, shapes))
+                unique = [i for i in free if pairs.count(pairs[i]) == 1]
+                if unique and rng.random() < 0.5:
+                    i = rng.choice(unique)
+                    out.append((kind, f"is there {_a(colors[i])} {colors[i]} {shapes[i]}?", "yes", i))
+                    break
+                absent = [(c, s) for c in COLORS for s in SHAPES if (c, s) not in set(pairs)]
+                c, s = rng.choice(absent)
+                out.append((kind, f"is there {_a(c)} {c} {s}?", "no", None))
+                break
+            else:
+                s = rng.choice(sorted(set(shapes)))
+                out.append((kind, f"how many {s}s are there?", str(shapes.count(s)), None))
+                break
+        if out and out[-1][3] is not None:
+            used.add(out[-1][3])
+    return out
+
+
+def generate(n_images: int = DEFAULT_IMAGES, seed: int = 0, split: str = "test", image_size: int = 224):
+    """Deterministic: the same (n, seed, split, size) gives the same images, questions and boxes."""
+    from qgsa_bench.data.types import VQASample
+
+    samples = []
+    for index in range(n_images):
+        rng = random.Random(f"shapes/{seed}/{SPLIT_OFFSET.get(split, 3)}/{index}")
+        objects = _place(rng, image_size, rng.randint(2, 5))
+        image = draw(objects, image_size)
+        for q, (kind, question, answer, ref) in enumerate(_questions(rng, objects)):
+            samples.append(VQASample(
+                id=f"shapes-{split}-{index:05d}-{q}", question=question, answers=[answer], image=image,
+                question_type=kind, box=None if ref is None else tuple(float(v) for v in objects[ref]["box"]),
+                split=split, dataset="shapes",
+                extra={"image_index": index, "referent": ref, "objects": objects}))
+    return samples
+
+
+def write_parquet(samples, out: Path, split: str) -> Path:
+    """Write samples in the lmms-lab RefCOCO parquet layout (+ question_type), readable by any tool."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    encoded: dict[int, bytes] = {}
+    rows = []
+    for s in samples:
+        index = s.extra["image_index"]
+        if index not in encoded:
+            buffer = io.BytesIO()
+            s.image.save(buffer, format="PNG")
+            encoded[index] = buffer.getvalue()
+        rows.append({
+            "question_id": s.id, "image": {"bytes": encoded[index], "path": f"{index:05d}.png"},
+            "question": s.question, "answer": list(s.answers), "bbox": None if s.box is None else list(s.box),
+            "question_type": s.question_type, "file_name": f"{index:05d}.png", "dataset": "shapes",
+        })
+    path = Path(out) / "data" / f"{split}-00000-of-00001.parquet"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path

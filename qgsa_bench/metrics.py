@@ -1,0 +1,135 @@
+"""Accuracy and grounding metrics.
+
+VQA answer normalisation follows the official VQA evaluation (Antol et al.; the VQA-Challenge
+`vqaEval.py`): newlines/tabs to spaces, punctuation removed or replaced by a space depending on its
+neighbours, a period that is not a decimal point removed, then lower case, number words to digits,
+articles dropped and apostrophe-less contractions restored. Soft accuracy is min(#matches / 3, 1)
+over the reference answers (the common simplified form, without the official 10-way leave-one-out
+average). Grounding IoU is computed with shapely between the convex hull of the selected patches
+(in the original image's pixels) and the ground-truth box.
+"""
+
+from __future__ import annotations
+
+import re
+
+PUNCTUATION = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`",
+               ",", "?", "!"]
+NUMBER_WORDS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5",
+                "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+ARTICLES = {"a", "an", "the"}
+# Apostrophe-less spellings and their standard forms (the official table's entries).
+CONTRACTIONS = {
+    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
+    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't",
+    "dont": "don't", "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't",
+    "havent": "haven't", "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's",
+    "howd": "how'd", "howll": "how'll", "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm",
+    "Ive": "I've", "isnt": "isn't", "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll",
+    "let's": "let's", "maam": "ma'am", "mightnt": "mightn't", "mightnt've": "mightn't've",
+    "mightn'tve": "mightn't've", "mightve": "might've", "mustnt": "mustn't", "mustve": "must've",
+    "neednt": "needn't", "notve": "not've", "oclock": "o'clock", "oughtnt": "oughtn't",
+    "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
+    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've",
+    "shouldnt": "shouldn't", "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've",
+    "somebody'd": "somebodyd", "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've",
+    "somebodyll": "somebody'll", "somebodys": "somebody's", "someoned": "someone'd",
+    "someoned've": "someone'd've", "someone'dve": "someone'd've", "someonell": "someone'll",
+    "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
+    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd",
+    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're", "theres": "there's",
+    "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll",
+    "theyre": "they're", "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've",
+    "we'dve": "we'd've", "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're",
+    "whats": "what's", "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's",
+    "whereve": "where've", "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll",
+    "whos": "who's", "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's",
+    "wont": "won't", "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've",
+    "wouldn'tve": "wouldn't've", "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll",
+    "yall'd've": "y'all'd've", "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd",
+    "youd've": "you'd've", "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
+}
+_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
+_COMMA = re.compile(r"(\d)(,)(\d)")
+
+
+def _punctuation(text: str) -> str:
+    out = text
+    for p in PUNCTUATION:
+        if (p + " " in text or " " + p in text) or _COMMA.search(text) is not None:
+            out = out.replace(p, "")
+        else:
+            out = out.replace(p, " ")
+    return _PERIOD.sub("", out)
+
+
+def _digits_articles(text: str) -> str:
+    words = [NUMBER_WORDS.get(w, w) for w in text.lower().split()]
+    words = [w for w in words if w not in ARTICLES]
+    return " ".join(CONTRACTIONS.get(w, w) for w in words)
+
+
+def normalize_answer(text: str) -> str:
+    text = str(text).replace("\n", " ").replace("\t", " ").strip()
+    return _digits_articles(_punctuation(text))
+
+
+def soft_accuracy(prediction: str, references: list[str]) -> float:
+    """min(#references equal to the prediction / 3, 1), after normalisation."""
+    pred = normalize_answer(prediction)
+    matches = sum(normalize_answer(r) == pred for r in references)
+    return min(matches / 3.0, 1.0)
+
+
+def exact_match(prediction: str, references: list[str]) -> float:
+    pred = normalize_answer(prediction)
+    return float(any(normalize_answer(r) == pred for r in references))
+
+
+# ---- grounding -----------------------------------------------------------------------------
+def patch_boxes(indices, grid: int, width: float, height: float) -> list[tuple[float, float, float, float]]:
+    """Patch indices (raster order on a grid x grid layout) -> (x0, y0, x1, y1) in original pixels.
+
+    The model saw the image resized to a square, so patch columns span width/grid original pixels
+    and rows height/grid: this undoes the resize."""
+    cw, ch = width / grid, height / grid
+    return [((i % grid) * cw, (i // grid) * ch, (i % grid + 1) * cw, (i // grid + 1) * ch) for i in indices]
+
+
+def hull_iou(indices, grid: int, width: float, height: float, box) -> float:
+    """IoU between the convex hull of the selected patches and box [x, y, w, h]."""
+    from shapely.geometry import MultiPoint, box as rect
+
+    corners = [(x, y) for x0, y0, x1, y1 in patch_boxes(indices, grid, width, height)
+               for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))]
+    if not corners:
+        return 0.0
+    hull = MultiPoint(corners).convex_hull
+    target = rect(box[0], box[1], box[0] + box[2], box[1] + box[3])
+    union = hull.union(target).area
+    return float(hull.intersection(target).area / union) if union > 0 else 0.0
+
+
+def oracle_patches(grid: int, width: float, height: float, box, k: int) -> list[int]:
+    """The best selection of at most k patches whose hull is a grid-aligned rectangle.
+
+    For every rectangle of patches (r0..r1, c0..c1) near the box, its corner patches (up to 4) span
+    exactly that rectangle; the one with the highest IoU is returned. With k >= 4 no selection whose
+    hull is a rectangle does better, so this is the ceiling used in the grounding table."""
+    cw, ch = width / grid, height / grid
+    x0, y0, x1, y1 = box[0] / cw, box[1] / ch, (box[0] + box[2]) / cw, (box[1] + box[3]) / ch
+    clamp = lambda v: min(max(v, 0), grid - 1)  # noqa: E731
+    cols = sorted({clamp(int(v)) for v in (x0 - 1, x0, x0 + 1, x1 - 2, x1 - 1, x1)})
+    rows = sorted({clamp(int(v)) for v in (y0 - 1, y0, y0 + 1, y1 - 2, y1 - 1, y1)})
+    best, best_iou = [], -1.0
+    for r0 in rows:
+        for r1 in (r for r in rows if r >= r0):
+            for c0 in cols:
+                for c1 in (c for c in cols if c >= c0):
+                    corners = sorted({r * grid + c for r in (r0, r1) for c in (c0, c1)})
+                    if len(corners) > k:
+                        continue
+                    iou = hull_iou(corners, grid, width, height, box)
+                    if iou > best_iou:
+                        best, best_iou = corners, iou
+    return best
