@@ -330,6 +330,113 @@ def report(
         console.print(f"wrote {path}")
 
 
+# ---- data, accuracy and grounding ---------------------------------------------------------
+data_app = typer.Typer(help="Data set utilities.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+OPT_DATASET = typer.Option("shapes", "--dataset", "-d", help="vqa-rad | aokvqa | refcoco | shapes (generated).")
+OPT_DATA_DIR = typer.Option(None, help="Folder with the data set's published files (not needed for shapes).")
+OPT_SPLIT = typer.Option(None, help="Split (default: vqa-rad test, aokvqa val, refcoco val, shapes test).")
+OPT_LIMIT = typer.Option(None, help="Use at most this many samples.")
+OPT_SKIP_BAD = typer.Option(False, "--skip-bad", help="Skip and count unreadable images instead of stopping.")
+
+
+@data_app.command("shapes")
+@friendly
+def data_shapes(
+    n: int = typer.Option(200, "--n", help="Number of images (two questions each)."),
+    out: Path = typer.Option(..., help="Folder to write (RefCOCO parquet layout: data/{split}-*.parquet)."),
+    split: str = typer.Option("test", help="train | val | test (each split has its own images)."),
+    seed: int = typer.Option(0, help="Generator seed: the same seed gives the same data."),
+):
+    """Generate the synthetic multi-object `shapes` set and write it in the RefCOCO parquet layout."""
+    from qgsa_bench.data import shapes
+
+    if n < 1:
+        raise QGSAError(f"--n must be at least 1, got {n}")
+    if split not in shapes.SPLIT_OFFSET:
+        raise QGSAError(f"--split must be one of {', '.join(shapes.SPLIT_OFFSET)}, got '{split}'")
+    samples = shapes.generate(n, seed=seed, split=split)
+    path = shapes.write_parquet(samples, out, split)
+    console.print(f"wrote {len(samples)} questions on {n} images to {path}")
+
+
+def _eval_config(**kwargs):
+    from qgsa_bench.config import EvalConfig
+
+    for key in ("data_dir", "checkpoint", "out"):
+        if kwargs.get(key) is not None:
+            kwargs[key] = str(kwargs[key])
+    if isinstance(kwargs.get("pipelines"), str):
+        kwargs["pipelines"] = tuple(p.strip() for p in kwargs["pipelines"].split(",") if p.strip())
+    return EvalConfig(**kwargs)
+
+
+@app.command("eval")
+@friendly
+def eval_command(
+    model: str = OPT_MODEL,
+    dataset: str = OPT_DATASET,
+    data_dir: Optional[Path] = OPT_DATA_DIR,
+    split: Optional[str] = OPT_SPLIT,
+    limit: Optional[int] = OPT_LIMIT,
+    skip_bad: bool = OPT_SKIP_BAD,
+    pipelines: str = typer.Option("dense,qgsa", help="Comma-separated: " + PIPELINE_HELP),
+    weights: str = OPT_WEIGHTS,
+    checkpoint: Optional[Path] = typer.Option(None, help="QGSA checkpoint (else random init)."),
+    k: Optional[int] = typer.Option(None, help="Fixed k for sparse pipelines (default: f_comp per question)."),
+    batch: int = typer.Option(4, help="Questions per batch."),
+    device: str = OPT_DEVICE,
+    dtype: str = OPT_DTYPE,
+    resolution: Optional[int] = typer.Option(None, help="Square input size in px (default: the model's native)."),
+    max_new_tokens: int = typer.Option(10, help="Greedy decoding length limit."),
+    seed: int = OPT_SEED,
+    out: Path = typer.Option(Path("results/eval"), help="Results folder (eval.csv, predictions.jsonl, meta.json, table.md)."),
+):
+    """Accuracy per pipeline and per question type, with Δ vs dense, k and latency (Tables 1-2)."""
+    from qgsa_bench.evaluate import run_eval
+
+    cfg = _eval_config(model=model, dataset=dataset, data_dir=data_dir, split=split, limit=limit,
+                       skip_bad=skip_bad, pipelines=pipelines, weights=weights, checkpoint=checkpoint, k=k,
+                       batch=batch, device=device, dtype=dtype, resolution=resolution,
+                       max_new_tokens=max_new_tokens, seed=seed, out=out)
+    with _RichProgress() as progress:
+        folder = run_eval(cfg, progress, warn=_warn)
+    console.print((folder / "table.md").read_text(), soft_wrap=True, markup=False)
+    console.print(f"wrote {folder / 'eval.csv'}, {folder / 'predictions.jsonl'}, {folder / 'meta.json'}")
+
+
+@app.command()
+@friendly
+def grounding(
+    model: str = OPT_MODEL,
+    dataset: str = typer.Option("shapes", "--dataset", "-d", help="refcoco | shapes (samples with a box)."),
+    data_dir: Optional[Path] = OPT_DATA_DIR,
+    split: Optional[str] = OPT_SPLIT,
+    limit: Optional[int] = OPT_LIMIT,
+    skip_bad: bool = OPT_SKIP_BAD,
+    weights: str = OPT_WEIGHTS,
+    checkpoint: Optional[Path] = typer.Option(None, help="QGSA checkpoint (else random init)."),
+    k: Optional[int] = typer.Option(None, help="Fixed k (default: f_comp per question)."),
+    batch: int = typer.Option(8, help="Questions per batch."),
+    device: str = OPT_DEVICE,
+    dtype: str = OPT_DTYPE,
+    resolution: Optional[int] = typer.Option(None, help="Square input size in px (default: the model's native)."),
+    seed: int = OPT_SEED,
+    out: Path = typer.Option(Path("results/grounding"), help="Results folder (grounding.csv, .jsonl, table3.md, selections.png)."),
+):
+    """IoU of the selected patches' convex hull with the referent's box: qgsa, random, norm, oracle (Table 3)."""
+    from qgsa_bench.grounding import run_grounding
+
+    cfg = _eval_config(model=model, dataset=dataset, data_dir=data_dir, split=split, limit=limit,
+                       skip_bad=skip_bad, pipelines=("qgsa",), weights=weights, checkpoint=checkpoint, k=k,
+                       batch=batch, device=device, dtype=dtype, resolution=resolution, seed=seed, out=out)
+    with _RichProgress() as progress:
+        folder = run_grounding(cfg, progress, warn=_warn)
+    console.print((folder / "table3.md").read_text(), soft_wrap=True, markup=False)
+    console.print(f"wrote {folder / 'grounding.csv'}, {folder / 'grounding.jsonl'}, {folder / 'selections.png'}")
+
+
 def main() -> None:
     app()
 

@@ -99,3 +99,39 @@ class AblateConfig:
     resolution: int = 384  # the paper's SmolVLM input size (section 3.5)
     checkpoints: dict | None = None  # ablation config name -> QGSA checkpoint path
     out: str = "results/ablate"
+
+
+@dataclass
+class EvalConfig:
+    """`qgsa eval` and `qgsa grounding`: a model, a data set, pipelines (eval) or selectors (grounding)."""
+
+    model: str = "smolvlm-256m"
+    dataset: str = "shapes"
+    data_dir: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    skip_bad: bool = False
+    pipelines: tuple[str, ...] = ("dense", "qgsa")
+    weights: str = "auto"
+    checkpoint: str | None = None
+    k: int | None = None  # None: f_comp(q) per question
+    batch: int = 4
+    device: str = "auto"
+    dtype: str = "auto"
+    resolution: int | None = None  # None: the model's native size
+    max_new_tokens: int = 10
+    seed: int = 0
+    out: str = "results/eval"
+
+    def __post_init__(self):
+        if self.batch < 1:
+            raise QGSAError(f"--batch must be at least 1, got {self.batch}")
+        if self.max_new_tokens < 1:
+            raise QGSAError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        if self.k is not None and self.k < 1:
+            raise QGSAError(f"--k must be at least 1, got {self.k}")
+        if not self.pipelines:
+            raise QGSAError("--pipelines needs at least one pipeline")
+
+    def settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "device")}

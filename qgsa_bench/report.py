@@ -1,7 +1,7 @@
 """`qgsa report`: Markdown tables and PNG figures from result folders (CSV + meta.json) only.
 
-Tables: a Table-4-style efficiency table per sweep (the paper's metrics beside the measured ones)
-and a Table-5-style ablation table. Figures: latency vs resolution (Fig. 2), FLOPs reduction
+Tables: a Table-4-style efficiency table per sweep (the paper's metrics beside the measured ones),
+a Table-5-style ablation table, Tables 1-2-style accuracy and a Table-3-style grounding table. Figures: latency vs resolution (Fig. 2), FLOPs reduction
 (Fig. 3), theoretical vs measured speedup (Fig. 4), ablation latency (Fig. 5) and a per-stage
 breakdown of dense vs QGSA at each resolution.
 """
@@ -17,6 +17,11 @@ STAGE_COLUMNS = ("vision_ms", "select_ms", "connector_ms", "prefill_ms")
 SWEEP_REQUIRED = ("resolution", "pipeline", "n_patches", "n_visual_tokens", "latency_ms_median",
                   "flops_total", "attn_visual_flops", "paper_flops_reduction", "paper_theoretical_speedup")
 ABLATE_REQUIRED = ("config", "latency_ms_median", "latency_ms_p10", "latency_ms_p90")
+EVAL_REQUIRED = ("pipeline", "scope", "question_type", "n", "accuracy", "delta_vs_dense_points", "k_mean",
+                 "k_std", "n_visual_tokens_mean", "latency_ms_per_query")
+GROUNDING_REQUIRED = ("selector", "question_type", "n", "mean_iou", "median_iou", "k_mean")
+RESULT_FILES = {"sweep": SWEEP_REQUIRED, "ablate": ABLATE_REQUIRED, "eval": EVAL_REQUIRED,
+                "grounding": GROUNDING_REQUIRED}
 
 
 def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
@@ -108,7 +113,62 @@ def table5_markdown(frame, meta: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def eval_markdown(frame, meta: dict | None) -> str:
+    meta = meta or {}
+    lines = _header(meta, f"Accuracy on {meta.get('dataset', '?')} ({meta.get('split', '?')}) (cf. the paper's Tables 1-2)")
+    if meta.get("weights") == "random":
+        lines.append("**Accuracy with random weights is meaningless**: these rows test the plumbing only.\n")
+    overall = frame[frame["scope"] == "all"]
+    lines += ["| Pipeline | n | Accuracy (%) | Δ vs dense (points) | MC accuracy (%) | mean k (± std) "
+              "| visual tokens | latency ms / query |", "|---|---|---|---|---|---|---|---|"]
+    for _, r in overall.iterrows():
+        lines.append(f"| {r['pipeline']} | {int(r['n'])} | {_fmt(r['accuracy'])} | {_fmt(r['delta_vs_dense_points'], '+.2f')} "
+                     f"| {_fmt(r.get('mc_accuracy'))} | {_fmt(r['k_mean'], '.1f')} ± {_fmt(r['k_std'], '.1f')} "
+                     f"| {_fmt(r['n_visual_tokens_mean'], '.1f')} | {_fmt(r['latency_ms_per_query'])} |")
+    types = frame[frame["scope"] == "type"]
+    if len(types):
+        lines += ["", "Per question type (the paper's section 4.7 / A.1 analysis):", "",
+                  "| Question type | Pipeline | n | Accuracy (%) | Δ vs dense | mean k |", "|---|---|---|---|---|---|"]
+        for _, r in types.sort_values(["question_type", "pipeline"]).iterrows():
+            lines.append(f"| {r['question_type']} | {r['pipeline']} | {int(r['n'])} | {_fmt(r['accuracy'])} "
+                         f"| {_fmt(r['delta_vs_dense_points'], '+.2f')} | {_fmt(r['k_mean'], '.1f')} |")
+    return "\n".join(lines) + "\n"
+
+
+def grounding_markdown(frame, meta: dict | None) -> str:
+    meta = meta or {}
+    lines = _header(meta, f"Grounding IoU on {meta.get('dataset', '?')} ({meta.get('split', '?')}) (cf. the paper's Table 3)")
+    lines += ["| Question type | Selector | n | mean IoU (%) | median IoU (%) | mean k |", "|---|---|---|---|---|---|"]
+    for _, r in frame.iterrows():
+        lines.append(f"| {r['question_type']} | {r['selector']} | {int(r['n'])} | {_fmt(r['mean_iou'])} "
+                     f"| {_fmt(r['median_iou'])} | {_fmt(r['k_mean'], '.1f')} |")
+    lines += ["", "IoU between the convex hull of the selected patches (in the original image's pixels) and "
+              "the ground-truth box. All selectors use QGSA's k per sample; the oracle is the best "
+              "rectangular hull of at most k patches (the ceiling)."]
+    return "\n".join(lines) + "\n"
+
+
 # ---- figures ---------------------------------------------------------------------------------
+def figure_selections(items, grid: int, path: Path, title: str = "") -> Path:
+    """Overlay the selected patches (red) and the ground-truth box (green) on a few images."""
+    from matplotlib.patches import Rectangle
+
+    from qgsa_bench.metrics import patch_boxes
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, max(len(items), 1), figsize=(3.2 * max(len(items), 1), 3.6), squeeze=False)
+    for ax, (image, record) in zip(axes[0], items):
+        w, h = image.size
+        ax.imshow(image)
+        for x0, y0, x1, y1 in patch_boxes(record["qgsa_patches"], grid, w, h):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, color="red", alpha=0.35))
+        x, y, bw, bh = record["box"]
+        ax.add_patch(Rectangle((x, y), bw, bh, fill=False, edgecolor="lime", lw=2))
+        ax.set_title(f"{record['question'][:38]}\nIoU {100 * record['qgsa_iou']:.1f}%", fontsize=7)
+        ax.axis("off")
+    fig.suptitle(title, fontsize=8)
+    return _save(fig, path, top=0.9)
+
 def _plt():
     import matplotlib
 
@@ -199,8 +259,8 @@ def figure_ablation(meta, frame, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _save(fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(fig, path: Path, top: float = 1.0) -> Path:
+    fig.tight_layout(rect=(0, 0, 1, top))
     fig.savefig(path, dpi=120)
     _plt().close(fig)
     return path
@@ -208,18 +268,18 @@ def _save(fig, path: Path) -> Path:
 
 # ---- the command -----------------------------------------------------------------------------
 def load_folder(folder: Path):
-    """(meta, sweep frame or None, ablate frame or None) of one results folder."""
+    """(meta, {result name: frame}) of one results folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise QGSAError(f"results folder not found: {folder}")
     meta = read_meta(folder)
     if meta is None:
         raise QGSAError(f"{folder} has no meta.json: is it a qgsa-bench results folder?")
-    sweep = read_rows(folder / "sweep.csv", SWEEP_REQUIRED) if (folder / "sweep.csv").exists() else None
-    ablate = read_rows(folder / "ablate.csv", ABLATE_REQUIRED) if (folder / "ablate.csv").exists() else None
-    if sweep is None and ablate is None:
-        raise QGSAError(f"{folder} holds neither sweep.csv nor ablate.csv")
-    return meta, sweep, ablate
+    tables = {name: read_rows(folder / f"{name}.csv", required) for name, required in RESULT_FILES.items()
+              if (folder / f"{name}.csv").exists()}
+    if not tables:
+        raise QGSAError(f"{folder} holds none of {', '.join(f'{n}.csv' for n in RESULT_FILES)}")
+    return meta, tables
 
 
 def make_report(folders: list[Path], out: Path) -> list[Path]:
@@ -230,23 +290,27 @@ def make_report(folders: list[Path], out: Path) -> list[Path]:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written, sections = [], ["# qgsa-bench report", ""]
-    sweeps = [(meta, sweep) for _, meta, sweep, _ in loaded if sweep is not None]
+    sweeps = [(meta, tables["sweep"]) for _, meta, tables in loaded if "sweep" in tables]
     if sweeps:
         written += [figure_latency(sweeps, out / "fig2_latency_vs_resolution.png"),
                     figure_flops_reduction(sweeps, out / "fig3_flops_reduction.png"),
                     figure_speedup(sweeps, out / "fig4_speedup.png")]
-    for folder, meta, sweep, ablate in loaded:
+    for folder, meta, tables in loaded:
         sections.append(f"# {folder}\n")
-        if sweep is not None:
-            sections.append(table4_markdown(sweep, meta))
+        if "sweep" in tables:
+            sections.append(table4_markdown(tables["sweep"], meta))
             name = f"stages_{folder.name}.png"
-            written.append(figure_stages(meta, sweep, out / name))
+            written.append(figure_stages(meta, tables["sweep"], out / name))
             sections.append(f"![per-stage time]({name})\n")
-        if ablate is not None:
-            sections.append(table5_markdown(ablate, meta))
+        if "ablate" in tables:
+            sections.append(table5_markdown(tables["ablate"], meta))
             name = f"fig5_ablation_{folder.name}.png"
-            written.append(figure_ablation(meta, ablate, out / name))
+            written.append(figure_ablation(meta, tables["ablate"], out / name))
             sections.append(f"![ablation latency]({name})\n")
+        if "eval" in tables:
+            sections.append(eval_markdown(tables["eval"], meta))
+        if "grounding" in tables:
+            sections.append(grounding_markdown(tables["grounding"], meta))
     if sweeps:
         sections += ["## Figures", "", "![latency](fig2_latency_vs_resolution.png)",
                      "![FLOPs reduction](fig3_flops_reduction.png)", "![speedup](fig4_speedup.png)", ""]

@@ -37,9 +37,10 @@ def load(folder: Path, split: str) -> list[VQASample]:
     if release is None:
         raise QGSAError(f"no A-OKVQA files for split '{split}' in {folder}: expected {hf_split}-*.parquet "
                         f"(HF export) or {name} with a COCO folder {SPLITS[split]}2017/")
+    records = read_json(release, "the A-OKVQA JSON")
     coco = _coco_folder(folder, SPLITS[split])
     samples = []
-    for record in read_json(release, "the A-OKVQA JSON"):
+    for record in records:
         require_fields(record, ("image_id", *FIELDS[:2]), f"{release} record")
         samples.append(_sample(record, coco / f"{int(record['image_id']):012d}.jpg", split))
     return samples

@@ -1,0 +1,143 @@
+"""`qgsa eval`: accuracy of each pipeline on a data set, per question type, with k and latency.
+
+Scoring (documented choice): soft accuracy min(#matches/3, 1) where a sample has >= 3 reference
+answers (A-OKVQA direct answers, VQA-style data); exact match after VQA normalisation otherwise
+(VQA-RAD, shapes, RefCOCO's category answers). A-OKVQA multiple choice picks the choice with the
+highest answer log-probability under the same pipeline. Greedy decoding, `max_new_tokens`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+from qgsa_bench.build import build
+from qgsa_bench.config import EvalConfig
+from qgsa_bench.data import load_dataset
+from qgsa_bench.efficiency.timing import Stopwatch
+from qgsa_bench.metrics import exact_match, soft_accuracy
+from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
+from qgsa_bench.results import append_rows, check_same_settings, run_meta, write_meta
+
+EVAL_COLUMNS = [
+    "model", "weights", "qgsa_weights", "dataset", "split", "pipeline", "scope", "question_type", "n",
+    "accuracy", "delta_vs_dense_points", "mc_accuracy", "k_mean", "k_std", "n_visual_tokens_mean",
+    "latency_ms_per_query", "resolution", "note",
+]
+RANDOM_NOTE = "RANDOM weights: accuracy is meaningless"
+
+
+def score(prediction: str, sample) -> float:
+    if len(sample.answers) >= 3:
+        return soft_accuracy(prediction, sample.answers)
+    return exact_match(prediction, sample.answers)
+
+
+def batches(items: list, size: int):
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+@torch.no_grad()
+def _multiple_choice(built, pipeline: str, images, samples, resolution: int, k) -> list[int]:
+    """Index of the most probable choice per sample (answer log-probability, same pipeline)."""
+    picks = []
+    for image, sample in zip(images, samples):
+        n = len(sample.choices)
+        prepared = built.pipeline.lm_inputs(pipeline, [image] * n, [sample.question] * n, resolution, k)
+        logp = built.adapter.answer_logprob(prepared.inputs, list(sample.choices))
+        picks.append(int(logp.argmax()))
+    return picks
+
+
+@torch.no_grad()
+def evaluate_pipeline(built, pipeline: str, samples, resolution: int, cfg: EvalConfig,
+                      progress: Callable[[str, int], None] | None = None) -> list[dict]:
+    """Per-sample records: prediction, score, k, visual tokens, latency share, selected patches."""
+    records = []
+    for chunk in batches(samples, cfg.batch):
+        images = [s.open_image() for s in chunk]
+        questions = [s.question for s in chunk]
+        with Stopwatch(built.device) as sw:
+            prepared = built.pipeline.lm_inputs(pipeline, images, questions, resolution, cfg.k)
+            generated = built.adapter.generate(prepared.inputs, cfg.max_new_tokens)
+        mc = (_multiple_choice(built, pipeline, images, chunk, resolution, cfg.k)
+              if all(s.choices for s in chunk) else [None] * len(chunk))
+        sel = prepared.selection
+        for b, sample in enumerate(chunk):
+            prediction = built.adapter.decode_text(generated[b])
+            sparse = sel is not None and pipeline in SPARSE_PIPELINES
+            records.append({
+                "id": sample.id, "pipeline": pipeline, "question": sample.question,
+                "question_type": sample.question_type or "all", "answers": sample.answers,
+                "prediction": prediction, "score": score(prediction, sample),
+                "mc_correct": None if mc[b] is None else float(mc[b] == sample.correct_choice),
+                "k": int(sel.k[b]) if sparse else None,
+                "n_visual_tokens": int(prepared.inputs.n_visual[b]),
+                "latency_ms": sw.ms / len(chunk),
+                "selected_patches": sel.indices[b][sel.valid[b]].tolist() if sparse else None,
+            })
+        if progress:
+            progress(f"{pipeline}: {len(records)}/{len(samples)}", len(chunk))
+    return records
+
+
+def summarise(records: list[dict], pipeline: str, scope: str, qtype: str) -> dict:
+    ks = [r["k"] for r in records if r["k"] is not None]
+    mc = [r["mc_correct"] for r in records if r["mc_correct"] is not None]
+    return {
+        "pipeline": pipeline, "scope": scope, "question_type": qtype, "n": len(records),
+        "accuracy": 100 * float(np.mean([r["score"] for r in records])),
+        "mc_accuracy": 100 * float(np.mean(mc)) if mc else None,
+        "k_mean": float(np.mean(ks)) if ks else None, "k_std": float(np.std(ks)) if ks else None,
+        "n_visual_tokens_mean": float(np.mean([r["n_visual_tokens"] for r in records])),
+        "latency_ms_per_query": float(np.mean([r["latency_ms"] for r in records])),
+    }
+
+
+def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
+    for name in cfg.pipelines:
+        check_pipeline(name)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
+    built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
+    resolution = cfg.resolution or built.adapter.image_size
+    out = Path(cfg.out)
+    check_same_settings(out, cfg.settings())  # never overwrite another evaluation's results
+    random_weights = built.loaded.weights == "random"
+    meta = run_meta(built, "eval", cfg.settings(), dataset=data.name, split=data.split, data_source=data.source,
+                    n_samples=len(data.samples), skipped_bad=data.skipped, resolution=resolution,
+                    note=RANDOM_NOTE if random_weights else "pretrained weights")
+    write_meta(out, meta)
+    if progress:
+        progress(f"{data.name}: {len(data.samples)} samples", -len(data.samples) * len(cfg.pipelines))
+    rows, all_records = [], []
+    for pipeline in cfg.pipelines:
+        records = evaluate_pipeline(built, pipeline, data.samples, resolution, cfg, progress)
+        all_records += records
+        rows.append(summarise(records, pipeline, "all", "all"))
+        for qtype in sorted({r["question_type"] for r in records}):
+            rows.append(summarise([r for r in records if r["question_type"] == qtype], pipeline, "type", qtype))
+    dense = {(r["scope"], r["question_type"]): r["accuracy"] for r in rows if r["pipeline"] == "dense"}
+    base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
+            "dataset": data.name, "split": data.split, "resolution": resolution,
+            "note": RANDOM_NOTE if random_weights else ""}
+    for row in rows:
+        ref = dense.get((row["scope"], row["question_type"]))
+        row["delta_vs_dense_points"] = None if ref is None else row["accuracy"] - ref
+    csv_path = out / "eval.csv"
+    tmp = out / "eval.csv.tmp"
+    tmp.unlink(missing_ok=True)
+    append_rows(tmp, [{**base, **r} for r in rows], EVAL_COLUMNS)
+    tmp.replace(csv_path)  # a rerun with the same settings replaces its own rows whole
+    with (out / "predictions.jsonl").open("w") as handle:
+        for record in all_records:
+            handle.write(json.dumps({**record, "weights": built.loaded.weights}) + "\n")
+    from qgsa_bench.report import eval_markdown
+    from qgsa_bench.results import read_rows
+
+    (out / "table.md").write_text(eval_markdown(read_rows(csv_path), meta))
+    return out

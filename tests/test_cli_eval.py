@@ -1,0 +1,88 @@
+"""eval, grounding and data shapes end to end on the tiny model; bad input."""
+
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from qgsa_bench.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_eval_on_shapes(tmp_path):
+    out = tmp_path / "eval"
+    result = invoke("eval", "--model", "tiny", "--dataset", "shapes", "--limit", 6, "--pipelines", "dense,qgsa,norm",
+                    "--max-new-tokens", 2, "--device", "cpu", "--out", out)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "eval.csv")
+    overall = frame[frame.scope == "all"].set_index("pipeline")
+    assert list(overall.index) == ["dense", "qgsa", "norm"] and set(overall.n) == {6}
+    assert overall.loc["dense", "delta_vs_dense_points"] == 0
+    assert overall.loc["qgsa", "k_mean"] == 17 and pd.isna(overall.loc["dense", "k_mean"])
+    assert overall.loc["dense", "n_visual_tokens_mean"] == 16
+    assert set(frame.note) == {"RANDOM weights: accuracy is meaningless"}
+    types = frame[(frame.scope == "type") & (frame.pipeline == "qgsa")]
+    assert types.n.sum() == 6
+    lines = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(lines) == 18 and all(r["weights"] == "random" for r in lines)
+    assert all(len(r["selected_patches"]) == r["k"] for r in lines if r["pipeline"] == "qgsa")
+    assert "meaningless" in (out / "table.md").read_text()
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["dataset"] == "shapes" and meta["n_samples"] == 6 and meta["weights"] == "random"
+
+
+def test_eval_multiple_choice_on_aokvqa(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "val2017").mkdir()
+    Image.new("RGB", (32, 32), (0, 200, 0)).save(tmp_path / "val2017" / "000000000001.jpg")
+    (tmp_path / "aokvqa_v1p0_val.json").write_text(json.dumps([{
+        "question_id": "a", "image_id": 1, "question": "what color is it?", "choices": ["red", "green", "blue"],
+        "correct_choice_idx": 1, "direct_answers": ["green"] * 10, "difficult_direct_answer": False}]))
+    out = tmp_path / "out"
+    result = invoke("eval", "-m", "tiny", "-d", "aokvqa", "--data-dir", tmp_path, "--pipelines", "qgsa",
+                    "--max-new-tokens", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(out / "eval.csv").iloc[0]
+    assert row.mc_accuracy in (0.0, 100.0) and row.n == 1
+
+
+def test_grounding_and_report(tmp_path):
+    out = tmp_path / "g"
+    result = invoke("grounding", "--model", "tiny", "--dataset", "shapes", "--limit", 5, "--out", out)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "grounding.csv")
+    overall = frame[frame.question_type == "all"].set_index("selector")
+    assert list(overall.index) == ["qgsa", "random", "norm", "oracle"] and set(overall.n) == {5}
+    assert (overall.mean_iou <= overall.loc["oracle", "mean_iou"] + 1e-9).all()
+    records = [json.loads(line) for line in (out / "grounding.jsonl").read_text().splitlines()]
+    assert all(len(r["qgsa_patches"]) == len(r["random_patches"]) == r["k"] for r in records)
+    assert (out / "selections.png").read_bytes()[:4] == b"\x89PNG"
+    result = invoke("report", "--results", out, "--out", tmp_path / "r")
+    assert result.exit_code == 0 and "Grounding IoU" in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_data_shapes_writes_a_refcoco_layout(tmp_path):
+    result = invoke("data", "shapes", "--n", 3, "--out", tmp_path / "s", "--split", "val")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(tmp_path / "s" / "data" / "val-00000-of-00001.parquet")
+    assert len(frame) == 6 and {"question_id", "image", "question", "answer", "bbox"} <= set(frame.columns)
+    result = invoke("eval", "-m", "tiny", "-d", "refcoco", "--data-dir", tmp_path / "s", "--split", "val",
+                    "--pipelines", "dense", "--max-new-tokens", 1, "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+
+
+def test_eval_bad_input(tmp_path):
+    result = invoke("eval", "-m", "tiny", "-d", "vqa-rad", "--data-dir", tmp_path / "missing", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "data folder not found" in result.stderr
+    result = invoke("eval", "-m", "tiny", "-d", "mnist", "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "unknown dataset 'mnist'" in result.stderr
+    result = invoke("eval", "-m", "tiny", "--limit", 0, "--out", tmp_path / "o")
+    assert result.exit_code == 2 and "--limit must be at least 1" in result.stderr
+    result = invoke("data", "shapes", "--n", 0, "--out", tmp_path / "s")
+    assert result.exit_code == 2 and "--n must be at least 1" in result.stderr
