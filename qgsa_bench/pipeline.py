@@ -52,8 +52,10 @@ class Pipeline:
         self.adapter.n_patches(resolution)  # validates R for every pipeline
         return self.adapter.dense_resolution(resolution) if pipeline == "dense" else resolution
 
-    def visual_tokens(self, pipeline: str, V: torch.Tensor, q: torch.Tensor, k=None):
-        """V (B, N, d_v), q (B, d_q) -> (tokens (B, n, d_q), valid (B, n), selection or None)."""
+    def visual_tokens(self, pipeline: str, V: torch.Tensor, q: torch.Tensor, k=None, tau: float | None = None):
+        """V (B, N, d_v), q (B, d_q) -> (tokens (B, n, d_q), valid (B, n), selection or None).
+
+        In training mode the QGSA module selects with Gumbel noise at temperature `tau`."""
         B, N, _ = V.shape
         if pipeline == "dense":
             tokens = self.adapter.connect(V)
@@ -61,7 +63,7 @@ class Pipeline:
         if pipeline == "dense-bypass":
             selection = all_selection(B, N, V.device)
         elif pipeline == "qgsa":
-            selection = self.module.select(q, V, k=k, generator=self.generator)
+            selection = self.module.select(q, V, k=k, tau=tau, generator=self.generator)
         else:
             if k is None:
                 k = self.module.budget(q)[0]

@@ -65,17 +65,21 @@ class QGSAModule(nn.Module):
         `k` overrides the predicted budget (fixed-k runs, baselines at the same k).
         """
         scores = self.scorer(q, V.to(q.dtype))
+        c = None
         if k is not None:  # an explicit k must fit (the selector raises otherwise); f_comp not run
             k_sel = torch.as_tensor(k, dtype=torch.long, device=q.device).expand(q.shape[0])
             k_cont = k_sel.to(q.dtype)
         else:  # a predicted budget larger than N (tiny images) takes every patch
-            k_pred, k_cont, _ = self.budget(q)
+            k_pred, k_cont, c = self.budget(q)
             k_sel = k_pred.clamp(max=V.shape[1])
         if not self.training:
-            return topk_selection(scores, k_sel)
-        cfg = self.config
-        return gumbel_selection(scores, k_sel, k_cont, cfg.tau if tau is None else tau, cfg.tau_sig_min,
-                                cfg.soft_mask_space, generator)
+            selection = topk_selection(scores, k_sel)
+        else:
+            cfg = self.config
+            selection = gumbel_selection(scores, k_sel, k_cont, cfg.tau if tau is None else tau, cfg.tau_sig_min,
+                                         cfg.soft_mask_space, generator)
+        selection.c = c
+        return selection
 
     def project(self, V: torch.Tensor, selection: Selection) -> torch.Tensor:
         """W_vis on the selected patches: (B, k_max, d_q); padded slots are masked by selection.valid."""

@@ -19,6 +19,8 @@ class Selection:
     k: torch.Tensor  # (B,) long, number of valid slots per sample
     scores: torch.Tensor | None = None  # (B, N) patch scores s_i, where the selector has them
     weights: torch.Tensor | None = None  # (B, k_max) straight-through mask values (1.0 forward)
+    mask_sum: torch.Tensor | None = None  # (B,) sum_i m_i over all N (forward k_b; gradient of the soft mask)
+    c: torch.Tensor | None = None  # (B,) sigma(f_comp(q)) when the budget was predicted
 
 
 def _as_k(k, B: int, N: int, device) -> torch.Tensor:
@@ -79,7 +81,9 @@ def gumbel_selection(scores: torch.Tensor, k, k_cont: torch.Tensor, tau: float, 
     indices, valid = _pack(order, k)
     soft_sel = soft.gather(1, indices)
     weights = (1.0 - soft_sel.detach() + soft_sel) * valid
-    return Selection(indices, valid, k, scores=scores, weights=weights)
+    soft_sum = soft.sum(dim=1)
+    mask_sum = k.to(soft.dtype) + soft_sum - soft_sum.detach()  # straight-through over all N
+    return Selection(indices, valid, k, scores=scores, weights=weights, mask_sum=mask_sum)
 
 
 def random_selection(B: int, N: int, k, device, generator: torch.Generator | None = None) -> Selection:
@@ -102,10 +106,10 @@ def all_selection(B: int, N: int, device) -> Selection:
                      torch.full((B,), N, dtype=torch.long, device=device))
 
 
-def gather_patches(V: torch.Tensor, selection: Selection) -> torch.Tensor:
+def gather_patches(V: torch.Tensor, selection: Selection, weighted: bool = True) -> torch.Tensor:
     """V (B, N, d_v) -> selected patches (B, k_max, d_v), scaled by the straight-through weights."""
     idx = selection.indices[..., None].expand(-1, -1, V.shape[-1])
     picked = V.gather(1, idx)
-    if selection.weights is not None:
+    if weighted and selection.weights is not None:
         picked = picked * selection.weights[..., None].to(picked.dtype)
     return picked

@@ -1,0 +1,59 @@
+"""The training objective of the seed paper (Eq. 6-9, Algorithm 1). Each function returns a scalar.
+
+L = lambda1 L_cs + lambda2 L_align + lambda3 L_sparse + L_entropy + L_kvar + L_qlen, where the last
+three already carry their coefficients (-0.01, -0.5, -0.3) as in the paper.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def contrastive_selection(logp_sparse: torch.Tensor, logp_random: torch.Tensor) -> torch.Tensor:
+    """L_cs = mean_b [ -log P(a | V_sparse, q) + log P(a | V_rand, q) ]   (Eq. 6)."""
+    return (-logp_sparse + logp_random).mean()
+
+
+def alignment(patch_proj: torch.Tensor, mask: torch.Tensor, noun_emb: list[torch.Tensor]) -> torch.Tensor:
+    """L_align = sum_n -(1/k) sum_i m_i cos(W_p v_i, phi(n))   (Eq. 7), averaged over samples with nouns.
+
+    patch_proj (B, k_max, D) = W_p v_i of the selected patches; mask (B, k_max) the straight-through
+    mask values at those patches (0 on padding), so the scorer gets gradient too; noun_emb[b] (n_b, D).
+    Samples without nouns contribute nothing; with no nouns in the batch the loss is 0.
+    """
+    terms = []
+    for b, nouns in enumerate(noun_emb):
+        if nouns.shape[0] == 0:
+            continue
+        cos = F.cosine_similarity(patch_proj[b][:, None, :], nouns[None, :, :].to(patch_proj), dim=-1)  # (k, n)
+        k = mask[b].detach().sum().clamp(min=1.0)
+        terms.append(-(mask[b][:, None] * cos).sum() / k)
+    return torch.stack(terms).mean() if terms else patch_proj.sum() * 0.0
+
+
+def sparsity(mask_sum: torch.Tensor, n_patches: int) -> torch.Tensor:
+    """L_sparse = mean_b ||m_b||_1 / N   (Eq. 8)."""
+    return (mask_sum / n_patches).mean()
+
+
+def entropy(scores: torch.Tensor, tau: float, coef: float = -0.01) -> torch.Tensor:
+    """L_entropy = -0.01 * mean_b H(softmax(s_b / tau)): rewards non-uniform scores."""
+    p = torch.softmax(scores / tau, dim=-1)
+    h = -(p * torch.log(p.clamp_min(1e-12))).sum(dim=-1)
+    return coef * h.mean()
+
+
+def budget_variance(c: torch.Tensor, coef: float = -0.5) -> torch.Tensor:
+    """L_kvar = -0.5 * Var_b(c_b) (population variance: 0 for a batch of one)."""
+    return coef * c.var(unbiased=False)
+
+
+def length_correlation(lengths: torch.Tensor, c: torch.Tensor, coef: float = -0.3) -> torch.Tensor:
+    """L_qlen = -0.3 * corr(|Q_b|, c_b); 0 where the correlation is undefined (B < 2 or a constant)."""
+    x = lengths.to(c.dtype) - lengths.to(c.dtype).mean()
+    y = c - c.mean()
+    denom = x.norm() * y.norm()
+    if c.numel() < 2 or float(denom.detach()) < 1e-12:
+        return c.sum() * 0.0
+    return coef * (x * y).sum() / denom

@@ -1,0 +1,266 @@
+"""`qgsa train`: Algorithm 1 of the seed paper on a frozen base model.
+
+Trainable: the scorer, f_comp, W_vis and W_p. The base VLM never receives gradient and is never
+changed. One step (per batch of B questions):
+  V = vision(image) (frozen), q = mean-pooled LM embeddings (frozen), c = sigma(f_comp(q)), k_b
+  Gumbel + straight-through selection at temperature tau (annealed linearly tau_start -> tau_end)
+  L_cs    from log P(answer) with the selected patches vs k_b random ones, through the frozen LM
+  L_align between W_p v_i of the selected patches and phi(noun) of the question's nouns
+  L_sparse, L_entropy, L_kvar, L_qlen as in Algorithm 1
+AdamW, linear warm-up then cosine decay, gradient-norm clipping. Checkpoints (QGSA tensors, config,
+optimiser, scheduler, step, RNG states) are written atomically every `save_every` steps and at the
+end; `resume` continues from the last one with the same next-step losses.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qgsa_bench import QGSAError
+from qgsa_bench.build import build
+from qgsa_bench.config import QGSAConfig, TrainConfig
+from qgsa_bench.data import load_dataset
+from qgsa_bench.qgsa import losses
+from qgsa_bench.qgsa.checkpoint import load_checkpoint, save_checkpoint
+from qgsa_bench.qgsa.selector import gather_patches
+from qgsa_bench.results import run_meta, write_meta
+
+CHECKPOINT = "checkpoint.pt"
+LOG_COLUMNS = ["step", "epoch", "loss", "l_cs", "l_align", "l_sparse", "l_entropy", "l_kvar", "l_qlen",
+               "k_mean", "k_std", "c_mean", "tau", "lr", "step_s"]
+
+
+def main_answer(answers: list[str]) -> str:
+    """The most frequent reference answer (first seen wins a tie)."""
+    return Counter(answers).most_common(1)[0][0] if answers else ""
+
+
+def tau_at(step: int, total: int, start: float, end: float) -> float:
+    return start if total <= 1 else start + (end - start) * step / (total - 1)
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+@dataclass
+class StepInputs:
+    V: torch.Tensor  # (B, N, d_v) frozen patch features
+    q: torch.Tensor  # (B, d_q)
+    lengths: torch.Tensor  # (B,) question lengths in tokens
+    questions: list[str]
+    answers: list[str]
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, built, samples, encoder=None, nouns=None):
+        self.cfg, self.built, self.samples = cfg, built, samples
+        self.adapter, self.module, self.pipeline = built.adapter, built.module, built.pipeline
+        self.encoder, self.nouns = encoder, nouns
+        self.resolution = cfg.resolution or self.adapter.image_size
+        self.generator = built.pipeline.generator  # Gumbel noise and random subsets, saved in checkpoints
+        self._features: dict[str, torch.Tensor] = {}
+        self.steps_per_epoch = math.ceil(len(samples) / cfg.batch)
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        if cfg.max_steps is not None:
+            self.total_steps = min(self.total_steps, cfg.max_steps)
+        self.optimizer = torch.optim.AdamW(self.module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg.warmup_steps))
+        self.step = 0
+
+    # ---- data ----------------------------------------------------------------------------
+    def batch_at(self, step: int) -> list:
+        epoch, index = divmod(step, self.steps_per_epoch)
+        order = torch.randperm(len(self.samples), generator=torch.Generator().manual_seed(self.cfg.seed * 1009 + epoch))
+        return [self.samples[i] for i in order[index * self.cfg.batch:(index + 1) * self.cfg.batch].tolist()]
+
+    @torch.no_grad()
+    def inputs(self, batch) -> StepInputs:
+        a = self.adapter
+        if self.cfg.cache_features:  # the base is frozen, so features never change: compute once
+            missing = [s for s in batch if s.id not in self._features]
+            if missing:
+                V = a.patch_features(a.pixel_values([s.open_image() for s in missing], self.resolution))
+                self._features.update({s.id: v for s, v in zip(missing, V)})
+            V = torch.stack([self._features[s.id] for s in batch])
+        else:
+            V = a.patch_features(a.pixel_values([s.open_image() for s in batch], self.resolution))
+        questions = [s.question for s in batch]
+        lengths = torch.tensor(a.question_lengths(questions), device=a.device)
+        return StepInputs(V, a.question_embedding(questions), lengths, questions,
+                          [main_answer(s.answers) for s in batch])
+
+    # ---- one step ------------------------------------------------------------------------
+    def losses(self, x: StepInputs, tau: float) -> dict[str, torch.Tensor]:
+        cfg, a = self.cfg, self.adapter
+        tokens, valid, sel = self.pipeline.visual_tokens("qgsa", x.V, x.q, k=cfg.fixed_k, tau=tau)
+        zero = tokens.sum() * 0.0
+        terms = {"l_cs": zero, "l_align": zero}
+        if not cfg.no_cs:
+            logp_sparse = a.answer_logprob(a.build_inputs(tokens, x.questions, valid), x.answers)
+            r_tokens, r_valid, _ = self.pipeline.visual_tokens("random", x.V, x.q, k=sel.k)
+            logp_random = a.answer_logprob(a.build_inputs(r_tokens, x.questions, r_valid), x.answers)
+            terms["l_cs"] = losses.contrastive_selection(logp_sparse, logp_random)
+        if not cfg.no_align:
+            proj = self.module.W_p(gather_patches(x.V.to(tokens.dtype), sel, weighted=False))
+            nouns = [self.encoder(self.nouns(q)).to(proj.device) for q in x.questions]
+            terms["l_align"] = losses.alignment(proj, sel.weights, nouns)
+        terms["l_sparse"] = losses.sparsity(sel.mask_sum, x.V.shape[1])
+        terms["l_entropy"] = losses.entropy(sel.scores, tau, cfg.entropy_coef)
+        if sel.c is not None:
+            terms["l_kvar"] = losses.budget_variance(sel.c, cfg.kvar_coef)
+            terms["l_qlen"] = losses.length_correlation(x.lengths, sel.c, cfg.qlen_coef)
+        else:
+            terms["l_kvar"] = terms["l_qlen"] = zero
+        terms["loss"] = (cfg.lambda_cs * terms["l_cs"] + cfg.lambda_align * terms["l_align"]
+                         + cfg.lambda_sparse * terms["l_sparse"] + terms["l_entropy"] + terms["l_kvar"]
+                         + terms["l_qlen"])
+        terms["_k"], terms["_c"] = sel.k.float(), sel.c
+        return terms
+
+    def train_step(self) -> dict:
+        start = time.perf_counter()
+        tau = tau_at(self.step, self.total_steps, self.cfg.tau_start, self.cfg.tau_end)
+        self.module.train()
+        terms = self.losses(self.inputs(self.batch_at(self.step)), tau)
+        values = {k: float(v.detach()) for k, v in terms.items() if not k.startswith("_")}
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise QGSAError(f"non-finite loss at step {self.step + 1} ({', '.join(f'{k}={values[k]}' for k in bad)}): "
+                            f"training stopped; the last good checkpoint is kept in {self.cfg.out}/{CHECKPOINT}")
+        self.optimizer.zero_grad(set_to_none=True)
+        terms["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.module.eval()
+        k, c = terms["_k"], terms["_c"]
+        self.step += 1
+        return {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch + 1, **values,
+                "k_mean": float(k.mean()), "k_std": float(k.std(unbiased=False)),
+                "c_mean": float(c.detach().mean()) if c is not None else None, "tau": tau,
+                "lr": self.optimizer.param_groups[0]["lr"], "step_s": time.perf_counter() - start}
+
+    # ---- checkpoints ---------------------------------------------------------------------
+    def save(self, path: Path) -> None:
+        save_checkpoint(path, self.module, self.built.loaded.provenance(), {
+            "train_config": self.cfg.to_dict(), "step": self.step, "total_steps": self.total_steps,
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
+        })
+
+    def restore(self, payload: dict) -> None:
+        self.module.load_state_dict(payload["qgsa_state"])
+        self.optimizer.load_state_dict(payload["optimizer"])
+        self.scheduler.load_state_dict(payload["scheduler"])
+        self.generator.set_state(payload["rng"]["generator"])
+        torch.set_rng_state(payload["rng"]["torch"])
+        self.step = int(payload["step"])
+
+
+def _budget_by_type(trainer: Trainer) -> dict:
+    """The trained f_comp's k (inference) per question type over the training questions."""
+    by_type: dict[str, list[int]] = {}
+    with torch.no_grad():
+        for start in range(0, len(trainer.samples), 64):
+            chunk = trainer.samples[start:start + 64]
+            k, _, _ = trainer.module.budget(trainer.adapter.question_embedding([s.question for s in chunk]))
+            for s, kb in zip(chunk, k.tolist()):
+                by_type.setdefault(s.question_type or "all", []).append(kb)
+    return {t: {"n": len(v), "k_mean": float(np.mean(v)), "k_std": float(np.std(v)),
+                "histogram": dict(sorted(Counter(v).items()))} for t, v in sorted(by_type.items())}
+
+
+def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) -> dict:
+    out = Path(cfg.out)
+    ckpt = out / CHECKPOINT
+    if ckpt.exists() and not resume:
+        raise QGSAError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose another --out")
+    if resume and not ckpt.exists():
+        raise QGSAError(f"nothing to resume: {ckpt} does not exist")
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
+    qcfg = QGSAConfig(soft_mask_space=cfg.soft_mask_space, tau=cfg.tau_start)
+    built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, None, cfg.seed, warn=warn)
+    if cfg.align_encoder == "lm":
+        qcfg.align_dim = built.adapter.d_q
+    built = _with_module(built, qcfg, cfg.seed)
+    encoder = nouns = None
+    if not cfg.no_align:
+        from qgsa_bench.qgsa.nouns import NounExtractor
+        from qgsa_bench.qgsa.text_encoders import make_encoder
+
+        encoder = make_encoder(cfg.align_encoder, built.adapter, cfg.clip_checkpoint)
+        nouns = NounExtractor(cfg.spacy_model)
+    trainer = Trainer(cfg, built, data.samples, encoder, nouns)
+    if resume:
+        module, payload = load_checkpoint(ckpt, built.loaded.provenance())
+        saved = TrainConfig(**payload["train_config"]).run_identity()
+        differs = [k for k, v in cfg.run_identity().items() if saved.get(k) != v]
+        if differs:
+            raise QGSAError(f"--resume with other settings than {ckpt} was made with ({', '.join(differs)}): "
+                            f"resume with the same settings, or start a new --out")
+        trainer.restore(payload)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    random_base = built.loaded.weights == "random"
+    write_meta(out, run_meta(built, "train", cfg.to_dict(), dataset=data.name, split=data.split,
+                             n_samples=len(data.samples), skipped_bad=data.skipped,
+                             align_encoder=None if encoder is None else encoder.name,
+                             spacy_model=None if nouns is None else nouns.model,
+                             note="RANDOM base weights: a smoke test, not a trained selector" if random_base else ""))
+    log_path = out / "train_log.csv"
+    if progress:
+        progress(f"training {cfg.model} on {data.name}", -(trainer.total_steps - trainer.step))
+    started, last = time.perf_counter(), None
+    with log_path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        if handle.tell() == 0:
+            writer.writeheader()
+        while trainer.step < trainer.total_steps:
+            last = trainer.train_step()
+            writer.writerow({k: last.get(k) for k in LOG_COLUMNS})
+            handle.flush()
+            if trainer.step % cfg.save_every == 0 or trainer.step == trainer.total_steps:
+                trainer.save(ckpt)
+            if progress:
+                progress(f"step {trainer.step}/{trainer.total_steps} loss {last['loss']:.3f} cs {last['l_cs']:.3f} "
+                         f"align {last['l_align']:.3f} k {last['k_mean']:.1f}±{last['k_std']:.1f} "
+                         f"τ {last['tau']:.2f} lr {last['lr']:.1e}", 1)
+    summary = {
+        "steps": trainer.step, "total_steps": trainer.total_steps, "wall_s": time.perf_counter() - started,
+        "weights": built.loaded.weights, "final": last, "k_by_question_type": _budget_by_type(trainer),
+        "checkpoint": str(ckpt),
+    }
+    if last is not None:
+        log = np.genfromtxt(log_path, delimiter=",", names=True)
+        summary["step_s_median"] = float(np.median(np.atleast_1d(log["step_s"])))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def _with_module(built, qcfg: QGSAConfig, seed: int):
+    """Replace the default module by one with the training's QGSA config (same seed)."""
+    from qgsa_bench.pipeline import Pipeline
+    from qgsa_bench.qgsa.module import QGSAModule
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = QGSAModule(built.adapter.d_v, built.adapter.d_q, qcfg)
+    module.to(built.device, built.dtype).eval()
+    built.module, built.pipeline = module, Pipeline(built.adapter, module, seed)
+    built.qgsa_weights = "training"
+    return built
