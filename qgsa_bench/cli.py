@@ -461,6 +461,7 @@ def train(
     entropy_coef: float = typer.Option(-0.01, help="L_entropy = coef * H(softmax(s/tau))."),
     kvar_coef: float = typer.Option(-0.5, help="L_kvar = coef * Var(c)."),
     qlen_coef: float = typer.Option(-0.3, help="L_qlen = coef * corr(|Q|, c)."),
+    lambda_answer: float = typer.Option(0.0, help="Not in the paper: weight of -log P(a | V_sparse, q) (trains W_vis to answer)."),
     no_cs: bool = typer.Option(False, "--no-cs", help="Ablation: drop L_cs."),
     no_align: bool = typer.Option(False, "--no-align", help="Ablation: drop L_align."),
     selection_only: bool = typer.Option(False, "--selection-only",
@@ -489,6 +490,7 @@ def train(
         skip_bad=skip_bad, weights=weights, epochs=epochs, batch=batch, lr=lr, warmup_steps=warmup_steps,
         grad_clip=grad_clip, tau_start=tau_start, tau_end=tau_end, lambda_cs=lambda_cs, lambda_align=lambda_align,
         lambda_sparse=lambda_sparse, entropy_coef=entropy_coef, kvar_coef=kvar_coef, qlen_coef=qlen_coef,
+        lambda_answer=lambda_answer,
         no_cs=no_cs or selection_only, no_align=no_align or selection_only,
         fixed_k=fixed_k, align_encoder=align_encoder, clip_checkpoint=str(clip_checkpoint) if clip_checkpoint else None,
         spacy_model=spacy_model, soft_mask_space=soft_mask_space, resolution=resolution, max_steps=max_steps,
@@ -504,6 +506,37 @@ def train(
         rows.append((f"k ({qtype}, n={stats['n']})", f"{stats['k_mean']:.1f} ± {stats['k_std']:.1f}"))
     rows.append(("checkpoint", summary["checkpoint"]))
     console.print(_table("qgsa train: summary", rows))
+
+
+@app.command("base-train")
+@friendly
+def base_train(
+    dataset: str = typer.Option("shapes", "--dataset", "-d", help="Only `shapes`: the generated set the base model learns."),
+    out: Path = typer.Option(Path("runs/shapes-base"), help="Model folder (save_pretrained: model + tokenizer)."),
+    steps: int = typer.Option(3000, help="Optimiser steps (fresh generated images every step)."),
+    batch: int = typer.Option(32, help="Questions per step."),
+    lr: float = typer.Option(1e-3, help="AdamW peak learning rate (warm-up, then cosine)."),
+    max_minutes: Optional[float] = typer.Option(None, help="Stop and save after this much wall time."),
+    eval_every: int = typer.Option(500, help="Held-out accuracy every N steps."),
+    eval_images: int = typer.Option(100, help="Held-out test images (two questions each)."),
+    device: str = typer.Option("cpu", help="auto | cpu | cuda[:N]."),
+    seed: int = OPT_SEED,
+):
+    """Train a small Idefics3 (every weight) on the shapes set so QGSA has a base model that can answer."""
+    from qgsa_bench.basetrain import BaseTrainConfig, run_base_train
+
+    if dataset != "shapes":
+        raise QGSAError(f"base-train supports --dataset shapes only (got '{dataset}'): it needs unlimited labelled data")
+    cfg = BaseTrainConfig(out=str(out), steps=steps, batch=batch, lr=lr, max_minutes=max_minutes,
+                          eval_every=eval_every, eval_images=eval_images, device=device, seed=seed)
+    with _RichProgress() as progress:
+        summary = run_base_train(cfg, progress)
+    last = summary["held_out"][-1] if summary["held_out"] else {}
+    rows = [("steps", summary["steps"]), ("wall time", f"{summary['wall_s']:.0f} s"),
+            ("parameters", f"{summary['parameters']:,}"), ("vocabulary", summary["vocab_size"])]
+    rows += [(f"held-out dense accuracy: {k}", f"{v:.1f}%") for k, v in last.items() if k not in ("step", "elapsed_s")]
+    rows.append(("saved", f"{out} (use --model {out})"))
+    console.print(_table("qgsa base-train", rows))
 
 
 def main() -> None:

@@ -162,6 +162,7 @@ class TrainConfig:
     entropy_coef: float = -0.01  # L_entropy = entropy_coef * H(softmax(s / tau)) (the paper: -0.01)
     kvar_coef: float = -0.5  # L_kvar = kvar_coef * Var(c)
     qlen_coef: float = -0.3  # L_qlen = qlen_coef * corr(|Q|, c)
+    lambda_answer: float = 0.0  # not in the paper: weight of L_answer = -log P(a | V_sparse, q) (see README)
     no_cs: bool = False
     no_align: bool = False
     fixed_k: int | None = None

@@ -23,6 +23,8 @@ from qgsa_bench.qgsa.selector import norm_selection, random_selection
 from qgsa_bench.results import append_rows, check_same_settings, read_rows, run_meta, write_meta
 
 SELECTORS = ("qgsa", "random", "norm", "oracle")
+PAIR_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "n_pairs", "mean_jaccard",
+                "share_in_own_box", "share_in_other_box", "resolution", "note"]
 GROUNDING_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "question_type", "n",
                      "mean_iou", "median_iou", "k_mean", "resolution", "note"]
 
@@ -72,7 +74,8 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int
         for b, sample in enumerate(chunk):
             w, h = sizes[b]
             record = {"id": sample.id, "question": sample.question, "question_type": sample.question_type,
-                      "box": list(sample.box), "width": w, "height": h, "k": len(picks["qgsa"][b])}
+                      "box": list(sample.box), "width": w, "height": h, "k": len(picks["qgsa"][b]),
+                      "image_index": sample.extra.get("image_index"), "referent": sample.extra.get("referent")}
             for name in SELECTORS:
                 record[f"{name}_patches"] = picks[name][b]
                 record[f"{name}_iou"] = hull_iou(picks[name][b], int(grid), w, h, sample.box)
@@ -96,10 +99,57 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int
     with (out / "grounding.jsonl").open("w") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")
-    from qgsa_bench.report import figure_selections, grounding_markdown
+    from qgsa_bench.report import figure_pair, figure_selections, grounding_markdown, pairs_markdown
 
-    (out / "table3.md").write_text(grounding_markdown(read_rows(out / "grounding.csv"), meta))
+    table = grounding_markdown(read_rows(out / "grounding.csv"), meta)
+    pairs, pair_records = question_pairs(records, int(grid))
+    if pairs:
+        append_rows(out / "pairs.csv.tmp", [{**base, **row} for row in pairs], PAIR_COLUMNS)
+        (out / "pairs.csv.tmp").replace(out / "pairs.csv")
+        table += "\n" + pairs_markdown(read_rows(out / "pairs.csv"))
+        first = pair_records[0]
+        figure_pair(samples[first[0]].open_image(), records[first[0]], records[first[1]], int(grid),
+                    out / "pair.png", title=f"{cfg.model} ({built.loaded.weights} weights): two questions, one image")
+    (out / "table3.md").write_text(table)
     shown = [(s, r) for s, r in zip(samples, records)][:figure_samples]
     figure_selections([(s.open_image(), r) for s, r in shown], int(grid), out / "selections.png",
                       title=f"{cfg.model} ({built.loaded.weights} weights): qgsa (red) vs box (green)")
     return out
+
+
+def _centers_inside(indices, grid: int, width: float, height: float, box) -> float:
+    """Share of the patches whose centre lies inside box [x, y, w, h] (original pixels)."""
+    if not indices:
+        return 0.0
+    x, y, w, h = box
+    inside = 0
+    for i in indices:
+        cx, cy = (i % grid + 0.5) * width / grid, (i // grid + 0.5) * height / grid
+        inside += (x <= cx <= x + w) and (y <= cy <= y + h)
+    return inside / len(indices)
+
+
+def question_pairs(records: list[dict], grid: int) -> tuple[list[dict], list[tuple[int, int]]]:
+    """Question-dependence: for two questions on one image about different objects, the Jaccard overlap
+    of their selected sets and the share of each set inside its own object's box (vs the other's).
+    For `random` the two sets are two independent draws: the chance level."""
+    by_image: dict[int, list[int]] = {}
+    for i, r in enumerate(records):
+        if r.get("image_index") is not None and r.get("referent") is not None:
+            by_image.setdefault(r["image_index"], []).append(i)
+    pairs = [(idx[0], idx[1]) for idx in by_image.values()
+             if len(idx) >= 2 and records[idx[0]]["referent"] != records[idx[1]]["referent"]]
+    rows = []
+    for name in SELECTORS[:3]:
+        jac, own, other = [], [], []
+        for a, b in pairs:
+            ra, rb = records[a], records[b]
+            sa, sb = set(ra[f"{name}_patches"]), set(rb[f"{name}_patches"])
+            jac.append(len(sa & sb) / max(len(sa | sb), 1))
+            for r, s_own, r_other in ((ra, sa, rb), (rb, sb, ra)):
+                own.append(_centers_inside(sorted(s_own), grid, r["width"], r["height"], r["box"]))
+                other.append(_centers_inside(sorted(s_own), grid, r["width"], r["height"], r_other["box"]))
+        if pairs:
+            rows.append({"selector": name, "n_pairs": len(pairs), "mean_jaccard": float(np.mean(jac)),
+                         "share_in_own_box": float(np.mean(own)), "share_in_other_box": float(np.mean(other))})
+    return rows, pairs

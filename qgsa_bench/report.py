@@ -148,7 +148,24 @@ def grounding_markdown(frame, meta: dict | None) -> str:
     return "\n".join(lines) + "\n"
 
 
+def pairs_markdown(frame) -> str:
+    lines = ["### Question dependence: two questions about different objects of one image", "",
+             "| Selector | pairs | mean Jaccard of the two selections | share inside own object's box "
+             "| share inside the other object's box |", "|---|---|---|---|---|"]
+    for _, r in frame.iterrows():
+        lines.append(f"| {r['selector']} | {int(r['n_pairs'])} | {_fmt(r['mean_jaccard'], '.3f')} "
+                     f"| {_fmt(100 * r['share_in_own_box'], '.1f', '%')} | {_fmt(100 * r['share_in_other_box'], '.1f', '%')} |")
+    lines += ["", "For `random` the two selections are independent draws (chance overlap). `norm` ignores the "
+              "question, so its two selections are identical (Jaccard 1) whenever k is the same."]
+    return "\n".join(lines) + "\n"
+
+
 # ---- figures ---------------------------------------------------------------------------------
+def figure_pair(image, first: dict, second: dict, grid: int, path: Path, title: str = "") -> Path:
+    """One image, two questions: each question's selected patches and its object's box, side by side."""
+    return figure_selections([(image, first), (image, second)], grid, path, title)
+
+
 def figure_selections(items, grid: int, path: Path, title: str = "") -> Path:
     """Overlay the selected patches (red) and the ground-truth box (green) on a few images."""
     from matplotlib.patches import Rectangle

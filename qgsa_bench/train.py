@@ -35,7 +35,7 @@ from qgsa_bench.qgsa.selector import gather_patches
 from qgsa_bench.results import run_meta, write_meta
 
 CHECKPOINT = "checkpoint.pt"
-LOG_COLUMNS = ["step", "epoch", "loss", "l_cs", "l_align", "l_sparse", "l_entropy", "l_kvar", "l_qlen",
+LOG_COLUMNS = ["step", "epoch", "loss", "l_cs", "l_align", "l_answer", "l_sparse", "l_entropy", "l_kvar", "l_qlen",
                "k_mean", "k_std", "c_mean", "tau", "lr", "step_s"]
 
 
@@ -109,9 +109,11 @@ class Trainer:
         cfg, a = self.cfg, self.adapter
         tokens, valid, sel = self.pipeline.visual_tokens("qgsa", x.V, x.q, k=cfg.fixed_k, tau=tau)
         zero = tokens.sum() * 0.0
-        terms = {"l_cs": zero, "l_align": zero}
-        if not cfg.no_cs:
+        terms = {"l_cs": zero, "l_align": zero, "l_answer": zero}
+        if not cfg.no_cs or cfg.lambda_answer:
             logp_sparse = a.answer_logprob(a.build_inputs(tokens, x.questions, valid), x.answers)
+            terms["l_answer"] = -logp_sparse.mean()
+        if not cfg.no_cs:
             r_tokens, r_valid, _ = self.pipeline.visual_tokens("random", x.V, x.q, k=sel.k)
             logp_random = a.answer_logprob(a.build_inputs(r_tokens, x.questions, r_valid), x.answers)
             terms["l_cs"] = losses.contrastive_selection(logp_sparse, logp_random)
@@ -127,6 +129,7 @@ class Trainer:
         else:
             terms["l_kvar"] = terms["l_qlen"] = zero
         terms["loss"] = (cfg.lambda_cs * terms["l_cs"] + cfg.lambda_align * terms["l_align"]
+                         + cfg.lambda_answer * terms["l_answer"]
                          + cfg.lambda_sparse * terms["l_sparse"] + terms["l_entropy"] + terms["l_kvar"]
                          + terms["l_qlen"])
         terms["_k"], terms["_c"] = sel.k.float(), sel.c

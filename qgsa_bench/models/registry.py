@@ -102,7 +102,7 @@ def _hub_reachable(timeout: float = 2.0) -> bool:
 
 def _from_pretrained(source: str, dtype, attn: str):
     """Try the local directory / HF cache, then the hub if it answers. Returns (model, processor, tried)."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     tried: list[str] = []
     attempts = [True] if Path(source).is_dir() else [True, False]
@@ -118,12 +118,27 @@ def _from_pretrained(source: str, dtype, attn: str):
         except (OSError, ValueError) as err:
             tried.append(f"{where} ({str(err).splitlines()[0][:120]})")
             continue
-        try:
-            processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
-        except (OSError, ValueError):
-            processor = None
-        return model, processor, tried
+        return model, _processor(source, local_only), tried
     return None, None, tried
+
+
+def _processor(source: str, local_only: bool):
+    """The model's processor; else its tokenizer alone (models saved by `qgsa base-train`); else None."""
+    from types import SimpleNamespace
+
+    from transformers import AutoProcessor, AutoTokenizer
+
+    try:
+        processor = AutoProcessor.from_pretrained(source, local_files_only=local_only)
+        if getattr(processor, "tokenizer", None) is not None:
+            return processor
+    except (OSError, ValueError, TypeError, KeyError):
+        pass
+    try:
+        return SimpleNamespace(tokenizer=AutoTokenizer.from_pretrained(source, local_files_only=local_only),
+                               image_processor=None)
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
 
 
 def _random_model(config, dtype, attn: str, seed: int):

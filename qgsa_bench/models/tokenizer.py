@@ -60,3 +60,29 @@ def build_fallback_tokenizer(special_tokens: dict[str, int], vocab_size: int):
         eos_token="<end_of_utterance>" if "<end_of_utterance>" in special_tokens else None,
         pad_token="<|im_end|>" if "<|im_end|>" in special_tokens else None,
     )
+
+
+WORD_LEVEL_KIND = "word-level"
+
+
+def build_word_tokenizer(texts: list[str], special_tokens: list[str]):
+    """A word-level `PreTrainedTokenizerFast` over the words of `texts` (issue: base-train).
+
+    Lower-cased, split on whitespace and punctuation; special tokens first (ids 0..), then the words
+    in sorted order, so the same texts always give the same ids."""
+    import re
+
+    from tokenizers import AddedToken, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = sorted({w for text in texts for w in re.findall(r"\w+|[^\w\s]+", text.lower())} | set(string.digits))
+    vocab = {tok: i for i, tok in enumerate([*special_tokens, UNK])}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in special_tokens])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token=UNK, bos_token="<|im_start|>",
+                                   eos_token="<end_of_utterance>", pad_token="<|im_end|>")

@@ -1,0 +1,168 @@
+"""`qgsa base-train`: train every weight of a small Idefics3 on the shapes set, from scratch.
+
+No pretrained VLM can be downloaded here, so this makes one that can answer. The architecture is
+the `shapes-base` preset (models/presets/train/shapes-base.json: 224 px, patch 16, 196 patches,
+pixel shuffle x2 -> 49 dense visual tokens, 4+4 layers of width 128); the tokenizer is word-level,
+built with `tokenizers` from the data's vocabulary. Training is the dense pipeline of the adapter
+(vision -> connector -> LM), teacher-forced on "{answer}<end_of_utterance>", on freshly generated
+batches (every step new images, so no epoch and no over-fitting), AdamW with warm-up and cosine decay.
+The result is saved with `save_pretrained` (model + tokenizer) so that `--model DIR` loads it through
+the same `from_pretrained` path as SmolVLM.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from qgsa_bench import QGSAError
+from qgsa_bench.data import shapes
+from qgsa_bench.metrics import exact_match
+from qgsa_bench.models.idefics3 import PROMPT_PREFIX, PROMPT_SUFFIX, Idefics3Adapter
+from qgsa_bench.models.registry import LoadedModel
+from qgsa_bench.models.tokenizer import WORD_LEVEL_KIND, build_word_tokenizer
+from qgsa_bench.runtime import resolve_device
+from qgsa_bench.train import lr_factor
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<global-img>", "<fake_token_around_image>",
+                  "<image>", "<end_of_utterance>"]
+END = "<end_of_utterance>"
+
+
+@dataclass
+class BaseTrainConfig:
+    out: str = "runs/shapes-base"
+    steps: int = 3000
+    batch: int = 32
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.05
+    eval_every: int = 500
+    eval_images: int = 100  # held-out test split: two questions per image
+    max_minutes: float | None = None  # stop (and save) when this much wall time has passed
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        for name in ("steps", "batch", "eval_every", "eval_images"):
+            if getattr(self, name) < 1:
+                raise QGSAError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+
+
+def shapes_preset() -> dict:
+    path = resources.files("qgsa_bench.models").joinpath("presets/train/shapes-base.json")
+    return json.loads(path.read_text())
+
+
+def build_tokenizer():
+    """Word-level vocabulary of the shapes questions and answers plus the prompt's own words."""
+    texts = [PROMPT_PREFIX, PROMPT_SUFFIX.format(question="")]
+    texts += [f"{s.question} {s.answers[0]}" for s in shapes.generate(400, seed=12345, split="train")]
+    texts += [f"what color is the {sh}? what shape is the {c} object? is there a {c} {sh}? how many {sh}s are "
+              f"there? is there an {c} {sh}? yes no" for c in shapes.COLORS for sh in shapes.SHAPES]
+    return build_word_tokenizer(texts, SPECIAL_TOKENS)
+
+
+def new_model(tokenizer, seed: int, device):
+    from transformers import AutoModelForImageTextToText, Idefics3Config
+
+    preset = shapes_preset()
+    config = dict(preset["config"])
+    vocab = tokenizer.get_vocab()
+    config["image_token_id"] = vocab["<image>"]
+    config["text_config"] = {**config["text_config"], "vocab_size": len(vocab), "bos_token_id": vocab["<|im_start|>"],
+                             "eos_token_id": vocab[END], "pad_token_id": vocab["<|im_end|>"]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = AutoModelForImageTextToText.from_config(Idefics3Config(**config), attn_implementation="sdpa")
+    return model.to(device), preset
+
+
+def wrap(model, tokenizer, preset, source: str) -> LoadedModel:
+    return LoadedModel(name="shapes-base", source=source, weights="training", tokenizer_kind=WORD_LEVEL_KIND,
+                       model=model, tokenizer=tokenizer, image_mean=tuple(preset["image_mean"]),
+                       image_std=tuple(preset["image_std"]), special_tokens=tokenizer.get_vocab())
+
+
+def dense_loss(adapter: Idefics3Adapter, samples) -> torch.Tensor:
+    pixel_values = adapter.pixel_values([s.image for s in samples], adapter.image_size)
+    tokens = adapter.connect(adapter.patch_features(pixel_values))
+    inputs = adapter.build_inputs(tokens, [s.question for s in samples])
+    return -adapter.answer_logprob(inputs, [f"{s.answers[0]}{END}" for s in samples]).mean()
+
+
+@torch.no_grad()
+def dense_accuracy(adapter: Idefics3Adapter, samples, batch: int = 50) -> dict[str, float]:
+    """Exact-match accuracy (%) of greedy answers, overall and per question type."""
+    hits: dict[str, list[float]] = {}
+    for start in range(0, len(samples), batch):
+        chunk = samples[start:start + batch]
+        pixel_values = adapter.pixel_values([s.image for s in chunk], adapter.image_size)
+        inputs = adapter.build_inputs(adapter.connect(adapter.patch_features(pixel_values)), [s.question for s in chunk])
+        for s, ids in zip(chunk, adapter.generate(inputs, max_new_tokens=3)):
+            score = exact_match(adapter.decode_text(ids), s.answers)
+            hits.setdefault("all", []).append(score)
+            hits.setdefault(s.question_type, []).append(score)
+    return {k: 100 * sum(v) / len(v) for k, v in sorted(hits.items())}
+
+
+def run_base_train(cfg: BaseTrainConfig, progress=None) -> dict:
+    out = Path(cfg.out)
+    if (out / "config.json").exists():
+        raise QGSAError(f"{out} already holds a model: choose another --out or delete it")
+    device = resolve_device(cfg.device)
+    tokenizer = build_tokenizer()
+    model, preset = new_model(tokenizer, cfg.seed, device)
+    adapter = Idefics3Adapter(wrap(model, tokenizer, preset, str(out)))
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps))
+    held_out = shapes.generate(cfg.eval_images, seed=cfg.seed, split="test")
+    out.mkdir(parents=True, exist_ok=True)
+    log_rows, started, step, evals = [], time.perf_counter(), 0, []
+    if progress:
+        progress("training shapes-base", -cfg.steps)
+    while step < cfg.steps:
+        batch = shapes.generate(math.ceil(cfg.batch / shapes.QUESTIONS_PER_IMAGE), seed=cfg.seed * 1_000_003 + step,
+                                split="train")[: cfg.batch]
+        loss = dense_loss(adapter, batch)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise QGSAError(f"non-finite loss at step {step + 1}: lower --lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        elapsed = time.perf_counter() - started
+        log_rows.append({"step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"], "elapsed_s": elapsed})
+        out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
+        if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
+            model.eval()
+            evals.append({"step": step, "elapsed_s": elapsed, **dense_accuracy(adapter, held_out)})
+            model.train()
+        if progress:
+            progress(f"step {step}/{cfg.steps} loss {loss_value:.3f}"
+                     + (f" held-out acc {evals[-1]['all']:.1f}%" if evals else ""), 1)
+        if out_of_time:
+            break
+    model.eval()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    with (out / "base_train_log.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(log_rows[0]))
+        writer.writeheader()
+        writer.writerows(log_rows)
+    summary = {"config": asdict(cfg), "steps": step, "wall_s": time.perf_counter() - started,
+               "parameters": sum(p.numel() for p in model.parameters()), "held_out": evals,
+               "held_out_questions": len(held_out), "vocab_size": len(tokenizer.get_vocab())}
+    (out / "base_train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary

@@ -1,0 +1,51 @@
+"""A few-step version of the issue-6 flow: base-train a small Idefics3 on shapes, save it, load it back
+through from_pretrained, train QGSA on it, then eval and grounding with question-pair analysis."""
+
+import json
+
+import pandas as pd
+from typer.testing import CliRunner
+
+from qgsa_bench.cli import app
+from qgsa_bench.models import load_model
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_shapes_flow(tmp_path):
+    base = tmp_path / "base"
+    result = invoke("base-train", "--out", base, "--steps", 3, "--batch", 4, "--eval-every", 3, "--eval-images", 2)
+    assert result.exit_code == 0, result.output
+    summary = json.loads((base / "base_train_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["held_out"][-1]["step"] == 3
+    loaded = load_model(str(base), weights="pretrained")  # the same from_pretrained path as SmolVLM
+    assert loaded.weights == "pretrained" and loaded.config.vision_config.image_size == 224
+    assert loaded.config.image_token_id == loaded.tokenizer.convert_tokens_to_ids("<image>")
+    assert (224 // loaded.config.vision_config.patch_size) ** 2 == 196
+    result = invoke("base-train", "--out", base, "--steps", 1)
+    assert result.exit_code == 2 and "already holds a model" in result.stderr
+
+    qgsa = tmp_path / "qgsa"
+    result = invoke("train", "-m", base, "-d", "shapes", "--limit", 8, "--epochs", 1, "--align-encoder", "lm",
+                    "--lambda-answer", 1.0, "--device", "cpu", "--out", qgsa)
+    assert result.exit_code == 0, result.output
+    assert "l_answer" in pd.read_csv(qgsa / "train_log.csv").columns
+
+    result = invoke("eval", "-m", base, "-d", "shapes", "--limit", 4, "--pipelines", "dense,qgsa,random,norm",
+                    "--checkpoint", qgsa / "checkpoint.pt", "--max-new-tokens", 2, "--out", tmp_path / "eval")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(tmp_path / "eval" / "eval.csv")
+    assert set(frame.weights) == {"pretrained"} and set(frame[frame.scope == "all"].n) == {4}
+    assert frame[(frame.scope == "all") & (frame.pipeline == "dense")].n_visual_tokens_mean.iloc[0] == 49
+
+    result = invoke("grounding", "-m", base, "-d", "shapes", "--limit", 30, "--k", 8,
+                    "--checkpoint", qgsa / "checkpoint.pt", "--out", tmp_path / "g")
+    assert result.exit_code == 0, result.output
+    pairs = pd.read_csv(tmp_path / "g" / "pairs.csv").set_index("selector")
+    assert list(pairs.index) == ["qgsa", "random", "norm"]
+    assert pairs.loc["norm", "mean_jaccard"] == 1.0  # question-blind: the same 8 patches for both questions
+    assert (tmp_path / "g" / "pair.png").exists()
