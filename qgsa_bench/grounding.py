@@ -113,7 +113,7 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int
     (out / "table3.md").write_text(table)
     shown = [(s, r) for s, r in zip(samples, records)][:figure_samples]
     figure_selections([(s.open_image(), r) for s, r in shown], int(grid), out / "selections.png",
-                      title=f"{cfg.model} ({built.loaded.weights} weights): qgsa (red) vs box (green)")
+                      title=f"{cfg.model} ({built.loaded.weights} weights): qgsa (cyan) vs box (green)")
     return out
 
 

@@ -51,8 +51,9 @@ def _header(meta: dict | None, title: str) -> list[str]:
     lines = [f"## {title}", ""]
     facts = [f"model **{meta.get('model', '?')}**", f"weights **{meta.get('weights', '?')}**",
              f"QGSA module {meta.get('qgsa_weights', '?')}", f"device {meta.get('device', '?')}",
-             f"dtype {meta.get('dtype', '?')}", f"batch {meta.get('settings', {}).get('batch', '?')}",
-             f"{meta.get('settings', {}).get('decode_tokens', '?')} generated tokens"]
+             f"dtype {meta.get('dtype', '?')}", f"batch {meta.get('settings', {}).get('batch', '?')}"]
+    if "decode_tokens" in meta.get("settings", {}):
+        facts.append(f"{meta['settings']['decode_tokens']} generated tokens")
     lines.append("; ".join(facts) + ".  ")
     if meta.get("weights") == "random":
         lines.append("**Random weights**: FLOPs and latency are the architecture's; nothing here is accuracy.  ")
@@ -167,7 +168,7 @@ def figure_pair(image, first: dict, second: dict, grid: int, path: Path, title: 
 
 
 def figure_selections(items, grid: int, path: Path, title: str = "") -> Path:
-    """Overlay the selected patches (red) and the ground-truth box (green) on a few images."""
+    """Overlay the selected patches (cyan) and the ground-truth box (green) on a few images."""
     from matplotlib.patches import Rectangle
 
     from qgsa_bench.metrics import patch_boxes
@@ -178,7 +179,7 @@ def figure_selections(items, grid: int, path: Path, title: str = "") -> Path:
         w, h = image.size
         ax.imshow(image)
         for x0, y0, x1, y1 in patch_boxes(record["qgsa_patches"], grid, w, h):
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, color="red", alpha=0.35))
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor="cyan", edgecolor="black", lw=0.5, alpha=0.45))
         x, y, bw, bh = record["box"]
         ax.add_patch(Rectangle((x, y), bw, bh, fill=False, edgecolor="lime", lw=2))
         ax.set_title(f"{record['question'][:38]}\nIoU {100 * record['qgsa_iou']:.1f}%", fontsize=7)

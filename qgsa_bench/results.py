@@ -38,6 +38,7 @@ def check_same_settings(out: Path, settings: dict) -> None:
     meta = read_meta(out)
     if meta is None or "settings" not in meta:
         return
+    settings = json.loads(json.dumps(settings, default=str))  # as meta.json holds them (tuples -> lists)
     differs = [k for k, v in settings.items() if meta["settings"].get(k) != v]
     if differs:
         raise QGSAError(

@@ -65,6 +65,10 @@ def test_grounding_and_report(tmp_path):
     assert (out / "selections.png").read_bytes()[:4] == b"\x89PNG"
     result = invoke("report", "--results", out, "--out", tmp_path / "r")
     assert result.exit_code == 0 and "Grounding IoU" in (tmp_path / "r" / "report.md").read_text()
+    again = invoke("grounding", "--model", "tiny", "--dataset", "shapes", "--limit", 5, "--out", out)
+    assert again.exit_code == 0, again.output  # the same settings may rerun into the same folder
+    other = invoke("grounding", "--model", "tiny", "--dataset", "shapes", "--limit", 6, "--out", out)
+    assert other.exit_code == 2 and "(limit differ)" in other.stderr
 
 
 def test_data_shapes_writes_a_refcoco_layout(tmp_path):
