@@ -47,6 +47,7 @@ class BaseTrainConfig:
     eval_every: int = 500
     eval_images: int = 100  # held-out test split: two questions per image
     max_minutes: float | None = None  # stop (and save) when this much wall time has passed
+    init: str | None = None  # continue from a model folder saved by an earlier base-train
     seed: int = 0
     device: str = "cpu"
 
@@ -85,6 +86,17 @@ def new_model(tokenizer, seed: int, device):
     return model.to(device), preset
 
 
+def load_base(folder: str, device):
+    """A model folder written by base-train, to continue training it (all weights trainable)."""
+    from transformers import AutoModelForImageTextToText, AutoTokenizer
+
+    if not (Path(folder) / "config.json").is_file():
+        raise QGSAError(f"--init {folder} is not a model folder written by qgsa base-train (no config.json)")
+    model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa").to(device)
+    model.requires_grad_(True)
+    return model, AutoTokenizer.from_pretrained(folder), shapes_preset()
+
+
 def wrap(model, tokenizer, preset, source: str) -> LoadedModel:
     return LoadedModel(name="shapes-base", source=source, weights="training", tokenizer_kind=WORD_LEVEL_KIND,
                        model=model, tokenizer=tokenizer, image_mean=tuple(preset["image_mean"]),
@@ -118,8 +130,11 @@ def run_base_train(cfg: BaseTrainConfig, progress=None) -> dict:
     if (out / "config.json").exists():
         raise QGSAError(f"{out} already holds a model: choose another --out or delete it")
     device = resolve_device(cfg.device)
-    tokenizer = build_tokenizer()
-    model, preset = new_model(tokenizer, cfg.seed, device)
+    if cfg.init:
+        model, tokenizer, preset = load_base(cfg.init, device)
+    else:
+        tokenizer = build_tokenizer()
+        model, preset = new_model(tokenizer, cfg.seed, device)
     adapter = Idefics3Adapter(wrap(model, tokenizer, preset, str(out)))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)

@@ -28,6 +28,10 @@ def test_shapes_flow(tmp_path):
     assert (224 // loaded.config.vision_config.patch_size) ** 2 == 196
     result = invoke("base-train", "--out", base, "--steps", 1)
     assert result.exit_code == 2 and "already holds a model" in result.stderr
+    more = tmp_path / "more"
+    result = invoke("base-train", "--init", base, "--out", more, "--steps", 1, "--batch", 2, "--eval-images", 1)
+    assert result.exit_code == 0, result.output
+    assert load_model(str(more), "pretrained").tokenizer.get_vocab() == loaded.tokenizer.get_vocab()
 
     qgsa = tmp_path / "qgsa"
     result = invoke("train", "-m", base, "-d", "shapes", "--limit", 8, "--epochs", 1, "--align-encoder", "lm",
