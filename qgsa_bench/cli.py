@@ -300,6 +300,12 @@ def ablate(
     image: Optional[Path] = OPT_IMAGE,
     question: str = OPT_QUESTION,
     no_flops: bool = OPT_NO_FLOPS,
+    train_dataset: Optional[str] = typer.Option(None, help="Train each configuration without a checkpoint on this data set first."),
+    train_data_dir: Optional[Path] = typer.Option(None, help="--data-dir of the training data set."),
+    train_limit: Optional[int] = typer.Option(None, help="Training questions per configuration."),
+    train_steps: Optional[int] = typer.Option(None, help="Training steps per configuration (--max-steps)."),
+    align_encoder: str = typer.Option("lm", help="Text encoder for L_align when training: lm | clip."),
+    eval_limit: Optional[int] = typer.Option(None, help="With checkpoints: accuracy on this many questions of the data set."),
     out: Path = typer.Option(Path("results/ablate"), help="Results folder (ablate.csv, meta.json, table5.md)."),
 ):
     """Latency of dense, fixed-k, adaptive-k, +L_cs, +L_align and full QGSA (Table 5 / Fig. 5)."""
@@ -309,7 +315,9 @@ def ablate(
     measure = _measure_config(model=model, weights=weights, batch=batch, device=device, dtype=dtype,
                               attn_implementation=attn, reps=reps, warmup=warmup, decode_tokens=decode_tokens,
                               k=k, seed=seed, image=image, question=question, count_flops=not no_flops)
-    cfg = AblateConfig(measure, resolution, parse_checkpoints(checkpoint), str(out))
+    cfg = AblateConfig(measure, resolution, parse_checkpoints(checkpoint), str(out), train_dataset=train_dataset,
+                       train_data_dir=str(train_data_dir) if train_data_dir else None, train_limit=train_limit,
+                       train_steps=train_steps, align_encoder=align_encoder, eval_limit=eval_limit)
     with _RichProgress() as progress:
         folder = run_ablate(cfg, progress, warn=_warn)
     console.print((folder / "table5.md").read_text(), soft_wrap=True, markup=False)

@@ -99,6 +99,16 @@ class AblateConfig:
     resolution: int = 384  # the paper's SmolVLM input size (section 3.5)
     checkpoints: dict | None = None  # ablation config name -> QGSA checkpoint path
     out: str = "results/ablate"
+    train_dataset: str | None = None  # train every configuration without a checkpoint first (qgsa train)
+    train_data_dir: str | None = None
+    train_limit: int | None = None
+    train_steps: int | None = None
+    align_encoder: str = "lm"  # for the trained configurations that use L_align
+    eval_limit: int | None = None  # with trained checkpoints: accuracy on this many questions of the data set
+
+    def settings(self) -> dict:
+        return {k: getattr(self, k) for k in ("resolution", "train_dataset", "train_data_dir", "train_limit",
+                                             "train_steps", "align_encoder", "eval_limit")}
 
 
 @dataclass

@@ -103,12 +103,12 @@ def write_table4(frame, path: Path, meta: dict | None) -> Path:
 
 def table5_markdown(frame, meta: dict | None) -> str:
     lines = _header(meta, "Component ablation latency (cf. the paper's Table 5)")
-    lines += ["| Configuration | QGSA weights | mean k | latency ms median [p10–p90] | end-to-end GFLOPs |",
-              "|---|---|---|---|---|"]
+    lines += ["| Configuration | QGSA weights | mean k | latency ms median [p10–p90] | end-to-end GFLOPs | accuracy (%) |",
+              "|---|---|---|---|---|---|"]
     for _, r in frame.iterrows():
         lines.append(f"| {r.get('label', r['config'])} (`{r['config']}`) | {r.get('qgsa_weights', '–')} | {_fmt(r.get('k'), '.1f')} "
                      f"| {_fmt(r['latency_ms_median'])} [{_fmt(r['latency_ms_p10'])}–{_fmt(r['latency_ms_p90'])}] "
-                     f"| {_fmt(r.get('flops_total', float('nan')) / 1e9, '.2f')} |")
+                     f"| {_fmt(r.get('flops_total', float('nan')) / 1e9, '.2f')} | {_fmt(r.get('accuracy'))} |")
     lines += ["", "Configurations without a checkpoint use the randomly initialised module (labelled "
               "`random-init`): their latencies differ only by noise and by k, not by training."]
     return "\n".join(lines) + "\n"

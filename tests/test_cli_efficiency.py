@@ -97,3 +97,19 @@ def test_report_bad_input(tmp_path):
     (folder / "sweep.csv").write_text("resolution,pipeline\n64,dense\n")
     result = invoke("report", "--results", folder, "--out", tmp_path / "r")
     assert result.exit_code == 2 and "lacks the column(s)" in result.stderr
+
+
+def test_ablate_trains_each_configuration_first(tmp_path):
+    out = tmp_path / "ablate"
+    result = invoke("ablate", *FAST, "--resolution", "64", "--train-dataset", "shapes", "--train-limit", "4",
+                    "--train-steps", "1", "--eval-limit", "2", "--out", out)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "ablate.csv").set_index("config")
+    for name in ("fixed-k", "adaptive-k", "cs", "align", "full"):
+        assert frame.loc[name, "qgsa_weights"] == f"checkpoint:{out / 'train' / name / 'checkpoint.pt'}"
+        config = json.loads((out / "train" / name / "config.json").read_text())
+        assert (config["no_cs"], config["no_align"]) == {"fixed-k": (True, True), "adaptive-k": (True, True),
+                                                         "cs": (False, True), "align": (True, False),
+                                                         "full": (False, False)}[name]
+    assert json.loads((out / "train" / "fixed-k" / "config.json").read_text())["fixed_k"] == 5
+    assert set(frame.accuracy_n) == {2}

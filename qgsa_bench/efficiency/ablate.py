@@ -1,10 +1,11 @@
-"""`qgsa ablate`: latency of the paper's Table 5 configurations, by stage, in one process.
+"""`qgsa ablate`: latency (and, with trained checkpoints, accuracy) of the paper's Table 5 configurations.
 
 dense -> fixed-k -> adaptive-k -> +L_cs -> +L_align -> full. The losses only change trained
 weights, so without checkpoints the last four are the same randomly initialised module, labelled
 `random-init`: their rows differ by noise (and by k for adaptive budgets), which is itself the
 point the paper's Fig. 5 makes. Give `--checkpoint NAME=PATH` (NAME one of the configs) to
-measure trained modules.
+measure trained modules, or `--train-dataset` to have each configuration trained first
+(`qgsa train` with the switches in TRAIN_FLAGS, into OUT/train/NAME) and then measured.
 """
 
 from __future__ import annotations
@@ -37,8 +38,16 @@ ABLATE_COLUMNS = [
     "model", "weights", "device", "dtype", "batch", "resolution", "config", "label", "pipeline",
     "qgsa_weights", "n_patches", "n_visual_tokens", "k", "decode_tokens", "latency_ms_median",
     "latency_ms_p10", "latency_ms_p90", "n", "vision_ms", "select_ms", "connector_ms", "prefill_ms",
-    "decode_ms_per_token", "flops_total", "peak_mem_mb",
+    "decode_ms_per_token", "flops_total", "peak_mem_mb", "accuracy", "accuracy_n",
 ]
+# how `qgsa ablate --train-dataset` trains each configuration (qgsa train options)
+TRAIN_FLAGS = {
+    "fixed-k": {"no_cs": True, "no_align": True},  # selection with the regularisers only, fixed k
+    "adaptive-k": {"no_cs": True, "no_align": True},
+    "cs": {"no_align": True},
+    "align": {"no_cs": True},
+    "full": {},
+}
 
 
 def parse_checkpoints(specs: list[str]) -> dict[str, str]:
@@ -59,11 +68,12 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
     out = Path(cfg.out)
     built = build(m.model, m.weights, m.device, m.dtype, None, m.seed,
                   attn_implementation=m.attn_implementation, warn=warn)
-    settings = {**m.settings(), "device": device_name(built.device), "resolution": cfg.resolution,
-                "checkpoints": checkpoints}
+    settings = {**m.settings(), **cfg.settings(), "device": device_name(built.device), "checkpoints": checkpoints}
     check_same_settings(out, settings)
     fixed_k = m.k or PAPER_K
     check_k_fits(built.adapter.n_patches(cfg.resolution), cfg.resolution, fixed_k)
+    if cfg.train_dataset:
+        checkpoints = {**train_configurations(cfg, fixed_k, progress, warn), **checkpoints}
     cases, qgsa_weights = [], {}
     for name, (label, pipeline, fixed) in ABLATION_CONFIGS.items():
         pipe, origin = built.pipeline, built.qgsa_weights
@@ -80,8 +90,8 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
     meta = run_meta(
         built, "ablate", settings, reps=m.reps, warmup=m.warmup,
         k_rule=f"fixed-k uses k={fixed_k}; the others use f_comp(q)",
-        note=("RANDOM base weights: latency only; accuracy needs trained checkpoints and `qgsa eval`"
-              if built.loaded.weights == "random" else "latency only; accuracy comes from `qgsa eval`"),
+        note=("RANDOM base weights: latency is the architecture's; any accuracy is meaningless"
+              if built.loaded.weights == "random" else "accuracy only for configurations with checkpoints"),
     )
     meta["qgsa_weights"] = "per configuration (see the qgsa_weights column)"
     write_meta(out, meta)
@@ -93,11 +103,54 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
                              m.warmup, m.decode_tokens, m.count_flops, progress)
         base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
                 "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
+        accuracy = ablation_accuracy(cfg, built, cases) if cfg.eval_limit and checkpoints else {}
         for row in rows:
             name = row["label"]
-            row.update(config=name, label=ABLATION_CONFIGS[name][0], qgsa_weights=qgsa_weights[name])
+            row.update(config=name, label=ABLATION_CONFIGS[name][0], qgsa_weights=qgsa_weights[name],
+                       **accuracy.get(name, {}))
         append_rows(csv_path, [{**base, **row} for row in rows], ABLATE_COLUMNS)
     from qgsa_bench.report import table5_markdown
 
     (out / "table5.md").write_text(table5_markdown(read_rows(csv_path), meta))
+    return out
+
+
+def train_configurations(cfg: AblateConfig, fixed_k: int, progress=None, warn=None) -> dict[str, str]:
+    """Train each QGSA configuration that has no checkpoint (or reuse OUT/train/NAME), return the paths."""
+    from qgsa_bench.config import TrainConfig
+    from qgsa_bench.train import CHECKPOINT, run_train
+
+    m, paths = cfg.measure, {}
+    for name, flags in TRAIN_FLAGS.items():
+        if name in (cfg.checkpoints or {}):
+            continue
+        folder = Path(cfg.out) / "train" / name
+        if not (folder / CHECKPOINT).exists() or not (folder / "summary.json").exists():
+            run_train(TrainConfig(
+                model=m.model, weights=m.weights, dataset=cfg.train_dataset, data_dir=cfg.train_data_dir,
+                limit=cfg.train_limit, max_steps=cfg.train_steps, align_encoder=cfg.align_encoder,
+                fixed_k=fixed_k if name == "fixed-k" else None, device=m.device, dtype=m.dtype, seed=m.seed,
+                out=str(folder), **flags), resume=(folder / CHECKPOINT).exists(), progress=progress, warn=warn)
+        paths[name] = str(folder / CHECKPOINT)
+    return paths
+
+
+def ablation_accuracy(cfg: AblateConfig, built, cases: list[Case]) -> dict[str, dict]:
+    """Accuracy of each configuration on the eval split of the training data set (`qgsa eval` scoring)."""
+    import dataclasses
+
+    import numpy as np
+
+    from qgsa_bench.config import EvalConfig
+    from qgsa_bench.data import load_dataset
+    from qgsa_bench.evaluate import evaluate_pipeline
+
+    data = load_dataset(cfg.train_dataset or "shapes", cfg.train_data_dir, None, cfg.eval_limit)
+    ecfg = EvalConfig(batch=8, seed=cfg.measure.seed)
+    out = {}
+    for case in cases:
+        view = dataclasses.replace(built, pipeline=case.pipe, module=case.pipe.module)
+        ecfg.k = case.k
+        records = evaluate_pipeline(view, case.pipeline, data.samples, cfg.resolution, ecfg)
+        out[case.label] = {"accuracy": 100 * float(np.mean([r["score"] for r in records])), "accuracy_n": len(records)}
     return out
