@@ -20,6 +20,7 @@ from qgsa_bench.config import EvalConfig
 from qgsa_bench.data import load_dataset
 from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.metrics import exact_match, soft_accuracy
+from qgsa_bench.models.idefics3 import LMInputs
 from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
 from qgsa_bench.results import append_rows, check_same_settings, run_meta, write_meta
 
@@ -43,14 +44,15 @@ def batches(items: list, size: int):
 
 
 @torch.no_grad()
-def _multiple_choice(built, pipeline: str, images, samples, resolution: int, k) -> list[int]:
-    """Index of the most probable choice per sample (answer log-probability, same pipeline)."""
+def _multiple_choice(built, inputs: LMInputs, samples) -> list[int]:
+    """Index of the most probable choice per sample, scored on the same LM inputs (and so the same
+    selected patches) as the generated answer: each sample's row repeated once per choice."""
     picks = []
-    for image, sample in zip(images, samples):
+    for b, sample in enumerate(samples):
         n = len(sample.choices)
-        prepared = built.pipeline.lm_inputs(pipeline, [image] * n, [sample.question] * n, resolution, k)
-        logp = built.adapter.answer_logprob(prepared.inputs, list(sample.choices))
-        picks.append(int(logp.argmax()))
+        rows = LMInputs(*(t[b:b + 1].expand(n, *t.shape[1:]) for t in
+                          (inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids, inputs.n_visual)))
+        picks.append(int(built.adapter.answer_logprob(rows, list(sample.choices)).argmax()))
     return picks
 
 
@@ -65,7 +67,7 @@ def evaluate_pipeline(built, pipeline: str, samples, resolution: int, cfg: EvalC
         with Stopwatch(built.device) as sw:
             prepared = built.pipeline.lm_inputs(pipeline, images, questions, resolution, cfg.k)
             generated = built.adapter.generate(prepared.inputs, cfg.max_new_tokens)
-        mc = (_multiple_choice(built, pipeline, images, chunk, resolution, cfg.k)
+        mc = (_multiple_choice(built, prepared.inputs, chunk)
               if all(s.choices for s in chunk) else [None] * len(chunk))
         sel = prepared.selection
         for b, sample in enumerate(chunk):

@@ -90,3 +90,20 @@ def test_eval_bad_input(tmp_path):
     assert result.exit_code == 2 and "--limit must be at least 1" in result.stderr
     result = invoke("data", "shapes", "--n", 0, "--out", tmp_path / "s")
     assert result.exit_code == 2 and "--n must be at least 1" in result.stderr
+
+
+def test_multiple_choice_scores_the_batch_rows_like_solo_inputs(tiny, images):
+    import torch
+
+    from qgsa_bench.data import VQASample
+    from qgsa_bench.evaluate import _multiple_choice
+
+    questions = ["what color is the circle?", "is there a big blue square on the left side?"]
+    samples = [VQASample(id=str(i), question=q, answers=["red"], image=None, choices=["red", "green", "blue"])
+               for i, q in enumerate(questions)]
+    batch = tiny.pipeline.lm_inputs("norm", images, questions, 64, k=torch.tensor([3, 9]))
+    picks = _multiple_choice(tiny, batch.inputs, samples)
+    for b in range(2):
+        solo = tiny.pipeline.lm_inputs("norm", images[b:b + 1] * 3, questions[b:b + 1] * 3, 64, k=[3, 9][b])
+        logp = tiny.adapter.answer_logprob(solo.inputs, ["red", "green", "blue"])
+        assert picks[b] == int(logp.argmax())
