@@ -48,6 +48,7 @@ class BaseTrainConfig:
     eval_images: int = 100  # held-out test split: two questions per image
     max_minutes: float | None = None  # stop (and save) when this much wall time has passed
     init: str | None = None  # continue from a model folder saved by an earlier base-train
+    curriculum_steps: int = 0  # the first N steps show one object per image (then 2-5)
     seed: int = 0
     device: str = "cpu"
 
@@ -145,8 +146,9 @@ def run_base_train(cfg: BaseTrainConfig, progress=None) -> dict:
     if progress:
         progress("training shapes-base", -cfg.steps)
     while step < cfg.steps:
+        objects = (1, 1) if step < cfg.curriculum_steps else (2, 5)
         batch = shapes.generate(math.ceil(cfg.batch / shapes.QUESTIONS_PER_IMAGE), seed=cfg.seed * 1_000_003 + step,
-                                split="train")[: cfg.batch]
+                                split="train", objects=objects)[: cfg.batch]
         loss = dense_loss(adapter, batch)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):

@@ -526,6 +526,7 @@ def base_train(
     lr: float = typer.Option(1e-3, help="AdamW peak learning rate (warm-up, then cosine)."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop and save after this much wall time."),
     init: Optional[Path] = typer.Option(None, help="Continue training a model folder saved by base-train."),
+    curriculum_steps: int = typer.Option(0, help="The first N steps show one object per image (then 2-5)."),
     eval_every: int = typer.Option(500, help="Held-out accuracy every N steps."),
     eval_images: int = typer.Option(100, help="Held-out test images (two questions each)."),
     device: str = typer.Option("cpu", help="auto | cpu | cuda[:N]."),
@@ -537,7 +538,7 @@ def base_train(
     if dataset != "shapes":
         raise QGSAError(f"base-train supports --dataset shapes only (got '{dataset}'): it needs unlimited labelled data")
     cfg = BaseTrainConfig(out=str(out), steps=steps, batch=batch, lr=lr, max_minutes=max_minutes,
-                          init=str(init) if init else None,
+                          init=str(init) if init else None, curriculum_steps=curriculum_steps,
                           eval_every=eval_every, eval_images=eval_images, device=device, seed=seed)
     with _RichProgress() as progress:
         summary = run_base_train(cfg, progress)

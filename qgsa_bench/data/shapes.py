@@ -112,21 +112,24 @@ def _questions(rng: random.Random, objects: list[dict]) -> list[tuple[str, str, 
     return out
 
 
-def generate(n_images: int = DEFAULT_IMAGES, seed: int = 0, split: str = "test", image_size: int = 224):
-    """Deterministic: the same (n, seed, split, size) gives the same images, questions and boxes."""
+def generate(n_images: int = DEFAULT_IMAGES, seed: int = 0, split: str = "test", image_size: int = 224,
+             objects: tuple[int, int] = (2, 5)):
+    """Deterministic: the same (n, seed, split, size, objects) gives the same images, questions and boxes.
+
+    `objects`: the range of objects per image (base-train's curriculum starts with one)."""
     from qgsa_bench.data.types import VQASample
 
     samples = []
     for index in range(n_images):
         rng = random.Random(f"shapes/{seed}/{SPLIT_OFFSET.get(split, 3)}/{index}")
-        objects = _place(rng, image_size, rng.randint(2, 5))
-        image = draw(objects, image_size)
-        for q, (kind, question, answer, ref) in enumerate(_questions(rng, objects)):
+        placed = _place(rng, image_size, rng.randint(*objects))
+        image = draw(placed, image_size)
+        for q, (kind, question, answer, ref) in enumerate(_questions(rng, placed)):
             samples.append(VQASample(
                 id=f"shapes-{split}-{index:05d}-{q}", question=question, answers=[answer], image=image,
-                question_type=kind, box=None if ref is None else tuple(float(v) for v in objects[ref]["box"]),
+                question_type=kind, box=None if ref is None else tuple(float(v) for v in placed[ref]["box"]),
                 split=split, dataset="shapes",
-                extra={"image_index": index, "referent": ref, "objects": objects}))
+                extra={"image_index": index, "referent": ref, "objects": placed}))
     return samples
 
 
