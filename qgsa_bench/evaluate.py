@@ -22,7 +22,7 @@ from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.metrics import exact_match, soft_accuracy
 from qgsa_bench.models.idefics3 import LMInputs
 from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
-from qgsa_bench.results import append_rows, check_same_settings, run_meta, write_meta
+from qgsa_bench.results import check_same_settings, replace_rows, run_meta, write_meta
 
 EVAL_COLUMNS = [
     "model", "weights", "qgsa_weights", "dataset", "split", "pipeline", "scope", "question_type", "n",
@@ -131,10 +131,7 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         ref = dense.get((row["scope"], row["question_type"]))
         row["delta_vs_dense_points"] = None if ref is None else row["accuracy"] - ref
     csv_path = out / "eval.csv"
-    tmp = out / "eval.csv.tmp"
-    tmp.unlink(missing_ok=True)
-    append_rows(tmp, [{**base, **r} for r in rows], EVAL_COLUMNS)
-    tmp.replace(csv_path)  # a rerun with the same settings replaces its own rows whole
+    replace_rows(csv_path, [{**base, **r} for r in rows], EVAL_COLUMNS)
     with (out / "predictions.jsonl").open("w") as handle:
         for record in all_records:
             handle.write(json.dumps({**record, "weights": built.loaded.weights}) + "\n")

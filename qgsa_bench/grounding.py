@@ -20,7 +20,7 @@ from qgsa_bench.data import load_dataset
 from qgsa_bench.evaluate import batches
 from qgsa_bench.metrics import hull_iou, oracle_patches
 from qgsa_bench.qgsa.selector import norm_selection, random_selection
-from qgsa_bench.results import append_rows, check_same_settings, read_rows, run_meta, write_meta
+from qgsa_bench.results import check_same_settings, read_rows, replace_rows, run_meta, write_meta
 
 SELECTORS = ("qgsa", "random", "norm", "oracle")
 PAIR_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "n_pairs", "mean_jaccard",
@@ -92,10 +92,7 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int
             rows.append({**base, "selector": name, "question_type": qtype, "n": len(part),
                          "mean_iou": 100 * float(np.mean(ious)), "median_iou": 100 * float(np.median(ious)),
                          "k_mean": float(np.mean([r["k"] for r in part]))})
-    tmp = out / "grounding.csv.tmp"
-    tmp.unlink(missing_ok=True)
-    append_rows(tmp, rows, GROUNDING_COLUMNS)
-    tmp.replace(out / "grounding.csv")
+    replace_rows(out / "grounding.csv", rows, GROUNDING_COLUMNS)
     with (out / "grounding.jsonl").open("w") as handle:
         for record in records:
             handle.write(json.dumps(record) + "\n")
@@ -104,8 +101,7 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int
     table = grounding_markdown(read_rows(out / "grounding.csv"), meta)
     pairs, pair_records = question_pairs(records, int(grid))
     if pairs:
-        append_rows(out / "pairs.csv.tmp", [{**base, **row} for row in pairs], PAIR_COLUMNS)
-        (out / "pairs.csv.tmp").replace(out / "pairs.csv")
+        replace_rows(out / "pairs.csv", [{**base, **row} for row in pairs], PAIR_COLUMNS)
         table += "\n" + pairs_markdown(read_rows(out / "pairs.csv"))
         first = pair_records[0]
         figure_pair(samples[first[0]].open_image(), records[first[0]], records[first[1]], int(grid),

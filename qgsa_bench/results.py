@@ -58,6 +58,14 @@ def append_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
         handle.flush()
 
 
+def replace_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
+    """Write `path` whole, atomically (temporary file + rename): a rerun replaces its own rows."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    append_rows(tmp, rows, columns)
+    tmp.replace(path)
+
+
 def _clean(value):
     if isinstance(value, float) and (math.isnan(value) or math.isinf(value)):
         return ""
