@@ -26,6 +26,13 @@ class Built:
     qgsa_weights: str  # "checkpoint:<path>" or "random-init (seed N)"
 
 
+def new_module(adapter: Idefics3Adapter, config: QGSAConfig | None, seed: int) -> QGSAModule:
+    """A randomly initialised QGSA module for this base (seeded, without touching the global RNG)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return QGSAModule(adapter.d_v, adapter.d_q, config)
+
+
 def build(model: str, weights: str = "auto", device: str = "auto", dtype: str = "auto",
           checkpoint: str | None = None, seed: int = 0, qgsa_config: QGSAConfig | None = None,
           attn_implementation: str = "sdpa", warn=None) -> Built:
@@ -38,9 +45,7 @@ def build(model: str, weights: str = "auto", device: str = "auto", dtype: str = 
         module, _ = load_checkpoint(checkpoint, loaded.provenance())
         qgsa_weights = f"checkpoint:{checkpoint}"
     else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            module = QGSAModule(adapter.d_v, adapter.d_q, qgsa_config)
+        module = new_module(adapter, qgsa_config, seed)
         qgsa_weights = f"random-init (seed {seed})"
     module.to(dev, dt).eval()
     return Built(loaded, adapter, module, Pipeline(adapter, module, seed), dev, dt, qgsa_weights)

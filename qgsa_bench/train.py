@@ -257,13 +257,10 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
 
 def _with_module(built, qcfg: QGSAConfig, seed: int):
     """Replace the default module by one with the training's QGSA config (same seed)."""
+    from qgsa_bench.build import new_module
     from qgsa_bench.pipeline import Pipeline
-    from qgsa_bench.qgsa.module import QGSAModule
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        module = QGSAModule(built.adapter.d_v, built.adapter.d_q, qcfg)
-    module.to(built.device, built.dtype).eval()
+    module = new_module(built.adapter, qcfg, seed).to(built.device, built.dtype).eval()
     built.module, built.pipeline = module, Pipeline(built.adapter, module, seed)
     built.qgsa_weights = "training"
     return built
