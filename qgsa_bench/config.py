@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from qgsa_bench import QGSAError
 
 SOFT_MASK_SPACES = ("softmax", "logits")
+PROJECTIONS = ("w_vis", "connector")
 
 
 @dataclass
@@ -24,12 +25,19 @@ class QGSAConfig:
     # ~1/N each, so sigma((s~ - t)/tau_sig) is ~0.5 everywhere and gives weak gradients; "logits"
     # applies the same threshold to the perturbed logits (s + g)/tau instead. See README.
     soft_mask_space: str = "softmax"
+    # How selected patches reach the LM. "w_vis" (the paper): W_vis projects each selected patch to one
+    # LM token, a path the frozen LM never saw in training. "connector": the base model's own connector
+    # (pixel shuffle + projection) runs on the patch grid with unselected patches zeroed, and the LM gets
+    # the connector tokens that hold at least one selected patch, in raster order. See README.
+    projection: str = "w_vis"
 
     def __post_init__(self):
         if not 1 <= self.k_min <= self.k_max:
             raise ValueError(f"need 1 <= k_min <= k_max, got k_min={self.k_min}, k_max={self.k_max}")
         if self.soft_mask_space not in SOFT_MASK_SPACES:
             raise ValueError(f"soft_mask_space must be one of {SOFT_MASK_SPACES}")
+        if self.projection not in PROJECTIONS:
+            raise ValueError(f"projection must be one of {PROJECTIONS}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -180,6 +188,7 @@ class TrainConfig:
     clip_checkpoint: str | None = None
     spacy_model: str | None = None
     soft_mask_space: str = "softmax"
+    projection: str = "w_vis"
     resolution: int | None = None
     max_steps: int | None = None
     save_every: int = 50
@@ -201,6 +210,8 @@ class TrainConfig:
             raise QGSAError(f"--fixed-k must be at least 1, got {self.fixed_k}")
         if self.soft_mask_space not in SOFT_MASK_SPACES:
             raise QGSAError(f"--soft-mask-space must be one of {', '.join(SOFT_MASK_SPACES)}")
+        if self.projection not in PROJECTIONS:
+            raise QGSAError(f"--projection must be one of {', '.join(PROJECTIONS)}")
 
     def to_dict(self) -> dict:
         return asdict(self)

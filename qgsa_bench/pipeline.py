@@ -7,6 +7,9 @@
     random       : W_vis(V[k random patches])        image- and question-blind baseline
     norm         : W_vis(V[k largest-norm patches])  image-only baseline
 Random and norm use the same k as QGSA would (f_comp(q)) unless k is given.
+With the module's `projection = "connector"`, every sparse pipeline (qgsa, random, norm) reaches the
+LM through the model's own connector instead of W_vis: connector(V * m) on the whole patch grid, m the
+selection mask (unselected patches zeroed), keeping the connector tokens that hold a selected patch.
 """
 
 from __future__ import annotations
@@ -50,7 +53,8 @@ class Pipeline:
     def resolution_for(self, pipeline: str, resolution: int) -> int:
         check_pipeline(pipeline)
         self.adapter.n_patches(resolution)  # validates R for every pipeline
-        return self.adapter.dense_resolution(resolution) if pipeline == "dense" else resolution
+        through_connector = pipeline in SPARSE_PIPELINES and self.module.config.projection == "connector"
+        return self.adapter.dense_resolution(resolution) if pipeline == "dense" or through_connector else resolution
 
     def visual_tokens(self, pipeline: str, V: torch.Tensor, q: torch.Tensor, k=None, tau: float | None = None):
         """V (B, N, d_v), q (B, d_q) -> (tokens (B, n, d_q), valid (B, n), selection or None).
@@ -71,7 +75,31 @@ class Pipeline:
                 selection = random_selection(B, N, k, V.device, generator=self.generator)
             else:
                 selection = norm_selection(V, k)
+        if self.module.config.projection == "connector":
+            tokens, valid = self.connector_tokens(V, selection)
+            return tokens, valid, selection
         return self.module.project(V, selection), selection.valid, selection
+
+    def connector_groups(self, N: int, device) -> torch.Tensor:
+        """(N/s^2, s^2): the patch indices that each connector token is built from (its pixel shuffle)."""
+        index = torch.arange(N, dtype=torch.float32, device=device)[None, :, None]
+        return self.adapter.connector.pixel_shuffle(index, self.adapter.scale_factor)[0].round().long()
+
+    def connector_tokens(self, V: torch.Tensor, selection: Selection):
+        """The model's own connector on the selected patches: (tokens (B, N/s^2, d_q), valid (B, N/s^2)).
+
+        m (B, N) holds the straight-through weight (1.0 forward) of every selected patch and 0 elsewhere;
+        the connector (pixel shuffle + a bias-free linear map in Idefics3) runs on V * m, so a token's
+        share of each selected patch is exactly the dense one and unselected patches add nothing. A token
+        is valid when at least one of its s^2 patches is selected."""
+        B, N, _ = V.shape
+        weights = selection.weights if selection.weights is not None else selection.valid.to(V.dtype)
+        weights = torch.where(selection.valid, weights.to(V.dtype), torch.zeros_like(weights, dtype=V.dtype))
+        m = torch.zeros(B, N, dtype=V.dtype, device=V.device).scatter_add(1, selection.indices, weights)
+        tokens = self.adapter.connect(V * m[..., None])
+        hard = torch.zeros(B, N, device=V.device).scatter_add(1, selection.indices, selection.valid.float()) > 0
+        valid = hard[:, self.connector_groups(N, V.device)].any(dim=-1)  # (B, N/s^2)
+        return tokens, valid
 
     def lm_inputs(self, pipeline: str, images, questions: list[str], resolution: int, k=None) -> PipelineInputs:
         if len(images) != len(questions):

@@ -99,6 +99,7 @@ def run_meta(built, kind: str, settings: dict, **extra) -> dict:
         **environment_meta(built.device, built.dtype),
         **built.loaded.provenance(),
         "qgsa_weights": built.qgsa_weights,
+        "qgsa_config": built.module.config.to_dict(),  # incl. projection (w_vis | connector)
         "kind": kind,
         "settings": settings,
         **extra,

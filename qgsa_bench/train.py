@@ -70,7 +70,7 @@ class Trainer:
         self.cfg, self.built, self.samples = cfg, built, samples
         self.adapter, self.module, self.pipeline = built.adapter, built.module, built.pipeline
         self.encoder, self.nouns = encoder, nouns
-        self.resolution = cfg.resolution or self.adapter.image_size
+        self.resolution = self.pipeline.resolution_for("qgsa", cfg.resolution or self.adapter.image_size)
         self.generator = built.pipeline.generator  # Gumbel noise and random subsets, saved in checkpoints
         self._features: dict[str, torch.Tensor] = {}
         self.steps_per_epoch = math.ceil(len(samples) / cfg.batch)
@@ -196,7 +196,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
     if resume and not ckpt.exists():
         raise QGSAError(f"nothing to resume: {ckpt} does not exist")
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
-    qcfg = QGSAConfig(soft_mask_space=cfg.soft_mask_space, tau=cfg.tau_start)
+    qcfg = QGSAConfig(soft_mask_space=cfg.soft_mask_space, projection=cfg.projection, tau=cfg.tau_start)
     built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, None, cfg.seed, warn=warn)
     if cfg.align_encoder == "lm":
         qcfg.align_dim = built.adapter.d_q

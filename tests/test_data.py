@@ -145,6 +145,25 @@ def test_shapes_boxes_match_the_drawn_pixels():
             assert list(sample.box) == objects[sample.extra["referent"]]["box"]
 
 
+def test_shapes_patch_labels_follow_the_drawn_pixels():
+    """Per 16 px patch: the colour/shape of the object covering most of it (>= 1/4), one centre per object."""
+    colors, names = list(shapes.COLORS), list(shapes.SHAPES)
+    for sample in shapes.generate(10, seed=5)[::2]:
+        objects, pixels = sample.extra["objects"], np.asarray(sample.image)
+        labels = shapes.patch_labels(objects, 224, 16)
+        assert labels.shape == (3, 14, 14) and int(labels[2].sum()) == len(objects)
+        for r in range(14):
+            for c in range(14):
+                cell = pixels[16 * r: 16 * r + 16, 16 * c: 16 * c + 16].reshape(-1, 3)
+                share = {i: (cell == shapes.COLORS[o["color"]]).all(axis=1).mean() for i, o in enumerate(objects)}
+                best = max(share, key=share.get) if share else None
+                if best is None or share[best] < 0.25:
+                    assert labels[0, r, c] == labels[1, r, c] == 0
+                elif sum(o["color"] == objects[best]["color"] for o in objects) == 1:  # unambiguous by colour
+                    assert labels[0, r, c] == colors.index(objects[best]["color"]) + 1
+                    assert labels[1, r, c] == names.index(objects[best]["shape"]) + 1
+
+
 def test_shapes_answers_follow_from_the_objects():
     for sample in shapes.generate(40, seed=2):
         objects, answer = sample.extra["objects"], sample.answers[0]

@@ -49,3 +49,49 @@ def test_unknown_pipeline_and_empty_question(tiny, images):
         tiny.pipeline.lm_inputs("sparse", images[:1], ["what?"], 64)
     with pytest.raises(QGSAError, match="empty question"):
         tiny.pipeline.lm_inputs("qgsa", images[:1], ["  "], 64)
+
+
+def _through_connector(tiny):
+    from qgsa_bench.config import QGSAConfig
+    from qgsa_bench.pipeline import Pipeline
+    from qgsa_bench.qgsa.module import QGSAModule
+
+    module = QGSAModule(tiny.module.d_v, tiny.module.d_q, QGSAConfig(projection="connector"))
+    module.load_state_dict(tiny.module.state_dict())
+    return Pipeline(tiny.adapter, module.eval())
+
+
+@torch.no_grad()
+def test_connector_projection_keeps_the_models_own_tokens(tiny, images):
+    """projection=connector: every patch selected gives exactly the dense tokens; a selection keeps the
+    connector tokens that hold a selected patch, and each of them is the dense token's share of it."""
+    pipe, a = _through_connector(tiny), tiny.adapter
+    q = ["what color is the circle?"]
+    V = a.patch_features(a.pixel_values(images[:1], 64))  # 8 x 8 patches, scale factor 2: 16 tokens
+    question = a.question_embedding(q)
+    tokens, valid, _ = pipe.visual_tokens("norm", V, question, k=64)
+    assert valid.all() and torch.equal(tokens, a.connect(V))
+    groups = pipe.connector_groups(64, V.device)
+    assert groups.shape == (16, 4) and sorted(groups.flatten().tolist()) == list(range(64))
+    assert groups[0].tolist() == [0, 1, 8, 9]  # a token is a 2 x 2 block of patches
+    tokens, valid, sel = pipe.visual_tokens("norm", V, question, k=5)
+    chosen = set(sel.indices[0][sel.valid[0]].tolist())
+    expected = [any(int(i) in chosen for i in g) for g in groups]
+    assert valid[0].tolist() == expected and 2 <= int(valid.sum()) <= 5
+    keep = torch.zeros(64, 1)
+    keep[list(chosen)] = 1.0
+    torch.testing.assert_close(tokens, a.connect(V * keep))
+    prepared = pipe.lm_inputs("qgsa", images[:1], q, 64, k=5)
+    assert int(prepared.inputs.n_visual[0]) == int(pipe.visual_tokens("qgsa", V, question, k=5)[1].sum())
+
+
+def test_connector_projection_passes_gradient_to_the_scorer(tiny, images):
+    pipe, a = _through_connector(tiny), tiny.adapter
+    pipe.module.train()
+    with torch.no_grad():
+        V = a.patch_features(a.pixel_values(images[:1], 64))
+        question = a.question_embedding(["what color is the circle?"])
+    tokens, valid, _ = pipe.visual_tokens("qgsa", V, question, k=6, tau=1.0)
+    tokens[valid].sum().backward()
+    assert pipe.module.scorer.mlp[-1].weight.grad.abs().sum() > 0
+    assert pipe.module.W_vis.weight.grad is None  # W_vis is not on this path

@@ -18,10 +18,14 @@ def invoke(*args):
 
 def test_shapes_flow(tmp_path):
     base = tmp_path / "base"
-    result = invoke("base-train", "--out", base, "--steps", 3, "--batch", 4, "--eval-every", 3, "--eval-images", 2)
+    result = invoke("base-train", "--out", base, "--vision-steps", 2, "--steps", 3, "--batch", 4,
+                    "--questions-per-image", 2, "--eval-every", 3, "--eval-images", 2)
     assert result.exit_code == 0, result.output
     summary = json.loads((base / "base_train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["held_out"][-1]["step"] == 3
+    assert summary["vision_warmup"]["steps"] == 2 and 0 <= summary["vision_warmup"]["patch_shape"] <= 100
+    log = pd.read_csv(base / "base_train_log.csv")
+    assert log.phase.tolist() == ["vision"] * 2 + ["full"] * 3
     loaded = load_model(str(base), weights="pretrained")  # the same from_pretrained path as SmolVLM
     assert loaded.weights == "pretrained" and loaded.config.vision_config.image_size == 224
     assert loaded.config.image_token_id == loaded.tokenizer.convert_tokens_to_ids("<image>")
@@ -29,13 +33,16 @@ def test_shapes_flow(tmp_path):
     result = invoke("base-train", "--out", base, "--steps", 1)
     assert result.exit_code == 2 and "already holds a model" in result.stderr
     more = tmp_path / "more"
-    result = invoke("base-train", "--init", base, "--out", more, "--steps", 1, "--batch", 2, "--eval-images", 1)
+    result = invoke("base-train", "--init", base, "--out", more, "--vision-steps", 0, "--steps", 1, "--batch", 3,
+                    "--questions-per-image", 3, "--eval-images", 1)
     assert result.exit_code == 0, result.output
+    result = invoke("base-train", "--out", tmp_path / "odd", "--batch", 5)
+    assert result.exit_code == 2 and "--batch 5 must be a multiple of --questions-per-image 6" in result.stderr
     assert load_model(str(more), "pretrained").tokenizer.get_vocab() == loaded.tokenizer.get_vocab()
 
     qgsa = tmp_path / "qgsa"
     result = invoke("train", "-m", base, "-d", "shapes", "--limit", 8, "--epochs", 1, "--align-encoder", "lm",
-                    "--lambda-answer", 1.0, "--device", "cpu", "--out", qgsa)
+                    "--lambda-answer", 1.0, "--projection", "connector", "--device", "cpu", "--out", qgsa)
     assert result.exit_code == 0, result.output
     assert "l_answer" in pd.read_csv(qgsa / "train_log.csv").columns
 

@@ -66,16 +66,50 @@ def draw(objects: list[dict], size: int):
     return img
 
 
+def patch_labels(objects: list[dict], image_size: int, patch: int) -> np.ndarray:
+    """Per patch of the (image_size/patch)^2 grid: [colour, shape, centre] class indices.
+
+    colour in 0..len(COLORS) and shape in 0..len(SHAPES), 0 = background: the object that covers most of
+    the patch's pixels if it covers at least a quarter of them; centre = 1 on the patch that holds an
+    object's box centre. Base-train's auxiliary loss reads these (a label per patch, like segmentation)."""
+    from PIL import Image, ImageDraw
+
+    grid = image_size // patch
+    cover = np.zeros((len(objects) + 1, grid, grid))
+    cover[0] = 0.25 - 1e-9  # background wins unless an object covers at least a quarter of the patch
+    labels = np.zeros((3, grid, grid), dtype=np.int64)
+    for j, obj in enumerate(objects, start=1):
+        mask = Image.new("L", (image_size, image_size), 0)
+        d = ImageDraw.Draw(mask)
+        x, y, s = obj["x"], obj["y"], obj["side"]
+        if obj["shape"] == "circle":
+            d.ellipse((x, y, x + s - 1, y + s - 1), fill=1)
+        elif obj["shape"] == "square":
+            d.rectangle((x, y, x + s - 1, y + s - 1), fill=1)
+        else:
+            d.polygon([(x + (s - 1) / 2, y), (x + s - 1, y + s - 1), (x, y + s - 1)], fill=1)
+        m = np.asarray(mask, dtype=np.float64)[: grid * patch, : grid * patch]
+        cover[j] = m.reshape(grid, patch, grid, patch).mean(axis=(1, 3))
+        cx, cy = x + s / 2, y + s / 2
+        labels[2, min(int(cy // patch), grid - 1), min(int(cx // patch), grid - 1)] = 1
+    owner = cover.argmax(axis=0)
+    colors, shapes_ = list(COLORS), list(SHAPES)
+    for j, obj in enumerate(objects, start=1):
+        labels[0][owner == j] = colors.index(obj["color"]) + 1
+        labels[1][owner == j] = shapes_.index(obj["shape"]) + 1
+    return labels
+
+
 def _a(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 
 
-def _questions(rng: random.Random, objects: list[dict]) -> list[tuple[str, str, str, int | None]]:
-    """(type, question, answer, referent index or None), two per image, different referents if possible."""
+def _questions(rng: random.Random, objects: list[dict], n: int = QUESTIONS_PER_IMAGE):
+    """n x (type, question, answer, referent index or None), different referents while there are any."""
     shapes = [o["shape"] for o in objects]
     colors = [o["color"] for o in objects]
     out, used = [], set()
-    for _ in range(QUESTIONS_PER_IMAGE):
+    for _ in range(n):
         free = [i for i in range(len(objects)) if i not in used] or list(range(len(objects)))
         kinds = list(QUESTION_TYPES)
         rng.shuffle(kinds)
@@ -113,10 +147,11 @@ def _questions(rng: random.Random, objects: list[dict]) -> list[tuple[str, str, 
 
 
 def generate(n_images: int = DEFAULT_IMAGES, seed: int = 0, split: str = "test", image_size: int = 224,
-             objects: tuple[int, int] = (2, 5)):
-    """Deterministic: the same (n, seed, split, size, objects) gives the same images, questions and boxes.
+             objects: tuple[int, int] = (2, 5), questions: int = QUESTIONS_PER_IMAGE):
+    """Deterministic: the same arguments give the same images, questions and boxes.
 
-    `objects`: the range of objects per image (base-train's curriculum starts with one)."""
+    `objects`: the range of objects per image (base-train's curriculum starts with one); `questions`
+    per image (base-train asks more of each image it encodes)."""
     from qgsa_bench.data.types import VQASample
 
     samples = []
@@ -124,7 +159,7 @@ def generate(n_images: int = DEFAULT_IMAGES, seed: int = 0, split: str = "test",
         rng = random.Random(f"shapes/{seed}/{SPLIT_OFFSET.get(split, 3)}/{index}")
         placed = _place(rng, image_size, rng.randint(*objects))
         image = draw(placed, image_size)
-        for q, (kind, question, answer, ref) in enumerate(_questions(rng, placed)):
+        for q, (kind, question, answer, ref) in enumerate(_questions(rng, placed, questions)):
             samples.append(VQASample(
                 id=f"shapes-{split}-{index:05d}-{q}", question=question, answers=[answer], image=image,
                 question_type=kind, box=None if ref is None else tuple(float(v) for v in placed[ref]["box"]),

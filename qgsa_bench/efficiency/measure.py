@@ -2,7 +2,8 @@
 
 Stages, the same code for counting and timing:
   vision    patch features V = vision_model(pixel_values)
-  select    sparse pipelines: q embedding + scorer / f_comp + top-k + gather + W_vis
+  select    sparse pipelines: q embedding + scorer / f_comp + top-k + gather + W_vis (or, with the
+            module's projection = connector, the model's own connector on the masked patch grid)
   connector dense pipeline: pixel shuffle + projection
   prefill   prompt assembly + LM over the whole prompt + LM head on the last position
   decode    one cached LM step + LM head, per generated token (the first token comes from prefill)
