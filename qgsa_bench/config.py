@@ -181,6 +181,7 @@ class TrainConfig:
     kvar_coef: float = -0.5  # L_kvar = kvar_coef * Var(c)
     qlen_coef: float = -0.3  # L_qlen = qlen_coef * corr(|Q|, c)
     lambda_answer: float = 0.0  # not in the paper: weight of L_answer = -log P(a | V_sparse, q) (see README)
+    lambda_attr: float = 0.0  # not in the paper: weight of L_attr, scores follow the base's own patch attribution
     no_cs: bool = False
     no_align: bool = False
     fixed_k: int | None = None

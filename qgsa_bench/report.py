@@ -24,6 +24,12 @@ RESULT_FILES = {"sweep": SWEEP_REQUIRED, "ablate": ABLATE_REQUIRED, "eval": EVAL
                 "grounding": GROUNDING_REQUIRED}
 
 
+
+def _short_commit(commit) -> str:
+    """First 10 hex digits, keeping the "-dirty" mark of a run from uncommitted code."""
+    commit = str(commit)
+    return commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+
 def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
     try:
         if value is None or value != value:  # None or NaN
@@ -59,7 +65,7 @@ def _header(meta: dict | None, title: str) -> list[str]:
         lines.append("**Random weights**: FLOPs and latency are the architecture's; nothing here is accuracy.  ")
     if meta.get("k_rule"):
         lines.append(f"Budget: {meta['k_rule']}.  ")
-    lines.append(f"Command: `{meta.get('command', '?')}` (commit {str(meta.get('git_commit', '?'))[:10]}).")
+    lines.append(f"Command: `{meta.get('command', '?')}` (commit {_short_commit(meta.get('git_commit', '?'))}).")
     lines.append("")
     return lines
 

@@ -53,10 +53,16 @@ def device_name(device: torch.device) -> str:
 
 
 def git_commit() -> str:
+    """HEAD of the checkout the package runs from, + "-dirty" when tracked package files differ from it."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=here)
+        commit = out.stdout.strip()
+        if not commit:
+            return "unknown"
+        changed = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", "."],
+                                 capture_output=True, text=True, timeout=5, cwd=here)
+        return commit + ("-dirty" if changed.stdout.strip() else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 

@@ -35,8 +35,8 @@ from qgsa_bench.qgsa.selector import gather_patches
 from qgsa_bench.results import run_meta, write_meta
 
 CHECKPOINT = "checkpoint.pt"
-LOG_COLUMNS = ["step", "epoch", "loss", "l_cs", "l_align", "l_answer", "l_sparse", "l_entropy", "l_kvar", "l_qlen",
-               "k_mean", "k_std", "c_mean", "tau", "lr", "step_s"]
+LOG_COLUMNS = ["step", "epoch", "loss", "l_cs", "l_align", "l_answer", "l_attr", "l_sparse", "l_entropy", "l_kvar",
+               "l_qlen", "k_mean", "k_std", "c_mean", "tau", "lr", "step_s"]
 
 
 def main_answer(answers: list[str]) -> str:
@@ -63,6 +63,7 @@ class StepInputs:
     lengths: torch.Tensor  # (B,) question lengths in tokens
     questions: list[str]
     answers: list[str]
+    ids: list[str]
 
 
 class Trainer:
@@ -73,6 +74,7 @@ class Trainer:
         self.resolution = self.pipeline.resolution_for("qgsa", cfg.resolution or self.adapter.image_size)
         self.generator = built.pipeline.generator  # Gumbel noise and random subsets, saved in checkpoints
         self._features: dict[str, torch.Tensor] = {}
+        self._attribution: dict[str, torch.Tensor] = {}
         self.steps_per_epoch = math.ceil(len(samples) / cfg.batch)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
@@ -102,7 +104,16 @@ class Trainer:
         questions = [s.question for s in batch]
         lengths = torch.tensor(a.question_lengths(questions), device=a.device)
         return StepInputs(V, a.question_embedding(questions), lengths, questions,
-                          [main_answer(s.answers) for s in batch])
+                          [main_answer(s.answers) for s in batch], [s.id for s in batch])
+
+    def attribution(self, x: StepInputs) -> torch.Tensor:
+        """p* per sample (losses.attribution_targets), cached by question id: the base is frozen."""
+        missing = [i for i, key in enumerate(x.ids) if key not in self._attribution]
+        if missing:
+            targets = losses.attribution_targets(self.adapter, x.V[missing], [x.questions[i] for i in missing],
+                                                 [x.answers[i] for i in missing])
+            self._attribution.update({x.ids[i]: t.detach() for i, t in zip(missing, targets)})
+        return torch.stack([self._attribution[key] for key in x.ids])
 
     # ---- one step ------------------------------------------------------------------------
     def losses(self, x: StepInputs, tau: float) -> dict[str, torch.Tensor]:
@@ -121,6 +132,9 @@ class Trainer:
             proj = self.module.W_p(gather_patches(x.V.to(tokens.dtype), sel, weighted=False))
             nouns = [self.encoder(self.nouns(q)).to(proj.device) for q in x.questions]
             terms["l_align"] = losses.alignment(proj, sel.weights, nouns)
+        terms["l_attr"] = zero
+        if cfg.lambda_attr:
+            terms["l_attr"] = losses.attribution(sel.scores, self.attribution(x))
         terms["l_sparse"] = losses.sparsity(sel.mask_sum, x.V.shape[1])
         terms["l_entropy"] = losses.entropy(sel.scores, tau, cfg.entropy_coef)
         if sel.c is not None:
@@ -129,7 +143,7 @@ class Trainer:
         else:
             terms["l_kvar"] = terms["l_qlen"] = zero
         terms["loss"] = (cfg.lambda_cs * terms["l_cs"] + cfg.lambda_align * terms["l_align"]
-                         + cfg.lambda_answer * terms["l_answer"]
+                         + cfg.lambda_answer * terms["l_answer"] + cfg.lambda_attr * terms["l_attr"]
                          + cfg.lambda_sparse * terms["l_sparse"] + terms["l_entropy"] + terms["l_kvar"]
                          + terms["l_qlen"])
         terms["_k"], terms["_c"] = sel.k.float(), sel.c

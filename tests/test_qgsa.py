@@ -125,3 +125,37 @@ def test_trainable_parameter_counts_follow_eq1_and_presets():
     assert counts == _expected_counts(768, 576) and counts["total"] == 1_592_130
     counts = QGSAModule(768, 960).parameter_counts()  # SmolVLM-500M
     assert counts == _expected_counts(768, 960) and counts["total"] == 2_084_034
+
+
+def test_attribution_targets_are_the_dense_answer_gradient(tiny, images):
+    """L_attr's target: p*_i = relu(g_i) / sum relu(g), g_i = d log P(a | connector(V * m), q) / d m_i at m = 1."""
+    from qgsa_bench.qgsa import losses
+
+    a = tiny.adapter
+    with torch.no_grad():
+        V = a.patch_features(a.pixel_values(images[:1], 64))
+    q, ans = ["what color is the circle?"], ["red"]
+    p = losses.attribution_targets(a, V, q, ans)
+    assert p.shape == (1, 64) and (p >= 0).all() and abs(float(p.sum()) - 1.0) < 1e-5
+
+    def logp(m):
+        with torch.no_grad():
+            return float(a.answer_logprob(a.build_inputs(a.connect(V * m[..., None]), q), ans).double())
+
+    m = torch.ones(1, 64, dtype=V.dtype)
+    i = int(p.argmax())
+    eps = 1e-2
+    up, down = m.clone(), m.clone()
+    up[0, i] += eps
+    down[0, i] -= eps
+    g_i = (logp(up) - logp(down)) / (2 * eps)  # central difference of the most helpful patch's gate
+    m.requires_grad_(True)
+    with torch.enable_grad():
+        (g,) = torch.autograd.grad(a.answer_logprob(a.build_inputs(a.connect(V * m[..., None]), q), ans).sum(), m)
+    assert g_i > 0 and abs(g_i - float(g[0, i])) < 0.05 * abs(float(g[0, i])) + 1e-4
+    assert torch.allclose(p, g.clamp(min=0) / g.clamp(min=0).sum())
+    scores = torch.zeros(1, 64, requires_grad=True)
+    loss = losses.attribution(scores, p)
+    assert abs(float(loss.detach()) - torch.log(torch.tensor(64.0)).item()) < 1e-5  # uniform scores: CE = log N
+    loss.backward()
+    assert torch.allclose(scores.grad, (torch.full((1, 64), 1 / 64) - p))  # d CE / d s = softmax(s) - p*

@@ -42,9 +42,11 @@ def test_shapes_flow(tmp_path):
 
     qgsa = tmp_path / "qgsa"
     result = invoke("train", "-m", base, "-d", "shapes", "--limit", 8, "--epochs", 1, "--align-encoder", "lm",
-                    "--lambda-answer", 1.0, "--projection", "connector", "--device", "cpu", "--out", qgsa)
+                    "--lambda-answer", 1.0, "--lambda-attr", 1.0, "--projection", "connector", "--device", "cpu",
+                    "--out", qgsa)
     assert result.exit_code == 0, result.output
-    assert "l_answer" in pd.read_csv(qgsa / "train_log.csv").columns
+    log = pd.read_csv(qgsa / "train_log.csv")
+    assert "l_answer" in log.columns and (log.l_attr > 0).all()
 
     result = invoke("eval", "-m", base, "-d", "shapes", "--limit", 4, "--pipelines", "dense,qgsa,random,norm",
                     "--checkpoint", qgsa / "checkpoint.pt", "--max-new-tokens", 2, "--out", tmp_path / "eval")

@@ -57,3 +57,21 @@ def length_correlation(lengths: torch.Tensor, c: torch.Tensor, coef: float = -0.
     if c.numel() < 2 or float(denom.detach()) < 1e-12:
         return c.sum() * 0.0
     return coef * (x * y).sum() / denom
+
+
+def attribution_targets(adapter, V: torch.Tensor, questions: list[str], answers: list[str]) -> torch.Tensor:
+    """Not in the paper. How much each patch helps the frozen base answer, read off the dense path:
+    g_i = d log P(a | connector(V * m), q) / d m_i at m = 1 (gradient x input for a per-patch gate),
+    normalised to a distribution p*_i = relu(g_i) / sum_j relu(g_j) (B, N). Deterministic for a frozen base."""
+    m = torch.ones(V.shape[:2], dtype=V.dtype, device=V.device, requires_grad=True)
+    with torch.enable_grad():
+        tokens = adapter.connect(V * m[..., None])
+        logp = adapter.answer_logprob(adapter.build_inputs(tokens, questions), answers).sum()
+        (g,) = torch.autograd.grad(logp, m)
+    g = g.clamp(min=0)
+    return g / g.sum(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+def attribution(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """L_attr = mean_b CE(p*_b, softmax(s_b)): the scorer's distribution over patches follows p*."""
+    return -(targets * torch.log_softmax(scores.float(), dim=1)).sum(dim=1).mean()
