@@ -1,33 +1,48 @@
 #!/usr/bin/env bash
-# Reproduce results/shapes from a fresh clone on the 2-core CPU (about 35 minutes):
+# Reproduce results/shapes from a fresh clone on the 2-core CPU (about 40 minutes):
 #   python3 -m pip install -e . && bash results/shapes/run.sh
-# 1. base-train a small Idefics3 on generated shapes (every weight, from scratch, 15 minutes);
-# 2. train QGSA on the frozen base twice: the paper's objective, and the fix the evidence points to;
+# 1. base-train a small Idefics3 on generated shapes, from scratch: the vision encoder first learns
+#    per-patch colour/shape labels (1,500 steps), then connector + LM learn to answer (6,000 steps);
+# 2. train QGSA on the frozen base four ways: the paper's objective through W_vis (as written), the
+#    same objective through the model's own connector, connector + logits threshold + L_answer, and that
+#    plus L_attr (the base's own patch attribution as the scorer's target);
 # 3. eval (dense, qgsa, random, norm at the same k), grounding (+ question pairs) and a sweep;
 # 4. the report.
+# Writes into $OUT (default results/shapes, replacing the committed results; the sweep folder is removed
+# first because sweep-resolution would otherwise resume it). RUNS holds checkpoints; finished steps are skipped.
 set -euo pipefail
 RUNS=${RUNS:-runs/shapes}
 OUT=${OUT:-results/shapes}
 BASE=$RUNS/base
 
-[ -f "$BASE/config.json" ] || qgsa base-train --out "$BASE" --steps 2200 --lr 5e-4 --max-minutes 15 --eval-every 300
+[ -f "$BASE/config.json" ] || qgsa base-train --out "$BASE" --vision-steps 1500 --steps 6000 --max-minutes 30 --eval-every 500
+mkdir -p "$OUT/base-model" "$OUT/models"
+cp "$BASE"/*.json "$BASE"/*.csv "$BASE"/model.safetensors "$OUT/base-model/"
 
 train() {  # name, extra options
   local name=$1; shift
   [ -f "$RUNS/$name/summary.json" ] || qgsa train --model "$BASE" --dataset shapes --split train --limit 1600 \
       --epochs 2 --batch 8 --warmup-steps 20 --align-encoder lm --cache-features --device cpu --out "$RUNS/$name" "$@"
-  qgsa eval --model "$BASE" --dataset shapes --split test --limit 200 --pipelines dense,qgsa,random,norm \
+  cp "$RUNS/$name/summary.json" "$OUT/models/$name-summary.json"
+  qgsa eval --model "$BASE" --dataset shapes --split test --limit 400 --pipelines dense,qgsa,random,norm \
       --checkpoint "$RUNS/$name/checkpoint.pt" --device cpu --out "$OUT/eval-$name"
-  qgsa grounding --model "$BASE" --dataset shapes --split test --limit 200 \
+  qgsa grounding --model "$BASE" --dataset shapes --split test --limit 400 \
       --checkpoint "$RUNS/$name/checkpoint.pt" --device cpu --out "$OUT/grounding-$name"
 }
-train qgsa-paper                                              # Algorithm 1 as written (L_align via the LM's embeddings)
-train qgsa-fix --soft-mask-space logits --lambda-answer 1.0   # see README: why these two changes
+train qgsa-paper                                    # Algorithm 1 as written (L_align via the LM's embeddings), W_vis
+train qgsa-connector --projection connector         # the same objective, selected patches through the model's connector
+train qgsa-fix --projection connector --soft-mask-space logits --lambda-answer 1.0   # see README: why
+train qgsa-attr --projection connector --soft-mask-space logits --lambda-answer 1.0 --lambda-attr 1.0 --epochs 6 --lr 1e-3
+qgsa eval --model "$BASE" --dataset shapes --split test --limit 400 --pipelines dense,qgsa,random,norm --k 8 \
+    --checkpoint "$RUNS/qgsa-attr/checkpoint.pt" --device cpu --out "$OUT/eval-qgsa-attr-k8"
+qgsa grounding --model "$BASE" --dataset shapes --split test --limit 400 --k 8 \
+    --checkpoint "$RUNS/qgsa-attr/checkpoint.pt" --device cpu --out "$OUT/grounding-qgsa-attr-k8"
 
-qgsa sweep-resolution --model "$BASE" --sizes 224 320 448 --checkpoint "$RUNS/qgsa-fix/checkpoint.pt" \
+rm -rf "$OUT/sweep"
+qgsa sweep-resolution --model "$BASE" --sizes 224 320 448 --checkpoint "$RUNS/qgsa-attr/checkpoint.pt" \
     --pipelines dense,qgsa,random --device cpu --out "$OUT/sweep"
-mkdir -p "$OUT/models"
 cp "$BASE/base_train_summary.json" "$OUT/models/base_train_summary.json"
-for name in qgsa-paper qgsa-fix; do cp "$RUNS/$name/summary.json" "$OUT/models/$name-summary.json"; done
-qgsa report --results "$OUT/eval-qgsa-paper" --results "$OUT/eval-qgsa-fix" --results "$OUT/grounding-qgsa-paper" \
-    --results "$OUT/grounding-qgsa-fix" --results "$OUT/sweep" --out "$OUT/report"
+qgsa report --results "$OUT/eval-qgsa-paper" --results "$OUT/eval-qgsa-connector" --results "$OUT/eval-qgsa-fix" \
+    --results "$OUT/eval-qgsa-attr" --results "$OUT/eval-qgsa-attr-k8" --results "$OUT/grounding-qgsa-paper" --results "$OUT/grounding-qgsa-connector" \
+    --results "$OUT/grounding-qgsa-fix" --results "$OUT/grounding-qgsa-attr" --results "$OUT/grounding-qgsa-attr-k8" \
+    --results "$OUT/sweep" --out "$OUT/report"
