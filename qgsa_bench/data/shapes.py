@@ -45,21 +45,29 @@ def _place(rng: random.Random, size: int, n: int) -> list[dict]:
     return objects
 
 
+def _mask(obj: dict, size: int, fill: int):
+    """The object's pixels as an "L" image: `fill` inside, 0 elsewhere."""
+    from PIL import Image, ImageDraw
+
+    mask = Image.new("L", (size, size), 0)
+    d = ImageDraw.Draw(mask)
+    x, y, s = obj["x"], obj["y"], obj["side"]
+    if obj["shape"] == "circle":
+        d.ellipse((x, y, x + s - 1, y + s - 1), fill=fill)
+    elif obj["shape"] == "square":
+        d.rectangle((x, y, x + s - 1, y + s - 1), fill=fill)
+    else:
+        d.polygon([(x + (s - 1) / 2, y), (x + s - 1, y + s - 1), (x, y + s - 1)], fill=fill)
+    return mask
+
+
 def draw(objects: list[dict], size: int):
     """Render the objects; each gets its tight pixel box [x, y, w, h]."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     img = Image.new("RGB", (size, size), BACKGROUND)
     for obj in objects:
-        mask = Image.new("L", (size, size), 0)
-        d = ImageDraw.Draw(mask)
-        x, y, s = obj["x"], obj["y"], obj["side"]
-        if obj["shape"] == "circle":
-            d.ellipse((x, y, x + s - 1, y + s - 1), fill=255)
-        elif obj["shape"] == "square":
-            d.rectangle((x, y, x + s - 1, y + s - 1), fill=255)
-        else:
-            d.polygon([(x + (s - 1) / 2, y), (x + s - 1, y + s - 1), (x, y + s - 1)], fill=255)
+        mask = _mask(obj, size, 255)
         img.paste(COLORS[obj["color"]], mask=mask)
         ys, xs = np.nonzero(np.asarray(mask))
         obj["box"] = [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)]
@@ -72,25 +80,14 @@ def patch_labels(objects: list[dict], image_size: int, patch: int) -> np.ndarray
     colour in 0..len(COLORS) and shape in 0..len(SHAPES), 0 = background: the object that covers most of
     the patch's pixels if it covers at least a quarter of them; centre = 1 on the patch that holds an
     object's box centre. Base-train's auxiliary loss reads these (a label per patch, like segmentation)."""
-    from PIL import Image, ImageDraw
-
     grid = image_size // patch
     cover = np.zeros((len(objects) + 1, grid, grid))
     cover[0] = 0.25 - 1e-9  # background wins unless an object covers at least a quarter of the patch
     labels = np.zeros((3, grid, grid), dtype=np.int64)
     for j, obj in enumerate(objects, start=1):
-        mask = Image.new("L", (image_size, image_size), 0)
-        d = ImageDraw.Draw(mask)
-        x, y, s = obj["x"], obj["y"], obj["side"]
-        if obj["shape"] == "circle":
-            d.ellipse((x, y, x + s - 1, y + s - 1), fill=1)
-        elif obj["shape"] == "square":
-            d.rectangle((x, y, x + s - 1, y + s - 1), fill=1)
-        else:
-            d.polygon([(x + (s - 1) / 2, y), (x + s - 1, y + s - 1), (x, y + s - 1)], fill=1)
-        m = np.asarray(mask, dtype=np.float64)[: grid * patch, : grid * patch]
+        m = np.asarray(_mask(obj, image_size, 1), dtype=np.float64)[: grid * patch, : grid * patch]
         cover[j] = m.reshape(grid, patch, grid, patch).mean(axis=(1, 3))
-        cx, cy = x + s / 2, y + s / 2
+        cx, cy = obj["x"] + obj["side"] / 2, obj["y"] + obj["side"] / 2
         labels[2, min(int(cy // patch), grid - 1), min(int(cx // patch), grid - 1)] = 1
     owner = cover.argmax(axis=0)
     colors, shapes_ = list(COLORS), list(SHAPES)
