@@ -6,6 +6,7 @@ Errors the user can act on (`QGSAError`) print as one line on stderr and exit wi
 from __future__ import annotations
 
 import json
+import time
 from functools import wraps
 from pathlib import Path
 from typing import Optional
@@ -223,6 +224,11 @@ class _RichProgress:
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TimeRemainingColumn(), console=err_console)
         self.task = None
+        # Rich draws no bar when stderr is not a terminal (a log file): then print a plain line at each
+        # phase and at most once a minute, so that a 30-minute run written to a log shows its progress.
+        self.plain = not err_console.is_terminal
+        self.done = self.total = 0
+        self.last_line = time.monotonic()
 
     def __enter__(self):
         self.bar.__enter__()
@@ -235,9 +241,14 @@ class _RichProgress:
         if self.task is None:
             self.task = self.bar.add_task(description, total=None)
         if steps < 0:  # the library announces the total as a negative step count
-            self.bar.update(self.task, total=-steps, description=description)
+            self.bar.update(self.task, total=-steps, completed=0, description=description)
+            self.done, self.total = 0, -steps
         else:
             self.bar.update(self.task, advance=steps, description=description)
+            self.done += steps
+        if self.plain and (steps < 0 or time.monotonic() - self.last_line >= 60 or self.done == self.total):
+            err_console.print(f"{description} [{self.done}/{self.total}]", highlight=False, soft_wrap=True)
+            self.last_line = time.monotonic()
 
 
 @app.command("sweep-resolution", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})

@@ -21,6 +21,8 @@ def test_shapes_flow(tmp_path):
     result = invoke("base-train", "--out", base, "--vision-steps", 2, "--steps", 3, "--batch", 4,
                     "--questions-per-image", 2, "--eval-every", 3, "--eval-images", 2)
     assert result.exit_code == 0, result.output
+    # not a terminal: progress comes as plain lines, one per phase and the last step
+    assert "vision warm-up (patch labels) [0/2]" in result.stderr and "training connector + LM [0/3]" in result.stderr
     summary = json.loads((base / "base_train_summary.json").read_text())
     assert summary["steps"] == 3 and summary["held_out"][-1]["step"] == 3
     assert summary["vision_warmup"]["steps"] == 2 and 0 <= summary["vision_warmup"]["patch_shape"] <= 100
