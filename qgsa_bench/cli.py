@@ -483,6 +483,8 @@ def train(
     lambda_answer: float = typer.Option(0.0, help="Not in the paper: weight of -log P(a | V_sparse, q) (trains W_vis to answer)."),
     lambda_attr: float = typer.Option(0.0, help="Not in the paper: weight of L_attr (scores follow the frozen base's "
                                                "own per-patch attribution of the answer, see README)."),
+    attr_budget: float = typer.Option(0.0, help="Not in the paper: f_comp's k follows the number of patches holding "
+                                                "this share of the attribution (L_budget; 0: off)."),
     no_cs: bool = typer.Option(False, "--no-cs", help="Ablation: drop L_cs."),
     no_align: bool = typer.Option(False, "--no-align", help="Ablation: drop L_align."),
     selection_only: bool = typer.Option(False, "--selection-only",
@@ -512,7 +514,7 @@ def train(
         skip_bad=skip_bad, weights=weights, epochs=epochs, batch=batch, lr=lr, warmup_steps=warmup_steps,
         grad_clip=grad_clip, tau_start=tau_start, tau_end=tau_end, lambda_cs=lambda_cs, lambda_align=lambda_align,
         lambda_sparse=lambda_sparse, entropy_coef=entropy_coef, kvar_coef=kvar_coef, qlen_coef=qlen_coef,
-        lambda_answer=lambda_answer, lambda_attr=lambda_attr,
+        lambda_answer=lambda_answer, lambda_attr=lambda_attr, attr_budget=attr_budget,
         no_cs=no_cs or selection_only, no_align=no_align or selection_only,
         fixed_k=fixed_k, align_encoder=align_encoder, clip_checkpoint=str(clip_checkpoint) if clip_checkpoint else None,
         spacy_model=spacy_model, soft_mask_space=soft_mask_space, projection=projection, resolution=resolution, max_steps=max_steps,

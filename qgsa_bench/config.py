@@ -182,6 +182,7 @@ class TrainConfig:
     qlen_coef: float = -0.3  # L_qlen = qlen_coef * corr(|Q|, c)
     lambda_answer: float = 0.0  # not in the paper: weight of L_answer = -log P(a | V_sparse, q) (see README)
     lambda_attr: float = 0.0  # not in the paper: weight of L_attr, scores follow the base's own patch attribution
+    attr_budget: float = 0.0  # not in the paper: >0 adds L_budget, f_comp's k follows the patches holding this p* mass
     no_cs: bool = False
     no_align: bool = False
     fixed_k: int | None = None
@@ -211,6 +212,8 @@ class TrainConfig:
             raise QGSAError(f"--fixed-k must be at least 1, got {self.fixed_k}")
         if self.soft_mask_space not in SOFT_MASK_SPACES:
             raise QGSAError(f"--soft-mask-space must be one of {', '.join(SOFT_MASK_SPACES)}")
+        if not 0.0 <= self.attr_budget <= 1.0:
+            raise QGSAError(f"--attr-budget is a share of the attribution mass in (0, 1] (0: off), got {self.attr_budget}")
         if self.projection not in PROJECTIONS:
             raise QGSAError(f"--projection must be one of {', '.join(PROJECTIONS)}")
 

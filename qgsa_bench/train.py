@@ -35,8 +35,8 @@ from qgsa_bench.qgsa.selector import gather_patches
 from qgsa_bench.results import run_meta, write_meta
 
 CHECKPOINT = "checkpoint.pt"
-LOG_COLUMNS = ["step", "epoch", "loss", "l_cs", "l_align", "l_answer", "l_attr", "l_sparse", "l_entropy", "l_kvar",
-               "l_qlen", "k_mean", "k_std", "c_mean", "tau", "lr", "step_s"]
+LOG_COLUMNS = ["step", "epoch", "loss", "l_cs", "l_align", "l_answer", "l_attr", "l_budget", "l_sparse", "l_entropy",
+               "l_kvar", "l_qlen", "k_mean", "k_std", "c_mean", "tau", "lr", "step_s"]
 
 
 def main_answer(answers: list[str]) -> str:
@@ -132,9 +132,14 @@ class Trainer:
             proj = self.module.W_p(gather_patches(x.V.to(tokens.dtype), sel, weighted=False))
             nouns = [self.encoder(self.nouns(q)).to(proj.device) for q in x.questions]
             terms["l_align"] = losses.alignment(proj, sel.weights, nouns)
-        terms["l_attr"] = zero
+        terms["l_attr"] = terms["l_budget"] = zero
         if cfg.lambda_attr:
             terms["l_attr"] = losses.attribution(sel.scores, self.attribution(x))
+        if cfg.attr_budget and sel.c is not None:
+            qc = self.module.config
+            k_star = losses.attribution_budget(self.attribution(x), cfg.attr_budget, qc.k_min, qc.k_max)
+            k_cont = qc.k_min + (qc.k_max - qc.k_min) * sel.c
+            terms["l_budget"] = losses.budget_regression(k_cont, k_star, qc.k_min, qc.k_max)
         terms["l_sparse"] = losses.sparsity(sel.mask_sum, x.V.shape[1])
         terms["l_entropy"] = losses.entropy(sel.scores, tau, cfg.entropy_coef)
         if sel.c is not None:
@@ -143,7 +148,7 @@ class Trainer:
         else:
             terms["l_kvar"] = terms["l_qlen"] = zero
         terms["loss"] = (cfg.lambda_cs * terms["l_cs"] + cfg.lambda_align * terms["l_align"]
-                         + cfg.lambda_answer * terms["l_answer"] + cfg.lambda_attr * terms["l_attr"]
+                         + cfg.lambda_answer * terms["l_answer"] + cfg.lambda_attr * terms["l_attr"] + terms["l_budget"]
                          + cfg.lambda_sparse * terms["l_sparse"] + terms["l_entropy"] + terms["l_kvar"]
                          + terms["l_qlen"])
         terms["_k"], terms["_c"] = sel.k.float(), sel.c

@@ -159,3 +159,15 @@ def test_attribution_targets_are_the_dense_answer_gradient(tiny, images):
     assert abs(float(loss.detach()) - torch.log(torch.tensor(64.0)).item()) < 1e-5  # uniform scores: CE = log N
     loss.backward()
     assert torch.allclose(scores.grad, (torch.full((1, 64), 1 / 64) - p))  # d CE / d s = softmax(s) - p*
+
+
+def test_attribution_budget_counts_the_patches_that_hold_the_mass():
+    from qgsa_bench.qgsa import losses
+
+    p = torch.tensor([[0.1, 0.5, 0.0, 0.2, 0.2], [0.96, 0.01, 0.01, 0.01, 0.01]])
+    assert losses.attribution_budget(p, 0.5, 1, 5).tolist() == [1.0, 1.0]
+    assert losses.attribution_budget(p, 0.75, 1, 5).tolist() == [3.0, 1.0]  # 0.5 + 0.2 < 0.75 <= 0.9
+    assert losses.attribution_budget(p, 0.99, 2, 4).tolist() == [4.0, 4.0]  # clamped to [k_min, k_max]
+    k_cont = torch.tensor([3.0, 5.0], requires_grad=True)
+    loss = losses.budget_regression(k_cont, torch.tensor([3.0, 1.0]), 1, 5)
+    assert abs(float(loss.detach()) - 0.5) < 1e-6  # ((0/4)^2 + (4/4)^2) / 2

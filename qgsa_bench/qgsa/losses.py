@@ -75,3 +75,15 @@ def attribution_targets(adapter, V: torch.Tensor, questions: list[str], answers:
 def attribution(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """L_attr = mean_b CE(p*_b, softmax(s_b)): the scorer's distribution over patches follows p*."""
     return -(targets * torch.log_softmax(scores.float(), dim=1)).sum(dim=1).mean()
+
+
+def attribution_budget(targets: torch.Tensor, cover: float, k_min: int, k_max: int) -> torch.Tensor:
+    """Not in the paper. k*_b: the fewest patches whose p* mass reaches `cover`, clamped to [k_min, k_max]."""
+    cumulative = targets.sort(dim=1, descending=True).values.cumsum(dim=1)
+    k_star = (cumulative < cover).sum(dim=1) + 1
+    return k_star.clamp(k_min, k_max).to(targets.dtype)
+
+
+def budget_regression(k_cont: torch.Tensor, k_star: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
+    """L_budget = mean ((k_cont - k*) / (k_max - k_min))^2: f_comp's budget follows the attribution's."""
+    return (((k_cont - k_star) / max(k_max - k_min, 1)) ** 2).mean()
