@@ -248,13 +248,17 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
     if progress:
         progress(f"training {cfg.model} on {data.name}", -(trainer.total_steps - trainer.step))
     started, last = time.perf_counter(), None
+    columns = LOG_COLUMNS
+    if log_path.exists() and log_path.stat().st_size:  # a resumed run keeps its log's columns (older versions)
+        with log_path.open(newline="") as existing:
+            columns = next(csv.reader(existing))
     with log_path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_COLUMNS)
+        writer = csv.DictWriter(handle, fieldnames=columns)
         if handle.tell() == 0:
             writer.writeheader()
         while trainer.step < trainer.total_steps:
             last = trainer.train_step()
-            writer.writerow({k: last.get(k) for k in LOG_COLUMNS})
+            writer.writerow({k: last.get(k) for k in columns})
             handle.flush()
             if trainer.step % cfg.save_every == 0 or trainer.step == trainer.total_steps:
                 trainer.save(ckpt)

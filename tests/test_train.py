@@ -137,9 +137,12 @@ def test_resume_gives_the_same_next_losses(tmp_path):
 
     with pytest.raises(Stop):
         run_train(interrupted, progress=stop_after_three)
+    old_log = pd.read_csv(tmp_path / "b" / "train_log.csv").drop(columns=["l_attr", "l_budget"])
+    old_log.to_csv(tmp_path / "b" / "train_log.csv", index=False)  # as an older version wrote it
     run_train(interrupted, resume=True)
     a = pd.read_csv(tmp_path / "a" / "train_log.csv")
     b = pd.read_csv(tmp_path / "b" / "train_log.csv")
+    assert list(b.columns) == list(old_log.columns)  # the resumed rows follow the log's own header
     b = b.drop_duplicates("step", keep="last").reset_index(drop=True)
     cols = ["loss", "l_cs", "l_align", "l_sparse", "l_entropy", "l_kvar", "l_qlen", "k_mean", "tau", "lr"]
     assert list(b.step) == list(a.step) == [1, 2, 3, 4, 5, 6]
