@@ -126,10 +126,15 @@ class PatchHeads(torch.nn.Module):
         self.sizes = (len(shapes.COLORS) + 1, len(shapes.SHAPES) + 1, 2)
         self.linear = torch.nn.Linear(d_v, sum(self.sizes))
 
+    @staticmethod
+    def labels(samples, adapter: Idefics3Adapter) -> torch.Tensor:
+        """(B, 3, N) colour / shape / centre class of every patch (shapes.patch_labels), on the model's device."""
+        return torch.stack([torch.from_numpy(shapes.patch_labels(s.extra["objects"], adapter.image_size,
+                                                                 adapter.patch_size)).flatten(1)
+                            for s in samples]).to(adapter.device)
+
     def loss(self, V: torch.Tensor, samples, adapter: Idefics3Adapter) -> torch.Tensor:
-        labels = torch.stack([torch.from_numpy(shapes.patch_labels(s.extra["objects"], adapter.image_size,
-                                                                   adapter.patch_size)).flatten(1) for s in samples])
-        labels = labels.to(V.device)  # (B, 3, N)
+        labels = self.labels(samples, adapter)
         logits = self.linear(V).split(self.sizes, dim=-1)
         labels[:, 1][labels[:, 0] == 0] = -100  # shape only on object patches (background is the colour head's)
         return sum(torch.nn.functional.cross_entropy(part.flatten(0, 1), labels[:, i].flatten(), ignore_index=-100)
@@ -169,12 +174,23 @@ def dense_accuracy(adapter: Idefics3Adapter, samples, batch: int = 50) -> dict[s
 def patch_accuracy(adapter: Idefics3Adapter, heads: PatchHeads, samples) -> dict[str, float]:
     """Held-out accuracy (%) of the patch heads on object patches: colour and shape."""
     V = adapter.patch_features(adapter.pixel_values([s.image for s in samples], adapter.image_size))
-    labels = torch.stack([torch.from_numpy(shapes.patch_labels(s.extra["objects"], adapter.image_size,
-                                                               adapter.patch_size)).flatten(1) for s in samples])
+    labels = heads.labels(samples, adapter)
     logits = heads.linear(V).split(heads.sizes, dim=-1)
-    on_object = labels[:, 0].to(V.device) > 0
-    return {name: 100 * float((logits[i].argmax(-1).cpu() == labels[:, i])[on_object.cpu()].float().mean())
+    on_object = labels[:, 0] > 0
+    return {name: 100 * float((logits[i].argmax(-1) == labels[:, i])[on_object].float().mean())
             for i, name in enumerate(("patch_color", "patch_shape"))}
+
+
+def _optimise(loss: torch.Tensor, optimizer, params, where: str, lr_option: str) -> float:
+    """One AdamW step on `loss` (gradient norm clipped to 1); a non-finite loss stops with one line."""
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise QGSAError(f"non-finite loss at {where}: lower {lr_option}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    optimizer.step()
+    return value
 
 
 def vision_warmup(adapter: Idefics3Adapter, heads: PatchHeads, cfg: BaseTrainConfig, log_rows, started, progress):
@@ -191,14 +207,7 @@ def vision_warmup(adapter: Idefics3Adapter, heads: PatchHeads, cfg: BaseTrainCon
         images = shapes.generate(cfg.batch // cfg.questions_per_image, seed=cfg.seed * 1_000_003 - step,
                                  split="train", questions=1)
         V = adapter.patch_features(adapter.pixel_values([s.image for s in images], adapter.image_size))
-        loss = heads.loss(V, images, adapter)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise QGSAError(f"non-finite patch loss at vision step {step}: lower --vision-lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        loss_value = _optimise(heads.loss(V, images, adapter), optimizer, params, f"vision step {step}", "--vision-lr")
         log_rows.append({"phase": "vision", "step": step, "loss": loss_value, "lr": cfg.vision_lr,
                          "elapsed_s": time.perf_counter() - started})
         if progress:
@@ -238,14 +247,8 @@ def run_base_train(cfg: BaseTrainConfig, progress=None) -> dict:
         objects = (1, 1) if step < cfg.curriculum_steps else (2, 5)
         batch = shapes.generate(cfg.batch // per_image, seed=cfg.seed * 1_000_003 + step, split="train",
                                 objects=objects, questions=per_image)
-        loss = dense_loss(adapter, batch, per_image, heads, cfg.aux_weight)
-        loss_value = float(loss.detach())
-        if not math.isfinite(loss_value):
-            raise QGSAError(f"non-finite loss at step {step + 1}: lower --lr")
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        loss_value = _optimise(dense_loss(adapter, batch, per_image, heads, cfg.aux_weight), optimizer, params,
+                               f"step {step + 1}", "--lr")
         scheduler.step()
         step += 1
         elapsed = time.perf_counter() - started

@@ -24,11 +24,11 @@ RESULT_FILES = {"sweep": SWEEP_REQUIRED, "ablate": ABLATE_REQUIRED, "eval": EVAL
                 "grounding": GROUNDING_REQUIRED}
 
 
-
 def _short_commit(commit) -> str:
     """First 10 hex digits, keeping the "-dirty" mark of a run from uncommitted code."""
     commit = str(commit)
     return commit[:10] + ("-dirty" if commit.endswith("-dirty") else "")
+
 
 def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
     try:

@@ -133,13 +133,13 @@ class Trainer:
             nouns = [self.encoder(self.nouns(q)).to(proj.device) for q in x.questions]
             terms["l_align"] = losses.alignment(proj, sel.weights, nouns)
         terms["l_attr"] = terms["l_budget"] = zero
+        targets = self.attribution(x) if cfg.lambda_attr or cfg.attr_budget else None
         if cfg.lambda_attr:
-            terms["l_attr"] = losses.attribution(sel.scores, self.attribution(x))
+            terms["l_attr"] = losses.attribution(sel.scores, targets)
         if cfg.attr_budget and sel.c is not None:
             qc = self.module.config
-            k_star = losses.attribution_budget(self.attribution(x), cfg.attr_budget, qc.k_min, qc.k_max)
-            k_cont = qc.k_min + (qc.k_max - qc.k_min) * sel.c
-            terms["l_budget"] = losses.budget_regression(k_cont, k_star, qc.k_min, qc.k_max)
+            k_star = losses.attribution_budget(targets, cfg.attr_budget, qc.k_min, qc.k_max)
+            terms["l_budget"] = losses.budget_regression(self.module.k_continuous(sel.c), k_star, qc.k_min, qc.k_max)
         terms["l_sparse"] = losses.sparsity(sel.mask_sum, x.V.shape[1])
         terms["l_entropy"] = losses.entropy(sel.scores, tau, cfg.entropy_coef)
         if sel.c is not None:

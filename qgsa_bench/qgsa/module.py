@@ -50,10 +50,14 @@ class QGSAModule(nn.Module):
         self.W_vis = nn.Linear(d_v, d_q)  # selected patches -> LM embedding space
         self.W_p = nn.Linear(d_v, self.config.align_dim)  # alignment head (L_align)
 
+    def k_continuous(self, c: torch.Tensor) -> torch.Tensor:
+        """k_cont = k_min + (k_max - k_min) * c, the budget before the floor of Eq. 2."""
+        return self.config.k_min + (self.config.k_max - self.config.k_min) * c
+
     def budget(self, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """k = floor(k_min + (k_max - k_min) * c): returns k (B,) long, k_cont (B,), c (B,)."""
         c = self.f_comp(q)
-        k_cont = self.config.k_min + (self.config.k_max - self.config.k_min) * c
+        k_cont = self.k_continuous(c)
         k = k_cont.detach().floor().long().clamp(self.config.k_min, self.config.k_max)
         return k, k_cont, c
 
