@@ -227,7 +227,9 @@ def run_base_train(cfg: BaseTrainConfig, progress=None) -> dict:
         model, preset = new_model(tokenizer, cfg.seed, device)
     adapter = Idefics3Adapter(wrap(model, tokenizer, preset, str(out)))
     model.train()
-    heads = PatchHeads(model.config.vision_config.hidden_size).to(device)
+    with torch.random.fork_rng(devices=[]):  # seeded like the model, so that a rerun repeats the run
+        torch.manual_seed(cfg.seed + 1)
+        heads = PatchHeads(model.config.vision_config.hidden_size).to(device)
     held_out = shapes.generate(cfg.eval_images, seed=cfg.seed, split="test")
     out.mkdir(parents=True, exist_ok=True)
     log_rows, started, step, evals = [], time.perf_counter(), 0, []

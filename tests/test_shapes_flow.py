@@ -28,6 +28,10 @@ def test_shapes_flow(tmp_path):
     assert summary["vision_warmup"]["steps"] == 2 and 0 <= summary["vision_warmup"]["patch_shape"] <= 100
     log = pd.read_csv(base / "base_train_log.csv")
     assert log.phase.tolist() == ["vision"] * 2 + ["full"] * 3
+    again = tmp_path / "again"  # the same command repeats the run exactly (model and patch heads seeded)
+    assert invoke("base-train", "--out", again, "--vision-steps", 2, "--steps", 3, "--batch", 4,
+                  "--questions-per-image", 2, "--eval-every", 3, "--eval-images", 2).exit_code == 0
+    assert pd.read_csv(again / "base_train_log.csv").loss.tolist() == log.loss.tolist()
     loaded = load_model(str(base), weights="pretrained")  # the same from_pretrained path as SmolVLM
     assert loaded.weights == "pretrained" and loaded.config.vision_config.image_size == 224
     assert loaded.config.image_token_id == loaded.tokenizer.convert_tokens_to_ids("<image>")
