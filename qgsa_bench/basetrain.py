@@ -39,10 +39,10 @@ END = "<end_of_utterance>"
 @dataclass
 class BaseTrainConfig:
     out: str = "runs/shapes-base"
-    steps: int = 6000
+    steps: int = 8000
     batch: int = 48  # questions per step
     questions_per_image: int = 6  # each encoded image is asked this many questions (batch / this = images)
-    lr: float = 2e-3
+    lr: float = 3.5e-4
     warmup_steps: int = 100
     weight_decay: float = 0.05
     eval_every: int = 500
@@ -51,8 +51,9 @@ class BaseTrainConfig:
     init: str | None = None  # continue from a model folder saved by an earlier base-train
     curriculum_steps: int = 0  # the first N steps show one object per image (then 2-5)
     # Phase 1: steps that train only the vision encoder on the patch labels (batch / questions_per_image
-    # images a step, constant vision_lr); the encoder is then frozen while connector + LM learn (phase 2).
-    vision_steps: int = 1500
+    # images a step, vision_lr with warm-up and cosine decay); the encoder is then frozen while connector
+    # + LM learn (phase 2).
+    vision_steps: int = 3000
     vision_lr: float = 2e-3
     aux_weight: float = 1.0  # with --vision-steps 0 only: the patch-label loss added during joint training
     seed: int = 0
@@ -194,12 +195,14 @@ def _optimise(loss: torch.Tensor, optimizer, params, where: str, lr_option: str)
 
 
 def vision_warmup(adapter: Idefics3Adapter, heads: PatchHeads, cfg: BaseTrainConfig, log_rows, started, progress):
-    """Phase 1: only the vision encoder (+ the patch heads) learns the patch labels, at a constant lr.
+    """Phase 1: only the vision encoder (+ the patch heads) learns the patch labels (warm-up, cosine decay).
 
     From scratch, the answer loss teaches the ViT to tell shapes apart far too slowly (the base stayed at
     the answer priors); the patch labels do it in a few minutes (README)."""
     params = [*adapter.vision_model.parameters(), *heads.parameters()]
     optimizer = torch.optim.AdamW(params, lr=cfg.vision_lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                  lambda s: lr_factor(s, cfg.vision_steps, cfg.warmup_steps))
     probe = shapes.generate(8, seed=cfg.seed + 7, split="val")
     if progress:
         progress("vision warm-up (patch labels)", -cfg.vision_steps)
@@ -207,8 +210,10 @@ def vision_warmup(adapter: Idefics3Adapter, heads: PatchHeads, cfg: BaseTrainCon
         images = shapes.generate(cfg.batch // cfg.questions_per_image, seed=cfg.seed * 1_000_003 - step,
                                  split="train", questions=1)
         V = adapter.patch_features(adapter.pixel_values([s.image for s in images], adapter.image_size))
+        lr = optimizer.param_groups[0]["lr"]
         loss_value = _optimise(heads.loss(V, images, adapter), optimizer, params, f"vision step {step}", "--vision-lr")
-        log_rows.append({"phase": "vision", "step": step, "loss": loss_value, "lr": cfg.vision_lr,
+        scheduler.step()
+        log_rows.append({"phase": "vision", "step": step, "loss": loss_value, "lr": lr,
                          "elapsed_s": time.perf_counter() - started})
         if progress:
             progress(f"vision step {step}/{cfg.vision_steps} patch loss {loss_value:.3f}", 1)

@@ -537,16 +537,16 @@ def train(
 def base_train(
     dataset: str = typer.Option("shapes", "--dataset", "-d", help="Only `shapes`: the generated set the base model learns."),
     out: Path = typer.Option(Path("runs/shapes-base"), help="Model folder (save_pretrained: model + tokenizer)."),
-    steps: int = typer.Option(6000, help="Optimiser steps of connector + LM (fresh generated images every step)."),
+    steps: int = typer.Option(8000, help="Optimiser steps of connector + LM (fresh generated images every step)."),
     batch: int = typer.Option(48, help="Questions per step."),
     questions_per_image: int = typer.Option(6, help="Questions asked of each image (batch / this = images per step)."),
-    lr: float = typer.Option(2e-3, help="AdamW peak learning rate (warm-up, then cosine)."),
+    lr: float = typer.Option(3.5e-4, help="AdamW peak learning rate (warm-up, then cosine)."),
     max_minutes: Optional[float] = typer.Option(None, help="Stop and save after this much wall time."),
     init: Optional[Path] = typer.Option(None, help="Continue training a model folder saved by base-train."),
     curriculum_steps: int = typer.Option(0, help="The first N steps show one object per image (then 2-5)."),
-    vision_steps: int = typer.Option(1500, help="First train only the vision encoder on per-patch colour/shape "
+    vision_steps: int = typer.Option(3000, help="First train only the vision encoder on per-patch colour/shape "
                                                 "labels for N steps, then freeze it (0: train everything jointly)."),
-    vision_lr: float = typer.Option(2e-3, help="Constant learning rate of the vision warm-up."),
+    vision_lr: float = typer.Option(2e-3, help="Peak learning rate of the vision warm-up (warm-up, then cosine)."),
     aux_weight: float = typer.Option(1.0, help="With --vision-steps 0: weight of the per-patch label loss (0: off)."),
     eval_every: int = typer.Option(500, help="Held-out accuracy every N steps."),
     eval_images: int = typer.Option(100, help="Held-out test images (two questions each)."),
