@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Reproduce results/shapes from a fresh clone on the 2-core CPU (about 40 minutes):
+# Reproduce results/shapes from a fresh clone on the 2-core CPU (about 45 minutes):
 #   python3 -m pip install -e . && bash results/shapes/run.sh
 # 1. base-train a small Idefics3 on generated shapes, from scratch: the vision encoder first learns
-#    per-patch colour/shape labels (1,500 steps), then connector + LM learn to answer (6,000 steps);
+#    per-patch colour/shape labels (3,000 steps), then connector + LM learn to answer (8,000 steps);
 # 2. train QGSA on the frozen base four ways: the paper's objective through W_vis (as written), the
 #    same objective through the model's own connector, connector + logits threshold + L_answer, and that
 #    plus L_attr (the base's own patch attribution as the scorer's target);
@@ -15,7 +15,7 @@ RUNS=${RUNS:-runs/shapes}
 OUT=${OUT:-results/shapes}
 BASE=$RUNS/base
 
-[ -f "$BASE/config.json" ] || qgsa base-train --out "$BASE" --vision-steps 1500 --steps 6000 --max-minutes 30 --eval-every 500
+[ -f "$BASE/config.json" ] || qgsa base-train --out "$BASE" --vision-steps 3000 --steps 8000 --lr 3.5e-4 --max-minutes 45 --eval-every 500
 mkdir -p "$OUT/base-model" "$OUT/models"
 cp "$BASE"/*.json "$BASE"/*.csv "$BASE"/model.safetensors "$OUT/base-model/"
 
@@ -33,8 +33,10 @@ train qgsa-paper                                    # Algorithm 1 as written (L_
 train qgsa-connector --projection connector         # the same objective, selected patches through the model's connector
 train qgsa-fix --projection connector --soft-mask-space logits --lambda-answer 1.0   # see README: why
 train qgsa-attr --projection connector --soft-mask-space logits --lambda-answer 1.0 --lambda-attr 1.0 --epochs 6 --lr 1e-3
-qgsa eval --model "$BASE" --dataset shapes --split test --limit 400 --pipelines dense,qgsa,random,norm --k 8 \
-    --checkpoint "$RUNS/qgsa-attr/checkpoint.pt" --device cpu --out "$OUT/eval-qgsa-attr-k8"
+for k in 8 48 96; do  # the same checkpoint at fixed budgets: how many patches each question type needs
+  qgsa eval --model "$BASE" --dataset shapes --split test --limit 400 --pipelines dense,qgsa,random,norm --k $k \
+      --checkpoint "$RUNS/qgsa-attr/checkpoint.pt" --device cpu --out "$OUT/eval-qgsa-attr-k$k"
+done
 qgsa grounding --model "$BASE" --dataset shapes --split test --limit 400 --k 8 \
     --checkpoint "$RUNS/qgsa-attr/checkpoint.pt" --device cpu --out "$OUT/grounding-qgsa-attr-k8"
 
@@ -43,6 +45,7 @@ qgsa sweep-resolution --model "$BASE" --sizes 224 320 448 --checkpoint "$RUNS/qg
     --pipelines dense,qgsa,random --device cpu --out "$OUT/sweep"
 cp "$BASE/base_train_summary.json" "$OUT/models/base_train_summary.json"
 qgsa report --results "$OUT/eval-qgsa-paper" --results "$OUT/eval-qgsa-connector" --results "$OUT/eval-qgsa-fix" \
-    --results "$OUT/eval-qgsa-attr" --results "$OUT/eval-qgsa-attr-k8" --results "$OUT/grounding-qgsa-paper" --results "$OUT/grounding-qgsa-connector" \
+    --results "$OUT/eval-qgsa-attr" --results "$OUT/eval-qgsa-attr-k8" --results "$OUT/eval-qgsa-attr-k48" \
+    --results "$OUT/eval-qgsa-attr-k96" --results "$OUT/grounding-qgsa-paper" --results "$OUT/grounding-qgsa-connector" \
     --results "$OUT/grounding-qgsa-fix" --results "$OUT/grounding-qgsa-attr" --results "$OUT/grounding-qgsa-attr-k8" \
     --results "$OUT/sweep" --out "$OUT/report"
