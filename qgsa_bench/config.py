@@ -8,6 +8,7 @@ from qgsa_bench import QGSAError
 
 SOFT_MASK_SPACES = ("softmax", "logits")
 PROJECTIONS = ("w_vis", "connector")
+FILLS = ("zero", "learned")
 
 
 @dataclass
@@ -30,6 +31,11 @@ class QGSAConfig:
     # (pixel shuffle + projection) runs on the patch grid with unselected patches zeroed, and the LM gets
     # the connector tokens that hold at least one selected patch, in raster order. See README.
     projection: str = "w_vis"
+    # With projection "connector": what stands in for an unselected patch before the connector. "zero"
+    # (default); "learned": one trainable vector of the vision width (initialised to zero, so training
+    # starts from "zero"), the same for every image and position, so it carries nothing from the image.
+    # A zeroed patch is something the base never saw; a fill can learn to look like empty canvas. README.
+    fill: str = "zero"
 
     def __post_init__(self):
         if not 1 <= self.k_min <= self.k_max:
@@ -38,6 +44,8 @@ class QGSAConfig:
             raise ValueError(f"soft_mask_space must be one of {SOFT_MASK_SPACES}")
         if self.projection not in PROJECTIONS:
             raise ValueError(f"projection must be one of {PROJECTIONS}")
+        if self.fill not in FILLS:
+            raise ValueError(f"fill must be one of {FILLS}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -191,6 +199,7 @@ class TrainConfig:
     spacy_model: str | None = None
     soft_mask_space: str = "softmax"
     projection: str = "w_vis"
+    fill: str = "zero"
     resolution: int | None = None
     max_steps: int | None = None
     save_every: int = 50
@@ -216,6 +225,10 @@ class TrainConfig:
             raise QGSAError(f"--attr-budget is a share of the attribution mass in (0, 1] (0: off), got {self.attr_budget}")
         if self.projection not in PROJECTIONS:
             raise QGSAError(f"--projection must be one of {', '.join(PROJECTIONS)}")
+        if self.fill not in FILLS:
+            raise QGSAError(f"--fill must be one of {', '.join(FILLS)}")
+        if self.fill != "zero" and self.projection != "connector":
+            raise QGSAError("--fill applies to --projection connector only")
 
     def to_dict(self) -> dict:
         return asdict(self)

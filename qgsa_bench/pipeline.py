@@ -9,7 +9,8 @@
 Random and norm use the same k as QGSA would (f_comp(q)) unless k is given.
 With the module's `projection = "connector"`, every sparse pipeline (qgsa, random, norm) reaches the
 LM through the model's own connector instead of W_vis: connector(V * m) on the whole patch grid, m the
-selection mask (unselected patches zeroed), keeping the connector tokens that hold a selected patch.
+selection mask (unselected patches zeroed, or set to the module's learned fill vector), keeping the
+connector tokens that hold a selected patch.
 """
 
 from __future__ import annotations
@@ -91,12 +92,16 @@ class Pipeline:
         m (B, N) holds the straight-through weight (1.0 forward) of every selected patch and 0 elsewhere;
         the connector (pixel shuffle + a bias-free linear map in Idefics3) runs on V * m, so a token's
         share of each selected patch is exactly the dense one and unselected patches add nothing. A token
-        is valid when at least one of its s^2 patches is selected."""
+        is valid when at least one of its s^2 patches is selected. With a learned fill f (config.fill),
+        the connector runs on V * m + (1 - m) * f instead: an unselected patch is f, not zero."""
         B, N, _ = V.shape
         weights = selection.weights if selection.weights is not None else selection.valid.to(V.dtype)
         weights = torch.where(selection.valid, weights.to(V.dtype), torch.zeros_like(weights, dtype=V.dtype))
         m = torch.zeros(B, N, dtype=V.dtype, device=V.device).scatter_add(1, selection.indices, weights)
-        tokens = self.adapter.connect(V * m[..., None])
+        patches = V * m[..., None]
+        if self.module.fill is not None:
+            patches = patches + (1 - m[..., None]) * self.module.fill.to(V.dtype)
+        tokens = self.adapter.connect(patches)
         hard = torch.zeros(B, N, device=V.device).scatter_add(1, selection.indices, selection.valid.float()) > 0
         valid = hard[:, self.connector_groups(N, V.device)].any(dim=-1)  # (B, N/s^2)
         return tokens, valid

@@ -215,7 +215,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
     if resume and not ckpt.exists():
         raise QGSAError(f"nothing to resume: {ckpt} does not exist")
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
-    qcfg = QGSAConfig(soft_mask_space=cfg.soft_mask_space, projection=cfg.projection, tau=cfg.tau_start)
+    qcfg = QGSAConfig(soft_mask_space=cfg.soft_mask_space, projection=cfg.projection, fill=cfg.fill,
+                      tau=cfg.tau_start)
     built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, None, cfg.seed, warn=warn)
     if cfg.align_encoder == "lm":
         qcfg.align_dim = built.adapter.d_q

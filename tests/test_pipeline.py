@@ -95,3 +95,36 @@ def test_connector_projection_passes_gradient_to_the_scorer(tiny, images):
     tokens[valid].sum().backward()
     assert pipe.module.scorer.mlp[-1].weight.grad.abs().sum() > 0
     assert pipe.module.W_vis.weight.grad is None  # W_vis is not on this path
+
+
+def test_connector_learned_fill_stands_in_for_unselected_patches(tiny, images):
+    """fill=learned: the connector sees V * m + (1 - m) * f; all patches selected is still exactly dense,
+    the fill is trained (gradient), and a fill without the connector path is refused."""
+    from qgsa_bench.config import QGSAConfig, TrainConfig
+    from qgsa_bench.pipeline import Pipeline
+    from qgsa_bench.qgsa.module import QGSAModule
+
+    module = QGSAModule(tiny.module.d_v, tiny.module.d_q, QGSAConfig(projection="connector", fill="learned"))
+    missing = module.load_state_dict(tiny.module.state_dict(), strict=False).missing_keys
+    assert missing == ["fill"] and module.parameter_counts()["fill"] == tiny.module.d_v
+    with torch.no_grad():
+        module.fill.copy_(torch.linspace(-1, 1, tiny.module.d_v))
+    pipe, a = Pipeline(tiny.adapter, module.eval()), tiny.adapter
+    with torch.no_grad():
+        V = a.patch_features(a.pixel_values(images[:1], 64))
+        question = a.question_embedding(["what color is the circle?"])
+        tokens, valid, _ = pipe.visual_tokens("norm", V, question, k=64)
+        assert valid.all() and torch.equal(tokens, a.connect(V))
+        tokens, valid, sel = pipe.visual_tokens("norm", V, question, k=5)
+        keep = torch.zeros(64, 1)
+        keep[sel.indices[0][sel.valid[0]]] = 1.0
+        torch.testing.assert_close(tokens, a.connect(V * keep + (1 - keep) * module.fill))
+        assert not torch.allclose(tokens, a.connect(V * keep))
+    module.train()
+    tokens, valid, _ = pipe.visual_tokens("qgsa", V, question, k=6, tau=1.0)
+    tokens[valid].sum().backward()
+    assert module.fill.grad.abs().sum() > 0 and module.scorer.mlp[-1].weight.grad.abs().sum() > 0
+    with pytest.raises(QGSAError, match="--fill applies to --projection connector"):
+        TrainConfig(fill="learned")
+    with pytest.raises(QGSAError, match="--fill must be one of"):
+        TrainConfig(projection="connector", fill="noise")

@@ -49,6 +49,8 @@ class QGSAModule(nn.Module):
         self.f_comp = ComplexityEstimator(d_q, self.config.fcomp_hidden)
         self.W_vis = nn.Linear(d_v, d_q)  # selected patches -> LM embedding space
         self.W_p = nn.Linear(d_v, self.config.align_dim)  # alignment head (L_align)
+        # what an unselected patch becomes before the connector (config.fill): None = zero
+        self.fill = nn.Parameter(torch.zeros(d_v)) if self.config.fill == "learned" else None
 
     def k_continuous(self, c: torch.Tensor) -> torch.Tensor:
         """k_cont = k_min + (k_max - k_min) * c, the budget before the floor of Eq. 2."""
@@ -93,5 +95,7 @@ class QGSAModule(nn.Module):
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         parts = {"scorer": count(self.scorer), "f_comp": count(self.f_comp),
                  "W_vis": count(self.W_vis), "W_p": count(self.W_p)}
+        if self.fill is not None:
+            parts["fill"] = self.fill.numel()
         parts["total"] = sum(parts.values())
         return parts
