@@ -485,6 +485,9 @@ def train(
                                                "own per-patch attribution of the answer, see README)."),
     attr_budget: float = typer.Option(0.0, help="Not in the paper: f_comp's k follows the number of patches holding "
                                                 "this share of the attribution (L_budget; 0: off)."),
+    suff_budget: float = typer.Option(0.0, help="Not in the paper: f_comp's k follows the fewest top-attribution "
+                                                "patches that keep log P(answer) within this many nats of dense "
+                                                "(L_budget; 0: off; needs --projection connector)."),
     no_cs: bool = typer.Option(False, "--no-cs", help="Ablation: drop L_cs."),
     no_align: bool = typer.Option(False, "--no-align", help="Ablation: drop L_align."),
     selection_only: bool = typer.Option(False, "--selection-only",
@@ -516,6 +519,7 @@ def train(
         grad_clip=grad_clip, tau_start=tau_start, tau_end=tau_end, lambda_cs=lambda_cs, lambda_align=lambda_align,
         lambda_sparse=lambda_sparse, entropy_coef=entropy_coef, kvar_coef=kvar_coef, qlen_coef=qlen_coef,
         lambda_answer=lambda_answer, lambda_attr=lambda_attr, attr_budget=attr_budget,
+        suff_budget=suff_budget,
         no_cs=no_cs or selection_only, no_align=no_align or selection_only,
         fixed_k=fixed_k, align_encoder=align_encoder, clip_checkpoint=str(clip_checkpoint) if clip_checkpoint else None,
         spacy_model=spacy_model, soft_mask_space=soft_mask_space, projection=projection, fill=fill, resolution=resolution, max_steps=max_steps,

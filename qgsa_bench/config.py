@@ -191,6 +191,9 @@ class TrainConfig:
     lambda_answer: float = 0.0  # not in the paper: weight of L_answer = -log P(a | V_sparse, q) (see README)
     lambda_attr: float = 0.0  # not in the paper: weight of L_attr, scores follow the base's own patch attribution
     attr_budget: float = 0.0  # not in the paper: >0 adds L_budget, f_comp's k follows the patches holding this p* mass
+    # not in the paper: >0 adds L_budget with k* = the fewest top-p* patches (of k_min, 2 k_min, ..., k_max)
+    # that keep log P(answer) within this many nats of the dense path (losses.sufficient_budget)
+    suff_budget: float = 0.0
     no_cs: bool = False
     no_align: bool = False
     fixed_k: int | None = None
@@ -223,6 +226,10 @@ class TrainConfig:
             raise QGSAError(f"--soft-mask-space must be one of {', '.join(SOFT_MASK_SPACES)}")
         if not 0.0 <= self.attr_budget <= 1.0:
             raise QGSAError(f"--attr-budget is a share of the attribution mass in (0, 1] (0: off), got {self.attr_budget}")
+        if self.suff_budget < 0 or (self.suff_budget and self.attr_budget):
+            raise QGSAError("--suff-budget is a tolerance in nats (> 0; 0: off) and excludes --attr-budget")
+        if self.suff_budget and self.projection != "connector":
+            raise QGSAError("--suff-budget measures patches through the model's connector: add --projection connector")
         if self.projection not in PROJECTIONS:
             raise QGSAError(f"--projection must be one of {', '.join(PROJECTIONS)}")
         if self.fill not in FILLS:

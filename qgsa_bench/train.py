@@ -75,6 +75,7 @@ class Trainer:
         self.generator = built.pipeline.generator  # Gumbel noise and random subsets, saved in checkpoints
         self._features: dict[str, torch.Tensor] = {}
         self._attribution: dict[str, torch.Tensor] = {}
+        self._sufficient: dict[str, torch.Tensor] = {}
         self.steps_per_epoch = math.ceil(len(samples) / cfg.batch)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
@@ -115,6 +116,18 @@ class Trainer:
             self._attribution.update({x.ids[i]: t.detach() for i, t in zip(missing, targets)})
         return torch.stack([self._attribution[key] for key in x.ids])
 
+    def sufficient(self, x: StepInputs, targets: torch.Tensor) -> torch.Tensor:
+        """k* per sample (losses.sufficient_budget), cached by question id: the base is frozen."""
+        missing = [i for i, key in enumerate(x.ids) if key not in self._sufficient]
+        if missing:
+            qc = self.module.config
+            k_star = losses.sufficient_budget(
+                self.adapter, self.pipeline.connector_groups(x.V.shape[1], x.V.device), x.V[missing],
+                [x.questions[i] for i in missing], [x.answers[i] for i in missing], targets[missing],
+                losses.budget_grid(qc.k_min, min(qc.k_max, x.V.shape[1])), self.cfg.suff_budget)
+            self._sufficient.update({x.ids[i]: k for i, k in zip(missing, k_star)})
+        return torch.stack([self._sufficient[key] for key in x.ids])
+
     # ---- one step ------------------------------------------------------------------------
     def losses(self, x: StepInputs, tau: float) -> dict[str, torch.Tensor]:
         cfg, a = self.cfg, self.adapter
@@ -133,12 +146,13 @@ class Trainer:
             nouns = [self.encoder(self.nouns(q)).to(proj.device) for q in x.questions]
             terms["l_align"] = losses.alignment(proj, sel.weights, nouns)
         terms["l_attr"] = terms["l_budget"] = zero
-        targets = self.attribution(x) if cfg.lambda_attr or cfg.attr_budget else None
+        targets = self.attribution(x) if cfg.lambda_attr or cfg.attr_budget or cfg.suff_budget else None
         if cfg.lambda_attr:
             terms["l_attr"] = losses.attribution(sel.scores, targets)
-        if cfg.attr_budget and sel.c is not None:
+        if (cfg.attr_budget or cfg.suff_budget) and sel.c is not None:
             qc = self.module.config
-            k_star = losses.attribution_budget(targets, cfg.attr_budget, qc.k_min, qc.k_max)
+            k_star = (self.sufficient(x, targets) if cfg.suff_budget
+                      else losses.attribution_budget(targets, cfg.attr_budget, qc.k_min, qc.k_max))
             terms["l_budget"] = losses.budget_regression(self.module.k_continuous(sel.c), k_star, qc.k_min, qc.k_max)
         terms["l_sparse"] = losses.sparsity(sel.mask_sum, x.V.shape[1])
         terms["l_entropy"] = losses.entropy(sel.scores, tau, cfg.entropy_coef)

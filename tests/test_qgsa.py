@@ -161,6 +161,43 @@ def test_attribution_targets_are_the_dense_answer_gradient(tiny, images):
     assert torch.allclose(scores.grad, (torch.full((1, 64), 1 / 64) - p))  # d CE / d s = softmax(s) - p*
 
 
+def test_sufficient_budget_is_the_first_grid_k_that_keeps_the_answer(tiny, images):
+    """k* = the smallest k of the grid whose top-k patches by p*, alone through the connector, keep
+    log P(a) within the tolerance of dense; the last grid value when none does."""
+    from qgsa_bench import QGSAError
+    from qgsa_bench.config import TrainConfig
+    from qgsa_bench.qgsa import losses
+
+    assert losses.budget_grid(4, 32) == [4, 8, 16, 32] and losses.budget_grid(4, 20) == [4, 8, 16, 20]
+    assert losses.budget_grid(5, 5) == [5]
+    a = tiny.adapter
+    with torch.no_grad():
+        V = a.patch_features(a.pixel_values(images[:2], 64))
+    q, ans = ["what color is the circle?", "how many squares are there?"], ["red", "2"]
+    p = losses.attribution_targets(a, V, q, ans)
+    groups = tiny.pipeline.connector_groups(64, V.device)
+    grid = [4, 16, 64]
+    with torch.no_grad():
+        dense = a.answer_logprob(a.build_inputs(a.connect(V), q), ans)
+        logp = []
+        for k in grid:  # top-k patches by p*, through the connector with the others zeroed
+            keep = torch.zeros(2, 64)
+            for b in range(2):
+                keep[b, p[b].argsort(descending=True)[:k]] = 1.0
+            valid = torch.stack([torch.tensor([bool(keep[b, g].any()) for g in groups]) for b in range(2)])
+            logp.append(a.answer_logprob(a.build_inputs(a.connect(V * keep[..., None]), q, valid), ans))
+    gap = dense[:, None] - torch.stack(logp, dim=1)  # (2, 3); at k = N nothing is dropped
+    assert torch.allclose(gap[:, -1], torch.zeros(2), atol=1e-5)
+    for tol in (1e-6, float(gap[:, 0].max()) + 1e-3, float(gap[:, 1].min()) + 1e-3):
+        expected = [float(next((k for k, g in zip(grid, gap[b]) if g <= tol), grid[-1])) for b in range(2)]
+        assert losses.sufficient_budget(a, groups, V, q, ans, p, grid, tol).tolist() == expected
+    assert losses.sufficient_budget(a, groups, V, q, ans, p, grid, 1e3).tolist() == [4.0, 4.0]
+    with pytest.raises(QGSAError, match="excludes --attr-budget"):
+        TrainConfig(projection="connector", suff_budget=1.0, attr_budget=0.8)
+    with pytest.raises(QGSAError, match="add --projection connector"):
+        TrainConfig(suff_budget=1.0)
+
+
 def test_attribution_budget_counts_the_patches_that_hold_the_mass():
     from qgsa_bench.qgsa import losses
 

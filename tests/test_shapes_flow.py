@@ -49,10 +49,10 @@ def test_shapes_flow(tmp_path):
     qgsa = tmp_path / "qgsa"
     result = invoke("train", "-m", base, "-d", "shapes", "--limit", 8, "--epochs", 1, "--align-encoder", "lm",
                     "--lambda-answer", 1.0, "--lambda-attr", 1.0, "--projection", "connector", "--device", "cpu",
-                    "--out", qgsa)
+                    "--fill", "learned", "--suff-budget", 0.5, "--out", qgsa)
     assert result.exit_code == 0, result.output
     log = pd.read_csv(qgsa / "train_log.csv")
-    assert "l_answer" in log.columns and (log.l_attr > 0).all()
+    assert "l_answer" in log.columns and (log.l_attr > 0).all() and (log.l_budget > 0).all()
 
     result = invoke("eval", "-m", base, "-d", "shapes", "--limit", 4, "--pipelines", "dense,qgsa,random,norm",
                     "--checkpoint", qgsa / "checkpoint.pt", "--max-new-tokens", 2, "--out", tmp_path / "eval")

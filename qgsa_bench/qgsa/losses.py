@@ -84,6 +84,38 @@ def attribution_budget(targets: torch.Tensor, cover: float, k_min: int, k_max: i
     return k_star.clamp(k_min, k_max).to(targets.dtype)
 
 
+def budget_grid(k_min: int, k_max: int) -> list[int]:
+    """k_min, 2 k_min, 4 k_min, ... below k_max, then k_max: the budgets sufficient_budget tries."""
+    grid, k = [], k_min
+    while k < k_max:
+        grid.append(k)
+        k *= 2
+    return grid + [k_max]
+
+
+@torch.no_grad()
+def sufficient_budget(adapter, groups: torch.Tensor, V: torch.Tensor, questions: list[str], answers: list[str],
+                      targets: torch.Tensor, grid: list[int], tolerance: float) -> torch.Tensor:
+    """Not in the paper. k*_b: the smallest k in `grid` whose top-k patches by p* (targets), alone through the
+    base's own connector (the others zeroed; `groups` (N/s^2, s^2) the patches of each connector token),
+    keep log P(a | q) within `tolerance` nats of the dense path's; grid[-1] when none does. A budget
+    target that asks "how much of the image does this answer need", where attribution_budget asks how
+    concentrated the attribution is. Deterministic for a frozen base: callers cache it per question."""
+    dense = adapter.answer_logprob(adapter.build_inputs(adapter.connect(V), questions), answers)
+    order = targets.argsort(dim=1, descending=True)
+    k_star = torch.full((V.shape[0],), float(grid[-1]), device=V.device)
+    done = torch.zeros(V.shape[0], dtype=torch.bool, device=V.device)
+    for k in grid:
+        m = torch.zeros(V.shape[:2], dtype=V.dtype, device=V.device).scatter(1, order[:, :k], 1.0)
+        valid = (m[:, groups] > 0).any(dim=-1)
+        logp = adapter.answer_logprob(adapter.build_inputs(adapter.connect(V * m[..., None]), questions, valid), answers)
+        newly = ~done & (logp >= dense - tolerance)
+        k_star[newly] = float(k)
+        done |= newly
+    return k_star.to(targets.dtype)
+
+
 def budget_regression(k_cont: torch.Tensor, k_star: torch.Tensor, k_min: int, k_max: int) -> torch.Tensor:
-    """L_budget = mean ((k_cont - k*) / (k_max - k_min))^2: f_comp's budget follows the attribution's."""
+    """L_budget = mean ((k_cont - k*) / (k_max - k_min))^2: f_comp's budget follows k* (attribution_budget or
+    sufficient_budget)."""
     return (((k_cont - k_star) / max(k_max - k_min, 1)) ** 2).mean()
