@@ -57,10 +57,12 @@ class Pipeline:
         through_connector = pipeline in SPARSE_PIPELINES and self.module.config.projection == "connector"
         return self.adapter.dense_resolution(resolution) if pipeline == "dense" or through_connector else resolution
 
-    def visual_tokens(self, pipeline: str, V: torch.Tensor, q: torch.Tensor, k=None, tau: float | None = None):
+    def visual_tokens(self, pipeline: str, V: torch.Tensor, q: torch.Tensor, k=None, tau: float | None = None,
+                      budget_grad: bool = True):
         """V (B, N, d_v), q (B, d_q) -> (tokens (B, n, d_q), valid (B, n), selection or None).
 
-        In training mode the QGSA module selects with Gumbel noise at temperature `tau`."""
+        In training mode the QGSA module selects with Gumbel noise at temperature `tau` (budget_grad:
+        QGSAModule.select)."""
         B, N, _ = V.shape
         if pipeline == "dense":
             tokens = self.adapter.connect(V)
@@ -68,7 +70,7 @@ class Pipeline:
         if pipeline == "dense-bypass":
             selection = all_selection(B, N, V.device)
         elif pipeline == "qgsa":
-            selection = self.module.select(q, V, k=k, tau=tau, generator=self.generator)
+            selection = self.module.select(q, V, k=k, tau=tau, generator=self.generator, budget_grad=budget_grad)
         else:
             if k is None:
                 k = self.module.budget(q)[0]

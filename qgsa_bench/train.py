@@ -131,7 +131,8 @@ class Trainer:
     # ---- one step ------------------------------------------------------------------------
     def losses(self, x: StepInputs, tau: float) -> dict[str, torch.Tensor]:
         cfg, a = self.cfg, self.adapter
-        tokens, valid, sel = self.pipeline.visual_tokens("qgsa", x.V, x.q, k=cfg.fixed_k, tau=tau)
+        targeted = bool(cfg.attr_budget or cfg.suff_budget)  # f_comp has a direct target: it learns from it alone
+        tokens, valid, sel = self.pipeline.visual_tokens("qgsa", x.V, x.q, k=cfg.fixed_k, tau=tau, budget_grad=not targeted)
         zero = tokens.sum() * 0.0
         terms = {"l_cs": zero, "l_align": zero, "l_answer": zero}
         if not cfg.no_cs or cfg.lambda_answer:
@@ -180,7 +181,15 @@ class Trainer:
                             f"training stopped; the last good checkpoint is kept in {self.cfg.out}/{CHECKPOINT}")
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
+        if self.cfg.attr_budget or self.cfg.suff_budget:
+            # With a budget target f_comp is clipped apart from the rest: under one global norm the scorer's
+            # large gradients scale f_comp's small ones (q is a mean of LM embeddings) towards Adam's epsilon.
+            budget = list(self.module.f_comp.parameters())
+            rest = [p for p in self.module.parameters() if all(p is not b for b in budget)]
+            torch.nn.utils.clip_grad_norm_(rest, self.cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(budget, self.cfg.grad_clip)
+        else:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.scheduler.step()
         self.module.eval()

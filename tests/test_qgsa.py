@@ -208,3 +208,19 @@ def test_attribution_budget_counts_the_patches_that_hold_the_mass():
     k_cont = torch.tensor([3.0, 5.0], requires_grad=True)
     loss = losses.budget_regression(k_cont, torch.tensor([3.0, 1.0]), 1, 5)
     assert abs(float(loss.detach()) - 0.5) < 1e-6  # ((0/4)^2 + (4/4)^2) / 2
+
+
+def test_budget_grad_false_leaves_f_comp_to_its_target():
+    """select(budget_grad=False): Eq. 4's rescaling by k_cont sends no gradient into f_comp (it learns from
+    --attr-budget / --suff-budget alone); the scorer still gets its gradient, and the forward is unchanged."""
+    torch.manual_seed(0)
+    module = QGSAModule(16, 12, QGSAConfig(soft_mask_space="logits")).train()
+    q, V = torch.randn(3, 12), torch.randn(3, 20, 16)
+    grads = {}
+    for flag in (True, False):
+        module.zero_grad(set_to_none=True)
+        sel = module.select(q, V, tau=1.0, generator=torch.Generator().manual_seed(1), budget_grad=flag)
+        sel.mask_sum.sum().backward()
+        grads[flag] = (module.f_comp.net[0].weight.grad, module.scorer.mlp[-1].weight.grad, sel.mask_sum.detach())
+    assert grads[True][0].abs().sum() > 0 and grads[False][0] is None
+    assert grads[False][1].abs().sum() > 0 and torch.equal(grads[True][2], grads[False][2])

@@ -64,11 +64,13 @@ class QGSAModule(nn.Module):
         return k, k_cont, c
 
     def select(self, q: torch.Tensor, V: torch.Tensor, k=None, tau: float | None = None,
-               generator: torch.Generator | None = None) -> Selection:
+               generator: torch.Generator | None = None, budget_grad: bool = True) -> Selection:
         """Score the N patches of V (B, N, d_v) against q (B, d_q) and pick k of them.
 
         Training mode (self.training): Gumbel + straight-through (Eq. 3-4); eval: deterministic top-k.
-        `k` overrides the predicted budget (fixed-k runs, baselines at the same k).
+        `k` overrides the predicted budget (fixed-k runs, baselines at the same k). `budget_grad=False`
+        stops Eq. 4's gradient into f_comp (the rescaling by k_cont), so that f_comp learns from a direct
+        budget target only (train --attr-budget / --suff-budget).
         """
         scores = self.scorer(q, V.to(q.dtype))
         c = None
@@ -82,7 +84,7 @@ class QGSAModule(nn.Module):
             selection = topk_selection(scores, k_sel)
         else:
             cfg = self.config
-            selection = gumbel_selection(scores, k_sel, k_cont, cfg.tau if tau is None else tau, cfg.tau_sig_min,
+            selection = gumbel_selection(scores, k_sel, k_cont if budget_grad else k_cont.detach(), cfg.tau if tau is None else tau, cfg.tau_sig_min,
                                          cfg.soft_mask_space, generator)
         selection.c = c
         return selection
