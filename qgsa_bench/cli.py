@@ -484,10 +484,12 @@ def train(
     lambda_attr: float = typer.Option(0.0, help="Not in the paper: weight of L_attr (scores follow the frozen base's "
                                                "own per-patch attribution of the answer, see README)."),
     attr_budget: float = typer.Option(0.0, help="Not in the paper: f_comp's k follows the number of patches holding "
-                                                "this share of the attribution (L_budget; 0: off)."),
+                                                "this share of the attribution (L_budget; 0: off; f_comp then "
+                                                "learns from this target alone)."),
     suff_budget: float = typer.Option(0.0, help="Not in the paper: f_comp's k follows the fewest top-attribution "
                                                 "patches that keep log P(answer) within this many nats of dense "
-                                                "(L_budget; 0: off; needs --projection connector)."),
+                                                "(L_budget; 0: off; needs --projection connector; f_comp then "
+                                                "learns from this target alone, see README)."),
     no_cs: bool = typer.Option(False, "--no-cs", help="Ablation: drop L_cs."),
     no_align: bool = typer.Option(False, "--no-align", help="Ablation: drop L_align."),
     selection_only: bool = typer.Option(False, "--selection-only",

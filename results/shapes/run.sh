@@ -3,9 +3,10 @@
 #   python3 -m pip install -e . && bash results/shapes/run.sh
 # 1. base-train a small Idefics3 on generated shapes, from scratch: the vision encoder first learns
 #    per-patch colour/shape labels (3,000 steps), then connector + LM learn to answer (8,000 steps);
-# 2. train QGSA on the frozen base five ways: the paper's objective through W_vis (as written), the
+# 2. train QGSA on the frozen base six ways: the paper's objective through W_vis (as written), the
 #    same objective through the model's own connector, connector + logits threshold + L_answer, that
-#    plus L_attr (the base's own patch attribution as the scorer's target), and that with a learned fill;
+#    plus L_attr (the base's own patch attribution as the scorer's target), that with a learned fill, and
+#    that with --suff-budget (f_comp's target: the patches each training answer needs);
 # 3. eval (dense, qgsa, random, norm at the same k), grounding (+ question pairs) and a sweep;
 # 4. the report.
 # Writes into $OUT (default results/shapes, replacing the committed results; the sweep folder is removed
@@ -35,6 +36,8 @@ train qgsa-fix --projection connector --soft-mask-space logits --lambda-answer 1
 train qgsa-attr --projection connector --soft-mask-space logits --lambda-answer 1.0 --lambda-attr 1.0 --epochs 6 --lr 1e-3
 train qgsa-attr-fill --projection connector --soft-mask-space logits --lambda-answer 1.0 --lambda-attr 1.0 --epochs 6 --lr 1e-3 \
     --fill learned                                  # unselected patches: a learned vector instead of zero
+train qgsa-suff --projection connector --soft-mask-space logits --lambda-answer 1.0 --lambda-attr 1.0 --epochs 6 --lr 1e-3 \
+    --suff-budget 0.5 --qlen-coef 0                 # f_comp learns the budget each answer needs (README)
 for k in 8 48 96; do  # the same checkpoint at fixed budgets: how many patches each question type needs
   qgsa eval --model "$BASE" --dataset shapes --split test --limit 400 --pipelines dense,qgsa,random,norm --k $k \
       --checkpoint "$RUNS/qgsa-attr/checkpoint.pt" --device cpu --out "$OUT/eval-qgsa-attr-k$k"
@@ -48,7 +51,8 @@ qgsa sweep-resolution --model "$BASE" --sizes 224 320 448 --checkpoint "$RUNS/qg
 cp "$BASE/base_train_summary.json" "$OUT/models/base_train_summary.json"
 qgsa report --results "$OUT/eval-qgsa-paper" --results "$OUT/eval-qgsa-connector" --results "$OUT/eval-qgsa-fix" \
     --results "$OUT/eval-qgsa-attr" --results "$OUT/eval-qgsa-attr-k8" --results "$OUT/eval-qgsa-attr-k48" \
-    --results "$OUT/eval-qgsa-attr-k96" --results "$OUT/eval-qgsa-attr-fill" --results "$OUT/grounding-qgsa-paper" --results "$OUT/grounding-qgsa-connector" \
+    --results "$OUT/eval-qgsa-attr-k96" --results "$OUT/eval-qgsa-attr-fill" \
+    --results "$OUT/eval-qgsa-suff" --results "$OUT/grounding-qgsa-paper" --results "$OUT/grounding-qgsa-connector" \
     --results "$OUT/grounding-qgsa-fix" --results "$OUT/grounding-qgsa-attr" --results "$OUT/grounding-qgsa-attr-k8" \
-    --results "$OUT/grounding-qgsa-attr-fill" \
+    --results "$OUT/grounding-qgsa-attr-fill" --results "$OUT/grounding-qgsa-suff" \
     --results "$OUT/sweep" --out "$OUT/report"
