@@ -240,6 +240,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    @property
+    def budget_target(self) -> bool:
+        """f_comp has a direct target (--attr-budget or --suff-budget): it then learns from that alone."""
+        return bool(self.attr_budget or self.suff_budget)
+
     def run_identity(self) -> dict:
         """What a resumed run must share with the run it continues (length and output may change)."""
         return {k: v for k, v in asdict(self).items()

@@ -131,8 +131,8 @@ class Trainer:
     # ---- one step ------------------------------------------------------------------------
     def losses(self, x: StepInputs, tau: float) -> dict[str, torch.Tensor]:
         cfg, a = self.cfg, self.adapter
-        targeted = bool(cfg.attr_budget or cfg.suff_budget)  # f_comp has a direct target: it learns from it alone
-        tokens, valid, sel = self.pipeline.visual_tokens("qgsa", x.V, x.q, k=cfg.fixed_k, tau=tau, budget_grad=not targeted)
+        tokens, valid, sel = self.pipeline.visual_tokens("qgsa", x.V, x.q, k=cfg.fixed_k, tau=tau,
+                                                         budget_grad=not cfg.budget_target)
         zero = tokens.sum() * 0.0
         terms = {"l_cs": zero, "l_align": zero, "l_answer": zero}
         if not cfg.no_cs or cfg.lambda_answer:
@@ -147,10 +147,10 @@ class Trainer:
             nouns = [self.encoder(self.nouns(q)).to(proj.device) for q in x.questions]
             terms["l_align"] = losses.alignment(proj, sel.weights, nouns)
         terms["l_attr"] = terms["l_budget"] = zero
-        targets = self.attribution(x) if cfg.lambda_attr or cfg.attr_budget or cfg.suff_budget else None
+        targets = self.attribution(x) if cfg.lambda_attr or cfg.budget_target else None
         if cfg.lambda_attr:
             terms["l_attr"] = losses.attribution(sel.scores, targets)
-        if (cfg.attr_budget or cfg.suff_budget) and sel.c is not None:
+        if cfg.budget_target and sel.c is not None:
             qc = self.module.config
             k_star = (self.sufficient(x, targets) if cfg.suff_budget
                       else losses.attribution_budget(targets, cfg.attr_budget, qc.k_min, qc.k_max))
@@ -181,7 +181,7 @@ class Trainer:
                             f"training stopped; the last good checkpoint is kept in {self.cfg.out}/{CHECKPOINT}")
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
-        if self.cfg.attr_budget or self.cfg.suff_budget:
+        if self.cfg.budget_target:
             # With a budget target f_comp is clipped apart from the rest: under one global norm the scorer's
             # large gradients scale f_comp's small ones (q is a mean of LM embeddings) towards Adam's epsilon.
             budget = list(self.module.f_comp.parameters())

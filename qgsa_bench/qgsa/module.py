@@ -84,7 +84,8 @@ class QGSAModule(nn.Module):
             selection = topk_selection(scores, k_sel)
         else:
             cfg = self.config
-            selection = gumbel_selection(scores, k_sel, k_cont if budget_grad else k_cont.detach(), cfg.tau if tau is None else tau, cfg.tau_sig_min,
+            k_rescale = k_cont if budget_grad else k_cont.detach()
+            selection = gumbel_selection(scores, k_sel, k_rescale, cfg.tau if tau is None else tau, cfg.tau_sig_min,
                                          cfg.soft_mask_space, generator)
         selection.c = c
         return selection
