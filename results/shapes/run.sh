@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce results/shapes from a fresh clone on the 2-core CPU (about 45 minutes):
+# Reproduce results/shapes from a fresh clone on the 2-core CPU (about 50 minutes):
 #   python3 -m pip install -e . && bash results/shapes/run.sh
 # 1. base-train a small Idefics3 on generated shapes, from scratch: the vision encoder first learns
 #    per-patch colour/shape labels (3,000 steps), then connector + LM learn to answer (8,000 steps);
