@@ -107,26 +107,27 @@ class Trainer:
         return StepInputs(V, a.question_embedding(questions), lengths, questions,
                           [main_answer(s.answers) for s in batch], [s.id for s in batch])
 
+    @staticmethod
+    def _per_question(cache: dict, x: StepInputs, compute) -> torch.Tensor:
+        """A frozen-base quantity per question, cached by question id: `compute(idx)` runs once, on the
+        batch positions whose ids are not cached yet, and returns one row per position."""
+        missing = [i for i, key in enumerate(x.ids) if key not in cache]
+        if missing:
+            cache.update(zip([x.ids[i] for i in missing], compute(missing).detach()))
+        return torch.stack([cache[key] for key in x.ids])
+
     def attribution(self, x: StepInputs) -> torch.Tensor:
         """p* per sample (losses.attribution_targets), cached by question id: the base is frozen."""
-        missing = [i for i, key in enumerate(x.ids) if key not in self._attribution]
-        if missing:
-            targets = losses.attribution_targets(self.adapter, x.V[missing], [x.questions[i] for i in missing],
-                                                 [x.answers[i] for i in missing])
-            self._attribution.update({x.ids[i]: t.detach() for i, t in zip(missing, targets)})
-        return torch.stack([self._attribution[key] for key in x.ids])
+        return self._per_question(self._attribution, x, lambda idx: losses.attribution_targets(
+            self.adapter, x.V[idx], [x.questions[i] for i in idx], [x.answers[i] for i in idx]))
 
     def sufficient(self, x: StepInputs, targets: torch.Tensor) -> torch.Tensor:
         """k* per sample (losses.sufficient_budget), cached by question id: the base is frozen."""
-        missing = [i for i, key in enumerate(x.ids) if key not in self._sufficient]
-        if missing:
-            qc = self.module.config
-            k_star = losses.sufficient_budget(
-                self.adapter, self.pipeline.connector_groups(x.V.shape[1], x.V.device), x.V[missing],
-                [x.questions[i] for i in missing], [x.answers[i] for i in missing], targets[missing],
-                losses.budget_grid(qc.k_min, min(qc.k_max, x.V.shape[1])), self.cfg.suff_budget)
-            self._sufficient.update({x.ids[i]: k for i, k in zip(missing, k_star)})
-        return torch.stack([self._sufficient[key] for key in x.ids])
+        qc = self.module.config
+        return self._per_question(self._sufficient, x, lambda idx: losses.sufficient_budget(
+            self.adapter, self.pipeline.connector_groups(x.V.shape[1], x.V.device), x.V[idx],
+            [x.questions[i] for i in idx], [x.answers[i] for i in idx], targets[idx],
+            losses.budget_grid(qc.k_min, min(qc.k_max, x.V.shape[1])), self.cfg.suff_budget))
 
     # ---- one step ------------------------------------------------------------------------
     def losses(self, x: StepInputs, tau: float) -> dict[str, torch.Tensor]:
