@@ -312,7 +312,7 @@ def ablate(
     question: str = OPT_QUESTION,
     no_flops: bool = OPT_NO_FLOPS,
     train_dataset: Optional[str] = typer.Option(None, help="Train each configuration without a checkpoint on this data set first."),
-    train_data_dir: Optional[Path] = typer.Option(None, help="--data-dir of the training data set."),
+    train_data_dir: Optional[str] = typer.Option(None, help="--data-dir of the training data set (folder or hf://...)."),
     train_limit: Optional[int] = typer.Option(None, help="Training questions per configuration."),
     train_steps: Optional[int] = typer.Option(None, help="Training steps per configuration (--max-steps)."),
     align_encoder: str = typer.Option("lm", help="Text encoder for L_align when training: lm | clip."),
@@ -327,7 +327,7 @@ def ablate(
                               attn_implementation=attn, reps=reps, warmup=warmup, decode_tokens=decode_tokens,
                               k=k, seed=seed, image=image, question=question, count_flops=not no_flops)
     cfg = AblateConfig(measure, resolution, parse_checkpoints(checkpoint), str(out), train_dataset=train_dataset,
-                       train_data_dir=str(train_data_dir) if train_data_dir else None, train_limit=train_limit,
+                       train_data_dir=train_data_dir, train_limit=train_limit,
                        train_steps=train_steps, align_encoder=align_encoder, eval_limit=eval_limit)
     with _RichProgress() as progress:
         folder = run_ablate(cfg, progress, warn=_warn)
@@ -338,15 +338,16 @@ def ablate(
 @app.command()
 @friendly
 def report(
-    results: list[Path] = typer.Option(..., "--results", "-r", help="Results folder(s) (repeatable)."),
-    out: Path = typer.Option(Path("results/report"), help="Where report.md and the figures go."),
+    results: Optional[list[Path]] = typer.Option(
+        None, "--results", "-r", help="Results folder(s), or folders to search for them (repeatable). "
+                                      "Default: every results folder under results/ and runs/ here."),
+    out: Path = typer.Option(Path("report"), help="Where report.md and the figures go."),
 ):
     """Markdown tables and PNG figures (Figs. 2-5, per-stage breakdown) from result folders only."""
     from qgsa_bench.report import make_report
 
-    written = make_report(list(results), out)
-    for path in written:
-        console.print(f"wrote {path}")
+    written = make_report(list(results) if results else None, out, warn=_warn)
+    console.print(f"wrote {written[0]} and {len(written) - 1} figure(s) in {out}/")
 
 
 # ---- data, accuracy and grounding ---------------------------------------------------------
@@ -354,7 +355,10 @@ data_app = typer.Typer(help="Data set utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 OPT_DATASET = typer.Option("shapes", "--dataset", "-d", help="vqa-rad | aokvqa | refcoco | shapes (generated).")
-OPT_DATA_DIR = typer.Option(None, help="Folder with the data set's published files (not needed for shapes).")
+OPT_DATA_DIR = typer.Option(None, "--data-dir", help="Folder with the data set's published files, or "
+                             "hf://datasets/OWNER/NAME[@REV]. Default: the published hub repository (vqa-rad: "
+                             "flaviagiammarino/vqa-rad, aokvqa: HuggingFaceM4/A-OKVQA, refcoco: lmms-lab/RefCOCO), "
+                             "downloaded once into the HF cache, offline from the cache. Not used by shapes.")
 OPT_SPLIT = typer.Option(None, help="Split (default: vqa-rad test, aokvqa val, refcoco val, shapes test).")
 OPT_LIMIT = typer.Option(None, help="Use at most this many samples.")
 OPT_SKIP_BAD = typer.Option(False, "--skip-bad", help="Skip and count unreadable images instead of stopping.")
@@ -396,7 +400,7 @@ def _eval_config(**kwargs):
 def eval_command(
     model: str = OPT_MODEL,
     dataset: str = OPT_DATASET,
-    data_dir: Optional[Path] = OPT_DATA_DIR,
+    data_dir: Optional[str] = OPT_DATA_DIR,
     split: Optional[str] = OPT_SPLIT,
     limit: Optional[int] = OPT_LIMIT,
     skip_bad: bool = OPT_SKIP_BAD,
@@ -430,7 +434,7 @@ def eval_command(
 def grounding(
     model: str = OPT_MODEL,
     dataset: str = typer.Option("shapes", "--dataset", "-d", help="refcoco | shapes (samples with a box)."),
-    data_dir: Optional[Path] = OPT_DATA_DIR,
+    data_dir: Optional[str] = OPT_DATA_DIR,
     split: Optional[str] = OPT_SPLIT,
     limit: Optional[int] = OPT_LIMIT,
     skip_bad: bool = OPT_SKIP_BAD,
@@ -462,7 +466,7 @@ def grounding(
 def train(
     model: str = typer.Option("smolvlm-500m", "--model", "-m", help=MODEL_HELP),
     dataset: str = typer.Option("vqa-rad", "--dataset", "-d", help="vqa-rad | aokvqa | refcoco | shapes."),
-    data_dir: Optional[Path] = OPT_DATA_DIR,
+    data_dir: Optional[str] = OPT_DATA_DIR,
     split: str = typer.Option("train", help="Training split."),
     limit: Optional[int] = OPT_LIMIT,
     skip_bad: bool = OPT_SKIP_BAD,
@@ -516,7 +520,7 @@ def train(
     from qgsa_bench.train import run_train
 
     cfg = TrainConfig(
-        model=model, dataset=dataset, data_dir=str(data_dir) if data_dir else None, split=split, limit=limit,
+        model=model, dataset=dataset, data_dir=data_dir, split=split, limit=limit,
         skip_bad=skip_bad, weights=weights, epochs=epochs, batch=batch, lr=lr, warmup_steps=warmup_steps,
         grad_clip=grad_clip, tau_start=tau_start, tau_end=tau_end, lambda_cs=lambda_cs, lambda_align=lambda_align,
         lambda_sparse=lambda_sparse, entropy_coef=entropy_coef, kvar_coef=kvar_coef, qlen_coef=qlen_coef,

@@ -1,9 +1,10 @@
 """`qgsa eval`: accuracy of each pipeline on a data set, per question type, with k and latency.
 
-Scoring (documented choice): soft accuracy min(#matches/3, 1) where a sample has >= 3 reference
-answers (A-OKVQA direct answers, VQA-style data); exact match after VQA normalisation otherwise
-(VQA-RAD, shapes, RefCOCO's category answers). A-OKVQA multiple choice picks the choice with the
-highest answer log-probability under the same pipeline. Greedy decoding, `max_new_tokens`.
+Scoring: each data set's own rule (`metrics.SCORING`, named in the README). A-OKVQA multiple choice
+picks the choice with the highest answer log-probability under the same pipeline. Greedy decoding,
+`max_new_tokens`. Samples without public references (A-OKVQA test) get predictions but no score:
+their accuracy is left empty, never 0, and A-OKVQA predictions are also written in the leaderboard's
+format (`predictions_{split}-{pipeline}.json`).
 """
 
 from __future__ import annotations
@@ -15,27 +16,23 @@ from typing import Callable
 import numpy as np
 import torch
 
+from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import EvalConfig
 from qgsa_bench.data import load_dataset
 from qgsa_bench.efficiency.timing import Stopwatch
-from qgsa_bench.metrics import exact_match, soft_accuracy
+from qgsa_bench.metrics import SCORING, multiple_choice_score, score
 from qgsa_bench.models.idefics3 import LMInputs
 from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
 from qgsa_bench.results import check_same_settings, replace_rows, run_meta, write_meta
 
 EVAL_COLUMNS = [
     "model", "weights", "qgsa_weights", "dataset", "split", "pipeline", "scope", "question_type", "n",
-    "accuracy", "delta_vs_dense_points", "mc_accuracy", "k_mean", "k_std", "n_visual_tokens_mean",
+    "n_scored", "accuracy", "delta_vs_dense_points", "mc_accuracy", "k_mean", "k_std", "n_visual_tokens_mean",
     "latency_ms_per_query", "resolution", "note",
 ]
 RANDOM_NOTE = "RANDOM weights: accuracy is meaningless"
-
-
-def score(prediction: str, sample) -> float:
-    if len(sample.answers) >= 3:
-        return soft_accuracy(prediction, sample.answers)
-    return exact_match(prediction, sample.answers)
+PRIVATE_NOTE = "no public answers for this split: predictions only"
 
 
 def batches(items: list, size: int):
@@ -57,12 +54,17 @@ def _multiple_choice(built, inputs: LMInputs, samples) -> list[int]:
 
 
 @torch.no_grad()
-def evaluate_pipeline(built, pipeline: str, samples, resolution: int, cfg: EvalConfig,
+def evaluate_pipeline(built, pipeline: str, data, resolution: int, cfg: EvalConfig,
                       progress: Callable[[str, int], None] | None = None) -> list[dict]:
-    """Per-sample records: prediction, score, k, visual tokens, latency share, selected patches."""
+    """Per-sample records of `data` (LoadedData): prediction, score, k, visual tokens, latency share,
+    selected patches. Samples whose image cannot be read are dropped under --skip-bad."""
     records = []
-    for chunk in batches(samples, cfg.batch):
-        images = [s.open_image() for s in chunk]
+    for batch in batches(data.samples, cfg.batch):
+        chunk, images = data.open_images(batch)
+        if not chunk:
+            if progress:
+                progress(f"{pipeline}: {len(records)}/{len(data.samples)}", len(batch))
+            continue
         questions = [s.question for s in chunk]
         with Stopwatch(built.device) as sw:
             prepared = built.pipeline.lm_inputs(pipeline, images, questions, resolution, cfg.k)
@@ -75,30 +77,41 @@ def evaluate_pipeline(built, pipeline: str, samples, resolution: int, cfg: EvalC
             sparse = sel is not None and pipeline in SPARSE_PIPELINES
             records.append({
                 "id": sample.id, "pipeline": pipeline, "question": sample.question,
-                "question_type": sample.question_type or "all", "answers": sample.answers,
+                "question_type": sample.question_type or "all", "answer_type": sample.answer_type,
+                "answers": sample.answers, "choices": sample.choices,
                 "prediction": prediction, "score": score(prediction, sample),
-                "mc_correct": None if mc[b] is None else float(mc[b] == sample.correct_choice),
+                "mc_choice": mc[b], "mc_correct": multiple_choice_score(mc[b], sample),
                 "k": int(sel.k[b]) if sparse else None,
                 "n_visual_tokens": int(prepared.inputs.n_visual[b]),
                 "latency_ms": sw.ms / len(chunk),
                 "selected_patches": sel.indices[b][sel.valid[b]].tolist() if sparse else None,
             })
         if progress:
-            progress(f"{pipeline}: {len(records)}/{len(samples)}", len(chunk))
+            progress(f"{pipeline}: {len(records)}/{len(data.samples)}", len(batch))
     return records
 
 
 def summarise(records: list[dict], pipeline: str, scope: str, qtype: str) -> dict:
     ks = [r["k"] for r in records if r["k"] is not None]
     mc = [r["mc_correct"] for r in records if r["mc_correct"] is not None]
+    scored = [r["score"] for r in records if r["score"] is not None]
     return {
-        "pipeline": pipeline, "scope": scope, "question_type": qtype, "n": len(records),
-        "accuracy": 100 * float(np.mean([r["score"] for r in records])),
+        "pipeline": pipeline, "scope": scope, "question_type": qtype, "n": len(records), "n_scored": len(scored),
+        "accuracy": 100 * float(np.mean(scored)) if scored else None,
         "mc_accuracy": 100 * float(np.mean(mc)) if mc else None,
         "k_mean": float(np.mean(ks)) if ks else None, "k_std": float(np.std(ks)) if ks else None,
         "n_visual_tokens_mean": float(np.mean([r["n_visual_tokens"] for r in records])),
         "latency_ms_per_query": float(np.mean([r["latency_ms"] for r in records])),
     }
+
+
+def summary_rows(records: list[dict], pipeline: str) -> list[dict]:
+    """All, per question type and (VQA-RAD) per answer type (CLOSED / OPEN)."""
+    rows = [summarise(records, pipeline, "all", "all")]
+    for scope, key in (("type", "question_type"), ("answer_type", "answer_type")):
+        for value in sorted({r[key] for r in records if r.get(key)}):
+            rows.append(summarise([r for r in records if r.get(key) == value], pipeline, scope, value))
+    return rows
 
 
 def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
@@ -110,33 +123,51 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
     out = Path(cfg.out)
     check_same_settings(out, cfg.settings())  # never overwrite another evaluation's results
     random_weights = built.loaded.weights == "random"
-    meta = run_meta(built, "eval", cfg.settings(), dataset=data.name, split=data.split, data_source=data.source,
-                    n_samples=len(data.samples), skipped_bad=data.skipped, resolution=resolution,
-                    note=RANDOM_NOTE if random_weights else "pretrained weights")
+    private = not any(s.answers or s.correct_choice is not None for s in data.samples)
+    note = PRIVATE_NOTE if private else (RANDOM_NOTE if random_weights else "")
+    meta = run_meta(built, "eval", cfg.settings(), **data.meta(), resolution=resolution,
+                    scoring=SCORING[data.name][1], note=note or "pretrained weights")
     write_meta(out, meta)
     if progress:
         progress(f"{data.name}: {len(data.samples)} samples", -len(data.samples) * len(cfg.pipelines))
-    rows, all_records = [], []
+    rows, all_records, written = [], [], []
     for pipeline in cfg.pipelines:
-        records = evaluate_pipeline(built, pipeline, data.samples, resolution, cfg, progress)
+        records = evaluate_pipeline(built, pipeline, data, resolution, cfg, progress)
         all_records += records
-        rows.append(summarise(records, pipeline, "all", "all"))
-        for qtype in sorted({r["question_type"] for r in records}):
-            rows.append(summarise([r for r in records if r["question_type"] == qtype], pipeline, "type", qtype))
+        rows += summary_rows(records, pipeline)
+        if data.name == "aokvqa":
+            written.append(write_aokvqa_submission(records, out / f"predictions_{data.split}-{pipeline}.json"))
+    if not all_records:
+        raise QGSAError(f"{data.name} split '{data.split}': no image could be read ({data.skipped} skipped)")
     dense = {(r["scope"], r["question_type"]): r["accuracy"] for r in rows if r["pipeline"] == "dense"}
     base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
-            "dataset": data.name, "split": data.split, "resolution": resolution,
-            "note": RANDOM_NOTE if random_weights else ""}
+            "dataset": data.name, "split": data.split, "resolution": resolution, "note": note}
     for row in rows:
         ref = dense.get((row["scope"], row["question_type"]))
-        row["delta_vs_dense_points"] = None if ref is None else row["accuracy"] - ref
+        row["delta_vs_dense_points"] = None if ref is None or row["accuracy"] is None else row["accuracy"] - ref
     csv_path = out / "eval.csv"
     replace_rows(csv_path, [{**base, **r} for r in rows], EVAL_COLUMNS)
     with (out / "predictions.jsonl").open("w") as handle:
         for record in all_records:
             handle.write(json.dumps({**record, "weights": built.loaded.weights}) + "\n")
+    meta = {**meta, **data.meta(), "submission_files": [p.name for p in written]}
+    write_meta(out, meta)  # again: images skipped under --skip-bad are known only now
     from qgsa_bench.report import eval_markdown
     from qgsa_bench.results import read_rows
 
     (out / "table.md").write_text(eval_markdown(read_rows(csv_path), meta))
     return out
+
+
+def write_aokvqa_submission(records: list[dict], path: Path) -> Path:
+    """A-OKVQA's leaderboard format (allenai/aokvqa evaluation/prepare_predictions.py):
+    {question_id: {"multiple_choice": the picked choice, "direct_answer": the generated answer}}."""
+    by_id = {}
+    for r in records:
+        entry = {"direct_answer": r["prediction"]}
+        if r.get("mc_choice") is not None:
+            entry["multiple_choice"] = r["choices"][r["mc_choice"]]
+        by_id[r["id"]] = entry
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(by_id, indent=1) + "\n")
+    return path

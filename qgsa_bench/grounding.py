@@ -59,18 +59,20 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int
     check_same_settings(out, cfg.settings())
     random_weights = built.loaded.weights == "random"
     note = "RANDOM base weights: the selections mean nothing" if random_weights else ""
-    meta = run_meta(built, "grounding", cfg.settings(), dataset=data.name, split=data.split,
-                    data_source=data.source, n_samples=len(samples), resolution=resolution, note=note,
+    meta = run_meta(built, "grounding", cfg.settings(), **{**data.meta(), "n_samples": len(samples)},
+                    resolution=resolution, note=note,
                     oracle="best IoU over selections of <= k patches whose hull is a grid-aligned rectangle")
     write_meta(out, meta)
     if progress:
         progress(f"{data.name}: {len(samples)} boxes", -len(samples))
     records = []
-    for chunk in batches(samples, cfg.batch):
-        images = [s.open_image() for s in chunk]
+    kept = []
+    for batch in batches(samples, cfg.batch):
+        chunk, images = data.open_images(batch)
+        kept += chunk
         sizes = [img.size for img in images]
         picks = select_all(built, images, [s.question for s in chunk], resolution, cfg.k,
-                           [s.box for s in chunk], sizes)
+                           [s.box for s in chunk], sizes) if chunk else {}
         for b, sample in enumerate(chunk):
             w, h = sizes[b]
             record = {"id": sample.id, "question": sample.question, "question_type": sample.question_type,
@@ -81,7 +83,12 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int
                 record[f"{name}_iou"] = hull_iou(picks[name][b], int(grid), w, h, sample.box)
             records.append(record)
         if progress:
-            progress(f"grounding {len(records)}/{len(samples)}", len(chunk))
+            progress(f"grounding {len(records)}/{len(samples)}", len(batch))
+    if not records:
+        raise QGSAError(f"{data.name} split '{data.split}': no image could be read ({data.skipped} skipped)")
+    samples = kept  # one per record, in order
+    meta = {**meta, **data.meta(), "n_samples": len(samples)}
+    write_meta(out, meta)
     base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
             "dataset": data.name, "split": data.split, "resolution": resolution, "note": note}
     rows = []

@@ -1,12 +1,23 @@
-"""Accuracy and grounding metrics.
+"""Accuracy as each data set's publishers score it, and grounding metrics.
 
-VQA answer normalisation follows the official VQA evaluation (Antol et al.; the VQA-Challenge
-`vqaEval.py`): newlines/tabs to spaces, punctuation removed or replaced by a space depending on its
-neighbours, a period that is not a decimal point removed, then lower case, number words to digits,
-articles dropped and apostrophe-less contractions restored. Soft accuracy is min(#matches / 3, 1)
-over the reference answers (the common simplified form, without the official 10-way leave-one-out
-average). Grounding IoU is computed with shapely between the convex hull of the selected patches
-(in the original image's pixels) and the ground-truth box.
+Each data set has its own rule (`SCORING`), whatever the number of references a sample has:
+
+| data set | rule | source |
+|---|---|---|
+| `vqa-rad` | exact match of the normalised answer; reported for all, CLOSED and OPEN | the accuracy VQA-RAD papers report (e.g. MEVF, aioz-ai/MICCAI19-MedVQA `test.py`) |
+| `aokvqa` direct answer | min(#direct answers equal to the prediction / 3, 1); questions marked `difficult_direct_answer` are left out | allenai/aokvqa `evaluation/eval_predictions.py` |
+| `aokvqa` multiple choice | 1 if the picked choice is `choices[correct_choice_idx]` | the same script |
+| `refcoco` | exact match against any one of the referent's expressions (each is a correct answer) | RefCOCO's annotation: several expressions per referent; the box metric is `qgsa grounding` |
+| `shapes` | exact match (one reference answer) | this project's generator |
+
+A sample without references (A-OKVQA's test split: the answers are private) has no score (None),
+never 0. Normalisation (both sides) follows the official VQA evaluation (Antol et al.; the
+VQA-Challenge `vqaEval.py`): newlines/tabs to spaces, punctuation removed or replaced by a space
+depending on its neighbours, a period that is not a decimal point removed, then lower case, number
+words to digits, articles dropped and apostrophe-less contractions restored. (A-OKVQA's script
+compares the strings as given; a model's generated text needs the normalisation to be comparable.)
+Grounding IoU is computed with shapely between the convex hull of the selected patches (in the
+original image's pixels) and the ground-truth box.
 """
 
 from __future__ import annotations
@@ -75,15 +86,52 @@ def normalize_answer(text: str) -> str:
 
 
 def soft_accuracy(prediction: str, references: list[str]) -> float:
-    """min(#references equal to the prediction / 3, 1), after normalisation."""
+    """min(#references equal to the prediction / 3, 1), after normalisation (A-OKVQA's direct answer)."""
     pred = normalize_answer(prediction)
     matches = sum(normalize_answer(r) == pred for r in references)
     return min(matches / 3.0, 1.0)
 
 
 def exact_match(prediction: str, references: list[str]) -> float:
+    """1 if the prediction equals any reference, after normalisation."""
     pred = normalize_answer(prediction)
     return float(any(normalize_answer(r) == pred for r in references))
+
+
+def _aokvqa_direct(prediction: str, sample) -> float | None:
+    if sample.extra.get("difficult_direct_answer"):
+        return None  # eval_predictions.py leaves these out of direct-answer accuracy
+    return soft_accuracy(prediction, sample.answers)
+
+
+def _exact(prediction: str, sample) -> float:
+    return exact_match(prediction, sample.answers)
+
+
+# data set -> (rule, what meta.json says of it)
+SCORING = {
+    "vqa-rad": (_exact, "exact match after VQA normalisation (all, CLOSED, OPEN)"),
+    "aokvqa": (_aokvqa_direct, "direct answer: min(#matches/3, 1) without difficult_direct_answer questions; "
+               "multiple choice: picked == choices[correct_choice_idx] (allenai/aokvqa evaluation/eval_predictions.py)"),
+    "refcoco": (_exact, "exact match against any one of the referent's expressions"),
+    "shapes": (_exact, "exact match"),
+}
+
+
+def score(prediction: str, sample) -> float | None:
+    """The sample's data set's rule (in [0, 1]); None when the sample has no public references."""
+    if not sample.answers:
+        return None
+    if sample.dataset not in SCORING:
+        raise ValueError(f"no scoring rule for data set '{sample.dataset}': add one to metrics.SCORING")
+    return SCORING[sample.dataset][0](prediction, sample)
+
+
+def multiple_choice_score(pick: int | None, sample) -> float | None:
+    """1.0 if `pick` indexes the correct choice; None without choices or a public correct choice."""
+    if pick is None or sample.correct_choice is None:
+        return None
+    return float(pick == sample.correct_choice)
 
 
 # ---- grounding -----------------------------------------------------------------------------

@@ -306,11 +306,67 @@ def load_folder(folder: Path):
     return meta, tables
 
 
-def make_report(folders: list[Path], out: Path) -> list[Path]:
-    """Write report.md and the figures into `out`; returns the files written."""
-    if not folders:
-        raise QGSAError("give at least one results folder with --results")
-    loaded = [(Path(f), *load_folder(f)) for f in folders]
+SEARCHED = ("results", "runs")
+
+
+def _slugs(folders: list[Path]) -> dict[Path, str]:
+    """File-name parts for figures: each folder's name, with as many parent names as make it unique
+    (results/a/sweep and runs/sweep -> a_sweep and runs_sweep)."""
+    parts = {f: [p for p in Path(f).resolve().parts if p != "/"] for f in folders}
+    depth = {f: 1 for f in folders}
+    while True:
+        names = {f: "_".join(parts[f][-depth[f]:]) for f in folders}
+        clash = [f for f in folders if list(names.values()).count(names[f]) > 1 and depth[f] < len(parts[f])]
+        if not clash:
+            return names
+        for f in clash:
+            depth[f] += 1
+
+
+def is_results_folder(folder: Path) -> bool:
+    """A folder holding meta.json beside one of the results CSVs."""
+    return (folder / "meta.json").is_file() and any((folder / f"{n}.csv").is_file() for n in RESULT_FILES)
+
+
+def find_results(roots: list[Path]) -> list[Path]:
+    """Every results folder at or under `roots` (sorted, each once)."""
+    found = []
+    for root in map(Path, roots):
+        if root.is_dir():
+            found += [root] if is_results_folder(root) else \
+                [p.parent for p in sorted(root.rglob("meta.json")) if is_results_folder(p.parent)]
+    return list(dict.fromkeys(found))
+
+
+def make_report(folders: list[Path] | None, out: Path, warn=None) -> list[Path]:
+    """Write report.md and the figures into `out`; returns the files written.
+
+    `folders`: results folders, or folders to search for them. None: search results/ and runs/ of the
+    current directory; a damaged folder found by searching is left out with a warning (one named
+    explicitly stops the report with one error)."""
+    searched = folders is None
+    roots = [Path(r) for r in (SEARCHED if searched else folders)]
+    for root in roots:
+        if not searched and not root.is_dir():
+            raise QGSAError(f"results folder not found: {root}")
+    found = find_results(roots)
+    if not found:
+        where = "results/ or runs/ here" if searched else ", ".join(map(str, roots))
+        raise QGSAError(f"no results folder (meta.json beside {', '.join(f'{n}.csv' for n in RESULT_FILES)}) in "
+                        f"{where}: make one with `qgsa sweep-resolution --out runs/sweep` (or eval, grounding, "
+                        f"ablate), or pass --results DIR")
+    loaded = []
+    for folder in found:
+        try:
+            loaded.append((folder, *load_folder(folder)))
+        except QGSAError as err:
+            if not searched:
+                raise
+            if warn:
+                warn(f"left out of the report: {err}")
+    if not loaded:
+        raise QGSAError(f"every results folder found was damaged ({len(found)}): see the warnings above")
+    slugs = _slugs([folder for folder, _, _ in loaded])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written, sections = [], ["# qgsa-bench report", ""]
@@ -323,12 +379,12 @@ def make_report(folders: list[Path], out: Path) -> list[Path]:
         sections.append(f"# {folder}\n")
         if "sweep" in tables:
             sections.append(table4_markdown(tables["sweep"], meta))
-            name = f"stages_{folder.name}.png"
+            name = f"stages_{slugs[folder]}.png"
             written.append(figure_stages(meta, tables["sweep"], out / name))
             sections.append(f"![per-stage time]({name})\n")
         if "ablate" in tables:
             sections.append(table5_markdown(tables["ablate"], meta))
-            name = f"fig5_ablation_{folder.name}.png"
+            name = f"fig5_ablation_{slugs[folder]}.png"
             written.append(figure_ablation(meta, tables["ablate"], out / name))
             sections.append(f"![ablation latency]({name})\n")
         if "eval" in tables:

@@ -67,8 +67,8 @@ class StepInputs:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, built, samples, encoder=None, nouns=None):
-        self.cfg, self.built, self.samples = cfg, built, samples
+    def __init__(self, cfg: TrainConfig, built, data, encoder=None, nouns=None):
+        self.cfg, self.built, self.data, self.samples = cfg, built, data, data.samples
         self.adapter, self.module, self.pipeline = built.adapter, built.module, built.pipeline
         self.encoder, self.nouns = encoder, nouns
         self.resolution = self.pipeline.resolution_for("qgsa", cfg.resolution or self.adapter.image_size)
@@ -76,7 +76,7 @@ class Trainer:
         self._features: dict[str, torch.Tensor] = {}
         self._attribution: dict[str, torch.Tensor] = {}
         self._sufficient: dict[str, torch.Tensor] = {}
-        self.steps_per_epoch = math.ceil(len(samples) / cfg.batch)
+        self.steps_per_epoch = math.ceil(len(self.samples) / cfg.batch)
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -95,13 +95,18 @@ class Trainer:
     def inputs(self, batch) -> StepInputs:
         a = self.adapter
         if self.cfg.cache_features:  # the base is frozen, so features never change: compute once
-            missing = [s for s in batch if s.id not in self._features]
+            missing, images = self.data.open_images([s for s in batch if s.id not in self._features])
             if missing:
-                V = a.patch_features(a.pixel_values([s.open_image() for s in missing], self.resolution))
+                V = a.patch_features(a.pixel_values(images, self.resolution))
                 self._features.update({s.id: v for s, v in zip(missing, V)})
-            V = torch.stack([self._features[s.id] for s in batch])
+            batch = [s for s in batch if s.id in self._features]  # unreadable ones dropped (--skip-bad)
+            V = torch.stack([self._features[s.id] for s in batch]) if batch else None
         else:
-            V = a.patch_features(a.pixel_values([s.open_image() for s in batch], self.resolution))
+            batch, images = self.data.open_images(batch)
+            V = a.patch_features(a.pixel_values(images, self.resolution)) if batch else None
+        if not batch:
+            raise QGSAError(f"{self.data.name}: every image of a training batch was unreadable "
+                            f"({self.data.skipped} skipped so far): check the data set's images")
         questions = [s.question for s in batch]
         lengths = torch.tensor(a.question_lengths(questions), device=a.device)
         return StepInputs(V, a.question_embedding(questions), lengths, questions,
@@ -252,7 +257,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
 
         encoder = make_encoder(cfg.align_encoder, built.adapter, cfg.clip_checkpoint)
         nouns = NounExtractor(cfg.spacy_model)
-    trainer = Trainer(cfg, built, data.samples, encoder, nouns)
+    trainer = Trainer(cfg, built, data, encoder, nouns)
     if resume:
         module, payload = load_checkpoint(ckpt, built.loaded.provenance())
         saved = TrainConfig(**payload["train_config"]).run_identity()
@@ -264,11 +269,11 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
     random_base = built.loaded.weights == "random"
-    write_meta(out, run_meta(built, "train", cfg.to_dict(), dataset=data.name, split=data.split,
-                             n_samples=len(data.samples), skipped_bad=data.skipped,
-                             align_encoder=None if encoder is None else encoder.name,
-                             spacy_model=None if nouns is None else nouns.model,
-                             note="RANDOM base weights: a smoke test, not a trained selector" if random_base else ""))
+    meta = run_meta(built, "train", cfg.to_dict(), **data.meta(),
+                    align_encoder=None if encoder is None else encoder.name,
+                    spacy_model=None if nouns is None else nouns.model,
+                    note="RANDOM base weights: a smoke test, not a trained selector" if random_base else "")
+    write_meta(out, meta)
     log_path = out / "train_log.csv"
     if progress:
         progress(f"training {cfg.model} on {data.name}", -(trainer.total_steps - trainer.step))
@@ -294,8 +299,9 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
     summary = {
         "steps": trainer.step, "total_steps": trainer.total_steps, "wall_s": time.perf_counter() - started,
         "weights": built.loaded.weights, "final": last, "k_by_question_type": _budget_by_type(trainer),
-        "checkpoint": str(ckpt),
+        "checkpoint": str(ckpt), "skipped_bad": data.skipped,
     }
+    write_meta(out, {**meta, **data.meta()})  # again: images skipped under --skip-bad are known only now
     if last is not None:
         log = np.genfromtxt(log_path, delimiter=",", names=True)
         summary["step_s_median"] = float(np.median(np.atleast_1d(log["step_s"])))

@@ -38,6 +38,12 @@ def images():
 
 
 @pytest.fixture(autouse=True)
+def _own_hub_cache(tmp_path_factory, monkeypatch):
+    """Data sets named without --data-dir resolve through the HF cache: never the developer's own."""
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path_factory.getbasetemp() / "empty-hf-cache"))
+
+
+@pytest.fixture(autouse=True)
 def _no_grad_leak():
     torch.set_grad_enabled(True)
     yield

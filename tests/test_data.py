@@ -98,7 +98,7 @@ def test_refcoco_parquet_and_refer_toolkit(tmp_path):
 def test_bad_files_give_one_clear_error_and_skip_bad_counts(tmp_path):
     with pytest.raises(QGSAError, match="data folder not found"):
         load_dataset("vqa-rad", tmp_path / "nope")
-    with pytest.raises(QGSAError, match="needs --data-dir"):
+    with pytest.raises(QGSAError, match="hub data set 'HuggingFaceM4/A-OKVQA' is not in the Hugging Face cache"):
         load_dataset("aokvqa")
     with pytest.raises(QGSAError, match="no VQA-RAD files for split 'test'"):
         load_dataset("vqa-rad", tmp_path)
@@ -111,10 +111,14 @@ def test_bad_files_give_one_clear_error_and_skip_bad_counts(tmp_path):
             {"image": {"bytes": b"\x89PNG broken", "path": None}, "question": "q2", "answer": "b"},
             {"image": {"bytes": png(), "path": None}, "question": "q3", "answer": "c"}]
     write_parquet(tmp_path / "c" / "test-0.parquet", rows)
+    data = load_dataset("vqa-rad", tmp_path / "c")  # images are checked when opened, not while loading
     with pytest.raises(QGSAError, match="sample test-1 has an unreadable or missing image.*--skip-bad"):
-        load_dataset("vqa-rad", tmp_path / "c")
+        data.open_images(data.samples)
     data = load_dataset("vqa-rad", tmp_path / "c", skip_bad=True)
-    assert [s.question for s in data.samples] == ["q1", "q3"] and data.skipped == 1
+    kept, images = data.open_images(data.samples)
+    assert [s.question for s in kept] == ["q1", "q3"] and len(images) == 2 and data.skipped_ids == ["test-1"]
+    data.open_images(data.samples)  # counted once per sample, however often it is opened
+    assert data.skipped == 1 and data.meta()["skipped_bad_ids"] == ["test-1"]
     (tmp_path / "j").mkdir()
     (tmp_path / "j" / "aokvqa_v1p0_val.json").write_text("{not json")
     with pytest.raises(QGSAError, match="is not valid JSON"):

@@ -68,8 +68,9 @@ def test_a_fixed_batch_lowers_l_cs():
                       warmup_steps=1, device="cpu", weights="random", out="unused", soft_mask_space="logits",
                       fixed_k=6, entropy_coef=0.0, tau_start=0.5, tau_end=0.5)
     built = _with_module(build("tiny", "random", "cpu", "fp32"), QGSAConfig(soft_mask_space="logits"), 0)
-    samples = load_dataset("shapes", None, "train", 8).samples
-    trainer = Trainer(cfg, built, samples)
+    data = load_dataset("shapes", None, "train", 8)
+    samples = data.samples
+    trainer = Trainer(cfg, built, data)
     x = trainer.inputs(samples)
     a = built.adapter
     fixed_random = random_selection(8, 64, 6, "cpu", torch.Generator().manual_seed(5))
@@ -115,7 +116,7 @@ def test_base_model_is_not_changed_in_memory_by_training(tmp_path):
     from qgsa_bench.qgsa.nouns import NounExtractor
     from qgsa_bench.qgsa.text_encoders import lm_encoder
 
-    trainer = Trainer(cfg, built, load_dataset("shapes", None, "train", 16).samples,
+    trainer = Trainer(cfg, built, load_dataset("shapes", None, "train", 16),
                       lm_encoder(built.adapter), NounExtractor())
     trainer.train_step()
     trainer.train_step()

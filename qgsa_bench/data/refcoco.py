@@ -1,11 +1,13 @@
 """RefCOCO: the lmms-lab parquet export (question_id, image, question, answer = referring expressions,
-bbox [x, y, w, h]; splits val/test/testA/testB) or the refer toolkit's `refs(unc).p` + `instances.json`
-with COCO images (splits train/val/testA/testB).
+bbox [x, y, w, h]; splits val/test/testA/testB) or the refer toolkit's layout (lichengunc/refer:
+`data_root/refcoco/refs(unc).p` + `instances.json`, COCO images in
+`data_root/images/mscoco/images/train2014/`; splits train/val/testA/testB).
 
 With the refer layout each referring expression is one sample: the question asks for the object
 ("What is {expression}?"), the answer is the COCO category name and the box is the referent's. The
-parquet export keeps its own question and answers. Generated `shapes` data written by `qgsa data
-shapes` uses the parquet layout with an extra `question_type` column."""
+parquet export keeps its own question and answers (every expression of the referent is a correct
+answer). Generated `shapes` data written by `qgsa data shapes` uses the parquet layout with extra
+`question_type` and `dataset` columns."""
 
 from __future__ import annotations
 
@@ -13,31 +15,40 @@ import pickle
 from pathlib import Path
 
 from qgsa_bench import QGSAError
-from qgsa_bench.data.files import image_ref, parquet_files, read_json, read_parquet
+from qgsa_bench.data.files import find_image_folder, parquet_files, read_json, scan_parquet
 from qgsa_bench.data.types import VQASample
 
+HUB_REPO = "lmms-lab/RefCOCO"
+SPLITS = ("train", "val", "test", "testA", "testB")
+DEFAULT_SPLIT = "val"
 PARQUET_COLUMNS = ("question_id", "image", "question", "answer", "bbox")
 REFS = "refs(unc).p"
+# where the refer toolkit (refer.py: IMAGE_DIR) and common copies of it keep COCO train2014
+COCO_FOLDERS = ("images/mscoco/images/train2014", "images/mscoco/train2014", "images/train2014", "train2014",
+                "mscoco/images/train2014", "coco/train2014", "coco/images/train2014", "images", "")
 
 
-def load(folder: Path, split: str) -> list[VQASample]:
+def hub_patterns(split: str) -> list[str]:
+    return [f"*{split}-*.parquet", f"*{split}.parquet", "README.md"]
+
+
+def load(folder: Path, split: str) -> tuple[list[VQASample], dict]:
     files = parquet_files(folder, split)
     if files:
         samples = []
-        for row in read_parquet(files, PARQUET_COLUMNS):
+        for row, cell in scan_parquet(files, PARQUET_COLUMNS, ("question_type", "dataset"), folder=folder):
             answers = row["answer"] if isinstance(row["answer"], list) else [row["answer"]]
             samples.append(VQASample(
                 id=str(row["question_id"]), question=row["question"], answers=[str(a) for a in answers],
-                image=image_ref(row["image"], folder),
-                box=None if row["bbox"] is None else tuple(float(v) for v in row["bbox"]),
+                image=cell, box=None if row["bbox"] is None else tuple(float(v) for v in row["bbox"]),
                 question_type=str(row.get("question_type") or "refer"), split=split,
                 dataset=str(row.get("dataset") or "refcoco")))
-        return samples
+        return samples, {}
     refs_path = next(iter(folder.rglob(REFS)), None)
     if refs_path is None:
         raise QGSAError(f"no RefCOCO files for split '{split}' in {folder}: expected {split}-*.parquet "
                         f"(lmms-lab export) or the refer toolkit's '{REFS}' + instances.json + COCO images")
-    return _load_refer(folder, refs_path, split)
+    return _load_refer(folder, refs_path, split), {}
 
 
 def _load_refer(folder: Path, refs_path: Path, split: str) -> list[VQASample]:
@@ -50,14 +61,18 @@ def _load_refer(folder: Path, refs_path: Path, split: str) -> list[VQASample]:
     anns = {a["id"]: a for a in instances.get("annotations", [])}
     images = {i["id"]: i for i in instances.get("images", [])}
     categories = {c["id"]: c["name"] for c in instances.get("categories", [])}
-    coco = _coco_images(folder)
-    samples = []
-    for ref in refs:
-        if ref.get("split") != split:
-            continue
-        ann, image = anns.get(ref["ann_id"]), images.get(ref["image_id"])
-        if ann is None or image is None:
+    chosen = [ref for ref in refs if ref.get("split") == split]
+    for ref in chosen:
+        if ref.get("ann_id") not in anns or ref.get("image_id") not in images:
             raise QGSAError(f"ref {ref.get('ref_id')} points at an annotation or image missing from instances.json")
+    if not chosen:
+        return []
+    roots = [folder, refs_path.parent, refs_path.parent.parent, folder.parent]
+    coco = find_image_folder(roots, COCO_FOLDERS, images[chosen[0]["image_id"]]["file_name"],
+                             f"RefCOCO {split} (COCO train2014 images)")
+    samples = []
+    for ref in chosen:
+        ann, image = anns[ref["ann_id"]], images[ref["image_id"]]
         for j, sentence in enumerate(ref.get("sentences", [])):
             text = sentence.get("sent") or sentence.get("raw", "")
             samples.append(VQASample(
@@ -66,10 +81,3 @@ def _load_refer(folder: Path, refs_path: Path, split: str) -> list[VQASample]:
                 box=tuple(float(v) for v in ann["bbox"]), question_type="refer", split=split,
                 dataset="refcoco", extra={"expression": text}))
     return samples
-
-
-def _coco_images(folder: Path) -> Path:
-    for candidate in (folder / "images" / "train2014", folder / "train2014", folder / "images", folder):
-        if candidate.is_dir() and any(candidate.glob("*.jpg")):
-            return candidate
-    return folder / "images" / "train2014"

@@ -1,4 +1,11 @@
-"""The one sample type every loader yields, and how its image is opened."""
+"""The one sample type every loader yields, and how its image is opened.
+
+Images reach the model the way the model's own image processor converts them: SmolVLM's
+(Idefics3ImageProcessor, `do_convert_rgb=True`, transformers' `image_transforms.convert_to_rgb`) and
+LLaVA's (CLIPImageProcessor) composite any transparency (an alpha band, or a palette / grey image
+with a transparent colour) onto white, and convert every other mode with PIL's `convert("RGB")`.
+A plain `convert("RGB")` would drop the alpha band and show the hidden colour, usually black.
+"""
 
 from __future__ import annotations
 
@@ -13,8 +20,8 @@ from qgsa_bench import QGSAError
 class VQASample:
     id: str
     question: str
-    answers: list[str]  # reference answers (VQA-RAD: one; A-OKVQA: 10 direct answers; RefCOCO: expressions)
-    image: object  # a path, encoded bytes, or a PIL image (generated data)
+    answers: list[str]  # references (VQA-RAD: one; A-OKVQA: 10 direct answers; RefCOCO: expressions); [] = private
+    image: object  # a path, encoded bytes, a PIL image (generated data) or a ParquetCell (read when opened)
     question_type: str = ""
     answer_type: str = ""  # VQA-RAD: OPEN / CLOSED
     box: tuple[float, float, float, float] | None = None  # referent [x, y, w, h] in original pixels
@@ -28,20 +35,43 @@ class VQASample:
         return open_image(self.image, self.id)
 
 
-def open_image(ref, name: str = "image"):
-    """Decode an image reference to RGB PIL; one clear error when it cannot be read."""
+def to_rgb(img):
+    """PIL image of any mode -> RGB, transparency composited onto white (the model processors' rule)."""
+    from PIL import Image
+
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def open_image(ref, name: str | None = None):
+    """Decode an image reference (path, bytes, PIL image, parquet cell) to RGB PIL; one clear error when
+    it cannot be read."""
     from PIL import Image, UnidentifiedImageError
 
-    if isinstance(ref, Image.Image):
-        return ref.convert("RGB")
+    from qgsa_bench.data.files import ParquetCell
+
+    where = f" (sample {name})" if name else ""
     try:
+        if isinstance(ref, Image.Image):
+            return to_rgb(ref)
+        if isinstance(ref, ParquetCell):
+            cell = ref.value()
+            if cell is None:
+                raise QGSAError(f"no image in {ref}{where}: the cell holds neither bytes nor a path")
+            return open_image(cell, name)
         if isinstance(ref, (bytes, bytearray)):
             with Image.open(io.BytesIO(ref)) as img:
-                return img.convert("RGB")
+                img.load()
+                return to_rgb(img)
         path = Path(ref)
         if not path.is_file():
-            raise QGSAError(f"image not found: {path} (sample {name})")
+            raise QGSAError(f"image not found: {path}{where}")
         with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
-        raise QGSAError(f"cannot read the image of sample {name} ({err.__class__.__name__})") from err
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as err:
+        raise QGSAError(f"cannot read image {ref}{where} ({err.__class__.__name__}): "
+                        f"expected a PNG/JPEG/... file") from err

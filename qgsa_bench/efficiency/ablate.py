@@ -151,6 +151,7 @@ def ablation_accuracy(cfg: AblateConfig, built, cases: list[Case]) -> dict[str, 
     for case in cases:
         view = dataclasses.replace(built, pipeline=case.pipe, module=case.pipe.module)
         ecfg.k = case.k
-        records = evaluate_pipeline(view, case.pipeline, data.samples, cfg.resolution, ecfg)
-        out[case.label] = {"accuracy": 100 * float(np.mean([r["score"] for r in records])), "accuracy_n": len(records)}
+        records = evaluate_pipeline(view, case.pipeline, data, cfg.resolution, ecfg)
+        scored = [r["score"] for r in records if r["score"] is not None]
+        out[case.label] = {"accuracy": 100 * float(np.mean(scored)) if scored else None, "accuracy_n": len(scored)}
     return out

@@ -23,20 +23,15 @@ import numpy as np
 import torch
 
 from qgsa_bench import QGSAError
+from qgsa_bench.data.types import to_rgb
 
 
 def load_image(path: str | Path):
-    """Open an image file as RGB, with one clear error for a missing or unreadable file."""
-    from PIL import Image, UnidentifiedImageError
+    """Open an image file as RGB the way the model's processor converts it (transparency on white),
+    with one clear error for a missing or unreadable file."""
+    from qgsa_bench.data.types import open_image
 
-    path = Path(path)
-    if not path.is_file():
-        raise QGSAError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise QGSAError(f"cannot read image {path}: {err.__class__.__name__} (expected a PNG/JPEG/... file)") from err
+    return open_image(Path(path))
 
 
 def check_resolution(resolution: int, patch_size: int) -> int:
@@ -62,7 +57,7 @@ def preprocess(images, resolution: int, mean, std) -> torch.Tensor:
 
     arrays = []
     for img in images:
-        img = img.convert("RGB").resize((resolution, resolution), Image.Resampling.BICUBIC)
+        img = to_rgb(img).resize((resolution, resolution), Image.Resampling.BICUBIC)
         arrays.append(np.asarray(img, dtype=np.float32) / 255.0)
     x = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)  # (B, 3, R, R)
     mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)

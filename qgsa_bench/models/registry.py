@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import warnings
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from urllib.parse import urlparse
 
 import torch
 
 from qgsa_bench import QGSAError
+from qgsa_bench.hub import hub_reachable
 from qgsa_bench.models.tokenizer import FALLBACK_KIND, build_fallback_tokenizer
 
 WEIGHTS_CHOICES = ("auto", "pretrained", "random")
@@ -88,18 +86,6 @@ def architecture_hash(config) -> str:
     return hashlib.sha256(json.dumps(arch, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    """A quick DNS + TCP probe, so that `--weights auto` offline does not wait through retries."""
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return False
-    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
-    try:
-        with socket.create_connection((host, 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _from_pretrained(source: str, dtype, attn: str):
     """Try the local directory / HF cache, then the hub if it answers. Returns (model, processor, tried)."""
     from transformers import AutoModelForImageTextToText
@@ -107,7 +93,7 @@ def _from_pretrained(source: str, dtype, attn: str):
     tried: list[str] = []
     attempts = [True] if Path(source).is_dir() else [True, False]
     for local_only in attempts:
-        if not local_only and not _hub_reachable():
+        if not local_only and not hub_reachable():
             tried.append(f"the hub for '{source}' (not reachable)")
             break
         where = f"local directory {source}" if Path(source).is_dir() else (

@@ -46,12 +46,12 @@ def lm_encoder(adapter) -> CachedEncoder:
 def clip_encoder(checkpoint: str | None, device) -> CachedEncoder:
     import open_clip
 
-    from qgsa_bench.models.registry import _hub_reachable
+    from qgsa_bench.hub import hub_reachable
 
     if checkpoint is not None and not Path(checkpoint).is_file():
         raise QGSAError(f"CLIP checkpoint not found: {checkpoint}")
     pretrained = checkpoint or "openai"
-    if checkpoint is None and not _hub_reachable():
+    if checkpoint is None and not hub_reachable():
         _clip_missing("the hub is not reachable and no local checkpoint was given")
     try:
         model, _, _ = open_clip.create_model_and_transforms("ViT-B-32", pretrained=pretrained)
