@@ -129,17 +129,27 @@ def eval_markdown(frame, meta: dict | None) -> str:
     lines += ["| Pipeline | n | Accuracy (%) | Δ vs dense (points) | MC accuracy (%) | mean k (± std) "
               "| visual tokens | latency ms / query |", "|---|---|---|---|---|---|---|---|"]
     for _, r in overall.iterrows():
-        lines.append(f"| {r['pipeline']} | {int(r['n'])} | {_fmt(r['accuracy'])} | {_fmt(r['delta_vs_dense_points'], '+.2f')} "
+        lines.append(f"| {r['pipeline']} | {int(r['n'])} | {_accuracy(r)} | {_fmt(r['delta_vs_dense_points'], '+.2f')} "
                      f"| {_fmt(r.get('mc_accuracy'))} | {_fmt(r['k_mean'], '.1f')} ± {_fmt(r['k_std'], '.1f')} "
                      f"| {_fmt(r['n_visual_tokens_mean'], '.1f')} | {_fmt(r['latency_ms_per_query'])} |")
-    types = frame[frame["scope"] == "type"]
+    types = frame[frame["scope"].isin(["type", "answer_type"])]
     if len(types):
-        lines += ["", "Per question type (the paper's section 4.7 / A.1 analysis):", "",
+        lines += ["", "Per question type (the paper's section 4.7 / A.1 analysis; VQA-RAD also per answer type):", "",
                   "| Question type | Pipeline | n | Accuracy (%) | Δ vs dense | mean k |", "|---|---|---|---|---|---|"]
-        for _, r in types.sort_values(["question_type", "pipeline"]).iterrows():
-            lines.append(f"| {r['question_type']} | {r['pipeline']} | {int(r['n'])} | {_fmt(r['accuracy'])} "
+        for _, r in types.sort_values(["scope", "question_type", "pipeline"]).iterrows():
+            label = f"answer type {r['question_type']}" if r["scope"] == "answer_type" else r["question_type"]
+            lines.append(f"| {label} | {r['pipeline']} | {int(r['n'])} | {_accuracy(r)} "
                          f"| {_fmt(r['delta_vs_dense_points'], '+.2f')} | {_fmt(r['k_mean'], '.1f')} |")
+    if meta.get("scoring"):
+        lines += ["", f"Scoring ({meta.get('dataset')}): {meta['scoring']}."]
     return "\n".join(lines) + "\n"
+
+
+def _accuracy(row) -> str:
+    """The accuracy cell: '–' with the reason where no sample of the row has public references."""
+    if row.get("n_scored") == 0:
+        return "– (no public answers)"
+    return _fmt(row["accuracy"])
 
 
 def grounding_markdown(frame, meta: dict | None) -> str:

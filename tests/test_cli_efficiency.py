@@ -113,3 +113,32 @@ def test_ablate_trains_each_configuration_first(tmp_path):
                                                          "full": (False, False)}[name]
     assert json.loads((out / "train" / "fixed-k" / "config.json").read_text())["fixed_k"] == 5
     assert set(frame.accuracy_n) == {2}
+
+
+def test_report_without_arguments_finds_every_results_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("report")
+    assert result.exit_code == 2 and "no results folder" in result.stderr
+    assert "in results/ or runs/ here: make one with `qgsa sweep-resolution --out runs/sweep`" in result.stderr
+    assert not (tmp_path / "report").exists()
+    for out in ("runs/e", "results/shapes/e"):
+        result = invoke("eval", "--model", "tiny", "--weights", "random", "--device", "cpu", "--limit", "2",
+                        "--pipelines", "dense", "--max-new-tokens", "1",
+                        "--resolution", "64", "--out", out)
+        assert result.exit_code == 0, result.output
+    (tmp_path / "runs" / "empty").mkdir()  # no meta.json: not a results folder
+    torn = tmp_path / "runs" / "torn"
+    torn.mkdir()
+    (torn / "meta.json").write_text("{}")
+    (torn / "eval.csv").write_text("pipeline,scope\ndense,all\n")
+    result = invoke("report")
+    assert result.exit_code == 0, result.output
+    sections = [line for line in (tmp_path / "report" / "report.md").read_text().splitlines() if line.startswith("# ")]
+    assert sections == ["# qgsa-bench report", "# results/shapes/e", "# runs/e"]
+    assert "left out of the report: " in result.stderr and "runs/torn/eval.csv lacks the column(s)" in result.stderr
+    assert "wrote report/report.md" in result.stdout
+    result = invoke("report", "--results", "runs", "--out", "narrow")  # --results narrows the search
+    assert result.exit_code == 2 and "lacks the column(s)" in result.stderr  # named explicitly: damage stops it
+    (torn / "eval.csv").unlink()
+    result = invoke("report", "--results", "runs", "--out", "narrow")
+    assert result.exit_code == 0 and "# results/shapes/e" not in (tmp_path / "narrow" / "report.md").read_text()
