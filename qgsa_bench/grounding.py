@@ -26,7 +26,7 @@ SELECTORS = ("qgsa", "random", "norm", "oracle")
 PAIR_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "n_pairs", "mean_jaccard",
                 "share_in_own_box", "share_in_other_box", "resolution", "note"]
 GROUNDING_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "question_type", "n",
-                     "mean_iou", "median_iou", "k_mean", "resolution", "note"]
+                     "mean_iou", "median_iou", "acc_iou_0_5", "k_mean", "resolution", "note"]
 
 
 @torch.no_grad()
@@ -98,6 +98,7 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int
             ious = [r[f"{name}_iou"] for r in part]
             rows.append({**base, "selector": name, "question_type": qtype, "n": len(part),
                          "mean_iou": 100 * float(np.mean(ious)), "median_iou": 100 * float(np.median(ious)),
+                         "acc_iou_0_5": 100 * float(np.mean([iou >= 0.5 for iou in ious])),
                          "k_mean": float(np.mean([r["k"] for r in part]))})
     replace_rows(out / "grounding.csv", rows, GROUNDING_COLUMNS)
     with (out / "grounding.jsonl").open("w") as handle:

@@ -180,3 +180,16 @@ def test_train_runs_from_the_hub_cache_as_typed(vqa_rad_cache, tmp_path):
     assert (meta["dataset"], meta["split"], meta["n_samples"]) == ("vqa-rad", "train", 6)
     assert (meta["data_repo"], meta["data_revision"]) == ("flaviagiammarino/vqa-rad", REV)
     assert json.loads((out / "summary.json").read_text())["steps"] == 2
+
+
+def test_the_card_command_trains_smolvlm_500m_from_the_hub_cache(vqa_rad_cache, tmp_path, monkeypatch):
+    """`qgsa train --model smolvlm-500m --max-steps 2 --align-encoder lm` as typed (random weights offline:
+    about 50 s and 4.4 GB on the 2-core machine), VQA-RAD's train split from the cache."""
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(app, ["train", "--model", "smolvlm-500m", "--max-steps", "2", "--align-encoder", "lm"])
+    assert result.exit_code == 0, result.output
+    assert "using RANDOM weights" in result.stderr
+    meta = json.loads((tmp_path / "runs" / "train" / "meta.json").read_text())
+    assert (meta["model"], meta["weights"], meta["dataset"], meta["split"]) == ("smolvlm-500m", "random", "vqa-rad", "train")
+    assert meta["data_source"] == f"hf://datasets/flaviagiammarino/vqa-rad@{REV}"
+    assert json.loads((tmp_path / "runs" / "train" / "summary.json").read_text())["steps"] == 2
