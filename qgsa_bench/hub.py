@@ -85,7 +85,10 @@ def dataset_snapshot(repo_id: str, allow_patterns: list[str] | None = None, revi
     storage = cache / f"datasets--{repo_id.replace('/', '--')}"
     online = hub_reachable()
     where = f"(looked in {storage})"
+    # names that older huggingface_hub releases lack are left out of the except clauses
     incomplete = getattr(hub_errors, "IncompleteSnapshotError", ())
+    not_cached = tuple(getattr(hub_errors, n) for n in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
+                       if hasattr(hub_errors, n))
     try:
         path = snapshot_download(repo_id, repo_type="dataset", revision=revision, cache_dir=cache,
                                  allow_patterns=allow_patterns, local_files_only=not online)
@@ -98,7 +101,7 @@ def dataset_snapshot(repo_id: str, allow_patterns: list[str] | None = None, revi
     except incomplete:
         raise QGSAError(f"the cached snapshot of '{repo_id}' is incomplete {where}: rerun with network to finish "
                         f"the download, or delete that folder; {way_out}") from None
-    except (hub_errors.LocalEntryNotFoundError, hub_errors.OfflineModeIsEnabled):
+    except not_cached:
         reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub is not reachable"
         raise QGSAError(f"hub data set '{repo_id}' is not in the Hugging Face cache {where} and {reason}: "
                         f"{way_out}") from None

@@ -161,8 +161,12 @@ def _modes():
 
 @pytest.mark.parametrize("mode", list(_modes()))
 def test_every_image_mode_matches_transformers_conversion(mode, tmp_path):
+    import inspect
+
     from transformers.image_transforms import convert_to_rgb
 
+    if "return_numpy" not in inspect.signature(convert_to_rgb).parameters:
+        pytest.skip("this transformers release's convert_to_rgb predates compositing transparency onto white")
     img = _modes()[mode]
     reference = convert_to_rgb(img, return_numpy=True)
     assert np.array_equal(np.asarray(open_image(img)), reference)

@@ -118,12 +118,16 @@ def test_nothing_cached_offline_is_one_error_at_once(hub_cache):
 
 def test_a_repo_the_hub_does_not_have_is_one_error(hub_cache, monkeypatch):
     """Online, the hub answers 404: the real error class of huggingface_hub, turned into one line."""
-    import httpx2
+    import importlib
+
     import huggingface_hub
+    from huggingface_hub import errors
     from huggingface_hub.errors import RepositoryNotFoundError
 
+    http = importlib.import_module(errors.Response.__module__)  # httpx2 or httpx, as this release uses
+
     def not_found(*args, **kwargs):
-        response = httpx2.Response(404, request=httpx2.Request("GET", "https://huggingface.co/api/datasets/x/y"))
+        response = http.Response(404, request=http.Request("GET", "https://huggingface.co/api/datasets/x/y"))
         raise RepositoryNotFoundError("404 Client Error: Repository Not Found", response=response)
 
     monkeypatch.setattr("qgsa_bench.hub.hub_reachable", lambda: True)
