@@ -355,10 +355,11 @@ data_app = typer.Typer(help="Data set utilities.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
 OPT_DATASET = typer.Option("shapes", "--dataset", "-d", help="vqa-rad | aokvqa | refcoco | shapes (generated).")
-OPT_DATA_DIR = typer.Option(None, "--data-dir", help="Folder with the data set's published files, or "
-                             "hf://datasets/OWNER/NAME[@REV]. Default: the published hub repository (vqa-rad: "
-                             "flaviagiammarino/vqa-rad, aokvqa: HuggingFaceM4/A-OKVQA, refcoco: lmms-lab/RefCOCO), "
-                             "downloaded once into the HF cache, offline from the cache. Not used by shapes.")
+OPT_DATA_DIR = typer.Option(
+    None, "--data-dir",
+    help="Folder with the data set's published files, or hf://datasets/OWNER/NAME (optionally @REVISION). "
+         "Default: the published hub repository (vqa-rad: flaviagiammarino/vqa-rad, aokvqa: HuggingFaceM4/A-OKVQA, "
+         "refcoco: lmms-lab/RefCOCO), downloaded once into the HF cache, offline from the cache. Not used by shapes.")
 OPT_SPLIT = typer.Option(None, help="Split (default: vqa-rad test, aokvqa val, refcoco val, shapes test).")
 OPT_LIMIT = typer.Option(None, help="Use at most this many samples.")
 OPT_SKIP_BAD = typer.Option(False, "--skip-bad", help="Skip and count unreadable images instead of stopping.")

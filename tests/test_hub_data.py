@@ -197,3 +197,10 @@ def test_the_card_command_trains_smolvlm_500m_from_the_hub_cache(vqa_rad_cache, 
     assert (meta["model"], meta["weights"], meta["dataset"], meta["split"]) == ("smolvlm-500m", "random", "vqa-rad", "train")
     assert meta["data_source"] == f"hf://datasets/flaviagiammarino/vqa-rad@{REV}"
     assert json.loads((tmp_path / "runs" / "train" / "summary.json").read_text())["steps"] == 2
+
+
+def test_help_names_each_data_set_repository():
+    from qgsa_bench.data.registry import HUB_REPOS
+
+    result = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "400"})
+    assert all(f"{name}: {repo}" in result.output for name, repo in HUB_REPOS.items())
