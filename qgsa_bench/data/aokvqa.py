@@ -39,8 +39,6 @@ def _sample(record: dict, image, split: str) -> VQASample:
 
 
 def load(folder: Path, split: str) -> tuple[list[VQASample], dict]:
-    if split not in SPLITS:
-        raise QGSAError(f"A-OKVQA splits are {', '.join(SPLITS)}; not '{split}'")
     required = ("image", *QUESTION) + (ANSWERS if split != "test" else ())
     optional = OPTIONAL + (ANSWERS if split == "test" else ())
     files = parquet_files(folder, HF_SPLIT[split]) or parquet_files(folder, split)

@@ -96,7 +96,7 @@ def scan_parquet(files: list[Path], required: tuple[str, ...], optional: tuple[s
         has_image = image in names
         for group in range(handle.num_row_groups):
             rows = handle.read_row_group(group, columns=columns).to_pylist() if columns else \
-                [{}] * handle.metadata.row_group(group).num_rows
+                [{} for _ in range(handle.metadata.row_group(group).num_rows)]
             for index, row in enumerate(rows):
                 for name in optional:
                     row.setdefault(name, None)

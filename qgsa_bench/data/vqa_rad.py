@@ -27,7 +27,7 @@ RELEASE_FIELDS = ("qid", "image_name", "question", "answer", "answer_type", "phr
 
 
 def hub_patterns(split: str) -> list[str]:
-    """The whole export (two small files): the train split's cleaning needs the test split beside it."""
+    """The whole export: two files, train and test (315 images in all)."""
     return ["*.parquet", "README.md"]
 
 
