@@ -13,6 +13,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from qgsa_bench import QGSAError
@@ -33,7 +34,7 @@ PIPELINE_HELP = "dense | dense-bypass | qgsa | random | norm."
 
 
 def _warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {message}")
+    err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
 
 
 def _command_line() -> str:
@@ -73,7 +74,7 @@ def friendly(func):
             set_command_line(_command_line())
             return func(*args, **kwargs)
         except QGSAError as err:
-            err_console.print(f"[red]error:[/red] {err}", soft_wrap=True)
+            err_console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -221,7 +222,7 @@ class _RichProgress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
 
-        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                             TimeElapsedColumn(), TimeRemainingColumn(), console=err_console)
         self.task = None
         # Rich draws no bar when stderr is not a terminal (a log file): then print a plain line at each
@@ -247,7 +248,8 @@ class _RichProgress:
             self.bar.update(self.task, advance=steps, description=description)
             self.done += steps
         if self.plain and (steps < 0 or time.monotonic() - self.last_line >= 60 or self.done == self.total):
-            err_console.print(f"{description} [{self.done}/{self.total}]", highlight=False, soft_wrap=True)
+            err_console.print(f"{description} [{self.done}/{self.total}]", highlight=False, soft_wrap=True,
+                              markup=False)
             self.last_line = time.monotonic()
 
 
@@ -427,7 +429,9 @@ def eval_command(
     with _RichProgress() as progress:
         folder = run_eval(cfg, progress, warn=_warn)
     console.print((folder / "table.md").read_text(), soft_wrap=True, markup=False)
-    console.print(f"wrote {folder / 'eval.csv'}, {folder / 'predictions.jsonl'}, {folder / 'meta.json'}")
+    extra = "".join(f", {p}" for p in sorted(folder.glob("predictions_*.json")))
+    console.print(f"wrote {folder / 'eval.csv'}, {folder / 'predictions.jsonl'}{extra}, {folder / 'table.md'}, "
+                  f"{folder / 'meta.json'}")
 
 
 @app.command()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+from fnmatch import fnmatch
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -85,6 +86,7 @@ def dataset_snapshot(repo_id: str, allow_patterns: list[str] | None = None, revi
     storage = cache / f"datasets--{repo_id.replace('/', '--')}"
     online = hub_reachable()
     where = f"(looked in {storage})"
+    named = f"'{repo_id}'" + (f" at revision '{revision}'" if revision else "")
     # names that older huggingface_hub releases lack are left out of the except clauses
     incomplete = getattr(hub_errors, "IncompleteSnapshotError", ())
     not_cached = tuple(getattr(hub_errors, n) for n in ("LocalEntryNotFoundError", "OfflineModeIsEnabled")
@@ -99,19 +101,21 @@ def dataset_snapshot(repo_id: str, allow_patterns: list[str] | None = None, revi
         raise QGSAError(f"hub data set '{repo_id}' has no revision '{revision}': give an existing branch, tag "
                         f"or commit") from None
     except incomplete:
-        raise QGSAError(f"the cached snapshot of '{repo_id}' is incomplete {where}: rerun with network to finish "
+        raise QGSAError(f"the cached snapshot of {named} is incomplete {where}: rerun with network to finish "
                         f"the download, or delete that folder; {way_out}") from None
     except not_cached:
         reason = "HF_HUB_OFFLINE is set" if hub_offline() else "the hub is not reachable"
-        raise QGSAError(f"hub data set '{repo_id}' is not in the Hugging Face cache {where} and {reason}: "
+        raise QGSAError(f"hub data set {named} is not in the Hugging Face cache {where} and {reason}: "
                         f"{way_out}") from None
     except (hub_errors.HfHubHTTPError, OSError) as err:
         raise QGSAError(f"could not fetch hub data set '{repo_id}' ({err.__class__.__name__}: "
                         f"{str(err).splitlines()[0][:160]}) {where}: {way_out}") from None
     folder = Path(path)
-    broken = [p for p in folder.rglob("*") if p.is_symlink() and not p.exists()]
+    wanted = [p for p in folder.rglob("*") if allow_patterns is None or
+              any(fnmatch(p.relative_to(folder).as_posix(), pattern) for pattern in allow_patterns)]
+    broken = [p for p in wanted if p.is_symlink() and not p.exists()]
     if broken:
-        raise QGSAError(f"the cached snapshot of '{repo_id}' is incomplete {where}: {len(broken)} file(s) point "
+        raise QGSAError(f"the cached snapshot of {named} is incomplete {where}: {len(broken)} file(s) point "
                         f"at missing blobs (e.g. {broken[0].relative_to(folder)}); rerun with network or delete "
                         f"that folder; {way_out}")
     return Snapshot(repo_id, folder.name, folder, online)

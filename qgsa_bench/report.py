@@ -381,30 +381,47 @@ def make_report(folders: list[Path] | None, out: Path, warn=None) -> list[Path]:
     slugs = _slugs([folder for folder, _, _ in loaded])
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written, sections = [], ["# qgsa-bench report", ""]
-    sweeps = [(meta, tables["sweep"]) for _, meta, tables in loaded if "sweep" in tables]
+    written, sections, sweeps = [], ["# qgsa-bench report", ""], []
+    for folder, meta, tables in loaded:
+        try:
+            text, files = _folder_section(folder, meta, tables, out, slugs[folder])
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:
+            problem = QGSAError(f"{folder}: its files do not make a table ({err.__class__.__name__}: {err}); "
+                                f"a damaged or hand-edited file? rerun the command in its meta.json")
+            if not searched:
+                raise problem from None
+            if warn:
+                warn(f"left out of the report: {problem}")
+            continue
+        sections.append(text)
+        written += files
+        if "sweep" in tables:
+            sweeps.append((meta, tables["sweep"]))
     if sweeps:
         written += [figure_latency(sweeps, out / "fig2_latency_vs_resolution.png"),
                     figure_flops_reduction(sweeps, out / "fig3_flops_reduction.png"),
                     figure_speedup(sweeps, out / "fig4_speedup.png")]
-    for folder, meta, tables in loaded:
-        sections.append(f"# {folder}\n")
-        if "sweep" in tables:
-            sections.append(table4_markdown(tables["sweep"], meta))
-            name = f"stages_{slugs[folder]}.png"
-            written.append(figure_stages(meta, tables["sweep"], out / name))
-            sections.append(f"![per-stage time]({name})\n")
-        if "ablate" in tables:
-            sections.append(table5_markdown(tables["ablate"], meta))
-            name = f"fig5_ablation_{slugs[folder]}.png"
-            written.append(figure_ablation(meta, tables["ablate"], out / name))
-            sections.append(f"![ablation latency]({name})\n")
-        if "eval" in tables:
-            sections.append(eval_markdown(tables["eval"], meta))
-        if "grounding" in tables:
-            sections.append(grounding_markdown(tables["grounding"], meta))
-    if sweeps:
         sections += ["## Figures", "", "![latency](fig2_latency_vs_resolution.png)",
                      "![FLOPs reduction](fig3_flops_reduction.png)", "![speedup](fig4_speedup.png)", ""]
     (out / "report.md").write_text("\n".join(sections))
     return [out / "report.md", *written]
+
+
+def _folder_section(folder: Path, meta: dict, tables: dict, out: Path, slug: str) -> tuple[str, list[Path]]:
+    """One results folder's tables (and its own figures) as Markdown."""
+    parts, written = [f"# {folder}\n"], []
+    if "sweep" in tables:
+        parts.append(table4_markdown(tables["sweep"], meta))
+        written.append(figure_stages(meta, tables["sweep"], out / f"stages_{slug}.png"))
+        parts.append(f"![per-stage time](stages_{slug}.png)\n")
+    if "ablate" in tables:
+        parts.append(table5_markdown(tables["ablate"], meta))
+        written.append(figure_ablation(meta, tables["ablate"], out / f"fig5_ablation_{slug}.png"))
+        parts.append(f"![ablation latency](fig5_ablation_{slug}.png)\n")
+    if "eval" in tables:
+        parts.append(eval_markdown(tables["eval"], meta))
+    if "grounding" in tables:
+        parts.append(grounding_markdown(tables["grounding"], meta))
+        if (folder / "pairs.csv").is_file():
+            parts.append(pairs_markdown(read_rows(folder / "pairs.csv")))
+    return "\n".join(parts), written

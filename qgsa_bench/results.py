@@ -28,9 +28,13 @@ def read_meta(out: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise QGSAError(f"{path} is not valid JSON ({err.msg}): repair or delete it") from err
+        meta = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise QGSAError(f"{path} is not valid JSON ({err.__class__.__name__}): repair or delete it") from err
+    if not isinstance(meta, dict):
+        raise QGSAError(f"{path} holds a JSON {type(meta).__name__}, not the object qgsa-bench writes: "
+                        f"repair or delete it")
+    return meta
 
 
 def check_same_settings(out: Path, settings: dict) -> None:
@@ -81,6 +85,9 @@ def read_rows(path: Path, required: list[str] | tuple[str, ...] = ()):
     path = Path(path)
     if not path.is_file():
         raise QGSAError(f"results file not found: {path}")
+    if _ends_mid_row(path):
+        raise QGSAError(f"{path} ends in the middle of a row (a crash or a full disk while it was written): "
+                        f"delete its last line, or the file, and rerun the command that made it")
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
@@ -89,6 +96,16 @@ def read_rows(path: Path, required: list[str] | tuple[str, ...] = ()):
     if missing:
         raise QGSAError(f"{path} lacks the column(s) {', '.join(missing)}: is it a qgsa-bench results file?")
     return frame
+
+
+def _ends_mid_row(path: Path) -> bool:
+    """Rows are written whole with their newline: a non-empty file without one at the end was cut off."""
+    with path.open("rb") as handle:
+        size = handle.seek(0, 2)
+        if size == 0:
+            return False
+        handle.seek(size - 1)
+        return handle.read(1) != b"\n"
 
 
 def run_meta(built, kind: str, settings: dict, **extra) -> dict:

@@ -142,3 +142,24 @@ def test_report_without_arguments_finds_every_results_folder(tmp_path, monkeypat
     (torn / "eval.csv").unlink()
     result = invoke("report", "--results", "runs", "--out", "narrow")
     assert result.exit_code == 0 and "# results/shapes/e" not in (tmp_path / "narrow" / "report.md").read_text()
+
+
+def test_report_refuses_damaged_files_with_one_line(tmp_path):
+    result = invoke("eval", "--model", "tiny", "--weights", "random", "--device", "cpu", "--limit", "2",
+                    "--pipelines", "dense", "--max-new-tokens", "1", "--resolution", "64", "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    csv_path, meta_path = tmp_path / "e" / "eval.csv", tmp_path / "e" / "meta.json"
+    good_csv, good_meta = csv_path.read_bytes(), meta_path.read_text()
+    cases = [  # (what is damaged, the one line that says so)
+        (lambda: csv_path.write_bytes(good_csv[:-7]), "ends in the middle of a row"),
+        (lambda: csv_path.write_bytes(good_csv.replace(b",all,all,2,", b",all,all,four,")),
+         "its files do not make a table (ValueError"),
+        (lambda: meta_path.write_text("[1, 2]"), "holds a JSON list, not the object qgsa-bench writes"),
+    ]
+    for damage, message in cases:
+        csv_path.write_bytes(good_csv)
+        meta_path.write_text(good_meta)
+        damage()
+        result = invoke("report", "--results", tmp_path / "e", "--out", tmp_path / "r")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.stderr

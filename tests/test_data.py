@@ -190,3 +190,12 @@ def test_shapes_parquet_roundtrip_through_the_refcoco_loader(tmp_path):
     assert [(s.question, s.answers, s.box, s.question_type) for s in loaded] == \
            [(s.question, s.answers, s.box, s.question_type) for s in samples]
     assert np.array_equal(np.asarray(loaded[0].open_image()), np.asarray(samples[0].image))
+
+
+def test_two_copies_of_a_split_are_refused_not_merged(tmp_path):
+    rows = [{"image": {"bytes": png(), "path": None}, "question": "q", "answer": "a"}]
+    write_parquet(tmp_path / "data" / "test-00000-of-00001.parquet", rows)
+    write_parquet(tmp_path / "old" / "data" / "test-00000-of-00001.parquet", rows)
+    with pytest.raises(QGSAError, match="split 'test' has parquet files in 2 folders .*point --data-dir at one"):
+        load_dataset("vqa-rad", tmp_path)
+    assert len(load_dataset("vqa-rad", tmp_path / "old").samples) == 1

@@ -204,3 +204,28 @@ def test_help_names_each_data_set_repository():
 
     result = CliRunner().invoke(app, ["eval", "--help"], env={"COLUMNS": "400"})
     assert all(f"{name}: {repo}" in result.output for name, repo in HUB_REPOS.items())
+
+
+def test_messages_are_printed_as_written_not_as_markup(tmp_path, monkeypatch):
+    """Paths and data in an error line may hold [brackets]: one line, exit 2, the text intact."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for data_dir, text in ((tmp_path / "[/old]" / "vqa", f"data folder not found: {tmp_path}/[/old]/vqa"),
+                           ("hf://datasets/onlyname", "write hf://datasets/OWNER/NAME[@REVISION]"),
+                           ("hf://datasets/a/b@v9", "hub data set 'a/b' at revision 'v9' is not in the Hugging Face cache")):
+        result = CliRunner().invoke(app, ["eval", "--model", "tiny", "--weights", "random", "--device", "cpu",
+                                          "--dataset", "vqa-rad", "--data-dir", str(data_dir), "--out", str(tmp_path / "o")])
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.exit_code == 2 and len(lines) == 1 and text in lines[0], result.stderr
+
+
+def test_an_unreadable_image_is_named_not_dumped(tmp_path):
+    rows = [{"image": {"bytes": b"[/bold] not an image " * 3000, "path": None}, "question": "q", "answer": "a"}]
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "test-00000-of-00001.parquet")
+    result = CliRunner().invoke(app, ["eval", "--model", "tiny", "--weights", "random", "--device", "cpu",
+                                      "--dataset", "vqa-rad", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o")])
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and error == [
+        "error: vqa-rad: sample test-0 has an unreadable or missing image: parquet test-00000-of-00001.parquet row "
+        "group 0 row 0: cannot read image of 63000 bytes (UnidentifiedImageError): expected a PNG/JPEG/... file; "
+        "fix it or pass --skip-bad"]

@@ -33,6 +33,10 @@ def parquet_files(folder: Path, split: str) -> list[Path]:
 
     Every shard 0..N-1 of an "-of-N" set must be there: a missing one means a partial download."""
     found = sorted({*folder.rglob(f"{split}-*.parquet"), *folder.rglob(f"{split}.parquet")})
+    parents = sorted({p.parent for p in found})
+    if len(parents) > 1:
+        raise QGSAError(f"split '{split}' has parquet files in {len(parents)} folders under {folder} "
+                        f"({', '.join(str(p) for p in parents[:3])}): two copies? point --data-dir at one of them")
     shards: dict[int, set[int]] = defaultdict(set)
     for path in found:
         match = _SHARD.search(path.name)

@@ -15,8 +15,8 @@ from types import ModuleType
 
 from qgsa_bench import QGSAError
 from qgsa_bench.data import aokvqa, refcoco, shapes, vqa_rad
-from qgsa_bench.data.files import ParquetCell, data_folder
-from qgsa_bench.data.types import VQASample
+from qgsa_bench.data.files import data_folder
+from qgsa_bench.data.types import VQASample, open_image
 
 _FILE_SETS: dict[str, ModuleType] = {"vqa-rad": vqa_rad, "aokvqa": aokvqa, "refcoco": refcoco}
 DATASETS = (*_FILE_SETS, "shapes")
@@ -52,11 +52,11 @@ class LoadedData:
         kept, images = [], []
         for sample in samples:
             try:
-                images.append(sample.open_image())
+                images.append(open_image(sample.image))  # the error below names the sample
             except QGSAError as err:
                 if not self.skip_bad:
-                    raise QGSAError(f"{self.name}: sample {sample.id} has an unreadable or missing image "
-                                    f"({_describe(sample.image)}: {err}); fix it or pass --skip-bad") from None
+                    raise QGSAError(f"{self.name}: sample {sample.id} has an unreadable or missing image: {err}; "
+                                    f"fix it or pass --skip-bad") from None
                 if sample.id not in self.skipped_ids:
                     self.skipped_ids.append(sample.id)
                 continue
@@ -81,6 +81,9 @@ def load_dataset(name: str, data_dir=None, split: str | None = None, limit: int 
     if split not in splits_of(name):
         raise QGSAError(f"{name} has no split '{split}': use one of {', '.join(splits_of(name))}")
     if name == "shapes":
+        if data_dir is not None:
+            raise QGSAError("--dataset shapes is generated from --seed and reads no files: to read shapes data written "
+                            "by `qgsa data shapes --out DIR`, pass --dataset refcoco --data-dir DIR")
         n_images = shapes.DEFAULT_IMAGES if limit is None else math.ceil(limit / shapes.QUESTIONS_PER_IMAGE)
         samples = shapes.generate(n_images, seed=seed, split=split)[:limit]
         return LoadedData(name, split, samples, f"generated (seed {seed})", skip_bad)
@@ -106,10 +109,3 @@ def _locate(name: str, module: ModuleType, data_dir, split: str):
     snap = dataset_snapshot(repo, module.hub_patterns(split), revision, way_out)
     return snap.folder, f"hf://datasets/{repo}@{snap.revision}", snap.provenance()
 
-
-def _describe(image) -> str:
-    if isinstance(image, (bytes, bytearray)):
-        return f"{len(image)} bytes in the parquet file"
-    if isinstance(image, ParquetCell):
-        return f"parquet {image}"
-    return str(image)

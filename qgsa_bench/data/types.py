@@ -60,8 +60,11 @@ def open_image(ref, name: str | None = None):
         if isinstance(ref, ParquetCell):
             cell = ref.value()
             if cell is None:
-                raise QGSAError(f"no image in {ref}{where}: the cell holds neither bytes nor a path")
-            return open_image(cell, name)
+                raise QGSAError(f"no image in parquet {ref}{where}: the cell holds neither bytes nor a path")
+            try:
+                return open_image(cell, name)
+            except QGSAError as err:
+                raise QGSAError(f"parquet {ref}: {err}") from None
         if isinstance(ref, (bytes, bytearray)):
             with Image.open(io.BytesIO(ref)) as img:
                 img.load()
@@ -73,5 +76,12 @@ def open_image(ref, name: str | None = None):
             img.load()
             return to_rgb(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, TypeError) as err:
-        raise QGSAError(f"cannot read image {ref}{where} ({err.__class__.__name__}): "
+        raise QGSAError(f"cannot read image {describe(ref)}{where} ({err.__class__.__name__}): "
                         f"expected a PNG/JPEG/... file") from err
+
+
+def describe(ref) -> str:
+    """An image reference in a message: a path or parquet cell as such, bytes by their length only."""
+    if isinstance(ref, (bytes, bytearray)):
+        return f"of {len(ref)} bytes"
+    return str(ref)

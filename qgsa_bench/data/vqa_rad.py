@@ -27,8 +27,7 @@ RELEASE_FIELDS = ("qid", "image_name", "question", "answer", "answer_type", "phr
 
 
 def hub_patterns(split: str) -> list[str]:
-    """The whole export: two files, train and test (315 images in all)."""
-    return ["*.parquet", "README.md"]
+    return [f"*{split}-*.parquet", f"*{split}.parquet", "README.md"]
 
 
 def load(folder: Path, split: str) -> tuple[list[VQASample], dict]:
