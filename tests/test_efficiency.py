@@ -91,3 +91,21 @@ def test_paper_metrics():
                                                "paper_theoretical_speedup": 576 / 17}
     assert paper_metrics("dense-bypass", 576, None) == {"paper_flops_reduction": 0.0, "paper_theoretical_speedup": 1.0}
     assert paper_metrics("dense", 576, None)["paper_flops_reduction"] is None
+
+
+def test_every_flops_column_is_the_same_under_sdpa_and_eager(tiny, images):
+    """Field case 02: the attention column read only the SDPA operator and was 0 under eager attention."""
+    eager = build("tiny", weights="random", device="cpu", dtype="fp32", attn_implementation="eager")
+    pixels = tiny.adapter.pixel_values(images, 64)
+    for pipeline, k in (("dense", None), ("qgsa", 5), ("dense-bypass", None)):
+        sdpa_cols = count_stage_flops(Case(pipeline, pipeline, tiny.pipeline, k), pixels, QUESTIONS, 3)
+        eager_cols = count_stage_flops(Case(pipeline, pipeline, eager.pipeline, k), pixels, QUESTIONS, 3)
+        flops_cols = [c for c in sdpa_cols if c.startswith("flops_") or c == "attn_visual_flops"]
+        assert len(flops_cols) == 9
+        assert {c: eager_cols[c] for c in flops_cols} == {c: sdpa_cols[c] for c in flops_cols}, pipeline
+    # and the shape-derived attention column equals what the SDPA handle counts in the prefill
+    i = tiny.pipeline.lm_inputs("dense", images, QUESTIONS, 64).inputs
+    _, prefill = _stage_fns(tiny.adapter)
+    handle = count_flops(prefill, i.inputs_embeds, i.attention_mask, i.position_ids, modules=[tiny.loaded.model])
+    dense = count_stage_flops(Case("dense", "dense", tiny.pipeline), pixels, QUESTIONS, 3)
+    assert dense["flops_prefill_attention"] == handle.by_operator["scaled_dot_product_attention"] > 0

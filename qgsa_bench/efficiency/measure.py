@@ -109,7 +109,9 @@ def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[st
         "flops_prefill": pre.total,
         "flops_decode_per_token": step.total,
         "flops_lm_head": head.total,
-        "flops_prefill_attention": pre.by_operator.get("scaled_dot_product_attention", 0),
+        # counted from the shapes, not read off one operator: eager attention traces to matmul, SDPA to its
+        # own op, flash kernels to others; the column must not depend on which ran (equal to the SDPA handle)
+        "flops_prefill_attention": lm_attention_flops(a, e.shape[0] * e.shape[1], e.shape[1]),
     }
     flops["flops_total"] = (flops["flops_vision"] + flops["flops_select"] + flops["flops_connector"]
                             + flops["flops_prefill"] + (decode_tokens - 1) * flops["flops_decode_per_token"])
@@ -122,12 +124,18 @@ def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[st
     return flops
 
 
+def lm_attention_flops(adapter, queries: int, keys: int) -> int:
+    """Multiply-adds of the LM's attention products (QK^T and AV) for `queries` query positions (summed
+    over the batch) each over `keys` keys, in every layer and head: the SDPA handle's full-rectangle
+    convention, whatever attention implementation runs."""
+    cfg = adapter.text_model.config
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return cfg.num_hidden_layers * cfg.num_attention_heads * 2 * head_dim * queries * keys
+
+
 def visual_attention_flops(adapter, inputs, decode_tokens: int) -> int:
     """LM attention multiply-adds whose keys are visual tokens: prefill (every query over the full
     L x n_vis rectangle, the SDPA handle's convention) plus T - 1 decode steps (one query each)."""
-    cfg = adapter.text_model.config
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    per_key_query = cfg.num_hidden_layers * cfg.num_attention_heads * 2 * head_dim
     n_vis = int(inputs.n_visual.sum())
     L = inputs.attention_mask.shape[1]
-    return per_key_query * n_vis * (L + decode_tokens - 1)
+    return lm_attention_flops(adapter, L + decode_tokens - 1, n_vis)
