@@ -91,6 +91,31 @@ def evaluate_pipeline(built, pipeline: str, data, resolution: int, cfg: EvalConf
     return records
 
 
+def warm_up(built, pipelines, data, resolution: int, cfg: EvalConfig) -> int:
+    """One untimed run of every pipeline on the first readable batch, before anything is timed, so that
+    first-call costs (allocations, thread pools, lazy initialisation) fall on no pipeline's latency and
+    the latency column does not depend on the order of --pipelines. The random baseline's generator is
+    restored afterwards: the evaluated selections are those of a run without warm-up. Returns the batch
+    size used."""
+    state = built.pipeline.generator.get_state()
+    try:
+        return _warm_up(built, pipelines, data, resolution, cfg)
+    finally:
+        built.pipeline.generator.set_state(state)
+
+
+@torch.no_grad()
+def _warm_up(built, pipelines, data, resolution: int, cfg: EvalConfig) -> int:
+    for start in range(0, len(data.samples), cfg.batch):
+        chunk, images = data.open_images(data.samples[start:start + cfg.batch])
+        if chunk:
+            for pipeline in pipelines:
+                prepared = built.pipeline.lm_inputs(pipeline, images, [s.question for s in chunk], resolution, cfg.k)
+                built.adapter.generate(prepared.inputs, cfg.max_new_tokens)
+            return len(chunk)
+    return 0
+
+
 def summarise(records: list[dict], pipeline: str, scope: str, qtype: str) -> dict:
     ks = [r["k"] for r in records if r["k"] is not None]
     mc = [r["mc_correct"] for r in records if r["mc_correct"] is not None]
@@ -126,10 +151,13 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
     private = not any(s.answers or s.correct_choice is not None for s in data.samples)
     note = PRIVATE_NOTE if private else (RANDOM_NOTE if random_weights else "")
     meta = run_meta(built, "eval", cfg.settings(), **data.meta(), resolution=resolution,
-                    scoring=SCORING[data.name][1], note=note or "pretrained weights")
+                    scoring=SCORING[data.name][1], note=note or "pretrained weights",
+                    latency="mean per query over the batches (selection, prefill and decode), after one untimed "
+                            "warm-up batch of every pipeline")
     write_meta(out, meta)
     if progress:
         progress(f"{data.name}: {len(data.samples)} samples", -len(data.samples) * len(cfg.pipelines))
+    warm_up(built, cfg.pipelines, data, resolution, cfg)
     rows, all_records, written = [], [], []
     for pipeline in cfg.pipelines:
         records = evaluate_pipeline(built, pipeline, data, resolution, cfg, progress)
