@@ -182,7 +182,9 @@ OPT_BATCH = typer.Option(1, help="Batch size (the same image and question repeat
 OPT_DEVICE = typer.Option("auto", help="auto | cpu | cuda[:N].")
 OPT_DTYPE = typer.Option("auto", help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16.")
 OPT_ATTN = typer.Option("sdpa", "--attn", help="Attention implementation: sdpa | eager (| flash_attention_2).")
-OPT_REPS = typer.Option(5, help="Timed repetitions per pipeline, pipelines alternating.")
+OPT_REPS = typer.Option("5", help="Timed rounds (every pipeline once per round, alternating), or 'auto': rounds "
+                                  "until every speedup interval is within 5 % (or --max-time is spent).")
+OPT_MAX_TIME = typer.Option(None, help="With --reps auto: seconds of timing at most, whole command (default 600).")
 OPT_WARMUP = typer.Option(1, help="Untimed warm-up runs per pipeline.")
 OPT_DECODE = typer.Option(8, help="Generated tokens per run (end to end = prefill + these).")
 OPT_K = typer.Option(None, help="Fixed k for sparse pipelines (default 17, the paper's mean; f_comp with --checkpoint).")
@@ -268,7 +270,8 @@ def sweep_resolution(
     attn: str = OPT_ATTN,
     weights: str = OPT_WEIGHTS,
     checkpoint: Optional[Path] = typer.Option(None, help="QGSA checkpoint (else random init)."),
-    reps: int = OPT_REPS,
+    reps: str = OPT_REPS,
+    max_time: Optional[float] = OPT_MAX_TIME,
     warmup: int = OPT_WARMUP,
     decode_tokens: int = OPT_DECODE,
     seed: int = OPT_SEED,
@@ -282,7 +285,8 @@ def sweep_resolution(
     from qgsa_bench.efficiency.sweep import run_sweep
 
     measure = _measure_config(model=model, weights=weights, batch=batch, device=device, dtype=dtype,
-                              attn_implementation=attn, reps=reps, warmup=warmup, decode_tokens=decode_tokens,
+                              attn_implementation=attn, reps=reps, max_time=max_time, warmup=warmup,
+                              decode_tokens=decode_tokens,
                               k=k, checkpoint=str(checkpoint) if checkpoint else None, seed=seed, image=image,
                               question=question, count_flops=not no_flops)
     cfg = SweepConfig(measure, _parse_sizes(sizes, ctx.args),
@@ -306,7 +310,8 @@ def ablate(
     dtype: str = OPT_DTYPE,
     attn: str = OPT_ATTN,
     weights: str = OPT_WEIGHTS,
-    reps: int = OPT_REPS,
+    reps: str = OPT_REPS,
+    max_time: Optional[float] = OPT_MAX_TIME,
     warmup: int = OPT_WARMUP,
     decode_tokens: int = OPT_DECODE,
     seed: int = OPT_SEED,
@@ -326,7 +331,8 @@ def ablate(
     from qgsa_bench.efficiency.ablate import parse_checkpoints, run_ablate
 
     measure = _measure_config(model=model, weights=weights, batch=batch, device=device, dtype=dtype,
-                              attn_implementation=attn, reps=reps, warmup=warmup, decode_tokens=decode_tokens,
+                              attn_implementation=attn, reps=reps, max_time=max_time, warmup=warmup,
+                              decode_tokens=decode_tokens,
                               k=k, seed=seed, image=image, question=question, count_flops=not no_flops)
     cfg = AblateConfig(measure, resolution, parse_checkpoints(checkpoint), str(out), train_dataset=train_dataset,
                        train_data_dir=train_data_dir, train_limit=train_limit,

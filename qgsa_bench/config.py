@@ -57,6 +57,7 @@ class QGSAConfig:
 
 
 DEFAULT_QUESTION = "What color is the circle?"
+DEFAULT_MAX_TIME = 600.0  # --reps auto without --max-time: seconds of timing per command at most
 
 
 @dataclass
@@ -69,7 +70,8 @@ class MeasureConfig:
     device: str = "auto"
     dtype: str = "auto"  # bf16 on GPU, fp32 on CPU
     attn_implementation: str = "sdpa"
-    reps: int = 5  # timed repetitions per pipeline (after warm-up), pipelines alternating
+    reps: int | str = 5  # timed rounds (every pipeline once per round, alternating), or "auto" (see runner)
+    max_time: float | None = None  # with reps "auto": seconds of timing at most (None: DEFAULT_MAX_TIME)
     warmup: int = 1
     decode_tokens: int = 8  # end to end = prefill + this many generated tokens
     k: int | None = None  # fixed k for sparse pipelines; None: 17 (the paper's mean) or f_comp with a checkpoint
@@ -80,7 +82,17 @@ class MeasureConfig:
     count_flops: bool = True
 
     def __post_init__(self):
+        if isinstance(self.reps, str) and self.reps != "auto":
+            if not self.reps.strip().isdigit():
+                raise QGSAError(f"--reps takes a number of rounds or 'auto', got '{self.reps}'")
+            self.reps = int(self.reps)
+        if self.max_time is not None and not self.max_time > 0:
+            raise QGSAError(f"--max-time must be a positive number of seconds, got {self.max_time}")
+        if self.max_time is not None and self.reps != "auto":
+            raise QGSAError("--max-time bounds --reps auto: give --reps auto, or drop --max-time")
         for name in ("batch", "reps", "decode_tokens"):
+            if getattr(self, name) == "auto":
+                continue
             if getattr(self, name) < 1:
                 raise QGSAError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.warmup < 0:

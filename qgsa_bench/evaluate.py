@@ -24,7 +24,7 @@ from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.metrics import SCORING, multiple_choice_score, score
 from qgsa_bench.models.idefics3 import LMInputs
 from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
-from qgsa_bench.results import check_same_settings, replace_rows, run_meta, write_meta
+from qgsa_bench.results import check_same_settings, holds_out_folder, replace_rows, run_meta, write_meta
 
 EVAL_COLUMNS = [
     "model", "weights", "qgsa_weights", "dataset", "split", "pipeline", "scope", "question_type", "n",
@@ -139,6 +139,7 @@ def summary_rows(records: list[dict], pipeline: str) -> list[dict]:
     return rows
 
 
+@holds_out_folder
 def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
     for name in cfg.pipelines:
         check_pipeline(name)

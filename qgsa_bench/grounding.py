@@ -20,7 +20,7 @@ from qgsa_bench.data import load_dataset
 from qgsa_bench.evaluate import batches
 from qgsa_bench.metrics import hull_iou, oracle_patches
 from qgsa_bench.qgsa.selector import norm_selection, random_selection
-from qgsa_bench.results import check_same_settings, read_rows, replace_rows, run_meta, write_meta
+from qgsa_bench.results import check_same_settings, holds_out_folder, read_rows, replace_rows, run_meta, write_meta
 
 SELECTORS = ("qgsa", "random", "norm", "oracle")
 PAIR_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "n_pairs", "mean_jaccard",
@@ -45,6 +45,7 @@ def select_all(built, images, questions, resolution: int, k, boxes, sizes) -> di
     return out
 
 
+@holds_out_folder
 def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int = 4) -> Path:
     # shapes: about half the questions have a box, so generate enough; file data sets: boxes on all
     limit = None if cfg.limit is None else (4 * cfg.limit if cfg.dataset == "shapes" else cfg.limit)

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qgsa_bench import QGSAError
+from qgsa_bench.efficiency.stats import NO_DIFFERENCE
 from qgsa_bench.results import read_meta, read_rows
 
 STAGE_COLUMNS = ("vision_ms", "select_ms", "connector_ms", "prefill_ms")
@@ -42,11 +43,11 @@ def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
 def with_dense_comparison(frame):
     """Add measured comparisons against the dense row at the same resolution."""
     frame = frame.copy()
-    dense = frame[frame["pipeline"] == "dense"].set_index("resolution")
+    # the reference: the first dense case at each resolution (dense#1 of an A/A pair)
+    dense = frame[frame["pipeline"] == "dense"].drop_duplicates("resolution").set_index("resolution")
     for col, src in (("dense_latency_ms", "latency_ms_median"), ("dense_flops_total", "flops_total"),
                      ("dense_attn_visual_flops", "attn_visual_flops")):
         frame[col] = frame["resolution"].map(dense[src]) if len(dense) else float("nan")
-    frame["measured_speedup"] = frame["dense_latency_ms"] / frame["latency_ms_median"]
     frame["measured_flops_reduction"] = 1 - frame["flops_total"] / frame["dense_flops_total"]
     frame["attn_visual_reduction"] = 1 - frame["attn_visual_flops"] / frame["dense_attn_visual_flops"]
     return frame
@@ -70,20 +71,40 @@ def _header(meta: dict | None, title: str) -> list[str]:
     return lines
 
 
+def speedup_cell(row) -> str:
+    """The measured speedup with its 95 % interval; none is claimed where the interval holds 1 (or where a
+    results file from before intervals has none); an unstable case is flagged."""
+    flag = " ⚠ unstable" if str(row.get("unstable")).lower() == "true" else ""
+    low, high, ratio = row.get("speedup_ci_low"), row.get("speedup_ci_high"), row.get("speedup_vs_dense")
+    if ratio is None or ratio != ratio or low != low:
+        reference = row.get("pipeline") == "dense" and row.get("case", "dense") in ("dense", "dense#1")
+        return ("reference" if reference else "– (no interval)") + flag
+    interval = f"[{low:.2f}–{high:.2f}]"
+    if row.get("speedup_verdict") == NO_DIFFERENCE:
+        return f"no measurable difference {interval}{flag}"
+    return f"{ratio:.2f}× {interval}{flag}"
+
+
+def _case(row) -> str:
+    case = row.get("case")
+    return case if isinstance(case, str) and case else row["pipeline"]
+
+
 def table4_markdown(frame, meta: dict | None) -> str:
-    frame = with_dense_comparison(frame).sort_values(["resolution", "pipeline"])
+    frame = with_dense_comparison(frame)
+    frame = frame.assign(_case=[_case(r) for _, r in frame.iterrows()]).sort_values(["resolution", "_case"])
     lines = _header(meta, "Efficiency by resolution (cf. the paper's Table 4)")
     lines += [
         "| Resolution | Pipeline | N patches | visual tokens to LM | latency ms median [p10–p90] "
-        "| measured speedup vs dense | paper FLOPs↓ (1−k/N) | paper speedup (N/k) "
+        "| measured speedup vs dense [95 % CI] | paper FLOPs↓ (1−k/N) | paper speedup (N/k) "
         "| end-to-end GFLOPs | measured end-to-end FLOPs↓ vs dense | LM visual-attention FLOPs↓ vs dense |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in frame.iterrows():
         lines.append(
-            f"| {int(r['resolution'])}px | {r['pipeline']} | {int(r['n_patches'])} | {_fmt(r['n_visual_tokens'], '.0f')} "
+            f"| {int(r['resolution'])}px | {r['_case']} | {int(r['n_patches'])} | {_fmt(r['n_visual_tokens'], '.0f')} "
             f"| {_fmt(r['latency_ms_median'])} [{_fmt(r.get('latency_ms_p10'))}–{_fmt(r.get('latency_ms_p90'))}] "
-            f"| {_fmt(r['measured_speedup'], '.2f', '×')} | {_fmt(100 * r['paper_flops_reduction'], '.1f', '%')} "
+            f"| {speedup_cell(r)} | {_fmt(100 * r['paper_flops_reduction'], '.1f', '%')} "
             f"| {_fmt(r['paper_theoretical_speedup'], '.1f', '×')} | {_fmt(r['flops_total'] / 1e9, '.2f')} "
             f"| {_fmt(100 * r['measured_flops_reduction'], '.1f', '%')} | {_fmt(100 * r['attn_visual_reduction'], '.1f', '%')} |"
         )
@@ -94,8 +115,13 @@ def table4_markdown(frame, meta: dict | None) -> str:
         "(1−k/N, N/k); *measured* columns compare this row with the dense pipeline at the same "
         "resolution, end to end (vision + selection/connector + prefill + decode). Dense runs at "
         "the next multiple of patch×scale factor when the resolution is not one (see "
-        "`effective_resolution` in the CSV).",
+        "`effective_resolution` in the CSV). Speedup: ratio of median latencies (dense / this row) with "
+        "a 95 % percentile-bootstrap interval over the paired, alternating rounds; where the interval "
+        "holds 1 no speedup is claimed. ⚠ unstable: robust dispersion above 10 % or over 10 % outliers "
+        "(rerun with more --reps or --reps auto on a quieter machine).",
     ]
+    if meta and meta.get("reps_stopped"):
+        lines.append("Repetitions: " + "; ".join(f"{k}px: {v}" for k, v in meta["reps_stopped"].items()) + ".")
     unsupported = sorted({op for ops in frame.get("unsupported_ops", []).dropna() for op in str(ops).split(";") if op})
     if unsupported:
         lines.append(f"Ops fvcore could not count (not elementwise): {', '.join(unsupported)}.")
@@ -109,12 +135,12 @@ def write_table4(frame, path: Path, meta: dict | None) -> Path:
 
 def table5_markdown(frame, meta: dict | None) -> str:
     lines = _header(meta, "Component ablation latency (cf. the paper's Table 5)")
-    lines += ["| Configuration | QGSA weights | mean k | latency ms median [p10–p90] | end-to-end GFLOPs | accuracy (%) |",
-              "|---|---|---|---|---|---|"]
+    lines += ["| Configuration | QGSA weights | mean k | latency ms median [p10–p90] | speedup vs dense [95 % CI] "
+              "| end-to-end GFLOPs | accuracy (%) |", "|---|---|---|---|---|---|---|"]
     for _, r in frame.iterrows():
         lines.append(f"| {r.get('label', r['config'])} (`{r['config']}`) | {r.get('qgsa_weights', '–')} | {_fmt(r.get('k'), '.1f')} "
                      f"| {_fmt(r['latency_ms_median'])} [{_fmt(r['latency_ms_p10'])}–{_fmt(r['latency_ms_p90'])}] "
-                     f"| {_fmt(r.get('flops_total', float('nan')) / 1e9, '.2f')} | {_fmt(r.get('accuracy'))} |")
+                     f"| {speedup_cell(r)} | {_fmt(r.get('flops_total', float('nan')) / 1e9, '.2f')} | {_fmt(r.get('accuracy'))} |")
     lines += ["", "Configurations without a checkpoint use the randomly initialised module (labelled "
               "`random-init`): their latencies differ only by noise and by k, not by training."]
     return "\n".join(lines) + "\n"
@@ -240,8 +266,14 @@ def _qgsa_curves(sweeps, path: Path, series, ylabel: str, title: str, log: bool 
         part = with_dense_comparison(frame)
         part = part[part["pipeline"] == "qgsa"].sort_values("resolution")
         for values, style, name in series:
-            if not part.empty:
-                ax.plot(part["resolution"], values(part), style, label=f"{_label(meta)} {name}")
+            if part.empty:
+                continue
+            y = values(part)
+            if "CI" in name and "speedup_ci_low" in part:  # a measured speedup is drawn with its interval
+                err = [y - part["speedup_ci_low"], part["speedup_ci_high"] - y]
+                ax.errorbar(part["resolution"], y, yerr=err, fmt=style, capsize=3, label=f"{_label(meta)} {name}")
+            else:
+                ax.plot(part["resolution"], y, style, label=f"{_label(meta)} {name}")
     if log:
         ax.set_yscale("log")
     ax.axhline(1 if log else 0, color="grey", lw=0.5)
@@ -261,7 +293,8 @@ def figure_flops_reduction(sweeps, path: Path) -> Path:
 def figure_speedup(sweeps, path: Path) -> Path:
     return _qgsa_curves(sweeps, path, [
         (lambda p: p["paper_theoretical_speedup"], "o--", "paper: N/k"),
-        (lambda p: p["measured_speedup"], "s-", "measured latency vs dense"),
+        (lambda p: p["speedup_vs_dense"] if "speedup_vs_dense" in p else float("nan") * p["resolution"], "s-",
+         "measured latency vs dense (95 % CI)"),
         (lambda p: p["dense_flops_total"] / p["flops_total"], "^-", "measured end-to-end FLOPs ratio"),
     ], "speedup (×, log scale)", "Theoretical vs measured speedup (Fig. 4)", log=True)
 

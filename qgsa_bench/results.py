@@ -9,11 +9,63 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from qgsa_bench import QGSAError
 
 META = "meta.json"
+LOCK = ".qgsa.lock"
+HOLDER = ".qgsa.lock.json"  # who holds the lock: pid, command, since when
+
+
+def holds_out_folder(run):
+    """Decorator for `run(cfg, ...)`: the run holds `cfg.out` (see `locked`) from its first step."""
+    from functools import wraps
+
+    @wraps(run)
+    def wrapper(cfg, *args, **kwargs):
+        with locked(Path(cfg.out)):
+            return run(cfg, *args, **kwargs)
+
+    return wrapper
+
+
+@contextmanager
+def locked(out: Path):
+    """Hold results folder `out` for the length of a run. A second run into the same folder is refused at
+    once, naming the run that holds it (an OS file lock through `filelock`: released when the process
+    ends, however it ends). A folder this run created and left holding nothing is removed again."""
+    from filelock import FileLock, Timeout
+
+    from qgsa_bench.runtime import command_line
+
+    out = Path(out)
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(out / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            holder = json.loads((out / HOLDER).read_text())
+        except (OSError, ValueError):
+            holder = {}
+        raise QGSAError(f"{out} is in use by another run (pid {holder.get('pid', '?')}, "
+                        f"`{holder.get('command', '?')}`, since {holder.get('since', '?')}): wait for it to end, "
+                        f"or use another --out") from None
+    try:
+        (out / HOLDER).write_text(json.dumps({"pid": os.getpid(), "command": command_line(),
+                                              "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}))
+        yield out
+    finally:
+        (out / HOLDER).unlink(missing_ok=True)
+        lock.release()  # the lock file stays: deleting it could let two runs lock two different files
+        if created and [p.name for p in out.iterdir()] == [LOCK]:
+            (out / LOCK).unlink()
+            out.rmdir()
 
 
 def write_meta(out: Path, meta: dict) -> None:

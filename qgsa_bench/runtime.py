@@ -22,6 +22,10 @@ def set_command_line(command: str) -> None:
     _COMMAND_LINE = command
 
 
+def command_line() -> str:
+    return _COMMAND_LINE or " ".join(sys.argv)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -72,7 +76,7 @@ def environment_meta(device: torch.device, dtype: torch.dtype) -> dict:
     import transformers
 
     return {
-        "command": _COMMAND_LINE or " ".join(sys.argv),
+        "command": command_line(),
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_commit": git_commit(),
         "qgsa_bench": __version__,

@@ -32,7 +32,7 @@ from qgsa_bench.data import load_dataset
 from qgsa_bench.qgsa import losses
 from qgsa_bench.qgsa.checkpoint import load_checkpoint, save_checkpoint
 from qgsa_bench.qgsa.selector import gather_patches
-from qgsa_bench.results import run_meta, write_meta
+from qgsa_bench.results import holds_out_folder, run_meta, write_meta
 
 CHECKPOINT = "checkpoint.pt"
 LOG_COLUMNS = ["step", "epoch", "loss", "l_cs", "l_align", "l_answer", "l_attr", "l_budget", "l_sparse", "l_entropy",
@@ -236,6 +236,7 @@ def _budget_by_type(trainer: Trainer) -> dict:
                 "histogram": dict(sorted(Counter(v).items()))} for t, v in sorted(by_type.items())}
 
 
+@holds_out_folder
 def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) -> dict:
     out = Path(cfg.out)
     ckpt = out / CHECKPOINT

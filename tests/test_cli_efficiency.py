@@ -163,3 +163,34 @@ def test_report_refuses_damaged_files_with_one_line(tmp_path):
         result = invoke("report", "--results", tmp_path / "e", "--out", tmp_path / "r")
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.exit_code == 2 and len(lines) == 1 and message in lines[0], result.stderr
+
+
+def test_a_folder_in_use_is_refused_at_once_naming_the_run(tmp_path):
+    from qgsa_bench.results import locked
+    from qgsa_bench.runtime import set_command_line
+
+    out = tmp_path / "sweep"
+    set_command_line("qgsa sweep-resolution --out sweep  # the other run")
+    with locked(out):
+        result = invoke("sweep-resolution", *FAST, "--sizes", "64", "--out", out)
+        assert result.exit_code == 2, result.output
+        assert f"{out} is in use by another run (pid " in result.stderr
+        assert "`qgsa sweep-resolution --out sweep  # the other run`" in result.stderr
+        assert sorted(p.name for p in out.iterdir()) == [".qgsa.lock", ".qgsa.lock.json"]  # nothing else written
+    result = invoke("sweep-resolution", *FAST, "--sizes", "64", "--pipelines", "dense", "--out", out)
+    assert result.exit_code == 0 and (out / "sweep.csv").exists() and not (out / ".qgsa.lock.json").exists()
+    result = invoke("eval", "--model", "tiny", "--weights", "random", "--device", "cpu", "--limit", "0",
+                    "--out", tmp_path / "never")
+    assert result.exit_code == 2 and not (tmp_path / "never").exists()  # a refused run leaves no folder behind
+
+
+def test_a_torn_sweep_csv_is_found_before_measuring(tmp_path):
+    out = tmp_path / "s"
+    result = invoke("sweep-resolution", *FAST, "--sizes", "64", "--pipelines", "dense", "--out", out)
+    assert result.exit_code == 0
+    text = (out / "sweep.csv").read_text()
+    (out / "sweep.csv").write_text(text + text.splitlines()[-1][:40])  # a crash in the middle of a row
+    result = invoke("sweep-resolution", *FAST, "--sizes", "64", "80", "--pipelines", "dense", "--out", out)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and "ends in the middle of a row" in lines[0], result.stderr
+    assert (out / "sweep.csv").read_text().endswith(text.splitlines()[-1][:40])  # nothing lost, nothing measured

@@ -16,12 +16,12 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import AblateConfig
 from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import Progress, measure_cases, steps_per_resolution
+from qgsa_bench.efficiency.runner import STAT_COLUMNS, Progress, measure_cases, steps_per_resolution, timing_deadline
 from qgsa_bench.efficiency.sweep import PAPER_K, check_k_fits
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.pipeline import Pipeline
 from qgsa_bench.qgsa.checkpoint import load_checkpoint
-from qgsa_bench.results import append_rows, check_same_settings, read_rows, run_meta, write_meta
+from qgsa_bench.results import append_rows, check_same_settings, holds_out_folder, read_rows, run_meta, write_meta
 from qgsa_bench.runtime import device_name, dtype_name
 
 # name users type -> (label in tables, pipeline, fixed k?)
@@ -38,7 +38,7 @@ ABLATE_COLUMNS = [
     "model", "weights", "device", "dtype", "batch", "resolution", "config", "label", "pipeline",
     "qgsa_weights", "n_patches", "n_visual_tokens", "k", "decode_tokens", "latency_ms_median",
     "latency_ms_p10", "latency_ms_p90", "n", "vision_ms", "select_ms", "connector_ms", "prefill_ms",
-    "decode_ms_per_token", "flops_total", "peak_mem_mb", "accuracy", "accuracy_n",
+    "decode_ms_per_token", "flops_total", "peak_mem_mb", "accuracy", "accuracy_n", *STAT_COLUMNS,
 ]
 # how `qgsa ablate --train-dataset` trains each configuration (qgsa train options)
 TRAIN_FLAGS = {
@@ -62,6 +62,7 @@ def parse_checkpoints(specs: list[str]) -> dict[str, str]:
     return parsed
 
 
+@holds_out_folder
 def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -> Path:
     m = cfg.measure
     checkpoints = cfg.checkpoints or {}
@@ -99,13 +100,13 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
         image = load_image(m.image) if m.image else demo_image()
         if progress:
             progress("ablation configurations", -steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops))
-        rows = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, cfg.resolution, m.reps,
-                             m.warmup, m.decode_tokens, m.count_flops, progress)
+        rows, _ = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, cfg.resolution, m.reps,
+                                m.warmup, m.decode_tokens, m.count_flops, progress, timing_deadline(m, 1, 0))
         base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
                 "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
         accuracy = ablation_accuracy(cfg, built, cases) if cfg.eval_limit and checkpoints else {}
         for row in rows:
-            name = row["label"]
+            name = row["case"]
             row.update(config=name, label=ABLATION_CONFIGS[name][0], qgsa_weights=qgsa_weights[name],
                        **accuracy.get(name, {}))
         append_rows(csv_path, [{**base, **row} for row in rows], ABLATE_COLUMNS)

@@ -1,8 +1,10 @@
 """Measure several cases at one resolution in one process: FLOPs once, then alternating timed runs.
 
-Alternating (case A, B, C, then B, C, A, ...) makes drift (thermal, other load) hit every case.
-Latency statistics are the median, p10 and p90 over `reps` runs after `warmup` runs per case.
-Peak memory is CUDA's max_memory_allocated per case; on CPU it is not measured (left empty).
+Alternating (case A, B, C, then B, C, A, ...) makes drift (thermal, other load) hit every case, and
+pairs the cases by round: comparisons are ratios of medians with paired-bootstrap intervals
+(`stats`). Latency statistics per case: n, median, p10, p90, robust dispersion, outliers and an
+unstable flag, after `warmup` untimed rounds. Peak memory is CUDA's max_memory_allocated per case; on
+CPU it is not measured (left empty).
 """
 
 from __future__ import annotations
@@ -12,8 +14,14 @@ from typing import Callable
 import numpy as np
 import torch
 
+from qgsa_bench.efficiency import stats
 from qgsa_bench.efficiency.measure import Case, count_stage_flops, time_once
+from qgsa_bench.efficiency.timing import now as timing_clock
 
+# the timing statistics every results CSV carries beside its own columns (see stats and measure_cases)
+STAT_COLUMNS = ["latency_dispersion", "latency_outliers", "unstable", "speedup_vs_dense", "speedup_ci_low",
+                "speedup_ci_high", "speedup_verdict", "speedup_reference", "reps_stopped"]
+COMPARISON_COLUMNS = ["resolution", "case_a", "case_b", "ratio", "ci_low", "ci_high", "verdict"]
 TIMED = ("latency_ms", "vision_ms", "select_ms", "connector_ms", "prefill_ms", "decode_ms_per_token")
 Progress = Callable[[str, int], None]  # (description, steps just finished)
 
@@ -27,10 +35,41 @@ def paper_metrics(pipeline: str, n_patches: int, k: float | None) -> dict:
     return {"paper_flops_reduction": 1.0 - k / n_patches, "paper_theoretical_speedup": n_patches / k}
 
 
-def measure_cases(cases: list[Case], images: list, questions: list[str], resolution: int, reps: int,
-                  warmup: int, decode_tokens: int, flops: bool = True,
-                  progress: Progress | None = None) -> list[dict]:
-    """One row per case: FLOPs by stage, latency statistics by stage, tokens, k, peak memory."""
+MIN_AUTO_ROUNDS = 5  # --reps auto: at least this many timed rounds before judging the intervals
+MAX_AUTO_ROUNDS = 500
+AUTO_PRECISION = 0.05  # --reps auto stops when every interval's half-width is within 5 % of its ratio
+
+
+def timing_deadline(measure, parts: int, index: int, started: float | None = None) -> float | None:
+    """With --reps auto: the clock time by which part `index` of `parts` (resolutions) must stop timing,
+    sharing --max-time (default DEFAULT_MAX_TIME) equally. None with a fixed --reps."""
+    from qgsa_bench.config import DEFAULT_MAX_TIME
+
+    if measure.reps != "auto":
+        return None
+    budget = measure.max_time or DEFAULT_MAX_TIME
+    return (timing_clock() if started is None else started) + budget * (index + 1) / parts
+
+
+def case_labels(names: list[str]) -> list[str]:
+    """Names as given, numbered where one repeats (dense,dense -> dense#1, dense#2: an A/A check)."""
+    counts = {n: names.count(n) for n in names}
+    seen: dict[str, int] = {}
+    labels = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        labels.append(f"{n}#{seen[n]}" if counts[n] > 1 else n)
+    return labels
+
+
+def measure_cases(cases: list[Case], images: list, questions: list[str], resolution: int, reps: int | str,
+                  warmup: int, decode_tokens: int, flops: bool = True, progress: Progress | None = None,
+                  deadline: float | None = None) -> tuple[list[dict], list[dict]]:
+    """(one row per case: FLOPs by stage, latency statistics by stage, tokens, k, peak memory, speedup vs
+    the first dense case with its interval; one row per pair of cases: their latency ratio and interval).
+
+    `reps`: timed rounds, or "auto": rounds until every pairwise interval is within 5 % (at least
+    MIN_AUTO_ROUNDS, at most MAX_AUTO_ROUNDS) or the clock (`timing.now`) passes `deadline`."""
     adapter = cases[0].pipe.adapter
     cuda = adapter.device.type == "cuda"
     pixels = {}
@@ -39,7 +78,7 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
         res = case.pipe.resolution_for(case.pipeline, resolution)
         if res not in pixels:
             pixels[res] = adapter.pixel_values(images, res)
-        row = {"label": case.label, "pipeline": case.pipeline, "resolution": resolution,
+        row = {"case": case.label, "pipeline": case.pipeline, "resolution": resolution,
                "effective_resolution": res, "n_patches": adapter.n_patches(res)}
         if flops:
             row.update(count_stage_flops(case, pixels[res], questions, decode_tokens))
@@ -49,39 +88,80 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
 
     samples: list[list[dict]] = [[] for _ in cases]
     peaks = [0.0 for _ in cases]
-    for rep in range(warmup + reps):
+    auto = reps == "auto"
+    rounds, stopped = 0, "fixed --reps"
+    while True:
         order = list(range(len(cases)))
-        order = order[rep % len(order):] + order[: rep % len(order)]
-        for i in order:
-            case = cases[i]
-            res = rows[i]["effective_resolution"]
+        shift = rounds % len(order)
+        for i in order[shift:] + order[:shift]:  # alternate: every case runs once per round
             if cuda:
                 torch.cuda.reset_peak_memory_stats(adapter.device)
-            timing = time_once(case, pixels[res], questions, decode_tokens)
+            timing = time_once(cases[i], pixels[rows[i]["effective_resolution"]], questions, decode_tokens)
             if cuda:
                 peaks[i] = max(peaks[i], torch.cuda.max_memory_allocated(adapter.device) / 2**20)
-            if rep >= warmup:
+            if rounds >= warmup:
                 samples[i].append(timing)
             if progress:
-                progress(f"{resolution}px: {'warm-up' if rep < warmup else 'timing'} {case.label}", 1)
+                what = "warm-up" if rounds < warmup else f"timing round {rounds - warmup + 1}"
+                beyond = auto and rounds >= warmup + MIN_AUTO_ROUNDS  # not in the announced total
+                progress(f"{resolution}px: {what} {cases[i].label}", 0 if beyond else 1)
+        rounds += 1
+        timed = rounds - warmup
+        if not auto:
+            if timed >= reps:
+                break
+            continue
+        if timed < MIN_AUTO_ROUNDS:
+            continue
+        comparisons = compare(cases, samples)
+        if all(stats.half_width(c["ratio"], c["ci_low"], c["ci_high"]) <= AUTO_PRECISION for c in comparisons):
+            stopped = f"precision: every interval within {AUTO_PRECISION:.0%} after {timed} rounds"
+            break
+        if deadline is not None and timing_clock() >= deadline:
+            stopped = f"--max-time spent after {timed} rounds (intervals wider than {AUTO_PRECISION:.0%} remain)"
+            break
+        if timed >= MAX_AUTO_ROUNDS:
+            stopped = f"{MAX_AUTO_ROUNDS} rounds (intervals wider than {AUTO_PRECISION:.0%} remain)"
+            break
 
-    for row, runs, peak in zip(rows, samples, peaks):
-        lat = np.array([r["latency_ms"] for r in runs])
+    reference = next((i for i, c in enumerate(cases) if c.pipeline == "dense"), None)
+    for i, (row, runs, peak) in enumerate(zip(rows, samples, peaks)):
+        lat = stats.summary([r["latency_ms"] for r in runs])
         row.update({
-            "n": len(runs),
-            "n_visual_tokens": runs[0]["n_visual_tokens"],
-            "k": runs[0]["k"],
+            "n": lat["n"], "n_visual_tokens": runs[0]["n_visual_tokens"], "k": runs[0]["k"],
             "prompt_tokens": runs[0]["prompt_tokens"],
-            "latency_ms_median": float(np.median(lat)),
-            "latency_ms_p10": float(np.percentile(lat, 10)),
-            "latency_ms_p90": float(np.percentile(lat, 90)),
-            "peak_mem_mb": peak if cuda else None,
+            "latency_ms_median": lat["median"], "latency_ms_p10": lat["p10"], "latency_ms_p90": lat["p90"],
+            "latency_dispersion": lat["dispersion"], "latency_outliers": lat["outliers"], "unstable": lat["unstable"],
+            "peak_mem_mb": peak if cuda else None, "reps_stopped": stopped,
         })
         for key in TIMED[1:]:
             row[key] = float(np.median([r[key] for r in runs]))
         row.update(paper_metrics(row["pipeline"], row["n_patches"], row["k"]))
-    return rows
+        if reference is not None and i != reference and lat["n"] >= 2:
+            ratio, low, high = stats.ratio_interval([r["latency_ms"] for r in samples[reference]],
+                                                    [r["latency_ms"] for r in runs])
+            row.update({"speedup_vs_dense": ratio, "speedup_ci_low": low, "speedup_ci_high": high,
+                        "speedup_verdict": stats.verdict(low, high), "speedup_reference": cases[reference].label})
+    pairs = [{"resolution": resolution, **c} for c in compare(cases, samples)]
+    return rows, pairs
 
 
-def steps_per_resolution(n_cases: int, reps: int, warmup: int, flops: bool) -> int:
-    return n_cases * (reps + warmup) + (n_cases if flops else 0)
+def compare(cases: list[Case], samples: list[list[dict]]) -> list[dict]:
+    """Every pair (a, b), a before b: median latency of a / of b (b's speedup over a) with its interval."""
+    out = []
+    for i in range(len(cases)):
+        for j in range(i + 1, len(cases)):
+            a = [r["latency_ms"] for r in samples[i]]
+            b = [r["latency_ms"] for r in samples[j]]
+            if len(a) < 2:
+                continue
+            ratio, low, high = stats.ratio_interval(a, b)
+            out.append({"case_a": cases[i].label, "case_b": cases[j].label, "ratio": ratio, "ci_low": low,
+                        "ci_high": high, "verdict": stats.verdict(low, high)})
+    return out
+
+
+def steps_per_resolution(n_cases: int, reps: int | str, warmup: int, flops: bool) -> int:
+    """Progress steps of one resolution (with --reps auto: up to the first judgement of the intervals)."""
+    rounds = MIN_AUTO_ROUNDS if reps == "auto" else reps
+    return n_cases * (rounds + warmup) + (n_cases if flops else 0)

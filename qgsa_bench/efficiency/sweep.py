@@ -13,10 +13,12 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import SweepConfig
 from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import Progress, measure_cases, steps_per_resolution
+from qgsa_bench.efficiency.runner import (COMPARISON_COLUMNS, STAT_COLUMNS, Progress, case_labels, measure_cases,
+                                          steps_per_resolution, timing_clock, timing_deadline)
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
-from qgsa_bench.results import append_rows, check_same_settings, read_rows, run_meta, write_meta
+from qgsa_bench.results import (append_rows, check_same_settings, holds_out_folder, read_meta, read_rows, run_meta,
+                                write_meta)
 from qgsa_bench.runtime import device_name, dtype_name
 
 PAPER_K = 17  # the seed paper's mean k for SmolVLM-256M (Table 1), the default fixed budget
@@ -29,8 +31,9 @@ SWEEP_COLUMNS = [
     "paper_flops_reduction", "paper_theoretical_speedup",
     "latency_ms_median", "latency_ms_p10", "latency_ms_p90", "n",
     "vision_ms", "select_ms", "connector_ms", "prefill_ms", "decode_ms_per_token", "peak_mem_mb",
-    "unsupported_ops",
+    "unsupported_ops", "case", *STAT_COLUMNS,
 ]
+COMPARISONS_CSV = "comparisons.csv"
 
 
 def resolve_k(k: int | None, checkpoint: str | None) -> tuple[int | None, str]:
@@ -42,6 +45,7 @@ def resolve_k(k: int | None, checkpoint: str | None) -> tuple[int | None, str]:
     return PAPER_K, f"fixed k={PAPER_K} (the paper's mean k; random-init f_comp is meaningless)"
 
 
+@holds_out_folder
 def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> Path:
     m = cfg.measure
     for name in cfg.pipelines:
@@ -56,13 +60,16 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
     for size in cfg.sizes:
         check_k_fits(built.adapter.n_patches(size), size, k if sparse else None)
     csv_path = out / SWEEP_CSV
+    labels = dict(zip(case_labels(list(cfg.pipelines)), cfg.pipelines))  # dense,dense -> dense#1, dense#2
     done = set()
     if csv_path.exists():
         previous = read_rows(csv_path, ["resolution", "pipeline"])
-        done = set(zip(previous["resolution"].astype(int), previous["pipeline"]))
+        cases_done = previous["case"] if "case" in previous else previous["pipeline"]
+        done = set(zip(previous["resolution"].astype(int), cases_done))
     meta = run_meta(
         built, "sweep-resolution", settings,
         sizes=list(cfg.sizes), pipelines=list(cfg.pipelines), reps=m.reps, warmup=m.warmup, k_rule=k_note,
+        max_time_s=m.max_time, statistics=STATISTICS_NOTE,
         flop_convention="fvcore: one multiply-add = one FLOP; attention counted over the full Lq x Lk",
         timing=("CUDA events + synchronize per stage" if built.device.type == "cuda"
                 else "time.perf_counter per stage; peak memory not measured on CPU"),
@@ -75,20 +82,36 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
     base = {"model": m.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
             "device": meta["device"], "dtype": dtype_name(built.dtype), "batch": m.batch,
             "decode_tokens": m.decode_tokens}
-    todo = [(s, [p for p in cfg.pipelines if (s, p) not in done]) for s in cfg.sizes]
-    todo = [(s, ps) for s, ps in todo if ps]
+    todo = [(s, [c for c in labels if (s, c) not in done]) for s in cfg.sizes]
+    todo = [(s, cs) for s, cs in todo if cs]
     if progress:
-        total = sum(steps_per_resolution(len(ps), m.reps, m.warmup, m.count_flops) for _, ps in todo)
+        total = sum(steps_per_resolution(len(cs), m.reps, m.warmup, m.count_flops) for _, cs in todo)
         progress(f"{len(todo)} resolution(s) to measure", -total)  # negative: announce the total
-    for size, pipelines in todo:
-        cases = [Case(p, p, built.pipeline, k if p in SPARSE_PIPELINES else None) for p in pipelines]
-        rows = measure_cases(cases, images, questions, size, m.reps, m.warmup, m.decode_tokens,
-                             m.count_flops, progress)
+    started, unstable, stopping = timing_clock(), [], {}
+    for index, (size, todo_cases) in enumerate(todo):
+        cases = [Case(c, labels[c], built.pipeline, k if labels[c] in SPARSE_PIPELINES else None) for c in todo_cases]
+        rows, pairs = measure_cases(cases, images, questions, size, m.reps, m.warmup, m.decode_tokens,
+                                    m.count_flops, progress, timing_deadline(m, len(todo), index, started))
         append_rows(csv_path, [{**base, **row} for row in rows], SWEEP_COLUMNS)
+        append_rows(out / COMPARISONS_CSV, pairs, COMPARISON_COLUMNS)
+        unstable += [f"{size}px {r['case']}" for r in rows if r["unstable"]]
+        stopping[str(size)] = rows[0]["reps_stopped"]
+    if todo:
+        write_meta(out, {**meta, "unstable_cases": unstable, "reps_stopped": stopping})
+    if unstable and warn:
+        warn(f"{len(unstable)} case(s) timed unstably ({', '.join(unstable[:4])}{', ...' if len(unstable) > 4 else ''}: "
+             f"dispersion above 10 % or over 10 % outliers; flagged in the table): rerun with more --reps or "
+             f"--reps auto, on a quieter machine")
     from qgsa_bench.report import write_table4
 
-    write_table4(read_rows(csv_path), out / "table4.md", meta)
+    write_table4(read_rows(csv_path), out / "table4.md", read_meta(out))
     return out
+
+
+STATISTICS_NOTE = ("latency: median, p10, p90 over the timed rounds; dispersion = 1.4826 MAD / median; unstable = "
+                   "dispersion > 10 % or > 10 % outliers (modified z > 3.5); speedup vs dense = ratio of medians "
+                   "with a 95 % percentile-bootstrap interval over paired rounds (2,000 resamples); comparisons.csv: "
+                   "every pair of cases")
 
 
 def check_k_fits(n_patches: int, resolution: int, k: int | None) -> None:

@@ -1,0 +1,125 @@
+"""Timing statistics: exact facts of the summaries and intervals, and the A/A check under an injected,
+deterministic load (a fake clock), not timed tests."""
+
+import numpy as np
+import pytest
+
+from qgsa_bench.efficiency import stats, timing
+from qgsa_bench.efficiency.measure import Case
+from qgsa_bench.efficiency.runner import MIN_AUTO_ROUNDS, case_labels, measure_cases
+from qgsa_bench.models.idefics3 import Idefics3Adapter
+
+QUESTION = ["what color is the circle?"]
+
+
+def test_summary_and_flags_are_exact():
+    s = stats.summary([10, 10.1, 9.9, 10, 10.2, 9.8, 10.1, 9.9, 10, 10.3])
+    assert (s["n"], s["median"], s["outliers"], s["unstable"]) == (10, 10.0, 0, False)
+    assert s["dispersion"] == pytest.approx(1.4826 * 0.1 / 10)
+    assert stats.summary([10.0] * 10)["outliers"] == 0
+    tail = stats.summary([10.0] * 8 + [40.0, 41.0])  # MAD 0, yet a slow tail: counted against 0.1 % of the median
+    assert (tail["dispersion"], tail["outliers"], tail["unstable"]) == (0.0, 2, True)
+    noisy = stats.summary([10, 10.5, 9.5, 10.2, 9.8, 30, 10.1, 9.9, 10.3, 31])
+    assert noisy["outliers"] == 2 and noisy["unstable"]  # 20 % outliers > 10 %
+    spread = stats.summary([6, 8, 10, 12, 14])
+    assert spread["dispersion"] == pytest.approx(1.4826 * 2 / 10) and spread["unstable"]
+    assert spread["p10"] == pytest.approx(6.8) and spread["p90"] == pytest.approx(13.2)
+
+
+def test_ratio_interval_is_paired_and_deterministic():
+    rng = np.random.default_rng(1)
+    load = rng.uniform(1, 5, size=40)  # a neighbour's load, the same within a round
+    a, b = 10 * load, 5 * load * rng.uniform(0.98, 1.02, size=40)
+    ratio, low, high = stats.ratio_interval(a, b)
+    assert ratio == pytest.approx(np.median(a) / np.median(b)) and low < ratio < high
+    assert (ratio, low, high) == stats.ratio_interval(a, b)  # seeded resampling
+    assert stats.verdict(low, high) == "faster" and 1.8 < low and high < 2.2
+    assert stats.verdict(0.97, 1.04) == stats.NO_DIFFERENCE and stats.verdict(0.5, 0.9) == "slower"
+    assert stats.half_width(2.0, 1.9, 2.2) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="paired"):
+        stats.ratio_interval([1, 2, 3], [1, 2])
+
+
+def test_labels_number_a_repeated_pipeline():
+    assert case_labels(["dense", "qgsa", "dense"]) == ["dense#1", "qgsa", "dense#2"]
+    assert case_labels(["dense", "qgsa"]) == ["dense", "qgsa"]
+
+
+class LoadedClock:
+    """Fake time: each model call advances it by a cost proportional to its work, multiplied by the load
+    of a neighbouring process that comes in bursts (seeded: 1x, or 2-8x for a while)."""
+
+    def __init__(self, seed: int, busy: bool = True):
+        rng = np.random.default_rng(seed)
+        self.t, self.bursts = 0.0, []
+        start = 0.0
+        while busy and start < 1e4:
+            start += rng.exponential(0.05)
+            length = rng.exponential(0.05)
+            self.bursts.append((start, start + length, rng.uniform(2, 8)))
+            start += length
+
+    def load(self) -> float:
+        return next((f for s, e, f in self.bursts if s <= self.t < e), 1.0)
+
+    def charge(self, units: float) -> None:
+        self.t += units * 1e-4 * self.load()
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    def install(seed: int, busy: bool = True) -> LoadedClock:
+        fake = LoadedClock(seed, busy)
+        monkeypatch.setattr(timing, "now", lambda: fake.t)
+        for name, units in (("patch_features", lambda args: args[0].shape[-1] * args[0].shape[-2] / 64),
+                            ("prefill", lambda args: args[0].inputs_embeds.shape[1] * 4),
+                            ("decode_step", lambda args: 8)):
+            real = getattr(Idefics3Adapter, name)
+
+            def charged(self, *args, _real=real, _units=units, **kwargs):
+                fake.charge(_units(args))
+                return _real(self, *args, **kwargs)
+
+            monkeypatch.setattr(Idefics3Adapter, name, charged)
+        return fake
+
+    return install
+
+
+def _cases(tiny, names):
+    return [Case(label, name, tiny.pipeline) for label, name in zip(case_labels(names), names)]
+
+
+def test_aa_check_under_load_and_a_real_difference_found(tiny, images, clock):
+    """dense#1 vs dense#2 under a bursty neighbour: no measurable difference; dense vs dense-bypass (4x the
+    visual tokens, a longer prefill): measured as slower, with an interval excluding 1."""
+    fake = clock(seed=3)
+    rows, pairs = measure_cases(_cases(tiny, ["dense", "dense", "dense-bypass"]), images[:1], QUESTION, 64,
+                                reps=40, warmup=1, decode_tokens=3, flops=False)
+    by_pair = {(p["case_a"], p["case_b"]): p for p in pairs}
+    assert by_pair[("dense#1", "dense#2")]["verdict"] == stats.NO_DIFFERENCE
+    assert by_pair[("dense#1", "dense-bypass")]["verdict"] == "slower"
+    assert by_pair[("dense#2", "dense-bypass")]["verdict"] == "slower"
+    row = {r["case"]: r for r in rows}
+    assert row["dense#2"]["speedup_verdict"] == stats.NO_DIFFERENCE
+    assert row["dense-bypass"]["speedup_ci_high"] < 1.0 and row["dense-bypass"]["speedup_reference"] == "dense#1"
+    assert all(r["unstable"] for r in rows)  # the load is seen and flagged
+    assert any(f > 1 for _, _, f in fake.bursts if f)
+
+
+def test_without_load_the_same_cases_are_stable_and_auto_stops_on_precision(tiny, images, clock):
+    clock(seed=3, busy=False)
+    rows, pairs = measure_cases(_cases(tiny, ["dense", "dense", "dense-bypass"]), images[:1], QUESTION, 64,
+                                reps="auto", warmup=0, decode_tokens=3, flops=False)
+    assert not any(r["unstable"] for r in rows)
+    assert rows[0]["n"] == MIN_AUTO_ROUNDS  # no noise: the first judgement is already precise
+    assert rows[0]["reps_stopped"] == f"precision: every interval within 5% after {MIN_AUTO_ROUNDS} rounds"
+    assert {p["verdict"] for p in pairs if p["case_b"] == "dense#2"} == {stats.NO_DIFFERENCE}
+
+
+def test_auto_stops_at_the_deadline_when_intervals_stay_wide(tiny, images, clock):
+    fake = clock(seed=5)
+    rows, _ = measure_cases(_cases(tiny, ["dense", "dense"]), images[:1], QUESTION, 64, reps="auto", warmup=0,
+                            decode_tokens=2, flops=False, deadline=0.0)
+    assert rows[0]["reps_stopped"].startswith(f"--max-time spent after {MIN_AUTO_ROUNDS} rounds")
+    assert fake.t > 0
