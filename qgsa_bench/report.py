@@ -120,6 +120,21 @@ def table4_markdown(frame, meta: dict | None) -> str:
         "holds 1 no speedup is claimed. ⚠ unstable: robust dispersion above 10 % or over 10 % outliers "
         "(rerun with more --reps or --reps auto on a quieter machine).",
     ]
+    if "formula_fastv_prefill" in frame:
+        lines += ["", "The peers' accounting (formulas, not counts; for mapping these rows onto published tables):", "",
+                  "| Resolution | Pipeline | prompt tokens n | visual tokens entering the LM | visual tokens, "
+                  "mean over LM layers | FastV formula, prefill GFLOPs (2ndm FFN) | 3-matrix FFN formula (3ndm) "
+                  "| counted prefill GFLOPs (fvcore) |", "|---|---|---|---|---|---|---|---|"]
+        for _, r in frame.iterrows():
+            lines.append(f"| {int(r['resolution'])}px | {r['_case']} | {_fmt(r.get('prompt_tokens'), '.0f')} "
+                         f"| {_fmt(r['n_visual_tokens'], '.1f')} | {_fmt(r.get('visual_tokens_layer_avg'), '.1f')} "
+                         f"| {_fmt(r['formula_fastv_prefill'] / 1e9, '.3f')} | {_fmt(r['formula_ffn3_prefill'] / 1e9, '.3f')} "
+                         f"| {_fmt(r.get('flops_prefill', float('nan')) / 1e9, '.3f')} |")
+        lines += ["", "Formulas per LM layer, summed over layers, times the batch: FastV (Chen et al., ECCV 2024) "
+                  "4nd² + 2n²d + 2ndm; with a gated 3-matrix FFN as LLaMA-family LMs have, 4nd² + 2n²d + 3ndm "
+                  "(n prompt tokens, d LM width, m MLP width; multiply-adds). Both assume full-width K/V "
+                  "projections and leave out the LM head; the counted column is fvcore's count of our prefill "
+                  "(grouped-query K/V, norms, the head on the last position)."]
     if meta and meta.get("reps_stopped"):
         lines.append("Repetitions: " + "; ".join(f"{k}px: {v}" for k, v in meta["reps_stopped"].items()) + ".")
     unsupported = sorted({op for ops in frame.get("unsupported_ops", []).dropna() for op in str(ops).split(";") if op})

@@ -109,3 +109,15 @@ def test_every_flops_column_is_the_same_under_sdpa_and_eager(tiny, images):
     handle = count_flops(prefill, i.inputs_embeds, i.attention_mask, i.position_ids, modules=[tiny.loaded.model])
     dense = count_stage_flops(Case("dense", "dense", tiny.pipeline), pixels, QUESTIONS, 3)
     assert dense["flops_prefill_attention"] == handle.by_operator["scaled_dot_product_attention"] > 0
+
+
+def test_peer_formulas_beside_the_count(tiny):
+    """FastV's prefill estimate and the 3-matrix FFN variant, by hand for the tiny LM (d 64, m 128, 2 layers)."""
+    from qgsa_bench.efficiency.measure import peer_formulas
+
+    cfg = tiny.adapter.text_model.config
+    d, m, layers, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, 31
+    got = peer_formulas(tiny.adapter, n, 16.0, batch=2)
+    assert got["formula_fastv_prefill"] == 2 * layers * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
+    assert got["formula_ffn3_prefill"] - got["formula_fastv_prefill"] == 2 * layers * n * d * m
+    assert got["visual_tokens_layer_avg"] == 16.0

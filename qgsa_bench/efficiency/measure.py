@@ -124,6 +124,22 @@ def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[st
     return flops
 
 
+def peer_formulas(adapter, prompt_tokens: int, n_visual: float, batch: int) -> dict:
+    """The LM prefill as the peers' papers estimate it, for mapping our rows onto their tables (formulas,
+    not counts; multiply-adds like fvcore), for the whole batch:
+      FastV (Chen et al., ECCV 2024), per layer: 4nd^2 + 2n^2 d + 2ndm   (n tokens, d width, m MLP width)
+      the same with a 3-matrix (gated, SwiGLU) FFN, as LLaMA-family LMs have: 4nd^2 + 2n^2 d + 3ndm
+    summed over the LM's layers. Both assume full-width K/V projections (no grouped-query attention).
+    Visual tokens are given as entering the LM and averaged over its layers (the papers' "retained
+    tokens"); no pipeline here drops tokens inside the LM, so the two are equal."""
+    cfg = adapter.text_model.config
+    n, d, m, layers = prompt_tokens, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
+    base = 4 * n * d * d + 2 * n * n * d
+    return {"formula_fastv_prefill": batch * layers * (base + 2 * n * d * m),
+            "formula_ffn3_prefill": batch * layers * (base + 3 * n * d * m),
+            "visual_tokens_layer_avg": n_visual}
+
+
 def lm_attention_flops(adapter, queries: int, keys: int) -> int:
     """Multiply-adds of the LM's attention products (QK^T and AV) for `queries` query positions (summed
     over the batch) each over `keys` keys, in every layer and head: the SDPA handle's full-rectangle

@@ -15,10 +15,11 @@ import numpy as np
 import torch
 
 from qgsa_bench.efficiency import stats
-from qgsa_bench.efficiency.measure import Case, count_stage_flops, time_once
+from qgsa_bench.efficiency.measure import Case, count_stage_flops, peer_formulas, time_once
 from qgsa_bench.efficiency.timing import now as timing_clock
 
 # the timing statistics every results CSV carries beside its own columns (see stats and measure_cases)
+PEER_COLUMNS = ["formula_fastv_prefill", "formula_ffn3_prefill", "visual_tokens_layer_avg"]
 STAT_COLUMNS = ["latency_dispersion", "latency_outliers", "unstable", "speedup_vs_dense", "speedup_ci_low",
                 "speedup_ci_high", "speedup_verdict", "speedup_reference", "reps_stopped"]
 COMPARISON_COLUMNS = ["resolution", "case_a", "case_b", "ratio", "ci_low", "ci_high", "verdict"]
@@ -137,6 +138,7 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
         for key in TIMED[1:]:
             row[key] = float(np.median([r[key] for r in runs]))
         row.update(paper_metrics(row["pipeline"], row["n_patches"], row["k"]))
+        row.update(peer_formulas(adapter, row["prompt_tokens"], row["n_visual_tokens"], len(questions)))
         if reference is not None and i != reference and lat["n"] >= 2:
             ratio, low, high = stats.ratio_interval([r["latency_ms"] for r in samples[reference]],
                                                     [r["latency_ms"] for r in runs])

@@ -13,7 +13,8 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import SweepConfig
 from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import (COMPARISON_COLUMNS, STAT_COLUMNS, Progress, case_labels, measure_cases,
+from qgsa_bench.efficiency.runner import (COMPARISON_COLUMNS, PEER_COLUMNS, STAT_COLUMNS, Progress, case_labels,
+                                          measure_cases,
                                           steps_per_resolution, timing_clock, timing_deadline)
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
@@ -31,7 +32,7 @@ SWEEP_COLUMNS = [
     "paper_flops_reduction", "paper_theoretical_speedup",
     "latency_ms_median", "latency_ms_p10", "latency_ms_p90", "n",
     "vision_ms", "select_ms", "connector_ms", "prefill_ms", "decode_ms_per_token", "peak_mem_mb",
-    "unsupported_ops", "case", *STAT_COLUMNS,
+    "unsupported_ops", "case", *STAT_COLUMNS, *PEER_COLUMNS,
 ]
 COMPARISONS_CSV = "comparisons.csv"
 
