@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -53,14 +54,66 @@ def _command_line() -> str:
         value, opt = ctx.params[param.name], max(param.opts, key=len)
         if getattr(param, "is_flag", False):
             parts.append(opt if value else (param.secondary_opts or [opt])[0])
+        elif param.name in MULTI_VALUE:  # --sizes 224 336 ...: as typed
+            parts += [opt, *(_option_values(ctx, param.opts) or [])]
         elif isinstance(value, (list, tuple)):
             for item in value:
                 parts += [opt, str(item)]
-            if param.name == "sizes":
-                parts += list(ctx.args)  # --sizes 224 336 ...: the extra values
         else:
             parts += [opt, str(value)]
     return " ".join(shlex.quote(p) for p in parts)
+
+
+MULTI_VALUE = ("sizes", "batch")  # options that take several space-separated values (--sizes 224 336)
+
+
+class _RawArgsCommand(typer.core.TyperCommand):
+    """Keeps the tokens as typed, so that options taking several space-separated values can be told
+    apart (`--sizes 224 336 --batch 1 8`: Click leaves 336 and 8 as loose extra arguments)."""
+
+    def parse_args(self, ctx, args):
+        ctx.meta["qgsa_raw_args"] = list(args)
+        return super().parse_args(ctx, args)
+
+
+def _option_values(ctx, names) -> list[str] | None:
+    """The values typed after any of the option `names` (up to the next option), or None if not given."""
+    values, active = None, False
+    for token in ctx.meta.get("qgsa_raw_args", []):
+        if token.startswith("-") and not token.lstrip("-").replace(".", "", 1).isdigit():
+            name, eq, rest = token.partition("=")
+            active = name in names
+            if active:
+                values = values if values is not None else []
+                values += [rest] if eq else []
+        elif active:
+            values.append(token)
+    return values
+
+
+def _ints(ctx, option: str, default: list[str]) -> tuple[int, ...]:
+    """Positive integers given to a multi-value option (space- or comma-separated), else the default."""
+    values = _option_values(ctx, (option,))
+    numbers = []
+    for token in (default if values is None else values):
+        for part in str(token).split(","):
+            if not part.strip():
+                continue
+            try:
+                numbers.append(int(part))
+            except ValueError:
+                raise QGSAError(f"{option} takes integers (e.g. {option} 1 8 32), got '{part}'") from None
+    if not numbers or any(n <= 0 for n in numbers):
+        raise QGSAError(f"{option} needs positive integers, got {numbers or 'none'}")
+    return tuple(numbers)
+
+
+def _no_stray_arguments(ctx) -> None:
+    """Every loose argument Click left must be a value of a multi-value option."""
+    claimed = [v for name in MULTI_VALUE for v in (_option_values(ctx, (f"--{name}",)) or [])]
+    stray = [a for a in ctx.args if a not in claimed]
+    if stray:
+        raise QGSAError(f"unexpected argument(s) {' '.join(stray)}: only --sizes and --batch take several values")
 
 
 def friendly(func):
@@ -202,21 +255,6 @@ def _measure_config(**kwargs):
     return MeasureConfig(**kwargs)
 
 
-def _parse_sizes(values: list[str], extra: list[str]) -> tuple[int, ...]:
-    sizes = []
-    for token in [*values, *extra]:
-        for part in str(token).split(","):
-            if not part.strip():
-                continue
-            try:
-                sizes.append(int(part))
-            except ValueError:
-                raise QGSAError(f"--sizes takes integers (e.g. --sizes 224 336 384), got '{part}'") from None
-    if not sizes or any(s <= 0 for s in sizes):
-        raise QGSAError(f"--sizes needs positive resolutions, got {sizes or 'none'}")
-    return tuple(sizes)
-
-
 class _RichProgress:
     """Adapts the library's progress callback (description, steps) to a Rich progress bar."""
 
@@ -255,7 +293,8 @@ class _RichProgress:
             self.last_line = time.monotonic()
 
 
-@app.command("sweep-resolution", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command("sweep-resolution", cls=_RawArgsCommand,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 @friendly
 def sweep_resolution(
     ctx: typer.Context,
@@ -264,7 +303,8 @@ def sweep_resolution(
                                     help="Square resolutions in px, e.g. --sizes 224 336 384 448 576."),
     pipelines: str = typer.Option("dense,dense-bypass,qgsa,random", help="Comma-separated: " + PIPELINE_HELP),
     k: Optional[int] = OPT_K,
-    batch: int = OPT_BATCH,
+    batch: list[str] = typer.Option(["1"], "--batch", help="Batch size(s), e.g. --batch 1 8 32 (the same image and "
+                                                             "question repeated): latency and throughput per size."),
     device: str = OPT_DEVICE,
     dtype: str = OPT_DTYPE,
     attn: str = OPT_ATTN,
@@ -284,13 +324,15 @@ def sweep_resolution(
     from qgsa_bench.config import SweepConfig
     from qgsa_bench.efficiency.sweep import run_sweep
 
-    measure = _measure_config(model=model, weights=weights, batch=batch, device=device, dtype=dtype,
+    _no_stray_arguments(ctx)
+    batches = _ints(ctx, "--batch", batch)
+    measure = _measure_config(model=model, weights=weights, batch=batches[0], device=device, dtype=dtype,
                               attn_implementation=attn, reps=reps, max_time=max_time, warmup=warmup,
                               decode_tokens=decode_tokens,
                               k=k, checkpoint=str(checkpoint) if checkpoint else None, seed=seed, image=image,
                               question=question, count_flops=not no_flops)
-    cfg = SweepConfig(measure, _parse_sizes(sizes, ctx.args),
-                      tuple(p.strip() for p in pipelines.split(",") if p.strip()), str(out))
+    cfg = SweepConfig(measure, _ints(ctx, "--sizes", sizes),
+                      tuple(p.strip() for p in pipelines.split(",") if p.strip()), str(out), batches)
     with _RichProgress() as progress:
         folder = run_sweep(cfg, progress, warn=_warn)
     console.print((folder / "table4.md").read_text(), soft_wrap=True, markup=False)

@@ -113,6 +113,7 @@ class SweepConfig:
     sizes: tuple[int, ...] = (224, 336, 384, 448, 576)
     pipelines: tuple[str, ...] = ("dense", "dense-bypass", "qgsa", "random")
     out: str = "results/sweep"
+    batches: tuple[int, ...] = ()  # several batch sizes (--batch 1 8 32); empty: measure.batch
 
     def __post_init__(self):
         if not self.sizes:

@@ -41,7 +41,11 @@ def _fmt(value, spec: str = ".2f", suffix: str = "") -> str:
 
 
 def with_dense_comparison(frame):
-    """Add measured comparisons against the dense row at the same resolution."""
+    """Add measured comparisons against the dense row at the same resolution (and batch size)."""
+    if "batch" in frame and frame["batch"].nunique() > 1:
+        import pandas as pd
+
+        return pd.concat([with_dense_comparison(part) for _, part in frame.groupby("batch")])
     frame = frame.copy()
     # the reference: the first dense case at each resolution (dense#1 of an A/A pair)
     dense = frame[frame["pipeline"] == "dense"].drop_duplicates("resolution").set_index("resolution")
@@ -92,19 +96,24 @@ def _case(row) -> str:
 
 def table4_markdown(frame, meta: dict | None) -> str:
     frame = with_dense_comparison(frame)
-    frame = frame.assign(_case=[_case(r) for _, r in frame.iterrows()]).sort_values(["resolution", "_case"])
+    if "batch" not in frame:
+        frame = frame.assign(batch=(meta or {}).get("settings", {}).get("batch", 1))
+    frame = frame.assign(_case=[_case(r) for _, r in frame.iterrows()]).sort_values(["batch", "resolution", "_case"])
     lines = _header(meta, "Efficiency by resolution (cf. the paper's Table 4)")
     lines += [
-        "| Resolution | Pipeline | N patches | visual tokens to LM | latency ms median [p10–p90] "
-        "| measured speedup vs dense [95 % CI] | paper FLOPs↓ (1−k/N) | paper speedup (N/k) "
-        "| end-to-end GFLOPs | measured end-to-end FLOPs↓ vs dense | LM visual-attention FLOPs↓ vs dense |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| Batch | Resolution | Pipeline | N patches | visual tokens to LM | latency ms median [p10–p90] "
+        "| measured speedup vs dense [95 % CI] | images/s | generated tokens/s | paper FLOPs↓ (1−k/N) "
+        "| paper speedup (N/k) | end-to-end GFLOPs | measured end-to-end FLOPs↓ vs dense "
+        "| LM visual-attention FLOPs↓ vs dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for _, r in frame.iterrows():
         lines.append(
-            f"| {int(r['resolution'])}px | {r['_case']} | {int(r['n_patches'])} | {_fmt(r['n_visual_tokens'], '.0f')} "
+            f"| {int(r['batch'])} | {int(r['resolution'])}px | {r['_case']} | {int(r['n_patches'])} "
+            f"| {_fmt(r['n_visual_tokens'], '.0f')} "
             f"| {_fmt(r['latency_ms_median'])} [{_fmt(r.get('latency_ms_p10'))}–{_fmt(r.get('latency_ms_p90'))}] "
-            f"| {speedup_cell(r)} | {_fmt(100 * r['paper_flops_reduction'], '.1f', '%')} "
+            f"| {speedup_cell(r)} | {_fmt(r.get('throughput_images_per_s'), '.2f')} "
+            f"| {_fmt(r.get('throughput_tokens_per_s'), '.1f')} | {_fmt(100 * r['paper_flops_reduction'], '.1f', '%')} "
             f"| {_fmt(r['paper_theoretical_speedup'], '.1f', '×')} | {_fmt(r['flops_total'] / 1e9, '.2f')} "
             f"| {_fmt(100 * r['measured_flops_reduction'], '.1f', '%')} | {_fmt(100 * r['attn_visual_reduction'], '.1f', '%')} |"
         )
@@ -122,11 +131,11 @@ def table4_markdown(frame, meta: dict | None) -> str:
     ]
     if "formula_fastv_prefill" in frame:
         lines += ["", "The peers' accounting (formulas, not counts; for mapping these rows onto published tables):", "",
-                  "| Resolution | Pipeline | prompt tokens n | visual tokens entering the LM | visual tokens, "
+                  "| Batch | Resolution | Pipeline | prompt tokens n | visual tokens entering the LM | visual tokens, "
                   "mean over LM layers | FastV formula, prefill GFLOPs (2ndm FFN) | 3-matrix FFN formula (3ndm) "
-                  "| counted prefill GFLOPs (fvcore) |", "|---|---|---|---|---|---|---|---|"]
+                  "| counted prefill GFLOPs (fvcore) |", "|---|---|---|---|---|---|---|---|---|"]
         for _, r in frame.iterrows():
-            lines.append(f"| {int(r['resolution'])}px | {r['_case']} | {_fmt(r.get('prompt_tokens'), '.0f')} "
+            lines.append(f"| {int(r['batch'])} | {int(r['resolution'])}px | {r['_case']} | {_fmt(r.get('prompt_tokens'), '.0f')} "
                          f"| {_fmt(r['n_visual_tokens'], '.1f')} | {_fmt(r.get('visual_tokens_layer_avg'), '.1f')} "
                          f"| {_fmt(r['formula_fastv_prefill'] / 1e9, '.3f')} | {_fmt(r['formula_ffn3_prefill'] / 1e9, '.3f')} "
                          f"| {_fmt(r.get('flops_prefill', float('nan')) / 1e9, '.3f')} |")
@@ -136,7 +145,8 @@ def table4_markdown(frame, meta: dict | None) -> str:
                   "projections and leave out the LM head; the counted column is fvcore's count of our prefill "
                   "(grouped-query K/V, norms, the head on the last position)."]
     if meta and meta.get("reps_stopped"):
-        lines.append("Repetitions: " + "; ".join(f"{k}px: {v}" for k, v in meta["reps_stopped"].items()) + ".")
+        lines.append("Repetitions: " + "; ".join(f"{k}{'px' if str(k).isdigit() else ''}: {v}"
+                                                 for k, v in meta["reps_stopped"].items()) + ".")
     unsupported = sorted({op for ops in frame.get("unsupported_ops", []).dropna() for op in str(ops).split(";") if op})
     if unsupported:
         lines.append(f"Ops fvcore could not count (not elementwise): {', '.join(unsupported)}.")
@@ -444,7 +454,7 @@ def make_report(folders: list[Path] | None, out: Path, warn=None) -> list[Path]:
         sections.append(text)
         written += files
         if "sweep" in tables:
-            sweeps.append((meta, tables["sweep"]))
+            sweeps += per_batch(meta, tables["sweep"])
     if sweeps:
         written += [figure_latency(sweeps, out / "fig2_latency_vs_resolution.png"),
                     figure_flops_reduction(sweeps, out / "fig3_flops_reduction.png"),
@@ -455,13 +465,44 @@ def make_report(folders: list[Path] | None, out: Path, warn=None) -> list[Path]:
     return [out / "report.md", *written]
 
 
+def per_batch(meta: dict, frame) -> list[tuple[dict, object]]:
+    """A sweep's rows split by batch size, each with a meta that names its batch (for the figures)."""
+    if "batch" not in frame:
+        return [(meta, frame)]
+    return [({**meta, "settings": {**meta.get("settings", {}), "batch": int(b)}}, part)
+            for b, part in frame.groupby("batch")]
+
+
+def figure_batch_scaling(meta: dict, frame, path: Path) -> Path:
+    """Throughput (images/s) against batch size, one panel per resolution, one line per pipeline."""
+    plt = _plt()
+    sizes = sorted(frame["resolution"].unique())
+    fig, axes = plt.subplots(1, len(sizes), figsize=(3.2 * len(sizes), 3.4), squeeze=False)
+    for ax, size in zip(axes[0], sizes):
+        part = frame[frame["resolution"] == size]
+        for case, rows in part.assign(_case=[_case(r) for _, r in part.iterrows()]).groupby("_case"):
+            rows = rows.sort_values("batch")
+            ax.plot(rows["batch"], rows["throughput_images_per_s"], "o-", label=case)
+        ax.set(xscale="log", xlabel="batch", title=f"{int(size)}px")
+        ax.set_xticks(sorted(part["batch"].unique()), [str(int(b)) for b in sorted(part["batch"].unique())])
+    axes[0][0].set_ylabel("images / s (median latency)")
+    axes[0][-1].legend(fontsize=7)
+    fig.suptitle(f"Batch scaling: {meta.get('model', '?')}, {meta.get('device', '')}", fontsize=9)
+    return _save(fig, path, top=0.9)
+
+
 def _folder_section(folder: Path, meta: dict, tables: dict, out: Path, slug: str) -> tuple[str, list[Path]]:
     """One results folder's tables (and its own figures) as Markdown."""
     parts, written = [f"# {folder}\n"], []
     if "sweep" in tables:
-        parts.append(table4_markdown(tables["sweep"], meta))
-        written.append(figure_stages(meta, tables["sweep"], out / f"stages_{slug}.png"))
-        parts.append(f"![per-stage time](stages_{slug}.png)\n")
+        frame = tables["sweep"]
+        parts.append(table4_markdown(frame, meta))
+        first = per_batch(meta, frame)[0]
+        written.append(figure_stages(*first, out / f"stages_{slug}.png"))
+        parts.append(f"![per-stage time, batch {first[0].get('settings', {}).get('batch', '?')}](stages_{slug}.png)\n")
+        if "batch" in frame and frame["batch"].nunique() > 1 and "throughput_images_per_s" in frame:
+            written.append(figure_batch_scaling(meta, frame, out / f"batch_{slug}.png"))
+            parts.append(f"![batch scaling](batch_{slug}.png)\n")
     if "ablate" in tables:
         parts.append(table5_markdown(tables["ablate"], meta))
         written.append(figure_ablation(meta, tables["ablate"], out / f"fig5_ablation_{slug}.png"))

@@ -44,9 +44,9 @@ def test_sweep_resume_settings_guard_and_report(tmp_path):
     assert len(again) == 9 and again.iloc[:6].equals(frame)
     assert sorted(again.resolution.unique()) == [40, 64, 80]
 
-    # other settings into the same folder: refused, nothing lost
-    result = invoke("sweep-resolution", *FAST, "--batch", "2", "--sizes", "48", "--out", out)
-    assert result.exit_code == 2 and "holds results made with other settings (batch differ)" in result.stderr
+    # other settings into the same folder: refused, nothing lost (a batch size is not one: rows carry it)
+    result = invoke("sweep-resolution", *FAST[:-2], "--device", "cpu", "--dtype", "bf16", "--sizes", "48", "--out", out)
+    assert result.exit_code == 2 and "holds results made with other settings (dtype differ)" in result.stderr
     assert pd.read_csv(out / "sweep.csv").equals(again)
 
     result = invoke("report", "--results", out, "--out", tmp_path / "report")
@@ -194,3 +194,35 @@ def test_a_torn_sweep_csv_is_found_before_measuring(tmp_path):
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and "ends in the middle of a row" in lines[0], result.stderr
     assert (out / "sweep.csv").read_text().endswith(text.splitlines()[-1][:40])  # nothing lost, nothing measured
+
+
+def test_batch_scaling_and_the_aa_pair_in_one_sweep(tmp_path):
+    out = tmp_path / "b"
+    result = invoke("sweep-resolution", *FAST, "--sizes", "64", "80", "--batch", "1", "2", "--pipelines",
+                    "dense,dense,qgsa", "--reps", "3", "--out", out)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(out / "sweep.csv")
+    assert len(frame) == 12 and sorted(frame.batch.unique()) == [1, 2]
+    assert sorted(frame.case.unique()) == ["dense#1", "dense#2", "qgsa"]
+    one, two = (frame[(frame.batch == b) & (frame.resolution == 64)].set_index("case") for b in (1, 2))
+    assert (two.flops_total == 2 * one.flops_total).all() and (two.attn_visual_flops == 2 * one.attn_visual_flops).all()
+    rate = frame.batch / (frame.latency_ms_median / 1000)  # CSV values carry 6 decimals
+    assert ((frame.throughput_images_per_s - rate).abs() <= 1e-5 * rate).all()
+    assert ((frame.throughput_tokens_per_s - 2 * rate).abs() <= 1e-5 * rate).all()  # 2 generated tokens
+    assert set(frame[frame.case == "dense#2"].speedup_reference) == {"dense#1"}
+    pairs = pd.read_csv(out / "comparisons.csv")
+    assert len(pairs) == 4 * 3 and set(pairs.batch) == {1, 2}
+    meta = json.loads((out / "meta.json").read_text())
+    assert "--sizes 64 80" in meta["command"] and "--batch 1 2" in meta["command"] and "batch" not in meta["settings"]
+    assert meta["batches"] == [1, 2] and len(meta["reps_stopped"]) == 4
+    table = (out / "table4.md").read_text()
+    assert "| 2 | 80px | dense#2 |" in table and "images/s" in table
+    result = invoke("report", "--results", out, "--out", tmp_path / "r")
+    assert result.exit_code == 0 and (tmp_path / "r" / "batch_b.png").exists()
+    result = invoke("sweep-resolution", *FAST, "--sizes", "64", "--batch", "1", "4", "--pipelines",
+                    "dense,dense,qgsa", "--reps", "2", "--out", out)  # a new batch size: only it is measured
+    assert result.exit_code == 0 and len(pd.read_csv(out / "sweep.csv")) == 15
+    result = invoke("sweep-resolution", *FAST, "--model", "tiny", "stray", "--out", tmp_path / "c")
+    assert result.exit_code == 2 and "unexpected argument(s) stray" in result.stderr
+    result = invoke("sweep-resolution", *FAST, "--batch", "0", "--out", tmp_path / "d")
+    assert result.exit_code == 2 and "--batch needs positive integers" in result.stderr

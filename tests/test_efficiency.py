@@ -121,3 +121,16 @@ def test_peer_formulas_beside_the_count(tiny):
     assert got["formula_fastv_prefill"] == 2 * layers * (4 * n * d * d + 2 * n * n * d + 2 * n * d * m)
     assert got["formula_ffn3_prefill"] - got["formula_fastv_prefill"] == 2 * layers * n * d * m
     assert got["visual_tokens_layer_avg"] == 16.0
+
+
+def test_flops_of_a_larger_batch_of_one_sample_are_the_counted_batch_scaled(tiny, images):
+    """The sweep counts FLOPs once per case and scales them to other batch sizes (the same image and question
+    repeated): exactly what counting at that batch gives, column by column."""
+    from qgsa_bench.efficiency.runner import FLOP_KEYS, stage_flops
+
+    case, memo = Case("qgsa", "qgsa", tiny.pipeline, 5), {}
+    one = stage_flops(case, tiny.adapter.pixel_values(images[:1], 64), QUESTIONS[:1], 3, 64, memo)
+    three = stage_flops(case, tiny.adapter.pixel_values(images[:1] * 3, 64), QUESTIONS[:1] * 3, 3, 64, memo)
+    counted = count_stage_flops(case, tiny.adapter.pixel_values(images[:1] * 3, 64), QUESTIONS[:1] * 3, 3)
+    assert len(memo) == 1 and {k: three[k] for k in FLOP_KEYS} == {k: counted[k] for k in FLOP_KEYS}
+    assert three["flops_total"] == 3 * one["flops_total"]

@@ -123,3 +123,52 @@ def test_auto_stops_at_the_deadline_when_intervals_stay_wide(tiny, images, clock
                             decode_tokens=2, flops=False, deadline=0.0)
     assert rows[0]["reps_stopped"].startswith(f"--max-time spent after {MIN_AUTO_ROUNDS} rounds")
     assert fake.t > 0
+
+
+class FakeCuda:
+    """CUDA events and synchronize on the fake clock: counts synchronisations and events recorded."""
+
+    def __init__(self, fake):
+        self.fake, self.syncs, self.events = fake, 0, 0
+
+    def event(self):
+        outer = self
+
+        class Event:
+            def record(self):
+                outer.events += 1
+                self.t = outer.fake.t
+
+            def elapsed_time(self, other):
+                return (other.t - self.t) * 1000.0
+
+        return Event()
+
+    def synchronize(self):
+        self.syncs += 1
+
+
+def test_gpu_stages_are_marked_without_synchronising_between_them(tiny, images, clock, monkeypatch):
+    """On GPU a run records an event at each stage boundary and synchronises once, at the end; the same
+    run as one region records two events; the difference of the totals is the cost of observing."""
+    import torch
+
+    from qgsa_bench.efficiency import measure
+    from qgsa_bench.efficiency.runner import time_run
+
+    fake = clock(seed=1, busy=False)
+    cuda = FakeCuda(fake)
+    monkeypatch.setattr(measure, "clock_for", lambda device: timing.StageClock(
+        torch.device("cuda"), event=cuda.event, synchronize=cuda.synchronize))
+    pixels = tiny.adapter.pixel_values(images[:1], 64)
+    case = Case("dense", "dense", tiny.pipeline)
+    staged = measure.time_once(case, pixels, QUESTION, 3)
+    assert (cuda.events, cuda.syncs) == (5, 1)
+    stages = staged["vision_ms"] + staged["connector_ms"] + staged["prefill_ms"] + 2 * staged["decode_ms_per_token"]
+    assert staged["latency_ms"] == pytest.approx(stages) and staged["prefill_ms"] > 0
+    whole = measure.time_once(case, pixels, QUESTION, 3, stages=False)
+    assert (cuda.events, cuda.syncs) == (7, 2) and np.isnan(whole["vision_ms"])
+    assert whole["latency_ms"] == pytest.approx(staged["latency_ms"])  # fake work costs the same either way
+    both = time_run(case, pixels, QUESTION, 3, cuda=True)
+    assert (cuda.events, cuda.syncs) == (14, 4)
+    assert both["staged_latency_ms"] == pytest.approx(both["latency_ms"])

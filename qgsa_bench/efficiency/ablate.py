@@ -16,7 +16,8 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import AblateConfig
 from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import STAT_COLUMNS, Progress, measure_cases, steps_per_resolution, timing_deadline
+from qgsa_bench.efficiency.runner import (STAT_COLUMNS, THROUGHPUT_COLUMNS, Progress, measure_cases,
+                                          steps_per_resolution, timing_deadline)
 from qgsa_bench.efficiency.sweep import PAPER_K, check_k_fits
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.pipeline import Pipeline
@@ -39,6 +40,7 @@ ABLATE_COLUMNS = [
     "qgsa_weights", "n_patches", "n_visual_tokens", "k", "decode_tokens", "latency_ms_median",
     "latency_ms_p10", "latency_ms_p90", "n", "vision_ms", "select_ms", "connector_ms", "prefill_ms",
     "decode_ms_per_token", "flops_total", "peak_mem_mb", "accuracy", "accuracy_n", *STAT_COLUMNS,
+    *THROUGHPUT_COLUMNS,
 ]
 # how `qgsa ablate --train-dataset` trains each configuration (qgsa train options)
 TRAIN_FLAGS = {

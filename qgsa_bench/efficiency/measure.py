@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from qgsa_bench.efficiency.flops import count_flops
-from qgsa_bench.efficiency.timing import Stopwatch
+from qgsa_bench.efficiency.timing import StageClock
 from qgsa_bench.pipeline import Pipeline
 
 STAGES = ("vision", "select", "connector", "prefill", "decode")
@@ -44,29 +44,41 @@ def _forced_decode(adapter, logits, inputs, cache, steps: int):
     return ids
 
 
+def clock_for(device) -> StageClock:
+    """The stage clock of a device (tests replace it with one on fake CUDA events)."""
+    return StageClock(device)
+
+
 @torch.no_grad()
-def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], decode_tokens: int) -> dict:
-    """One timed end-to-end run; each stage ends with a synchronize (CUDA) before the next starts."""
+def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], decode_tokens: int,
+              stages: bool = True) -> dict:
+    """One timed end-to-end run. With `stages`, a mark at every stage boundary (CUDA events on the stream,
+    no synchronisation until the end); without, only at the start and the end: the run as one region,
+    nothing observed in between (`latency_ms` only; the stage fields are NaN)."""
     pipe, a = case.pipe, case.pipe.adapter
-    dev = a.device
-    with Stopwatch(dev) as t_vision:
-        V = a.patch_features(pixel_values)
-    with Stopwatch(dev) as t_select:
-        q = None if case.pipeline == "dense" else a.question_embedding(questions)
-        tokens, valid, selection = pipe.visual_tokens(case.pipeline, V, q, case.k)
-    with Stopwatch(dev) as t_prefill:
-        inputs = a.build_inputs(tokens, questions, valid)
-        logits, cache = a.prefill(inputs)
-    with Stopwatch(dev) as t_decode:
-        _forced_decode(a, logits, inputs, cache, decode_tokens - 1)
+    clock = clock_for(a.device)
+    mark = clock.mark if stages else (lambda: None)
+    clock.mark()
+    V = a.patch_features(pixel_values)
+    mark()
+    q = None if case.pipeline == "dense" else a.question_embedding(questions)
+    tokens, valid, selection = pipe.visual_tokens(case.pipeline, V, q, case.k)
+    mark()
+    inputs = a.build_inputs(tokens, questions, valid)
+    logits, cache = a.prefill(inputs)
+    mark()
+    _forced_decode(a, logits, inputs, cache, decode_tokens - 1)
+    clock.mark()
+    ms = clock.intervals_ms()
+    vision, select, prefill, decode = ms if stages else [float("nan")] * 4
     dense = case.pipeline == "dense"
     return {
-        "vision_ms": t_vision.ms,
-        "select_ms": 0.0 if dense else t_select.ms,
-        "connector_ms": t_select.ms if dense else 0.0,
-        "prefill_ms": t_prefill.ms,
-        "decode_ms_per_token": t_decode.ms / max(decode_tokens - 1, 1),
-        "latency_ms": t_vision.ms + t_select.ms + t_prefill.ms + t_decode.ms,
+        "vision_ms": vision,
+        "select_ms": 0.0 if dense else select,
+        "connector_ms": select if dense else 0.0,
+        "prefill_ms": prefill,
+        "decode_ms_per_token": decode / max(decode_tokens - 1, 1),
+        "latency_ms": sum(ms),
         "n_visual_tokens": float(inputs.n_visual.float().mean()),
         "k": None if selection is None or case.pipeline == "dense-bypass" else float(selection.k.float().mean()),
         "prompt_tokens": int(inputs.attention_mask.shape[1]),

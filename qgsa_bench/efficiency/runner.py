@@ -21,8 +21,10 @@ from qgsa_bench.efficiency.timing import now as timing_clock
 # the timing statistics every results CSV carries beside its own columns (see stats and measure_cases)
 PEER_COLUMNS = ["formula_fastv_prefill", "formula_ffn3_prefill", "visual_tokens_layer_avg"]
 STAT_COLUMNS = ["latency_dispersion", "latency_outliers", "unstable", "speedup_vs_dense", "speedup_ci_low",
-                "speedup_ci_high", "speedup_verdict", "speedup_reference", "reps_stopped"]
-COMPARISON_COLUMNS = ["resolution", "case_a", "case_b", "ratio", "ci_low", "ci_high", "verdict"]
+                "speedup_ci_high", "speedup_verdict", "speedup_reference", "reps_stopped",
+                "staged_latency_ms_median", "observation_cost_ms"]
+THROUGHPUT_COLUMNS = ["throughput_images_per_s", "throughput_tokens_per_s"]
+COMPARISON_COLUMNS = ["batch", "resolution", "case_a", "case_b", "ratio", "ci_low", "ci_high", "verdict"]
 TIMED = ("latency_ms", "vision_ms", "select_ms", "connector_ms", "prefill_ms", "decode_ms_per_token")
 Progress = Callable[[str, int], None]  # (description, steps just finished)
 
@@ -65,12 +67,13 @@ def case_labels(names: list[str]) -> list[str]:
 
 def measure_cases(cases: list[Case], images: list, questions: list[str], resolution: int, reps: int | str,
                   warmup: int, decode_tokens: int, flops: bool = True, progress: Progress | None = None,
-                  deadline: float | None = None) -> tuple[list[dict], list[dict]]:
+                  deadline: float | None = None, flop_memo: dict | None = None) -> tuple[list[dict], list[dict]]:
     """(one row per case: FLOPs by stage, latency statistics by stage, tokens, k, peak memory, speedup vs
     the first dense case with its interval; one row per pair of cases: their latency ratio and interval).
 
     `reps`: timed rounds, or "auto": rounds until every pairwise interval is within 5 % (at least
-    MIN_AUTO_ROUNDS, at most MAX_AUTO_ROUNDS) or the clock (`timing.now`) passes `deadline`."""
+    MIN_AUTO_ROUNDS, at most MAX_AUTO_ROUNDS) or the clock (`timing.now`) passes `deadline`.
+    `flop_memo`: FLOPs already counted (see `stage_flops`), shared across calls by the caller."""
     adapter = cases[0].pipe.adapter
     cuda = adapter.device.type == "cuda"
     pixels = {}
@@ -82,7 +85,8 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
         row = {"case": case.label, "pipeline": case.pipeline, "resolution": resolution,
                "effective_resolution": res, "n_patches": adapter.n_patches(res)}
         if flops:
-            row.update(count_stage_flops(case, pixels[res], questions, decode_tokens))
+            row.update(stage_flops(case, pixels[res], questions, decode_tokens, res,
+                                   {} if flop_memo is None else flop_memo))
         rows.append(row)
         if progress:
             progress(f"{resolution}px: FLOPs {case.label}", 1)
@@ -97,7 +101,7 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
         for i in order[shift:] + order[:shift]:  # alternate: every case runs once per round
             if cuda:
                 torch.cuda.reset_peak_memory_stats(adapter.device)
-            timing = time_once(cases[i], pixels[rows[i]["effective_resolution"]], questions, decode_tokens)
+            timing = time_run(cases[i], pixels[rows[i]["effective_resolution"]], questions, decode_tokens, cuda)
             if cuda:
                 peaks[i] = max(peaks[i], torch.cuda.max_memory_allocated(adapter.device) / 2**20)
             if rounds >= warmup:
@@ -134,7 +138,12 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
             "latency_ms_median": lat["median"], "latency_ms_p10": lat["p10"], "latency_ms_p90": lat["p90"],
             "latency_dispersion": lat["dispersion"], "latency_outliers": lat["outliers"], "unstable": lat["unstable"],
             "peak_mem_mb": peak if cuda else None, "reps_stopped": stopped,
+            "staged_latency_ms_median": float(np.median([r["staged_latency_ms"] for r in runs])),
         })
+        row["observation_cost_ms"] = row["staged_latency_ms_median"] - row["latency_ms_median"]
+        seconds = row["latency_ms_median"] / 1000.0  # one end-to-end run of the whole batch
+        row["throughput_images_per_s"] = len(questions) / seconds
+        row["throughput_tokens_per_s"] = len(questions) * decode_tokens / seconds
         for key in TIMED[1:]:
             row[key] = float(np.median([r[key] for r in runs]))
         row.update(paper_metrics(row["pipeline"], row["n_patches"], row["k"]))
@@ -146,6 +155,38 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
                         "speedup_verdict": stats.verdict(low, high), "speedup_reference": cases[reference].label})
     pairs = [{"resolution": resolution, **c} for c in compare(cases, samples)]
     return rows, pairs
+
+
+FLOP_KEYS = ("flops_total", "flops_vision", "flops_select", "flops_connector", "flops_prefill",
+             "flops_decode_per_token", "flops_lm_head", "flops_prefill_attention", "attn_visual_flops")
+
+
+def stage_flops(case: Case, pixel_values, questions: list[str], decode_tokens: int, resolution: int,
+                memo: dict) -> dict:
+    """count_stage_flops, counted once per (pipeline, k, resolution, module): an A/A pair counts once, and a
+    larger batch of the same image and question is the counted batch scaled exactly (every count is
+    linear in the batch when the samples are identical: no padding differs)."""
+    key = (case.pipeline, case.k, resolution, id(case.pipe))
+    batch = len(questions)
+    if key not in memo:
+        memo[key] = (batch, count_stage_flops(case, pixel_values, questions, decode_tokens))
+    counted_batch, counted = memo[key]
+    if counted_batch == batch:
+        return dict(counted)
+    return {k: (v // counted_batch * batch if k in FLOP_KEYS else v) for k, v in counted.items()}
+
+
+def time_run(case: Case, pixel_values, questions: list[str], decode_tokens: int, cuda: bool) -> dict:
+    """One round's measurement of a case. On GPU two runs: with CUDA events at the stage boundaries (the
+    stages) and as one region with no boundary (`latency_ms`, the end-to-end time every statistic
+    uses); `staged_latency_ms` is the first run's total, so their difference is the cost of observing
+    stages. On CPU one run: perf_counter reads at the boundaries cost nothing measurable (the two are
+    the same number)."""
+    staged = time_once(case, pixel_values, questions, decode_tokens)
+    if not cuda:
+        return {**staged, "staged_latency_ms": staged["latency_ms"]}
+    whole = time_once(case, pixel_values, questions, decode_tokens, stages=False)
+    return {**staged, "staged_latency_ms": staged["latency_ms"], "latency_ms": whole["latency_ms"]}
 
 
 def compare(cases: list[Case], samples: list[list[dict]]) -> list[dict]:

@@ -13,9 +13,9 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import SweepConfig
 from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import (COMPARISON_COLUMNS, PEER_COLUMNS, STAT_COLUMNS, Progress, case_labels,
-                                          measure_cases,
-                                          steps_per_resolution, timing_clock, timing_deadline)
+from qgsa_bench.efficiency.runner import (COMPARISON_COLUMNS, PEER_COLUMNS, STAT_COLUMNS, THROUGHPUT_COLUMNS,
+                                          Progress, case_labels, measure_cases, steps_per_resolution, timing_clock,
+                                          timing_deadline)
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
 from qgsa_bench.results import (append_rows, check_same_settings, holds_out_folder, read_meta, read_rows, run_meta,
@@ -32,7 +32,7 @@ SWEEP_COLUMNS = [
     "paper_flops_reduction", "paper_theoretical_speedup",
     "latency_ms_median", "latency_ms_p10", "latency_ms_p90", "n",
     "vision_ms", "select_ms", "connector_ms", "prefill_ms", "decode_ms_per_token", "peak_mem_mb",
-    "unsupported_ops", "case", *STAT_COLUMNS, *PEER_COLUMNS,
+    "unsupported_ops", "case", *STAT_COLUMNS, *PEER_COLUMNS, *THROUGHPUT_COLUMNS,
 ]
 COMPARISONS_CSV = "comparisons.csv"
 
@@ -55,6 +55,7 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
     built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
                   attn_implementation=m.attn_implementation, warn=warn)
     settings = {**m.settings(), "device": device_name(built.device)}
+    settings.pop("batch")  # rows carry their batch size: a later run may add sizes to the folder
     check_same_settings(out, settings)
     k, k_note = resolve_k(m.k, m.checkpoint)
     sparse = any(p in SPARSE_PIPELINES for p in cfg.pipelines)
@@ -62,41 +63,43 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
         check_k_fits(built.adapter.n_patches(size), size, k if sparse else None)
     csv_path = out / SWEEP_CSV
     labels = dict(zip(case_labels(list(cfg.pipelines)), cfg.pipelines))  # dense,dense -> dense#1, dense#2
+    batches = cfg.batches or (m.batch,)
     done = set()
     if csv_path.exists():
-        previous = read_rows(csv_path, ["resolution", "pipeline"])
-        cases_done = previous["case"] if "case" in previous else previous["pipeline"]
-        done = set(zip(previous["resolution"].astype(int), cases_done))
+        previous = read_rows(csv_path, ["resolution", "pipeline", "batch"])
+        cases_done = previous["case"].fillna(previous["pipeline"]) if "case" in previous else previous["pipeline"]
+        done = set(zip(previous["batch"].astype(int), previous["resolution"].astype(int), cases_done))
     meta = run_meta(
         built, "sweep-resolution", settings,
-        sizes=list(cfg.sizes), pipelines=list(cfg.pipelines), reps=m.reps, warmup=m.warmup, k_rule=k_note,
-        max_time_s=m.max_time, statistics=STATISTICS_NOTE,
+        sizes=list(cfg.sizes), batches=list(batches), pipelines=list(cfg.pipelines), reps=m.reps, warmup=m.warmup,
+        k_rule=k_note, max_time_s=m.max_time, statistics=STATISTICS_NOTE,
         flop_convention="fvcore: one multiply-add = one FLOP; attention counted over the full Lq x Lk",
-        timing=("CUDA events + synchronize per stage" if built.device.type == "cuda"
-                else "time.perf_counter per stage; peak memory not measured on CPU"),
+        timing=("CUDA events at the stage boundaries, one synchronize per run; end to end also timed as one "
+                "region (latency_ms); peak memory max_memory_allocated" if built.device.type == "cuda"
+                else "time.perf_counter at the stage boundaries; peak memory not measured on CPU"),
         note=("RANDOM weights: FLOPs and latency are those of the architecture; no accuracy here"
               if built.loaded.weights == "random" else "pretrained weights"),
     )
     write_meta(out, meta)
     image = load_image(m.image) if m.image else demo_image()
-    images, questions = [image] * m.batch, [m.question] * m.batch
-    base = {"model": m.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
-            "device": meta["device"], "dtype": dtype_name(built.dtype), "batch": m.batch,
-            "decode_tokens": m.decode_tokens}
-    todo = [(s, [c for c in labels if (s, c) not in done]) for s in cfg.sizes]
-    todo = [(s, cs) for s, cs in todo if cs]
+    todo = [(b, s, [c for c in labels if (b, s, c) not in done]) for b in batches for s in cfg.sizes]
+    todo = [(b, s, cs) for b, s, cs in todo if cs]
     if progress:
-        total = sum(steps_per_resolution(len(cs), m.reps, m.warmup, m.count_flops) for _, cs in todo)
-        progress(f"{len(todo)} resolution(s) to measure", -total)  # negative: announce the total
-    started, unstable, stopping = timing_clock(), [], {}
-    for index, (size, todo_cases) in enumerate(todo):
+        total = sum(steps_per_resolution(len(cs), m.reps, m.warmup, m.count_flops) for _, _, cs in todo)
+        progress(f"{len(todo)} (batch, resolution) pair(s) to measure", -total)  # negative: announce the total
+    started, unstable, stopping, flop_memo = timing_clock(), [], {}, {}
+    for index, (batch, size, todo_cases) in enumerate(todo):
         cases = [Case(c, labels[c], built.pipeline, k if labels[c] in SPARSE_PIPELINES else None) for c in todo_cases]
-        rows, pairs = measure_cases(cases, images, questions, size, m.reps, m.warmup, m.decode_tokens,
-                                    m.count_flops, progress, timing_deadline(m, len(todo), index, started))
+        rows, pairs = measure_cases(cases, [image] * batch, [m.question] * batch, size, m.reps, m.warmup,
+                                    m.decode_tokens, m.count_flops, progress,
+                                    timing_deadline(m, len(todo), index, started), flop_memo)
+        base = {"model": m.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
+                "device": meta["device"], "dtype": dtype_name(built.dtype), "batch": batch,
+                "decode_tokens": m.decode_tokens}
         append_rows(csv_path, [{**base, **row} for row in rows], SWEEP_COLUMNS)
-        append_rows(out / COMPARISONS_CSV, pairs, COMPARISON_COLUMNS)
-        unstable += [f"{size}px {r['case']}" for r in rows if r["unstable"]]
-        stopping[str(size)] = rows[0]["reps_stopped"]
+        append_rows(out / COMPARISONS_CSV, [{"batch": batch, **p} for p in pairs], COMPARISON_COLUMNS)
+        unstable += [f"{size}px batch {batch} {r['case']}" for r in rows if r["unstable"]]
+        stopping[f"{size}px batch {batch}"] = rows[0]["reps_stopped"]
     if todo:
         write_meta(out, {**meta, "unstable_cases": unstable, "reps_stopped": stopping})
     if unstable and warn:

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The GPU suite (issue 12): SmolVLM-256M and -500M (random weights, bf16) swept at batch 1 and 8 with the
+# timing statistics (an A/A pair dense,dense among the pipelines), the ablation, and the report, in at most
+# 8 minutes on one H100/H200, writing at most 8 files into OUT:
+#   sweep-smolvlm-256m.csv sweep-smolvlm-500m.csv ablate.csv meta.json report.md fig2_latency_vs_resolution.png
+#   fig4_speedup.png suite.log
+# usage: bash benchmarks/gpu_suite.sh OUT            (on the GPU machine; see ../shared/gpu/README.md)
+#        bash benchmarks/gpu_suite.sh OUT --quick    (CI on the CPU: the tiny model, two sizes, a few rounds)
+set -euo pipefail
+OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT [--quick]}
+QUICK=${2:-}
+export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+QGSA=${QGSA:-qgsa}
+command -v "$QGSA" >/dev/null 2>&1 || QGSA="python3 -m qgsa_bench.cli"
+mkdir -p "$OUT"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+if [ "$QUICK" = "--quick" ]; then
+  MODELS="tiny"; SIZES="64 80"; BATCHES="1 2"; DEVICE="--device cpu --dtype fp32"
+  TIMING="--reps 3 --warmup 1"; ABLATE_RES=64; ABLATE_TIMING="--reps 2 --warmup 0"; K=5
+else
+  MODELS="smolvlm-256m smolvlm-500m"; SIZES="384 512 768"; BATCHES="1 8"; DEVICE="--device cuda --dtype bf16"
+  TIMING="--reps auto --max-time 75 --warmup 3"; ABLATE_RES=512; ABLATE_TIMING="--reps 20 --warmup 3"; K=17
+fi
+{
+  echo "# gpu_suite.sh $QUICK: $(date -u +%FT%TZ) on $(hostname)"
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
+    'cuda', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
+  for m in $MODELS; do
+    # shellcheck disable=SC2086
+    $QGSA sweep-resolution --model "$m" --weights random $DEVICE --sizes $SIZES --batch $BATCHES --k $K \
+      --pipelines dense,dense,dense-bypass,qgsa,random $TIMING --decode-tokens 8 --out "$WORK/sweep-$m"
+  done
+  # shellcheck disable=SC2086
+  $QGSA ablate --model "${MODELS##* }" --weights random $DEVICE --resolution $ABLATE_RES --k $K $ABLATE_TIMING \
+    --decode-tokens 8 --out "$WORK/ablate"
+  $QGSA report --results "$WORK" --out "$WORK/report"
+} 2>&1 | tee "$OUT/suite.log"
+for m in $MODELS; do cp "$WORK/sweep-$m/sweep.csv" "$OUT/sweep-$m.csv"; done
+cp "$WORK/ablate/ablate.csv" "$OUT/ablate.csv"
+python3 - "$WORK" "$OUT/meta.json" <<'PY'
+import json, sys
+from pathlib import Path
+work, out = Path(sys.argv[1]), Path(sys.argv[2])
+metas = {p.parent.name: json.loads(p.read_text()) for p in sorted(work.glob("*/meta.json"))}
+out.write_text(json.dumps({"suite": "benchmarks/gpu_suite.sh", "runs": metas}, indent=1) + "\n")
+PY
+sed "s#$WORK/##g" "$WORK/report/report.md" > "$OUT/report.md"
+for f in fig2_latency_vs_resolution.png fig4_speedup.png; do cp "$WORK/report/$f" "$OUT/$f"; done
+ls -1 "$OUT"
