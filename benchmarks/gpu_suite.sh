@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU suite (issue 12): SmolVLM-256M and -500M (random weights, bf16) swept at batch 1 and 8 with the
-# timing statistics (an A/A pair dense,dense among the pipelines), the ablation, and the report, in at most
-# 8 minutes on one H100/H200, writing at most 8 files into OUT:
+# timing statistics (an A/A pair dense,dense among the pipelines), SmolVLM-256M also compiled (torch.compile
+# reduce-overhead: CUDA graphs) beside eager, the ablation, and the report, in at most 8 minutes on one
+# H100/H200, writing at most 8 files into OUT:
 #   sweep-smolvlm-256m.csv sweep-smolvlm-500m.csv ablate.csv meta.json report.md fig2_latency_vs_resolution.png
 #   fig4_speedup.png suite.log
 # usage: bash benchmarks/gpu_suite.sh OUT            (on the GPU machine; see ../shared/gpu/README.md)
@@ -16,20 +17,22 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 if [ "$QUICK" = "--quick" ]; then
-  MODELS="tiny"; SIZES="64 80"; BATCHES="1 2"; DEVICE="--device cpu --dtype fp32"
-  TIMING="--reps 3 --warmup 1"; ABLATE_RES=64; ABLATE_TIMING="--reps 2 --warmup 0"; K=5
+  MODELS="tiny"; SIZES="64 80"; BATCHES="1 2"; DEVICE="--device cpu --dtype fp32"; COMPILED="tiny"
+  COMPILE="default"; TIMING="--reps 3 --warmup 1"; ABLATE_RES=64; ABLATE_TIMING="--reps 2 --warmup 0"; K=5
 else
-  MODELS="smolvlm-256m smolvlm-500m"; SIZES="384 512 768"; BATCHES="1 8"; DEVICE="--device cuda --dtype bf16"
-  TIMING="--reps auto --max-time 75 --warmup 3"; ABLATE_RES=512; ABLATE_TIMING="--reps 20 --warmup 3"; K=17
+  MODELS="smolvlm-256m smolvlm-500m"; SIZES="384 768"; BATCHES="1 8"; DEVICE="--device cuda --dtype bf16"
+  COMPILED="smolvlm-256m"; COMPILE="reduce-overhead"
+  TIMING="--reps auto --max-time 60 --warmup 3"; ABLATE_RES=512; ABLATE_TIMING="--reps 20 --warmup 3"; K=17
 fi
 {
   echo "# gpu_suite.sh $QUICK: $(date -u +%FT%TZ) on $(hostname)"
   python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
     'cuda', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
   for m in $MODELS; do
+    c=none; [ "$m" = "$COMPILED" ] && c=$COMPILE
     # shellcheck disable=SC2086
     $QGSA sweep-resolution --model "$m" --weights random $DEVICE --sizes $SIZES --batch $BATCHES --k $K \
-      --pipelines dense,dense,dense-bypass,qgsa,random $TIMING --decode-tokens 8 --out "$WORK/sweep-$m"
+      --pipelines dense,dense,dense-bypass,qgsa,random --compile $c $TIMING --decode-tokens 8 --out "$WORK/sweep-$m"
   done
   # shellcheck disable=SC2086
   $QGSA ablate --model "${MODELS##* }" --weights random $DEVICE --resolution $ABLATE_RES --k $K $ABLATE_TIMING \

@@ -318,6 +318,9 @@ def sweep_resolution(
     image: Optional[Path] = OPT_IMAGE,
     question: str = OPT_QUESTION,
     no_flops: bool = OPT_NO_FLOPS,
+    compile: str = typer.Option("none", "--compile", help="Also measure every pipeline with its vision encoder and "
+                                "LM under torch.compile: none | default | reduce-overhead (CUDA graphs on a GPU) "
+                                "| max-autotune; eager and compiled side by side."),
     out: Path = typer.Option(Path("results/sweep"), help="Results folder (sweep.csv, meta.json, table4.md)."),
 ):
     """FLOPs by stage (fvcore) and latency by stage for each pipeline at each resolution (Table 4)."""
@@ -330,7 +333,7 @@ def sweep_resolution(
                               attn_implementation=attn, reps=reps, max_time=max_time, warmup=warmup,
                               decode_tokens=decode_tokens,
                               k=k, checkpoint=str(checkpoint) if checkpoint else None, seed=seed, image=image,
-                              question=question, count_flops=not no_flops)
+                              question=question, count_flops=not no_flops, compile=compile)
     cfg = SweepConfig(measure, _ints(ctx, "--sizes", sizes),
                       tuple(p.strip() for p in pipelines.split(",") if p.strip()), str(out), batches)
     with _RichProgress() as progress:

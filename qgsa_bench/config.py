@@ -80,6 +80,7 @@ class MeasureConfig:
     image: str | None = None  # None: a generated picture (content does not change FLOPs or time)
     question: str = DEFAULT_QUESTION
     count_flops: bool = True
+    compile: str = "none"  # also measure every pipeline compiled with this torch.compile mode (compiled.py)
 
     def __post_init__(self):
         if isinstance(self.reps, str) and self.reps != "auto":
@@ -99,6 +100,9 @@ class MeasureConfig:
             raise QGSAError(f"--warmup must be 0 or more, got {self.warmup}")
         if self.k is not None and self.k < 1:
             raise QGSAError(f"--k must be at least 1, got {self.k}")
+        from qgsa_bench.efficiency.compiled import check_compile
+
+        check_compile(self.compile, self.warmup)
 
     def settings(self) -> dict:
         """The settings a results folder is tied to (a resumed run must match them)."""

@@ -91,7 +91,11 @@ def speedup_cell(row) -> str:
 
 def _case(row) -> str:
     case = row.get("case")
-    return case if isinstance(case, str) and case else row["pipeline"]
+    label = case if isinstance(case, str) and case else row["pipeline"]
+    again = row.get("recompilations_timed")
+    if again is not None and again == again and again > 0:  # a compiled case that compiled while timed
+        label += f" ⚠ {int(again)} recompilation(s) while timed"
+    return label
 
 
 def table4_markdown(frame, meta: dict | None) -> str:

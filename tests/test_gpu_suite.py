@@ -18,7 +18,8 @@ def test_gpu_suite_quick_mode_writes_its_eight_files(tmp_path):
         "sweep-tiny.csv", "ablate.csv", "meta.json", "report.md", "fig2_latency_vs_resolution.png",
         "fig4_speedup.png", "suite.log"])
     sweep = pd.read_csv(out / "sweep-tiny.csv")
-    assert len(sweep) == 2 * 2 * 5 and set(sweep.batch) == {1, 2}
+    assert len(sweep) == 2 * 2 * 10 and set(sweep.batch) == {1, 2}  # 5 pipelines, eager and compiled
+    assert set(sweep["compile"]) == {"none", "default"} and (sweep.recompilations_timed.dropna() == 0).all()
     assert {"speedup_ci_low", "unstable", "throughput_images_per_s", "formula_fastv_prefill"} <= set(sweep.columns)
     meta = json.loads((out / "meta.json").read_text())
     assert sorted(meta["runs"]) == ["ablate", "sweep-tiny"]

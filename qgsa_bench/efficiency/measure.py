@@ -33,6 +33,7 @@ class Case:
     pipeline: str
     pipe: Pipeline
     k: int | None = None
+    compile: str = "none"  # the torch.compile mode of pipe's vision encoder and LM (compiled.py)
 
 
 def _forced_decode(adapter, logits, inputs, cache, steps: int):

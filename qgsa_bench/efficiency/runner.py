@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from qgsa_bench.efficiency import stats
+from qgsa_bench.efficiency.compiled import compilations
 from qgsa_bench.efficiency.measure import Case, count_stage_flops, peer_formulas, time_once
 from qgsa_bench.efficiency.timing import now as timing_clock
 
@@ -22,7 +23,7 @@ from qgsa_bench.efficiency.timing import now as timing_clock
 PEER_COLUMNS = ["formula_fastv_prefill", "formula_ffn3_prefill", "visual_tokens_layer_avg"]
 STAT_COLUMNS = ["latency_dispersion", "latency_outliers", "unstable", "speedup_vs_dense", "speedup_ci_low",
                 "speedup_ci_high", "speedup_verdict", "speedup_reference", "reps_stopped",
-                "staged_latency_ms_median", "observation_cost_ms"]
+                "staged_latency_ms_median", "observation_cost_ms", "compile", "recompilations_timed"]
 THROUGHPUT_COLUMNS = ["throughput_images_per_s", "throughput_tokens_per_s"]
 COMPARISON_COLUMNS = ["batch", "resolution", "case_a", "case_b", "ratio", "ci_low", "ci_high", "verdict"]
 TIMED = ("latency_ms", "vision_ms", "select_ms", "connector_ms", "prefill_ms", "decode_ms_per_token")
@@ -93,6 +94,8 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
 
     samples: list[list[dict]] = [[] for _ in cases]
     peaks = [0.0 for _ in cases]
+    watch = any(c.compile != "none" for c in cases)
+    recompiled = [0 for _ in cases]  # graphs compiled during timed rounds, per case
     auto = reps == "auto"
     rounds, stopped = 0, "fixed --reps"
     while True:
@@ -101,7 +104,10 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
         for i in order[shift:] + order[:shift]:  # alternate: every case runs once per round
             if cuda:
                 torch.cuda.reset_peak_memory_stats(adapter.device)
+            before = compilations() if watch else 0
             timing = time_run(cases[i], pixels[rows[i]["effective_resolution"]], questions, decode_tokens, cuda)
+            if watch and rounds >= warmup:
+                recompiled[i] += compilations() - before
             if cuda:
                 peaks[i] = max(peaks[i], torch.cuda.max_memory_allocated(adapter.device) / 2**20)
             if rounds >= warmup:
@@ -139,6 +145,7 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
             "latency_dispersion": lat["dispersion"], "latency_outliers": lat["outliers"], "unstable": lat["unstable"],
             "peak_mem_mb": peak if cuda else None, "reps_stopped": stopped,
             "staged_latency_ms_median": float(np.median([r["staged_latency_ms"] for r in runs])),
+            "compile": cases[i].compile, "recompilations_timed": recompiled[i] if cases[i].compile != "none" else None,
         })
         row["observation_cost_ms"] = row["staged_latency_ms_median"] - row["latency_ms_median"]
         seconds = row["latency_ms_median"] / 1000.0  # one end-to-end run of the whole batch
@@ -166,10 +173,12 @@ def stage_flops(case: Case, pixel_values, questions: list[str], decode_tokens: i
     """count_stage_flops, counted once per (pipeline, k, resolution, module): an A/A pair counts once, and a
     larger batch of the same image and question is the counted batch scaled exactly (every count is
     linear in the batch when the samples are identical: no padding differs)."""
-    key = (case.pipeline, case.k, resolution, id(case.pipe))
+    eager = getattr(case.pipe, "eager", case.pipe)  # a compiled case does the eager case's arithmetic
+    key = (case.pipeline, case.k, resolution, id(eager))
     batch = len(questions)
     if key not in memo:
-        memo[key] = (batch, count_stage_flops(case, pixel_values, questions, decode_tokens))
+        eager_case = Case(case.label, case.pipeline, eager, case.k)
+        memo[key] = (batch, count_stage_flops(eager_case, pixel_values, questions, decode_tokens))
     counted_batch, counted = memo[key]
     if counted_batch == batch:
         return dict(counted)

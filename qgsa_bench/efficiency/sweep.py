@@ -12,6 +12,7 @@ from pathlib import Path
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import SweepConfig
+from qgsa_bench.efficiency.compiled import compiled_pipeline
 from qgsa_bench.efficiency.measure import Case
 from qgsa_bench.efficiency.runner import (COMPARISON_COLUMNS, PEER_COLUMNS, STAT_COLUMNS, THROUGHPUT_COLUMNS,
                                           Progress, case_labels, measure_cases, steps_per_resolution, timing_clock,
@@ -62,7 +63,12 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
     for size in cfg.sizes:
         check_k_fits(built.adapter.n_patches(size), size, k if sparse else None)
     csv_path = out / SWEEP_CSV
-    labels = dict(zip(case_labels(list(cfg.pipelines)), cfg.pipelines))  # dense,dense -> dense#1, dense#2
+    eager = dict(zip(case_labels(list(cfg.pipelines)), cfg.pipelines))  # dense,dense -> dense#1, dense#2
+    variants = {label: (p, "none") for label, p in eager.items()}  # label -> (pipeline, compile mode)
+    pipes = {"none": built.pipeline}
+    if m.compile != "none":
+        variants.update({f"{label}+{m.compile}": (p, m.compile) for label, p in eager.items()})
+        pipes[m.compile] = compiled_pipeline(built.pipeline, m.compile)
     batches = cfg.batches or (m.batch,)
     done = set()
     if csv_path.exists():
@@ -71,7 +77,8 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
         done = set(zip(previous["batch"].astype(int), previous["resolution"].astype(int), cases_done))
     meta = run_meta(
         built, "sweep-resolution", settings,
-        sizes=list(cfg.sizes), batches=list(batches), pipelines=list(cfg.pipelines), reps=m.reps, warmup=m.warmup,
+        sizes=list(cfg.sizes), batches=list(batches), pipelines=list(cfg.pipelines), compile=m.compile,
+        reps=m.reps, warmup=m.warmup,
         k_rule=k_note, max_time_s=m.max_time, statistics=STATISTICS_NOTE,
         flop_convention="fvcore: one multiply-add = one FLOP; attention counted over the full Lq x Lk",
         timing=("CUDA events at the stage boundaries, one synchronize per run; end to end also timed as one "
@@ -82,14 +89,15 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
     )
     write_meta(out, meta)
     image = load_image(m.image) if m.image else demo_image()
-    todo = [(b, s, [c for c in labels if (b, s, c) not in done]) for b in batches for s in cfg.sizes]
+    todo = [(b, s, [c for c in variants if (b, s, c) not in done]) for b in batches for s in cfg.sizes]
     todo = [(b, s, cs) for b, s, cs in todo if cs]
     if progress:
         total = sum(steps_per_resolution(len(cs), m.reps, m.warmup, m.count_flops) for _, _, cs in todo)
         progress(f"{len(todo)} (batch, resolution) pair(s) to measure", -total)  # negative: announce the total
     started, unstable, stopping, flop_memo = timing_clock(), [], {}, {}
     for index, (batch, size, todo_cases) in enumerate(todo):
-        cases = [Case(c, labels[c], built.pipeline, k if labels[c] in SPARSE_PIPELINES else None) for c in todo_cases]
+        cases = [Case(c, variants[c][0], pipes[variants[c][1]], k if variants[c][0] in SPARSE_PIPELINES else None,
+                      variants[c][1]) for c in todo_cases]
         rows, pairs = measure_cases(cases, [image] * batch, [m.question] * batch, size, m.reps, m.warmup,
                                     m.decode_tokens, m.count_flops, progress,
                                     timing_deadline(m, len(todo), index, started), flop_memo)

@@ -1,0 +1,49 @@
+"""--compile: compiled runs equal eager ones (CPU, tiny), and a changing number of visual tokens, prompt
+length or resolution does not recompile while timed."""
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from qgsa_bench.cli import app
+from qgsa_bench.efficiency.compiled import compilations, compiled_pipeline
+from qgsa_bench.efficiency.measure import Case
+from qgsa_bench.efficiency.runner import measure_cases
+
+QUESTION = ["what color is the circle?"]
+
+
+@torch.no_grad()
+def test_compiled_runs_equal_eager_and_do_not_recompile_while_timed(tiny, images):
+    compiled = compiled_pipeline(tiny.pipeline, "default")
+    eager_a, comp_a = tiny.adapter, compiled.adapter
+    assert compiled.eager is tiny.pipeline and comp_a.text_model is not eager_a.text_model
+    for k in (5, 9):  # two numbers of visual tokens: two prompt lengths
+        inputs = tiny.pipeline.lm_inputs("qgsa", images[:1], QUESTION, 64, k=k).inputs
+        px = eager_a.pixel_values(images[:1], 64)
+        torch.testing.assert_close(comp_a.patch_features(px), eager_a.patch_features(px), rtol=1e-4, atol=1e-5)
+        (l_eager, c_eager), (l_comp, c_comp) = eager_a.prefill(inputs), comp_a.prefill(inputs)
+        torch.testing.assert_close(l_comp, l_eager, rtol=1e-4, atol=1e-5)
+        mask = torch.cat([inputs.attention_mask, torch.ones_like(inputs.attention_mask[:, :1])], dim=1)
+        ids = l_eager.argmax(-1)
+        torch.testing.assert_close(comp_a.decode_step(ids, mask, c_comp), eager_a.decode_step(ids, mask, c_eager),
+                                   rtol=1e-4, atol=1e-5)
+    before = compilations()
+    cases = [Case("qgsa", "qgsa", tiny.pipeline, 5), Case("qgsa+default", "qgsa", compiled, 5, "default")]
+    for resolution, k in ((64, 5), (80, 7)):
+        cases = [Case(c.label, c.pipeline, c.pipe, k, c.compile) for c in cases]
+        rows, _ = measure_cases(cases, images[:1], QUESTION, resolution, reps=2, warmup=1, decode_tokens=3)
+        eager_row, comp_row = rows
+        assert comp_row["recompilations_timed"] == 0 and eager_row["recompilations_timed"] is None
+        assert comp_row["compile"] == "default" and comp_row["flops_total"] == eager_row["flops_total"]
+    assert compilations() >= before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--compile", "fast"], "--compile must be one of none, default, reduce-overhead, max-autotune"),
+    (["--compile", "default", "--warmup", "0"], "--compile needs --warmup 1 or more"),
+])
+def test_compile_bad_input(tmp_path, args, message):
+    result = CliRunner().invoke(app, ["sweep-resolution", "--model", "tiny", "--device", "cpu", *args,
+                                      "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and message in result.stderr and not (tmp_path / "o").exists()
