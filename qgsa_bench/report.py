@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from qgsa_bench import QGSAError
-from qgsa_bench.efficiency.stats import NO_DIFFERENCE
+from qgsa_bench.efficiency.stats import FEW_ROUNDS, NO_DIFFERENCE
 from qgsa_bench.results import read_meta, read_rows
 
 STAGE_COLUMNS = ("vision_ms", "select_ms", "connector_ms", "prefill_ms")
@@ -79,6 +79,9 @@ def speedup_cell(row) -> str:
     """The measured speedup with its 95 % interval; none is claimed where the interval holds 1 (or where a
     results file from before intervals has none); an unstable case is flagged."""
     flag = " ⚠ unstable" if str(row.get("unstable")).lower() == "true" else ""
+    n = row.get("n")
+    if n == n and n is not None and n < FEW_ROUNDS:
+        flag += f" (n={int(n)} < {FEW_ROUNDS}: optimistic)"
     low, high, ratio = row.get("speedup_ci_low"), row.get("speedup_ci_high"), row.get("speedup_vs_dense")
     if ratio is None or ratio != ratio or low != low:
         reference = row.get("pipeline") == "dense" and row.get("case", "dense") in ("dense", "dense#1")
@@ -130,8 +133,10 @@ def table4_markdown(frame, meta: dict | None) -> str:
         "the next multiple of patch×scale factor when the resolution is not one (see "
         "`effective_resolution` in the CSV). Speedup: ratio of median latencies (dense / this row) with "
         "a 95 % percentile-bootstrap interval over the paired, alternating rounds; where the interval "
-        "holds 1 no speedup is claimed. ⚠ unstable: robust dispersion above 10 % or over 10 % outliers "
-        "(rerun with more --reps or --reps auto on a quieter machine).",
+        "holds 1 no speedup is claimed; from fewer than 10 rounds the interval is optimistic (simulated "
+        "A/A pairs: 7.7 % called different at 5 rounds, 2.5 % at 10: benchmarks/aa_coverage.py). "
+        "⚠ unstable: robust dispersion above 10 % or over 10 % outliers (rerun with more --reps or "
+        "--reps auto on a quieter machine).",
     ]
     if "formula_fastv_prefill" in frame:
         lines += ["", "The peers' accounting (formulas, not counts; for mapping these rows onto published tables):", "",

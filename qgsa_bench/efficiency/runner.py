@@ -9,6 +9,7 @@ CPU it is not measured (left empty).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -39,7 +40,7 @@ def paper_metrics(pipeline: str, n_patches: int, k: float | None) -> dict:
     return {"paper_flops_reduction": 1.0 - k / n_patches, "paper_theoretical_speedup": n_patches / k}
 
 
-MIN_AUTO_ROUNDS = 5  # --reps auto: at least this many timed rounds before judging the intervals
+MIN_AUTO_ROUNDS = stats.FEW_ROUNDS  # --reps auto: at least this many timed rounds before judging intervals
 MAX_AUTO_ROUNDS = 500
 AUTO_PRECISION = 0.05  # --reps auto stops when every interval's half-width is within 5 % of its ratio
 
@@ -76,9 +77,7 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
     MIN_AUTO_ROUNDS, at most MAX_AUTO_ROUNDS) or the clock (`timing.now`) passes `deadline`.
     `flop_memo`: FLOPs already counted (see `stage_flops`), shared across calls by the caller."""
     adapter = cases[0].pipe.adapter
-    cuda = adapter.device.type == "cuda"
-    pixels = {}
-    rows = []
+    pixels, rows = {}, []
     for case in cases:
         res = case.pipe.resolution_for(case.pipeline, resolution)
         if res not in pixels:
@@ -91,77 +90,99 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
         rows.append(row)
         if progress:
             progress(f"{resolution}px: FLOPs {case.label}", 1)
+    case_pixels = [pixels[row["effective_resolution"]] for row in rows]
+    rounds = _timing_rounds(cases, case_pixels, questions, reps, warmup, decode_tokens, deadline,
+                            lambda text, steps: progress(f"{resolution}px: {text}", steps) if progress else None)
+    reference = next((i for i, c in enumerate(cases) if c.pipeline == "dense"), None)
+    for i, row in enumerate(rows):
+        row.update(_case_statistics(cases[i], rounds, i, len(questions), decode_tokens))
+        row["reps_stopped"] = rounds.stopped
+        row.update(paper_metrics(row["pipeline"], row["n_patches"], row["k"]))
+        row.update(peer_formulas(adapter, row["prompt_tokens"], row["n_visual_tokens"], len(questions)))
+        if reference is not None and i != reference and row["n"] >= 2:
+            ratio, low, high = stats.ratio_interval(rounds.latencies(reference), rounds.latencies(i))
+            row.update({"speedup_vs_dense": ratio, "speedup_ci_low": low, "speedup_ci_high": high,
+                        "speedup_verdict": stats.verdict(low, high), "speedup_reference": cases[reference].label})
+    pairs = [{"resolution": resolution, **c} for c in compare(cases, rounds.samples)]
+    return rows, pairs
 
-    samples: list[list[dict]] = [[] for _ in cases]
-    peaks = [0.0 for _ in cases]
-    watch = any(c.compile != "none" for c in cases)
-    recompiled = [0 for _ in cases]  # graphs compiled during timed rounds, per case
-    auto = reps == "auto"
-    rounds, stopped = 0, "fixed --reps"
+
+@dataclass
+class Rounds:
+    """What the timed rounds gave, per case: the runs, peak memory, compilations while timed."""
+
+    samples: list[list[dict]]
+    peaks: list[float]
+    recompiled: list[int]
+    stopped: str = "fixed --reps"
+    cuda: bool = False
+
+    def latencies(self, i: int) -> list[float]:
+        return [r["latency_ms"] for r in self.samples[i]]
+
+
+def _timing_rounds(cases: list[Case], pixels: list, questions: list[str], reps: int | str, warmup: int,
+                   decode_tokens: int, deadline: float | None, progress) -> Rounds:
+    """Warm-up, then rounds in which every case runs once (order rotating), until `reps` rounds or, with
+    "auto", until the intervals are precise enough, the deadline passes or MAX_AUTO_ROUNDS."""
+    device = cases[0].pipe.adapter.device
+    cuda = device.type == "cuda"
+    out = Rounds([[] for _ in cases], [0.0] * len(cases), [0] * len(cases), cuda=cuda)
+    watch, auto, done = any(c.compile != "none" for c in cases), reps == "auto", 0
     while True:
-        order = list(range(len(cases)))
-        shift = rounds % len(order)
-        for i in order[shift:] + order[:shift]:  # alternate: every case runs once per round
+        shift = done % len(cases)
+        for i in [*range(shift, len(cases)), *range(shift)]:  # alternate: every case runs once per round
             if cuda:
-                torch.cuda.reset_peak_memory_stats(adapter.device)
+                torch.cuda.reset_peak_memory_stats(device)
             before = compilations() if watch else 0
-            timing = time_run(cases[i], pixels[rows[i]["effective_resolution"]], questions, decode_tokens, cuda)
-            if watch and rounds >= warmup:
-                recompiled[i] += compilations() - before
+            timing = time_run(cases[i], pixels[i], questions, decode_tokens, cuda)
+            if done >= warmup:
+                out.samples[i].append(timing)
+                out.recompiled[i] += compilations() - before if watch else 0
             if cuda:
-                peaks[i] = max(peaks[i], torch.cuda.max_memory_allocated(adapter.device) / 2**20)
-            if rounds >= warmup:
-                samples[i].append(timing)
-            if progress:
-                what = "warm-up" if rounds < warmup else f"timing round {rounds - warmup + 1}"
-                beyond = auto and rounds >= warmup + MIN_AUTO_ROUNDS  # not in the announced total
-                progress(f"{resolution}px: {what} {cases[i].label}", 0 if beyond else 1)
-        rounds += 1
-        timed = rounds - warmup
+                out.peaks[i] = max(out.peaks[i], torch.cuda.max_memory_allocated(device) / 2**20)
+            beyond = auto and done >= warmup + MIN_AUTO_ROUNDS  # not in the announced total
+            progress(f"{'warm-up' if done < warmup else f'timing round {done - warmup + 1}'} {cases[i].label}",
+                     0 if beyond else 1)
+        done += 1
+        timed = done - warmup
         if not auto:
             if timed >= reps:
-                break
+                return out
             continue
         if timed < MIN_AUTO_ROUNDS:
             continue
-        comparisons = compare(cases, samples)
-        if all(stats.half_width(c["ratio"], c["ci_low"], c["ci_high"]) <= AUTO_PRECISION for c in comparisons):
-            stopped = f"precision: every interval within {AUTO_PRECISION:.0%} after {timed} rounds"
-            break
-        if deadline is not None and timing_clock() >= deadline:
-            stopped = f"--max-time spent after {timed} rounds (intervals wider than {AUTO_PRECISION:.0%} remain)"
-            break
-        if timed >= MAX_AUTO_ROUNDS:
-            stopped = f"{MAX_AUTO_ROUNDS} rounds (intervals wider than {AUTO_PRECISION:.0%} remain)"
-            break
+        wide = f"intervals wider than {AUTO_PRECISION:.0%} remain"
+        if all(stats.half_width(c["ratio"], c["ci_low"], c["ci_high"]) <= AUTO_PRECISION
+               for c in compare(cases, out.samples)):
+            out.stopped = f"precision: every interval within {AUTO_PRECISION:.0%} after {timed} rounds"
+        elif deadline is not None and timing_clock() >= deadline:
+            out.stopped = f"--max-time spent after {timed} rounds ({wide})"
+        elif timed >= MAX_AUTO_ROUNDS:
+            out.stopped = f"{MAX_AUTO_ROUNDS} rounds ({wide})"
+        else:
+            continue
+        return out
 
-    reference = next((i for i, c in enumerate(cases) if c.pipeline == "dense"), None)
-    for i, (row, runs, peak) in enumerate(zip(rows, samples, peaks)):
-        lat = stats.summary([r["latency_ms"] for r in runs])
-        row.update({
-            "n": lat["n"], "n_visual_tokens": runs[0]["n_visual_tokens"], "k": runs[0]["k"],
-            "prompt_tokens": runs[0]["prompt_tokens"],
-            "latency_ms_median": lat["median"], "latency_ms_p10": lat["p10"], "latency_ms_p90": lat["p90"],
-            "latency_dispersion": lat["dispersion"], "latency_outliers": lat["outliers"], "unstable": lat["unstable"],
-            "peak_mem_mb": peak if cuda else None, "reps_stopped": stopped,
-            "staged_latency_ms_median": float(np.median([r["staged_latency_ms"] for r in runs])),
-            "compile": cases[i].compile, "recompilations_timed": recompiled[i] if cases[i].compile != "none" else None,
-        })
-        row["observation_cost_ms"] = row["staged_latency_ms_median"] - row["latency_ms_median"]
-        seconds = row["latency_ms_median"] / 1000.0  # one end-to-end run of the whole batch
-        row["throughput_images_per_s"] = len(questions) / seconds
-        row["throughput_tokens_per_s"] = len(questions) * decode_tokens / seconds
-        for key in TIMED[1:]:
-            row[key] = float(np.median([r[key] for r in runs]))
-        row.update(paper_metrics(row["pipeline"], row["n_patches"], row["k"]))
-        row.update(peer_formulas(adapter, row["prompt_tokens"], row["n_visual_tokens"], len(questions)))
-        if reference is not None and i != reference and lat["n"] >= 2:
-            ratio, low, high = stats.ratio_interval([r["latency_ms"] for r in samples[reference]],
-                                                    [r["latency_ms"] for r in runs])
-            row.update({"speedup_vs_dense": ratio, "speedup_ci_low": low, "speedup_ci_high": high,
-                        "speedup_verdict": stats.verdict(low, high), "speedup_reference": cases[reference].label})
-    pairs = [{"resolution": resolution, **c} for c in compare(cases, samples)]
-    return rows, pairs
+
+def _case_statistics(case: Case, rounds: Rounds, i: int, batch: int, decode_tokens: int) -> dict:
+    """One case's row fields from its timed runs: latency statistics, stage medians, throughput."""
+    runs = rounds.samples[i]
+    lat = stats.summary(rounds.latencies(i))
+    staged = float(np.median([r["staged_latency_ms"] for r in runs]))
+    seconds = lat["median"] / 1000.0  # one end-to-end run of the whole batch
+    row = {
+        "n": lat["n"], "n_visual_tokens": runs[0]["n_visual_tokens"], "k": runs[0]["k"],
+        "prompt_tokens": runs[0]["prompt_tokens"],
+        "latency_ms_median": lat["median"], "latency_ms_p10": lat["p10"], "latency_ms_p90": lat["p90"],
+        "latency_dispersion": lat["dispersion"], "latency_outliers": lat["outliers"], "unstable": lat["unstable"],
+        "peak_mem_mb": rounds.peaks[i] if rounds.cuda else None,
+        "staged_latency_ms_median": staged, "observation_cost_ms": staged - lat["median"],
+        "compile": case.compile, "recompilations_timed": rounds.recompiled[i] if case.compile != "none" else None,
+        "throughput_images_per_s": batch / seconds, "throughput_tokens_per_s": batch * decode_tokens / seconds,
+    }
+    row.update({key: float(np.median([r[key] for r in runs])) for key in TIMED[1:]})
+    return row
 
 
 FLOP_KEYS = ("flops_total", "flops_vision", "flops_select", "flops_connector", "flops_prefill",

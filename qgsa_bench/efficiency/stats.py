@@ -24,6 +24,10 @@ DISPERSION_LIMIT = 0.10  # robust coefficient of variation above this: unstable
 OUTLIER_Z = 3.5  # modified z-score beyond this: an outlier
 OUTLIER_SHARE_LIMIT = 0.10  # more outliers than this share: unstable
 NO_DIFFERENCE = "no measurable difference"
+# The percentile bootstrap is optimistic with few rounds: simulated A/A pairs under a shared load come out
+# "different" 7.7 % of the time at 5 rounds, 4.0 % at 8, 2.5 % at 10 (benchmarks/aa_coverage.py). So
+# --reps auto times at least this many rounds, and tables flag intervals from fewer.
+FEW_ROUNDS = 10
 
 
 def summary(samples) -> dict:
