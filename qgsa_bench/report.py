@@ -153,6 +153,11 @@ def table4_markdown(frame, meta: dict | None) -> str:
                   "(n prompt tokens, d LM width, m MLP width; multiply-adds). Both assume full-width K/V "
                   "projections and leave out the LM head; the counted column is fvcore's count of our prefill "
                   "(grouped-query K/V, norms, the head on the last position)."]
+    cost = frame.get("observation_cost_ms")
+    if cost is not None and cost.dropna().abs().max() > 0:
+        lines.append(f"Cost of observing stages (GPU: the run with CUDA events at the stage boundaries minus the "
+                     f"same run as one region, medians): {cost.min():.2f} to {cost.max():.2f} ms "
+                     f"(`observation_cost_ms` in the CSV).")
     if meta and meta.get("reps_stopped"):
         lines.append("Repetitions: " + "; ".join(f"{k}{'px' if str(k).isdigit() else ''}: {v}"
                                                  for k, v in meta["reps_stopped"].items()) + ".")

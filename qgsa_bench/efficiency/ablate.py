@@ -112,6 +112,13 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
             row.update(config=name, label=ABLATION_CONFIGS[name][0], qgsa_weights=qgsa_weights[name],
                        **accuracy.get(name, {}))
         append_rows(csv_path, [{**base, **row} for row in rows], ABLATE_COLUMNS)
+        unstable = [row["config"] for row in rows if row["unstable"]]
+        meta = {**meta, "unstable_cases": unstable, "reps_stopped": rows[0]["reps_stopped"]}
+        write_meta(out, meta)
+        if unstable and warn:
+            warn(f"{len(unstable)} configuration(s) timed unstably ({', '.join(unstable)}: dispersion above 10 % or "
+                 f"over 10 % outliers; flagged in the table): rerun with more --reps or --reps auto, on a quieter "
+                 f"machine")
     from qgsa_bench.report import table5_markdown
 
     (out / "table5.md").write_text(table5_markdown(read_rows(csv_path), meta))
