@@ -124,7 +124,8 @@ class Rounds:
 def _timing_rounds(cases: list[Case], pixels: list, questions: list[str], reps: int | str, warmup: int,
                    decode_tokens: int, deadline: float | None, progress) -> Rounds:
     """Warm-up, then rounds in which every case runs once (order rotating), until `reps` rounds or, with
-    "auto", until the intervals are precise enough, the deadline passes or MAX_AUTO_ROUNDS."""
+    "auto", until the intervals are precise enough, the deadline passes or MAX_AUTO_ROUNDS, judged only
+    after whole rotations (a multiple of the number of cases), so that no case ran first more often."""
     device = cases[0].pipe.adapter.device
     cuda = device.type == "cuda"
     out = Rounds([[] for _ in cases], [0.0] * len(cases), [0] * len(cases), cuda=cuda)
@@ -150,8 +151,8 @@ def _timing_rounds(cases: list[Case], pixels: list, questions: list[str], reps: 
             if timed >= reps:
                 return out
             continue
-        if timed < MIN_AUTO_ROUNDS:
-            continue
+        if timed < MIN_AUTO_ROUNDS or timed % len(cases):
+            continue  # judge only after whole rotations: every case has held every position equally often
         wide = f"intervals wider than {AUTO_PRECISION:.0%} remain"
         if all(stats.half_width(c["ratio"], c["ci_low"], c["ci_high"]) <= AUTO_PRECISION
                for c in compare(cases, out.samples)):
