@@ -62,7 +62,8 @@ def _header(meta: dict | None, title: str) -> list[str]:
     lines = [f"## {title}", ""]
     facts = [f"model **{meta.get('model', '?')}**", f"weights **{meta.get('weights', '?')}**",
              f"QGSA module {meta.get('qgsa_weights', '?')}", f"device {meta.get('device', '?')}",
-             f"dtype {meta.get('dtype', '?')}", f"batch {meta.get('settings', {}).get('batch', '?')}"]
+             f"dtype {meta.get('dtype', '?')}",
+             f"batch {', '.join(map(str, meta['batches'])) if meta.get('batches') else meta.get('settings', {}).get('batch', '?')}"]
     if "decode_tokens" in meta.get("settings", {}):
         facts.append(f"{meta['settings']['decode_tokens']} generated tokens")
     lines.append("; ".join(facts) + ".  ")
@@ -181,7 +182,10 @@ def table5_markdown(frame, meta: dict | None) -> str:
                      f"| {_fmt(r['latency_ms_median'])} [{_fmt(r['latency_ms_p10'])}–{_fmt(r['latency_ms_p90'])}] "
                      f"| {speedup_cell(r)} | {_fmt(r.get('flops_total', float('nan')) / 1e9, '.2f')} | {_fmt(r.get('accuracy'))} |")
     lines += ["", "Configurations without a checkpoint use the randomly initialised module (labelled "
-              "`random-init`): their latencies differ only by noise and by k, not by training."]
+              "`random-init`): their latencies differ only by noise and by k, not by training. Speedup: "
+              "ratio of median latencies with a 95 % paired-bootstrap interval (as in Table 4)."]
+    if meta and isinstance(meta.get("reps_stopped"), str):
+        lines.append(f"Repetitions: {meta['reps_stopped']}.")
     return "\n".join(lines) + "\n"
 
 
