@@ -61,58 +61,56 @@ def evaluate_pipeline(built, pipeline: str, data, resolution: int, cfg: EvalConf
     records = []
     for batch in batches(data.samples, cfg.batch):
         chunk, images = data.open_images(batch)
-        if not chunk:
-            if progress:
-                progress(f"{pipeline}: {len(records)}/{len(data.samples)}", len(batch))
-            continue
-        questions = [s.question for s in chunk]
-        with Stopwatch(built.device) as sw:
-            prepared = built.pipeline.lm_inputs(pipeline, images, questions, resolution, cfg.k)
-            generated = built.adapter.generate(prepared.inputs, cfg.max_new_tokens)
-        mc = (_multiple_choice(built, prepared.inputs, chunk)
-              if all(s.choices for s in chunk) else [None] * len(chunk))
-        sel = prepared.selection
-        for b, sample in enumerate(chunk):
-            prediction = built.adapter.decode_text(generated[b])
-            sparse = sel is not None and pipeline in SPARSE_PIPELINES
-            records.append({
-                "id": sample.id, "pipeline": pipeline, "question": sample.question,
-                "question_type": sample.question_type or "all", "answer_type": sample.answer_type,
-                "answers": sample.answers, "choices": sample.choices,
-                "prediction": prediction, "score": score(prediction, sample),
-                "mc_choice": mc[b], "mc_correct": multiple_choice_score(mc[b], sample),
-                "k": int(sel.k[b]) if sparse else None,
-                "n_visual_tokens": int(prepared.inputs.n_visual[b]),
-                "latency_ms": sw.ms / len(chunk),
-                "selected_patches": sel.indices[b][sel.valid[b]].tolist() if sparse else None,
-            })
+        if chunk:
+            records += _batch_records(built, pipeline, chunk, images, resolution, cfg)
         if progress:
             progress(f"{pipeline}: {len(records)}/{len(data.samples)}", len(batch))
     return records
 
 
+def _batch_records(built, pipeline: str, chunk, images, resolution: int, cfg: EvalConfig) -> list[dict]:
+    """One timed batch (selection, prefill, decode) and its per-sample records."""
+    questions = [s.question for s in chunk]
+    with Stopwatch(built.device) as sw:
+        prepared = built.pipeline.lm_inputs(pipeline, images, questions, resolution, cfg.k)
+        generated = built.adapter.generate(prepared.inputs, cfg.max_new_tokens)
+    mc = (_multiple_choice(built, prepared.inputs, chunk)
+          if all(s.choices for s in chunk) else [None] * len(chunk))
+    sel = prepared.selection
+    sparse = sel is not None and pipeline in SPARSE_PIPELINES
+    records = []
+    for b, sample in enumerate(chunk):
+        prediction = built.adapter.decode_text(generated[b])
+        records.append({
+            "id": sample.id, "pipeline": pipeline, "question": sample.question,
+            "question_type": sample.question_type or "all", "answer_type": sample.answer_type,
+            "answers": sample.answers, "choices": sample.choices,
+            "prediction": prediction, "score": score(prediction, sample),
+            "mc_choice": mc[b], "mc_correct": multiple_choice_score(mc[b], sample),
+            "k": int(sel.k[b]) if sparse else None,
+            "n_visual_tokens": int(prepared.inputs.n_visual[b]),
+            "latency_ms": sw.ms / len(chunk),
+            "selected_patches": sel.indices[b][sel.valid[b]].tolist() if sparse else None,
+        })
+    return records
+
+
+@torch.no_grad()
 def warm_up(built, pipelines, data, resolution: int, cfg: EvalConfig) -> int:
     """One untimed run of every pipeline on the first readable batch, before anything is timed, so that
     first-call costs (allocations, thread pools, lazy initialisation) fall on no pipeline's latency and
     the latency column does not depend on the order of --pipelines. The random baseline's generator is
     restored afterwards: the evaluated selections are those of a run without warm-up. Returns the batch
     size used."""
-    state = built.pipeline.generator.get_state()
-    try:
-        return _warm_up(built, pipelines, data, resolution, cfg)
-    finally:
-        built.pipeline.generator.set_state(state)
-
-
-@torch.no_grad()
-def _warm_up(built, pipelines, data, resolution: int, cfg: EvalConfig) -> int:
-    for start in range(0, len(data.samples), cfg.batch):
-        chunk, images = data.open_images(data.samples[start:start + cfg.batch])
-        if chunk:
-            for pipeline in pipelines:
-                prepared = built.pipeline.lm_inputs(pipeline, images, [s.question for s in chunk], resolution, cfg.k)
-                built.adapter.generate(prepared.inputs, cfg.max_new_tokens)
-            return len(chunk)
+    with built.pipeline.same_draws():
+        for start in range(0, len(data.samples), cfg.batch):
+            chunk, images = data.open_images(data.samples[start:start + cfg.batch])
+            if chunk:
+                for pipeline in pipelines:
+                    prepared = built.pipeline.lm_inputs(pipeline, images, [s.question for s in chunk], resolution,
+                                                        cfg.k)
+                    built.adapter.generate(prepared.inputs, cfg.max_new_tokens)
+                return len(chunk)
     return 0
 
 

@@ -15,6 +15,7 @@ connector tokens that hold a selected patch.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -50,6 +51,16 @@ class Pipeline:
         self.adapter = adapter
         self.module = module
         self.generator = torch.Generator(device=adapter.device).manual_seed(seed)
+
+    @contextmanager
+    def same_draws(self):
+        """Run something that draws from the random baseline's generator (a FLOP count, a warm-up) and
+        restore it, so the measured run draws the same patches as one without it."""
+        state = self.generator.get_state()
+        try:
+            yield
+        finally:
+            self.generator.set_state(state)
 
     def resolution_for(self, pipeline: str, resolution: int) -> int:
         check_pipeline(pipeline)

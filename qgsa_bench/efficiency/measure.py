@@ -94,9 +94,9 @@ def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[st
     V = a.patch_features(pixel_values)
     q = a.question_embedding(questions)
     vision = count_flops(a.patch_features, pixel_values, modules=mods)
-    state = pipe.generator.get_state()  # the random baseline draws the same patches when timed
-    select = count_flops(lambda q_, V_: pipe.visual_tokens(case.pipeline, V_, q_, case.k)[0], q, V, modules=mods)
-    pipe.generator.set_state(state)
+    with pipe.same_draws():  # the random baseline draws the same patches when timed
+        select = count_flops(lambda q_, V_: pipe.visual_tokens(case.pipeline, V_, q_, case.k)[0], q, V,
+                             modules=mods)
     tokens, valid, _ = pipe.visual_tokens(case.pipeline, V, q, case.k)
     inputs = a.build_inputs(tokens, questions, valid)
     e, m, p = inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids

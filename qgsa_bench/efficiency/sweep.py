@@ -63,11 +63,11 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
     for size in cfg.sizes:
         check_k_fits(built.adapter.n_patches(size), size, k if sparse else None)
     csv_path = out / SWEEP_CSV
-    eager = dict(zip(case_labels(list(cfg.pipelines)), cfg.pipelines))  # dense,dense -> dense#1, dense#2
-    variants = {label: (p, "none") for label, p in eager.items()}  # label -> (pipeline, compile mode)
+    labels = dict(zip(case_labels(list(cfg.pipelines)), cfg.pipelines))  # dense,dense -> dense#1, dense#2
+    variants = {label: (p, "none") for label, p in labels.items()}  # label -> (pipeline, compile mode)
     pipes = {"none": built.pipeline}
     if m.compile != "none":
-        variants.update({f"{label}+{m.compile}": (p, m.compile) for label, p in eager.items()})
+        variants.update({f"{label}+{m.compile}": (p, m.compile) for label, p in labels.items()})
         pipes[m.compile] = compiled_pipeline(built.pipeline, m.compile)
     batches = cfg.batches or (m.batch,)
     done = set()
