@@ -27,7 +27,6 @@ def ask(built: Built, image_path: str, question: str, pipeline: str = "dense", r
         once()
     with Stopwatch(built.device) as sw:
         prepared, generated = once()
-    selection = prepared.selection
     result = {
         **built.loaded.provenance(),
         "qgsa_weights": built.qgsa_weights if pipeline != "dense" else "not used",
@@ -40,9 +39,8 @@ def ask(built: Built, image_path: str, question: str, pipeline: str = "dense", r
         "effective_resolution": prepared.resolution,
         "n_patches": prepared.n_patches,
         "n_visual_tokens": int(prepared.inputs.n_visual[0]),
-        "k": int(selection.k[0]) if selection is not None and pipeline != "dense-bypass" else None,
-        "selected_patches": (selection.indices[0][selection.valid[0]].tolist()
-                             if selection is not None and pipeline != "dense-bypass" else None),
+        "k": prepared.kept(0),
+        "selected_patches": prepared.selected_patches(0),
         "prompt_tokens": int(prepared.inputs.attention_mask[0].sum()),
         "answer": built.adapter.decode_text(generated[0]),
         "answer_token_ids": generated[0],

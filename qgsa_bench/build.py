@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from qgsa_bench.config import QGSAConfig
-from qgsa_bench.models.idefics3 import Idefics3Adapter
+from qgsa_bench.models import adapter_for
+from qgsa_bench.models.base import VLMAdapter
 from qgsa_bench.models.registry import LoadedModel, load_model
 from qgsa_bench.pipeline import Pipeline
 from qgsa_bench.qgsa.checkpoint import load_checkpoint
@@ -18,7 +19,7 @@ from qgsa_bench.runtime import resolve_device, resolve_dtype
 @dataclass
 class Built:
     loaded: LoadedModel
-    adapter: Idefics3Adapter
+    adapter: VLMAdapter
     module: QGSAModule
     pipeline: Pipeline
     device: torch.device
@@ -26,7 +27,7 @@ class Built:
     qgsa_weights: str  # "checkpoint:<path>" or "random-init (seed N)"
 
 
-def new_module(adapter: Idefics3Adapter, config: QGSAConfig | None, seed: int) -> QGSAModule:
+def new_module(adapter: VLMAdapter, config: QGSAConfig | None, seed: int) -> QGSAModule:
     """A randomly initialised QGSA module for this base (seeded, without touching the global RNG)."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -40,7 +41,7 @@ def build(model: str, weights: str = "auto", device: str = "auto", dtype: str = 
     dt = resolve_dtype(dtype, dev)
     kwargs = {"warn": warn} if warn is not None else {}
     loaded = load_model(model, weights, dev, dt, attn_implementation, seed, **kwargs)
-    adapter = Idefics3Adapter(loaded)
+    adapter = adapter_for(loaded)
     if checkpoint:
         module, _ = load_checkpoint(checkpoint, loaded.provenance())
         qgsa_weights = f"checkpoint:{checkpoint}"

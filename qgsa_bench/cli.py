@@ -29,9 +29,12 @@ app = typer.Typer(
 console = Console()
 err_console = Console(stderr=True)
 
-MODEL_HELP = "Registry name (smolvlm-256m, smolvlm-500m, tiny) or a local model directory."
+MODEL_HELP = ("Registry name (smolvlm-256m, smolvlm-500m, llava-1.5-7b; tests: tiny, llava-tiny) or a local "
+              "model directory (Idefics3/SmolVLM or LLaVA-1.5).")
 WEIGHTS_HELP = "pretrained | random | auto (pretrained when found locally or on the hub, else random)."
-PIPELINE_HELP = "dense | dense-bypass | qgsa | random | norm."
+PIPELINE_HELP = ("dense | dense-bypass | qgsa | random | norm (the paper's, post-vision) | fastv | pdrop | sparsevlm "
+                 "| visionzip | divprune | downsample | qgsa-vision, or SELECTOR@POINT with POINT post-vision, "
+                 "vision:L or lm:K (e.g. random@vision:4).")
 
 
 def _warn(message: str) -> None:
@@ -64,7 +67,7 @@ def _command_line() -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-MULTI_VALUE = ("sizes", "batch")  # options that take several space-separated values (--sizes 224 336)
+MULTI_VALUE = ("sizes", "batch", "budgets", "shares")  # options that take several space-separated values (--sizes 224 336)
 
 
 class _RawArgsCommand(typer.core.TyperCommand):
@@ -108,12 +111,38 @@ def _ints(ctx, option: str, default: list[str]) -> tuple[int, ...]:
     return tuple(numbers)
 
 
+def _floats(ctx, option: str, default: list[str]) -> tuple[float, ...]:
+    """Numbers given to a multi-value option (space- or comma-separated), else the default."""
+    values = _option_values(ctx, (option,))
+    numbers = []
+    for token in (default if values is None else values):
+        for part in str(token).split(","):
+            if part.strip():
+                try:
+                    numbers.append(float(part))
+                except ValueError:
+                    raise QGSAError(f"{option} takes numbers (e.g. {option} 0.04 0.1 0.25 0.5), got '{part}'") from None
+    return tuple(numbers)
+
+
+def _pipeline_list(text: str) -> tuple[str, ...]:
+    """Comma-separated pipelines; a bare number continues the previous item's layer list (pdrop@lm:8,16,24)."""
+    items: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.isdigit() and items and "@" in items[-1]:
+            items[-1] += "," + part
+        elif part:
+            items.append(part)
+    return tuple(items)
+
+
 def _no_stray_arguments(ctx) -> None:
     """Every loose argument Click left must be a value of a multi-value option."""
     claimed = [v for name in MULTI_VALUE for v in (_option_values(ctx, (f"--{name}",)) or [])]
     stray = [a for a in ctx.args if a not in claimed]
     if stray:
-        raise QGSAError(f"unexpected argument(s) {' '.join(stray)}: only --sizes and --batch take several values")
+        raise QGSAError(f"unexpected argument(s) {' '.join(stray)}: only "
+                        f"{', '.join('--' + n for n in MULTI_VALUE)} take several values")
 
 
 def friendly(func):
@@ -161,7 +190,8 @@ def info(
     from qgsa_bench.build import build
     from qgsa_bench.info import model_info
 
-    data = model_info(build(model, weights, device, "auto", warn=_warn))
+    # random weights are not needed to count parameters: build on the meta device (a 7B model in no memory)
+    data = model_info(build(model, weights, "meta" if weights == "random" else device, "auto", warn=_warn))
     base, qgsa = data["base_params"], data["qgsa_params"]
     published = data["published_params"]
     console.print(_table(f"{data['model']} ({data['weights']} weights)", [
@@ -169,7 +199,9 @@ def info(
         ("tokenizer", data["tokenizer"]), ("d_v (vision width)", data["d_v"]), ("d_q (LM width)", data["d_q"]),
         ("d_h (scorer width)", data["d_h"]), ("patch size", data["patch_size"]),
         ("native image size", data["image_size"]), ("connector scale factor", data["scale_factor"]),
-        ("layers (vision / text)", f"{data['vision_layers']} / {data['text_layers']}"),
+        ("layers (vision / text)", f"{data['vision_layers']} / {data['text_layers']}"
+         + (f" (vision features after layer {data['vision_layers_run']})"
+            if data["vision_layers_run"] != data["vision_layers"] else "")),
         ("text heads", data["text_heads"]), ("vocabulary", data["vocab_size"]),
     ]))
     params = Table(title="Parameters", title_justify="left")
@@ -178,7 +210,7 @@ def info(
     for key, value in base.items():
         params.add_row(f"base: {key}", f"{value:,}")
     if published:
-        params.add_row("base: published size", f"~{published / 1e6:.0f}M")
+        params.add_row("base: published size", f"~{published / 1e9:.2f}B" if published >= 1e9 else f"~{published / 1e6:.0f}M")
     for key, value in qgsa.items():
         params.add_row(f"QGSA: {key}", f"{value:,}")
     params.add_row("QGSA share of base", f"{100 * qgsa['total'] / base['total']:.2f}%")
@@ -334,12 +366,65 @@ def sweep_resolution(
                               decode_tokens=decode_tokens,
                               k=k, checkpoint=str(checkpoint) if checkpoint else None, seed=seed, image=image,
                               question=question, count_flops=not no_flops, compile=compile)
-    cfg = SweepConfig(measure, _ints(ctx, "--sizes", sizes),
-                      tuple(p.strip() for p in pipelines.split(",") if p.strip()), str(out), batches)
+    cfg = SweepConfig(measure, _ints(ctx, "--sizes", sizes), _pipeline_list(pipelines), str(out), batches)
     with _RichProgress() as progress:
         folder = run_sweep(cfg, progress, warn=_warn)
     console.print((folder / "table4.md").read_text(), soft_wrap=True, markup=False)
     console.print(f"wrote {folder / 'sweep.csv'}, {folder / 'meta.json'}, {folder / 'table4.md'}")
+
+
+@app.command("sweep-budget", cls=_RawArgsCommand,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@friendly
+def sweep_budget(
+    ctx: typer.Context,
+    model: str = OPT_MODEL,
+    resolution: Optional[int] = typer.Option(None, help="Square input size in px (default: the model's native)."),
+    pipelines: str = typer.Option(
+        "dense,qgsa,random,norm,fastv,pdrop,sparsevlm,visionzip,divprune,downsample,qgsa-vision",
+        help="Comma-separated selectors, each optionally at an insertion point: NAME@post-vision, NAME@vision:L, "
+             "NAME@lm:K (pdrop/sparsevlm: NAME@lm:K1,K2,...). " + PIPELINE_HELP),
+    budgets: list[str] = typer.Option([], "--budgets", help="Visual tokens reaching the LM, e.g. --budgets 2 5 12 24."),
+    shares: list[str] = typer.Option([], "--shares", help="Budgets as fractions of the dense visual tokens "
+                                                           "(default 0.04 0.1 0.25 0.5) when --budgets is not given."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Also score every case on this data set "
+                                          "(vqa-rad | aokvqa | shapes); default: FLOPs and latency only."),
+    data_dir: Optional[str] = typer.Option(None, help="The data set's folder or hf://datasets/... (see qgsa eval)."),
+    split: Optional[str] = typer.Option(None, help="Split of --dataset (default: the data set's usual one)."),
+    limit: Optional[int] = typer.Option(None, help="Score at most this many samples of --dataset."),
+    eval_batch: int = typer.Option(8, help="Batch size of the accuracy runs."),
+    batch: int = OPT_BATCH,
+    device: str = OPT_DEVICE,
+    dtype: str = OPT_DTYPE,
+    attn: str = OPT_ATTN,
+    weights: str = OPT_WEIGHTS,
+    checkpoint: Optional[Path] = typer.Option(None, help="QGSA checkpoint (qgsa, and qgsa-vision if trained there)."),
+    reps: str = OPT_REPS,
+    max_time: Optional[float] = OPT_MAX_TIME,
+    warmup: int = OPT_WARMUP,
+    decode_tokens: int = OPT_DECODE,
+    seed: int = OPT_SEED,
+    image: Optional[Path] = OPT_IMAGE,
+    question: str = OPT_QUESTION,
+    no_flops: bool = OPT_NO_FLOPS,
+    out: Path = typer.Option(Path("results/budget"), help="Results folder (budget.csv, accuracy.csv, table.md)."),
+):
+    """Every selector at several budgets: FLOPs by stage, latency with intervals, accuracy (with --dataset)."""
+    from qgsa_bench.efficiency.budget import DEFAULT_SHARES, BudgetConfig, run_budget
+
+    _no_stray_arguments(ctx)
+    measure = _measure_config(model=model, weights=weights, batch=batch, device=device, dtype=dtype,
+                              attn_implementation=attn, reps=reps, max_time=max_time, warmup=warmup,
+                              decode_tokens=decode_tokens, checkpoint=str(checkpoint) if checkpoint else None,
+                              seed=seed, image=image, question=question, count_flops=not no_flops)
+    cfg = BudgetConfig(measure, resolution, _pipeline_list(pipelines),
+                       _ints(ctx, "--budgets", budgets) if budgets or _option_values(ctx, ("--budgets",)) else (),
+                       _floats(ctx, "--shares", shares) or DEFAULT_SHARES, dataset, data_dir, split, limit,
+                       eval_batch, out=str(out))
+    with _RichProgress() as progress:
+        folder = run_budget(cfg, progress, warn=_warn)
+    console.print((folder / "table.md").read_text(), soft_wrap=True, markup=False)
+    console.print(f"wrote {folder / 'budget.csv'}, {folder / 'meta.json'}, {folder / 'table.md'}")
 
 
 @app.command()
@@ -445,7 +530,7 @@ def _eval_config(**kwargs):
         if kwargs.get(key) is not None:
             kwargs[key] = str(kwargs[key])
     if isinstance(kwargs.get("pipelines"), str):
-        kwargs["pipelines"] = tuple(p.strip() for p in kwargs["pipelines"].split(",") if p.strip())
+        kwargs["pipelines"] = _pipeline_list(kwargs["pipelines"])
     return EvalConfig(**kwargs)
 
 

@@ -22,8 +22,8 @@ from qgsa_bench.config import EvalConfig
 from qgsa_bench.data import load_dataset
 from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.metrics import SCORING, multiple_choice_score, score
-from qgsa_bench.models.idefics3 import LMInputs
-from qgsa_bench.pipeline import SPARSE_PIPELINES, check_pipeline
+from qgsa_bench.models.base import LMInputs
+from qgsa_bench.pipeline import check_pipeline
 from qgsa_bench.results import check_same_settings, holds_out_folder, replace_rows, run_meta, write_meta
 
 EVAL_COLUMNS = [
@@ -47,8 +47,7 @@ def _multiple_choice(built, inputs: LMInputs, samples) -> list[int]:
     picks = []
     for b, sample in enumerate(samples):
         n = len(sample.choices)
-        rows = LMInputs(*(t[b:b + 1].expand(n, *t.shape[1:]) for t in
-                          (inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids, inputs.n_visual)))
+        rows = inputs.rows(b, n)
         picks.append(int(built.adapter.answer_logprob(rows, list(sample.choices)).argmax()))
     return picks
 
@@ -76,8 +75,6 @@ def _batch_records(built, pipeline: str, chunk, images, resolution: int, cfg: Ev
         generated = built.adapter.generate(prepared.inputs, cfg.max_new_tokens)
     mc = (_multiple_choice(built, prepared.inputs, chunk)
           if all(s.choices for s in chunk) else [None] * len(chunk))
-    sel = prepared.selection
-    sparse = sel is not None and pipeline in SPARSE_PIPELINES
     records = []
     for b, sample in enumerate(chunk):
         prediction = built.adapter.decode_text(generated[b])
@@ -87,10 +84,10 @@ def _batch_records(built, pipeline: str, chunk, images, resolution: int, cfg: Ev
             "answers": sample.answers, "choices": sample.choices,
             "prediction": prediction, "score": score(prediction, sample),
             "mc_choice": mc[b], "mc_correct": multiple_choice_score(mc[b], sample),
-            "k": int(sel.k[b]) if sparse else None,
+            "k": prepared.kept(b),
             "n_visual_tokens": int(prepared.inputs.n_visual[b]),
             "latency_ms": sw.ms / len(chunk),
-            "selected_patches": sel.indices[b][sel.valid[b]].tolist() if sparse else None,
+            "selected_patches": prepared.selected_patches(b),
         })
     return records
 

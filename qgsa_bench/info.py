@@ -34,6 +34,7 @@ def model_info(built: Built, resolutions=INFO_RESOLUTIONS) -> dict:
     return {
         **built.loaded.provenance(),
         "architecture": cfg.architectures[0] if cfg.architectures else cfg.model_type,
+        "family": a.family,
         "d_v": a.d_v,
         "d_q": a.d_q,
         "d_h": built.module.d_h,
@@ -41,6 +42,7 @@ def model_info(built: Built, resolutions=INFO_RESOLUTIONS) -> dict:
         "image_size": a.image_size,
         "scale_factor": a.scale_factor,
         "vision_layers": cfg.vision_config.num_hidden_layers,
+        "vision_layers_run": a.vision_depth,  # LLaVA stops at its feature layer
         "text_layers": cfg.text_config.num_hidden_layers,
         "text_heads": f"{cfg.text_config.num_attention_heads} ({cfg.text_config.num_key_value_heads} KV)",
         "vocab_size": cfg.text_config.vocab_size,

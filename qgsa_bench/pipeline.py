@@ -21,18 +21,33 @@ from dataclasses import dataclass
 import torch
 
 from qgsa_bench import QGSAError
-from qgsa_bench.models.idefics3 import Idefics3Adapter, LMInputs
+from qgsa_bench.models.base import LMInputs, VLMAdapter
 from qgsa_bench.qgsa.module import QGSAModule
-from qgsa_bench.qgsa.selector import Selection, all_selection, norm_selection, random_selection
+from qgsa_bench.qgsa.selector import (Selection, all_selection, gather_patches, norm_selection,
+                                      random_selection)
 
 PIPELINES = ("dense", "dense-bypass", "qgsa", "random", "norm")
 SPARSE_PIPELINES = ("qgsa", "random", "norm")
 
 
 def check_pipeline(name: str) -> str:
+    """A pipeline name, or a selector spec NAME[@POINT] (selectors/__init__.py); raises QGSAError."""
+    from qgsa_bench.selectors import SELECTOR_PIPELINES, is_selector_spec, parse_spec
+
+    if is_selector_spec(name):
+        parse_spec(name)
+        return name
     if name not in PIPELINES:
-        raise QGSAError(f"unknown pipeline '{name}': use one of {', '.join(PIPELINES)}")
+        raise QGSAError(f"unknown pipeline '{name}': use one of {', '.join(PIPELINES + SELECTOR_PIPELINES)} "
+                        "or SELECTOR@POINT (e.g. random@vision:4, fastv@lm:2)")
     return name
+
+
+def selector_spec(name: str):
+    """The selector spec of a pipeline name, or None for the paper pipelines (PIPELINES)."""
+    from qgsa_bench.selectors import is_selector_spec, parse_spec
+
+    return parse_spec(name) if is_selector_spec(name) else None
 
 
 @dataclass
@@ -42,15 +57,42 @@ class PipelineInputs:
     n_patches: int  # N
     inputs: LMInputs  # what the LM prefill takes
     selection: Selection | None  # None for dense
+    units: torch.Tensor | None = None  # (n, s^2) patches of each unit, for selector specs (selectors/)
+
+    def kept(self, b: int) -> int | None:
+        """Visual tokens the selector kept for sample b (after its last in-LM cut); None without selection."""
+        from qgsa_bench.run import kept_visual
+
+        if self.pipeline == "dense-bypass":
+            return None
+        k = kept_visual(self.inputs, self.selection)
+        return None if k is None else int(k[b])
+
+    def selected_patches(self, b: int) -> list[int] | None:
+        """The patches (indices in [0, N)) behind sample b's kept visual tokens; None without selection."""
+        if self.pipeline == "dense-bypass":
+            return None
+        plan = self.inputs.plan
+        selection = plan.records[-1] if plan is not None and plan.records else self.selection
+        if selection is None:
+            return None
+        picked = selection.indices[b][selection.valid[b]]
+        if self.units is None:
+            return picked.tolist()
+        return sorted(self.units[picked].flatten().tolist())
 
 
 class Pipeline:
     """The base model adapter plus a QGSA module; `lm_inputs` is the one place inputs are built."""
 
-    def __init__(self, adapter: Idefics3Adapter, module: QGSAModule, seed: int = 0):
+    def __init__(self, adapter: VLMAdapter, module: QGSAModule, seed: int = 0):
         self.adapter = adapter
         self.module = module
-        self.generator = torch.Generator(device=adapter.device).manual_seed(seed)
+        gen_device = "cpu" if adapter.device.type == "meta" else adapter.device  # meta: `qgsa info` only
+        self.generator = torch.Generator(device=gen_device).manual_seed(seed)
+        from qgsa_bench.run import SelectorRun
+
+        self.run = SelectorRun(adapter, module, self.generator)
 
     @contextmanager
     def same_draws(self):
@@ -62,18 +104,59 @@ class Pipeline:
         finally:
             self.generator.set_state(state)
 
-    def resolution_for(self, pipeline: str, resolution: int) -> int:
+    def resolution_for(self, pipeline: str, resolution: int, k=None) -> int:
         check_pipeline(pipeline)
         self.adapter.n_patches(resolution)  # validates R for every pipeline
+        spec = selector_spec(pipeline)
+        if spec is not None:
+            dense = self.adapter.dense_resolution(resolution)
+            if spec.selector.name != "downsample":
+                self.run.point(spec)  # validates the insertion point against the model's depth
+                return dense
+            if k is None or torch.as_tensor(k).numel() != 1:
+                raise QGSAError("downsample needs one budget for the batch: give --k (visual tokens)")
+            n = self.adapter.n_dense_tokens(dense)
+            if not 1 <= int(torch.as_tensor(k)) <= n:
+                raise QGSAError(f"budget {int(torch.as_tensor(k))} visual tokens is impossible for downsample: "
+                                f"pick 1 <= budget <= {n} (the dense tokens at {dense} px)")
+            return self.adapter.resolution_for_tokens(int(torch.as_tensor(k)))
         through_connector = pipeline in SPARSE_PIPELINES and self.module.config.projection == "connector"
         return self.adapter.dense_resolution(resolution) if pipeline == "dense" or through_connector else resolution
 
-    def visual_tokens(self, pipeline: str, V: torch.Tensor, q: torch.Tensor, k=None, tau: float | None = None,
+    def needs_early_question(self, pipeline: str) -> bool:
+        """The question embedding is needed in the vision stage (a question-guided or budget-predicting
+        selector inside the encoder)."""
+        spec = selector_spec(pipeline)
+        return spec is not None and self.run.point(spec).kind == "vision"
+
+    def encode(self, pipeline: str, pixel_values: torch.Tensor, q: torch.Tensor | None = None, k=None):
+        """The vision stage: V (B, N, d_v), or for a selector spec the run's `Encoded`."""
+        spec = selector_spec(pipeline)
+        if spec is None:
+            return self.adapter.patch_features(pixel_values)
+        return self.run.encode(spec, pixel_values, q, k)
+
+    def inputs(self, pipeline: str, tokens: torch.Tensor, valid: torch.Tensor, questions: list[str],
+               q: torch.Tensor | None = None, k=None) -> LMInputs:
+        """The prompt around the visual tokens, with the in-LM selection plan where the spec has one."""
+        inputs = self.adapter.build_inputs(tokens, questions, valid)
+        spec = selector_spec(pipeline)
+        if spec is not None:
+            inputs.plan = self.run.lm_plan(spec, inputs.n_visual, q, k)
+        return inputs
+
+    def visual_tokens(self, pipeline: str, V, q: torch.Tensor, k=None, tau: float | None = None,
                       budget_grad: bool = True):
         """V (B, N, d_v), q (B, d_q) -> (tokens (B, n, d_q), valid (B, n), selection or None).
 
         In training mode the QGSA module selects with Gumbel noise at temperature `tau` (budget_grad:
         QGSAModule.select)."""
+        spec = selector_spec(pipeline)
+        if spec is not None:
+            from qgsa_bench.run import Encoded
+
+            enc = V if isinstance(V, Encoded) else Encoded(V=V)
+            return self.run.visual_tokens(spec, enc, q, k)
         B, N, _ = V.shape
         if pipeline == "dense":
             tokens = self.adapter.connect(V)
@@ -95,9 +178,8 @@ class Pipeline:
         return self.module.project(V, selection), selection.valid, selection
 
     def connector_groups(self, N: int, device) -> torch.Tensor:
-        """(N/s^2, s^2): the patch indices that each connector token is built from (its pixel shuffle)."""
-        index = torch.arange(N, dtype=torch.float32, device=device)[None, :, None]
-        return self.adapter.connector.pixel_shuffle(index, self.adapter.scale_factor)[0].round().long()
+        """(N/s^2, s^2): the patch indices that each connector token is built from."""
+        return self.adapter.unit_patches(N, device)
 
     def connector_tokens(self, V: torch.Tensor, selection: Selection):
         """The model's own connector on the selected patches: (tokens (B, N/s^2, d_q), valid (B, N/s^2)).
@@ -108,6 +190,8 @@ class Pipeline:
         is valid when at least one of its s^2 patches is selected. With a learned fill f (config.fill),
         the connector runs on V * m + (1 - m) * f instead: an unselected patch is f, not zero."""
         B, N, _ = V.shape
+        if self.adapter.group_size == 1 and self.module.fill is None:  # one patch per token: project k patches
+            return self.adapter.connect(gather_patches(V, selection)), selection.valid
         weights = selection.weights if selection.weights is not None else selection.valid.to(V.dtype)
         weights = torch.where(selection.valid, weights.to(V.dtype), torch.zeros_like(weights, dtype=V.dtype))
         m = torch.zeros(B, N, dtype=V.dtype, device=V.device).scatter_add(1, selection.indices, weights)
@@ -125,7 +209,7 @@ class Pipeline:
         for question in questions:
             if not question or not question.strip():
                 raise QGSAError("empty question: pass a non-empty --question")
-        res = self.resolution_for(pipeline, resolution)
+        res = self.resolution_for(pipeline, resolution, k)
         if k is not None and pipeline in SPARSE_PIPELINES:
             n = self.adapter.n_patches(res)
             k_list = torch.as_tensor(k).reshape(-1).tolist()
@@ -133,8 +217,13 @@ class Pipeline:
                 raise QGSAError(f"k={max(k_list) if max(k_list) > n else min(k_list)} is impossible: "
                                 f"pick 1 <= k <= N = {n} patches at resolution {res}")
         pixel_values = self.adapter.pixel_values(images, res)
-        V = self.adapter.patch_features(pixel_values)  # (B, N, d_v)
-        q = self.adapter.question_embedding(questions)  # (B, d_q)
+        early = self.needs_early_question(pipeline)
+        q = self.adapter.question_embedding(questions) if early else None
+        V = self.encode(pipeline, pixel_values, q, k)  # (B, N, d_v), or the run's Encoded
+        if not early:
+            q = self.adapter.question_embedding(questions)  # (B, d_q)
         tokens, valid, selection = self.visual_tokens(pipeline, V, q, k)
-        inputs = self.adapter.build_inputs(tokens, questions, valid)
-        return PipelineInputs(pipeline, res, V.shape[1], inputs, selection)
+        inputs = self.inputs(pipeline, tokens, valid, questions, q, k)
+        N = self.adapter.n_patches(res)
+        units = self.adapter.unit_patches(N) if selector_spec(pipeline) is not None else None
+        return PipelineInputs(pipeline, res, N, inputs, selection, units)

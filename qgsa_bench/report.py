@@ -21,8 +21,10 @@ ABLATE_REQUIRED = ("config", "latency_ms_median", "latency_ms_p10", "latency_ms_
 EVAL_REQUIRED = ("pipeline", "scope", "question_type", "n", "accuracy", "delta_vs_dense_points", "k_mean",
                  "k_std", "n_visual_tokens_mean", "latency_ms_per_query")
 GROUNDING_REQUIRED = ("selector", "question_type", "n", "mean_iou", "median_iou", "k_mean")
+BUDGET_REQUIRED = ("budget", "budget_share", "case", "pipeline", "selector", "point", "n_visual_tokens",
+                   "visual_tokens_layer_avg", "flops_total", "latency_ms_median")
 RESULT_FILES = {"sweep": SWEEP_REQUIRED, "ablate": ABLATE_REQUIRED, "eval": EVAL_REQUIRED,
-                "grounding": GROUNDING_REQUIRED}
+                "grounding": GROUNDING_REQUIRED, "budget": BUDGET_REQUIRED}
 
 
 def _short_commit(commit) -> str:
@@ -527,8 +529,78 @@ def _folder_section(folder: Path, meta: dict, tables: dict, out: Path, slug: str
         parts.append(f"![ablation latency](fig5_ablation_{slug}.png)\n")
     if "eval" in tables:
         parts.append(eval_markdown(tables["eval"], meta))
+    if "budget" in tables:
+        accuracy = read_rows(folder / "accuracy.csv") if (folder / "accuracy.csv").is_file() else None
+        parts.append(budget_markdown(tables["budget"], meta, accuracy))
+        written.append(figure_pareto(meta, tables["budget"], accuracy, out / f"pareto_{slug}.png"))
+        parts.append(f"![accuracy or latency against FLOPs](pareto_{slug}.png)\n")
     if "grounding" in tables:
         parts.append(grounding_markdown(tables["grounding"], meta))
         if (folder / "pairs.csv").is_file():
             parts.append(pairs_markdown(read_rows(folder / "pairs.csv")))
     return "\n".join(parts), written
+
+
+def budget_markdown(frame, meta: dict | None, accuracy=None) -> str:
+    """Every selector at every budget: where it sits, tokens, FLOPs by stage, latency, accuracy."""
+    meta = meta or {}
+    lines = _header(meta, f"Selectors at equal budgets, {meta.get('settings', {}).get('resolution', '?')} px "
+                          f"({meta.get('dense_visual_tokens', '?')} dense visual tokens)")
+    lines += [f"Budget: {meta.get('budget_rule', 'visual tokens reaching the LM')}. FLOPs: multiply-adds (fvcore), "
+              "G = 10^9, for the whole batch end to end.  ", ""]
+    has_acc = "accuracy" in frame and frame["accuracy"].notna().any()
+    head = ["selector", "insertion point", "budget", "visual tokens (LM in / layer avg)", "vision GFLOPs",
+            "select GFLOPs", "prefill GFLOPs", "end-to-end GFLOPs", "share of dense", "latency ms (p10–p90)",
+            "speedup vs dense"] + (["accuracy %", "Δ vs dense"] if has_acc else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    frame = frame.sort_values(["budget", "selector"], kind="stable")
+    for _, r in frame.iterrows():
+        cells = [_case(r), str(r["point"]), str(int(r["budget"])),
+                 f"{_fmt(r['n_visual_tokens'], '.0f')} / {_fmt(r['visual_tokens_layer_avg'], '.1f')}",
+                 _fmt(r.get("flops_vision", float("nan")) / 1e9, ".3f"),
+                 _fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"),
+                 _fmt(r.get("flops_prefill", float("nan")) / 1e9, ".3f"), _fmt(r["flops_total"] / 1e9, ".3f"),
+                 _fmt(100 * r.get("flops_share_of_dense", float("nan")), ".1f", " %"),
+                 f"{_fmt(r['latency_ms_median'], '.1f')} ({_fmt(r.get('latency_ms_p10'), '.1f')}–"
+                 f"{_fmt(r.get('latency_ms_p90'), '.1f')})", speedup_cell(r)]
+        if has_acc:
+            cells += [_fmt(r.get("accuracy"), ".2f"), _fmt(r.get("delta_vs_dense_points"), "+.2f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    if accuracy is not None and len(accuracy):
+        types = accuracy[accuracy["scope"] != "all"]
+        if len(types):
+            lines += ["### Accuracy per question type (%)", ""]
+            qtypes = sorted(types["question_type"].unique())
+            lines += ["| case | budget | " + " | ".join(qtypes) + " |", "|" + "---|" * (len(qtypes) + 2)]
+            for case, part in types.groupby("case", sort=False):
+                by = dict(zip(part["question_type"], part["accuracy"]))
+                lines.append(f"| {case} | {int(part['budget'].iloc[0])} | "
+                             + " | ".join(_fmt(by.get(t), ".1f") for t in qtypes) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def figure_pareto(meta: dict, frame, accuracy, path: Path) -> Path:
+    """Accuracy (with a data set; else median latency) against end-to-end FLOPs, one line per selector over
+    its budgets, dense as a star. With per-type accuracy, one panel per question type as well."""
+    plt = _plt()
+    y_col = "accuracy" if "accuracy" in frame and frame["accuracy"].notna().any() else "latency_ms_median"
+    panels = [("all", frame)]
+    if accuracy is not None and y_col == "accuracy":
+        types = accuracy[accuracy["scope"] == "type"]
+        panels += [(t, part) for t, part in types.groupby("question_type")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    for ax, (title, part) in zip(axes[0], panels):
+        for (selector, point), rows in part.groupby(["selector", "point"], sort=False):
+            rows = rows.sort_values("flops_total")
+            style = "k*" if selector == "dense" else "o-"
+            ax.plot(rows["flops_total"] / 1e9, rows[y_col], style, ms=9 if selector == "dense" else 4,
+                    label=selector if selector == "dense" else f"{selector} @ {point}")
+        ax.set(xlabel="end-to-end GFLOPs (multiply-adds)", title=title, xscale="log",
+               ylabel="accuracy %" if y_col == "accuracy" else "median latency ms")
+    axes[0][0].legend(fontsize=6)
+    res = meta.get("settings", {}).get("resolution", "?")
+    fig.suptitle(f"Selectors at equal budgets: {meta.get('model', '?')} ({meta.get('weights', '?')} weights), {res}px",
+                 fontsize=9)
+    return _save(fig, path, top=0.86)

@@ -17,6 +17,12 @@ def tiny():
     return build("tiny", weights="random", device="cpu", dtype="fp32", seed=0)
 
 
+@pytest.fixture(scope="session")
+def llava_tiny():
+    """The llava-tiny preset (LLaVA-1.5's architecture, toy sizes), random weights, fp32 on CPU."""
+    return build("llava-tiny", weights="random", device="cpu", dtype="fp32", seed=0)
+
+
 def make_image(size=(96, 80)) -> Image.Image:
     img = Image.new("RGB", size, (230, 230, 230))
     draw = ImageDraw.Draw(img)

@@ -12,7 +12,8 @@ from qgsa_bench.qgsa.checkpoint import load_checkpoint, save_checkpoint
 
 
 def test_registry_names():
-    assert available_models() == ["smolvlm-256m", "smolvlm-500m", "tiny"]
+    assert available_models() == ["llava-1.5-7b", "llava-tiny", "smolvlm-256m", "smolvlm-500m", "tiny"]
+    assert load_preset("llava-1.5-7b")["hub_id"] == "llava-hf/llava-1.5-7b-hf"
     assert load_preset("smolvlm-256m")["hub_id"] == "HuggingFaceTB/SmolVLM-256M-Instruct"
     assert load_preset("smolvlm-500m")["hub_id"] == "HuggingFaceTB/SmolVLM-500M-Instruct"
 
@@ -34,7 +35,7 @@ def test_presets_build_the_published_architectures(name, d_q, layers, heads, kv,
 
 
 def test_unknown_model_is_one_clear_error():
-    with pytest.raises(QGSAError, match="unknown model 'smolvlm-9b': use one of smolvlm-256m, smolvlm-500m, tiny"):
+    with pytest.raises(QGSAError, match="unknown model 'smolvlm-9b': use one of llava-1.5-7b, llava-tiny, smolvlm-256m, smolvlm-500m, tiny"):
         load_model("smolvlm-9b")
 
 

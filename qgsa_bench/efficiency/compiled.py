@@ -28,13 +28,18 @@ def check_compile(mode: str, warmup: int) -> None:
 
 
 def compiled_pipeline(pipe, mode: str):
-    """A copy of `pipe` whose adapter runs torch.compile'd vision encoder and text model (the QGSA module,
-    the connector and the LM head stay eager: small). `.eager` is the pipeline it was made from."""
+    """A copy of `pipe` whose adapter runs torch.compile'd vision and LM layers (the layer-by-layer run
+    calls them one by one, so each layer is compiled; the QGSA module, embeddings, connector and LM head
+    stay eager: small). `.eager` is the pipeline it was made from."""
     import torch
 
+    def compile_all(layers):
+        return [torch.compile(layer, mode=mode, dynamic=True) for layer in layers]
+
     adapter = copy.copy(pipe.adapter)
-    adapter.vision_model = torch.compile(pipe.adapter.vision_model, mode=mode, dynamic=True)
-    adapter.text_model = torch.compile(pipe.adapter.text_model, mode=mode, dynamic=True)
+    adapter.vision_layers = compile_all(pipe.adapter.vision_layers)
+    adapter.lm = copy.copy(pipe.adapter.lm)
+    adapter.lm.layers = compile_all(pipe.adapter.lm.layers)
     compiled = copy.copy(pipe)
     compiled.adapter = adapter
     compiled.eager = pipe

@@ -14,13 +14,14 @@ Image preprocessing (PIL resize, normalisation) is done once outside the timed r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from qgsa_bench.efficiency.flops import count_flops
 from qgsa_bench.efficiency.timing import StageClock
 from qgsa_bench.pipeline import Pipeline
+from qgsa_bench.run import Encoded, kept_visual, layer_average
 
 STAGES = ("vision", "select", "connector", "prefill", "decode")
 
@@ -36,12 +37,10 @@ class Case:
     compile: str = "none"  # the torch.compile mode of pipe's vision encoder and LM (compiled.py)
 
 
-def _forced_decode(adapter, logits, inputs, cache, steps: int):
-    mask = inputs.attention_mask
+def _forced_decode(adapter, logits, state, steps: int):
     ids = logits.argmax(dim=-1)
     for _ in range(steps):
-        mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
-        ids = adapter.decode_step(ids, mask, cache).argmax(dim=-1)
+        ids = adapter.decode_step(ids, state).argmax(dim=-1)
     return ids
 
 
@@ -59,18 +58,23 @@ def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], deco
     pipe, a = case.pipe, case.pipe.adapter
     clock = clock_for(a.device)
     mark = clock.mark if stages else (lambda: None)
+    early = pipe.needs_early_question(case.pipeline)
     clock.mark()
-    V = a.patch_features(pixel_values)
+    q = a.question_embedding(questions) if early else None
+    V = pipe.encode(case.pipeline, pixel_values, q, case.k)  # vision:L selection happens here
     mark()
-    q = None if case.pipeline == "dense" else a.question_embedding(questions)
+    if not early:
+        q = None if case.pipeline == "dense" else a.question_embedding(questions)
     tokens, valid, selection = pipe.visual_tokens(case.pipeline, V, q, case.k)
     mark()
-    inputs = a.build_inputs(tokens, questions, valid)
-    logits, cache = a.prefill(inputs)
+    inputs = pipe.inputs(case.pipeline, tokens, valid, questions, q, case.k)
+    logits, state = a.prefill(inputs)  # in-LM selection happens here
     mark()
-    _forced_decode(a, logits, inputs, cache, decode_tokens - 1)
+    layer_tokens = tuple(mask.shape[1] for mask in state.key_masks)
+    _forced_decode(a, logits, state, decode_tokens - 1)
     clock.mark()
     ms = clock.intervals_ms()
+    kept = kept_visual(inputs, selection)
     vision, select, prefill, decode = ms if stages else [float("nan")] * 4
     dense = case.pipeline == "dense"
     return {
@@ -81,8 +85,10 @@ def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], deco
         "decode_ms_per_token": decode / max(decode_tokens - 1, 1),
         "latency_ms": sum(ms),
         "n_visual_tokens": float(inputs.n_visual.float().mean()),
-        "k": None if selection is None or case.pipeline == "dense-bypass" else float(selection.k.float().mean()),
+        "k": None if kept is None or case.pipeline == "dense-bypass" else float(kept.float().mean()),
+        "visual_tokens_layer_avg": layer_average(inputs, a.lm_depth),
         "prompt_tokens": int(inputs.attention_mask.shape[1]),
+        "layer_tokens": layer_tokens,  # each LM layer's sequence length in prefill (for the peers' formulas)
     }
 
 
@@ -91,24 +97,24 @@ def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[st
     """fvcore FLOPs (multiply-adds) per stage for the whole batch, plus the unsupported ops seen."""
     pipe, a = case.pipe, case.pipe.adapter
     mods = [a.model, pipe.module]
-    V = a.patch_features(pixel_values)
     q = a.question_embedding(questions)
-    vision = count_flops(a.patch_features, pixel_values, modules=mods)
     with pipe.same_draws():  # the random baseline draws the same patches when timed
-        select = count_flops(lambda q_, V_: pipe.visual_tokens(case.pipeline, V_, q_, case.k)[0], q, V,
+        vision = count_flops(lambda px: _tensors(pipe.encode(case.pipeline, px, q, case.k)), pixel_values,
                              modules=mods)
+        V = pipe.encode(case.pipeline, pixel_values, q, case.k)
+        select = count_flops(lambda q_: pipe.visual_tokens(case.pipeline, V, q_, case.k)[0], q, modules=mods)
     tokens, valid, _ = pipe.visual_tokens(case.pipeline, V, q, case.k)
-    inputs = a.build_inputs(tokens, questions, valid)
+    inputs = pipe.inputs(case.pipeline, tokens, valid, questions, q, case.k)
     e, m, p = inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids
+    _, state = a.prefill(inputs)
+    lengths = [mask.shape[1] for mask in state.key_masks]  # each LM layer's sequence (in-LM selection shrinks it)
 
     def prefill(e_, m_, p_):
-        return a.lm_head(a.lm_forward(e_, m_, p_)[:, -1])
+        return a.prefill(replace(inputs, inputs_embeds=e_, attention_mask=m_, position_ids=p_))[0]
 
     def prefill_and_step(e_, m_, p_, ids):
-        cache = a.new_cache()
-        first = a.lm_head(a.lm_forward(e_, m_, p_, cache)[:, -1])
-        m2 = torch.cat([m_, torch.ones_like(m_[:, :1])], dim=1)
-        return first, a.decode_step(ids, m2, cache)  # return both: the tracer drops unused outputs
+        first, state_ = a.prefill(replace(inputs, inputs_embeds=e_, attention_mask=m_, position_ids=p_))
+        return first, a.decode_step(ids, state_)  # return both: the tracer drops unused outputs
 
     pre = count_flops(prefill, e, m, p, modules=mods)
     ids = torch.full((e.shape[0],), a.pad_id, dtype=torch.long, device=e.device)
@@ -124,7 +130,7 @@ def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[st
         "flops_lm_head": head.total,
         # counted from the shapes, not read off one operator: eager attention traces to matmul, SDPA to its
         # own op, flash kernels to others; the column must not depend on which ran (equal to the SDPA handle)
-        "flops_prefill_attention": lm_attention_flops(a, e.shape[0] * e.shape[1], e.shape[1]),
+        "flops_prefill_attention": sum(lm_attention_flops(a, e.shape[0] * n, n, layers=1) for n in lengths),
     }
     flops["flops_total"] = (flops["flops_vision"] + flops["flops_select"] + flops["flops_connector"]
                             + flops["flops_prefill"] + (decode_tokens - 1) * flops["flops_decode_per_token"])
@@ -133,38 +139,56 @@ def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[st
         for op, n in count.unsupported.items():
             unsupported[op] = unsupported.get(op, 0) + n
     flops["unsupported_ops"] = ";".join(sorted(unsupported))
-    flops["attn_visual_flops"] = visual_attention_flops(a, inputs, decode_tokens)
+    flops["attn_visual_flops"] = visual_attention_flops(a, inputs, decode_tokens, lengths, state.visual_per_layer)
     return flops
 
 
-def peer_formulas(adapter, prompt_tokens: int, n_visual: float, batch: int) -> dict:
+def peer_formulas(adapter, prompt_tokens: int, n_visual: float, batch: int, layer_tokens=None,
+                  layer_avg: float | None = None) -> dict:
     """The LM prefill as the peers' papers estimate it, for mapping our rows onto their tables (formulas,
     not counts; multiply-adds like fvcore), for the whole batch:
       FastV (Chen et al., ECCV 2024), per layer: 4nd^2 + 2n^2 d + 2ndm   (n tokens, d width, m MLP width)
       the same with a 3-matrix (gated, SwiGLU) FFN, as LLaMA-family LMs have: 4nd^2 + 2n^2 d + 3ndm
-    summed over the LM's layers. Both assume full-width K/V projections (no grouped-query attention).
-    Visual tokens are given as entering the LM and averaged over its layers (the papers' "retained
-    tokens"); no pipeline here drops tokens inside the LM, so the two are equal."""
-    cfg = adapter.text_model.config
-    n, d, m, layers = prompt_tokens, cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers
-    base = 4 * n * d * d + 2 * n * n * d
-    return {"formula_fastv_prefill": batch * layers * (base + 2 * n * d * m),
-            "formula_ffn3_prefill": batch * layers * (base + 3 * n * d * m),
-            "visual_tokens_layer_avg": n_visual}
+    summed over the LM's layers, n being each layer's sequence (`layer_tokens`; in-LM selection shrinks it
+    after its cut, as FastV's own accounting does). Both assume full-width K/V projections (no grouped-query
+    attention). Visual tokens are given as entering the LM and averaged over its layers (the papers'
+    "retained tokens"); without in-LM selection the two are equal."""
+    cfg = adapter.text_config
+    d, m = cfg.hidden_size, cfg.intermediate_size
+    ns = list(layer_tokens) if layer_tokens else [prompt_tokens] * cfg.num_hidden_layers
+    fastv = sum(4 * n * d * d + 2 * n * n * d + 2 * n * d * m for n in ns)
+    ffn3 = sum(4 * n * d * d + 2 * n * n * d + 3 * n * d * m for n in ns)
+    return {"formula_fastv_prefill": batch * fastv, "formula_ffn3_prefill": batch * ffn3,
+            "visual_tokens_layer_avg": n_visual if layer_avg is None else layer_avg}
 
 
-def lm_attention_flops(adapter, queries: int, keys: int) -> int:
+def lm_attention_flops(adapter, queries: int, keys: int, layers: int | None = None) -> int:
     """Multiply-adds of the LM's attention products (QK^T and AV) for `queries` query positions (summed
-    over the batch) each over `keys` keys, in every layer and head: the SDPA handle's full-rectangle
-    convention, whatever attention implementation runs."""
-    cfg = adapter.text_model.config
+    over the batch) each over `keys` keys, in `layers` layers (default: all) and every head: the SDPA
+    handle's full-rectangle convention, whatever attention implementation runs."""
+    cfg = adapter.text_config
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return cfg.num_hidden_layers * cfg.num_attention_heads * 2 * head_dim * queries * keys
+    layers = cfg.num_hidden_layers if layers is None else layers
+    return layers * cfg.num_attention_heads * 2 * head_dim * queries * keys
 
 
-def visual_attention_flops(adapter, inputs, decode_tokens: int) -> int:
+def visual_attention_flops(adapter, inputs, decode_tokens: int, lengths=None, visual_per_layer=None) -> int:
     """LM attention multiply-adds whose keys are visual tokens: prefill (every query over the full
-    L x n_vis rectangle, the SDPA handle's convention) plus T - 1 decode steps (one query each)."""
-    n_vis = int(inputs.n_visual.sum())
+    L x n_vis rectangle, the SDPA handle's convention) plus T - 1 decode steps (one query each), layer by
+    layer when in-LM selection changes L and n_vis between layers."""
+    B = inputs.attention_mask.shape[0]
     L = inputs.attention_mask.shape[1]
-    return lm_attention_flops(adapter, L + decode_tokens - 1, n_vis)
+    if lengths is None:
+        return lm_attention_flops(adapter, L + decode_tokens - 1, int(inputs.n_visual.sum()))
+    total = 0
+    for n, vis in zip(lengths, visual_per_layer):
+        vis = float(inputs.n_visual.float().mean()) if vis != vis else vis  # NaN: no in-LM selection
+        total += lm_attention_flops(adapter, n + decode_tokens - 1, round(vis * B), layers=1)
+    return total
+
+
+def _tensors(encoded):
+    """The tensors of a vision-stage result (for tracing)."""
+    if isinstance(encoded, Encoded):
+        return tuple(t for t in (encoded.V, encoded.units, encoded.last_input) if t is not None)
+    return encoded

@@ -79,7 +79,7 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
     adapter = cases[0].pipe.adapter
     pixels, rows = {}, []
     for case in cases:
-        res = case.pipe.resolution_for(case.pipeline, resolution)
+        res = case.pipe.resolution_for(case.pipeline, resolution, case.k)
         if res not in pixels:
             pixels[res] = adapter.pixel_values(images, res)
         row = {"case": case.label, "pipeline": case.pipeline, "resolution": resolution,
@@ -98,7 +98,8 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
         row.update(_case_statistics(cases[i], rounds, i, len(questions), decode_tokens))
         row["reps_stopped"] = rounds.stopped
         row.update(paper_metrics(row["pipeline"], row["n_patches"], row["k"]))
-        row.update(peer_formulas(adapter, row["prompt_tokens"], row["n_visual_tokens"], len(questions)))
+        row.update(peer_formulas(adapter, row["prompt_tokens"], row["n_visual_tokens"], len(questions),
+                                 row.pop("layer_tokens"), row["visual_tokens_layer_avg"]))
         if reference is not None and i != reference and row["n"] >= 2:
             ratio, low, high = stats.ratio_interval(rounds.latencies(reference), rounds.latencies(i))
             row.update({"speedup_vs_dense": ratio, "speedup_ci_low": low, "speedup_ci_high": high,
@@ -174,7 +175,8 @@ def _case_statistics(case: Case, rounds: Rounds, i: int, batch: int, decode_toke
     seconds = lat["median"] / 1000.0  # one end-to-end run of the whole batch
     row = {
         "n": lat["n"], "n_visual_tokens": runs[0]["n_visual_tokens"], "k": runs[0]["k"],
-        "prompt_tokens": runs[0]["prompt_tokens"],
+        "prompt_tokens": runs[0]["prompt_tokens"], "layer_tokens": runs[0]["layer_tokens"],
+        "visual_tokens_layer_avg": runs[0]["visual_tokens_layer_avg"],
         "latency_ms_median": lat["median"], "latency_ms_p10": lat["p10"], "latency_ms_p90": lat["p90"],
         "latency_dispersion": lat["dispersion"], "latency_outliers": lat["outliers"], "unstable": lat["unstable"],
         "peak_mem_mb": rounds.peaks[i] if rounds.cuda else None,

@@ -9,6 +9,7 @@ FLOPs and latency do not depend on weight values; accuracy does, so every output
 from __future__ import annotations
 
 import hashlib
+from contextlib import contextmanager
 import json
 import warnings
 from dataclasses import dataclass, field
@@ -22,7 +23,14 @@ from qgsa_bench.hub import hub_reachable
 from qgsa_bench.models.tokenizer import FALLBACK_KIND, build_fallback_tokenizer
 
 WEIGHTS_CHOICES = ("auto", "pretrained", "random")
-SUPPORTED_MODEL_TYPES = ("idefics3",)
+SUPPORTED_MODEL_TYPES = ("idefics3", "llava")
+# The special tokens each family's prompt uses (looked up in a pretrained tokenizer).
+FAMILY_TOKENS = {
+    "idefics3": ("<|im_start|>", "<|im_end|>", "<global-img>", "<fake_token_around_image>", "<image>",
+                 "<end_of_utterance>"),
+    "llava": ("<unk>", "<s>", "</s>", "<image>", "<pad>"),
+}
+FALLBACK_PRESET = {"idefics3": "smolvlm-256m", "llava": "llava-1.5-7b"}
 # SmolVLM's image processor settings, used when a model directory ships none.
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
 DEFAULT_STD = (0.5, 0.5, 0.5)
@@ -44,7 +52,7 @@ def load_preset(name: str) -> dict:
 
 @dataclass
 class LoadedModel:
-    """A built Idefics3 model plus everything an output must say about where it came from."""
+    """A built VLM (any supported family) plus everything an output must say about where it came from."""
 
     name: str  # what the user typed
     source: str  # hub id, local directory, or "preset:<name>"
@@ -60,6 +68,10 @@ class LoadedModel:
     @property
     def config(self):
         return self.model.config
+
+    @property
+    def family(self) -> str:
+        return self.model.config.model_type
 
     def architecture_hash(self) -> str:
         """A short hash of the architecture (not the weights): checkpoints refuse a different base."""
@@ -79,7 +91,7 @@ def architecture_hash(config) -> str:
     keep = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
             "num_key_value_heads", "patch_size", "image_size", "vocab_size")
     arch = {
-        "scale_factor": config.scale_factor,
+        "scale_factor": getattr(config, "scale_factor", None),
         "vision": {k: getattr(config.vision_config, k, None) for k in keep},
         "text": {k: getattr(config.text_config, k, None) for k in keep},
     }
@@ -99,13 +111,39 @@ def _from_pretrained(source: str, dtype, attn: str):
         where = f"local directory {source}" if Path(source).is_dir() else (
             f"HF cache for '{source}'" if local_only else f"the hub for '{source}'")
         try:
-            model = AutoModelForImageTextToText.from_pretrained(
-                source, dtype=dtype, attn_implementation=attn, local_files_only=local_only)
+            with _quiet_transformers():  # its load report would precede our one-line error
+                model, info = AutoModelForImageTextToText.from_pretrained(
+                    source, dtype=dtype, attn_implementation=attn, local_files_only=local_only,
+                    output_loading_info=True)
         except (OSError, ValueError) as err:
             tried.append(f"{where} ({str(err).splitlines()[0][:120]})")
             continue
+        _check_complete(source, info)
         return model, _processor(source, local_only), tried
     return None, None, tried
+
+
+@contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _check_complete(source: str, info: dict) -> None:
+    """A checkpoint whose files lack some of the architecture's weights (a missing vision tower, say) would
+    run with those weights random: refuse it instead."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        parts = sorted({".".join(k.split(".")[:3]) for k in missing})
+        raise QGSAError(f"the checkpoint at '{source}' lacks {len(missing)} weight tensors of its architecture "
+                        f"({', '.join(parts[:4])}{', ...' if len(parts) > 4 else ''}): point --model at a complete "
+                        f"checkpoint (config.json and every *.safetensors shard), or use --weights random")
 
 
 def _processor(source: str, local_only: bool):
@@ -127,13 +165,44 @@ def _processor(source: str, local_only: bool):
         return None
 
 
-def _random_model(config, dtype, attn: str, seed: int):
+def _random_model(config, dtype, attn: str, seed: int, device="cpu"):
+    """The architecture with random weights (seeded). On the meta device nothing is allocated: parameter
+    counts and shapes only (`qgsa info`)."""
     from transformers import AutoModelForImageTextToText
 
+    if str(device) == "meta":
+        with torch.device("meta"):
+            return AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation=attn)
+    _check_memory(config, dtype)
     with torch.random.fork_rng(devices=[]):  # a fixed seed without disturbing the caller's RNG
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation=attn)
     return model
+
+
+def _available_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _check_memory(config, dtype) -> None:
+    """Refuse to build a model that cannot fit in this machine's free memory (a 7B model in float32 needs
+    28 GB) with an error that says what fits, instead of being killed half way."""
+    from transformers import AutoModelForImageTextToText
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForImageTextToText.from_config(config).parameters())
+    need = params * torch.empty((), dtype=dtype).element_size()
+    free = _available_bytes()
+    if free is not None and need > 0.9 * free:
+        raise QGSAError(f"{params / 1e9:.2f}B parameters in {str(dtype).removeprefix('torch.')} need "
+                        f"{need / 2**30:.1f} GiB; {free / 2**30:.1f} GiB is free here: use --dtype bf16, a GPU "
+                        f"(--device cuda), or a smaller model (`qgsa info` counts it without building it)")
 
 
 def load_model(
@@ -146,7 +215,7 @@ def load_model(
     warn=warnings.warn,
 ) -> LoadedModel:
     """Build `name` (a registry name or a local model directory) with the requested weights."""
-    from transformers import AutoConfig, Idefics3Config
+    from transformers import AutoConfig
 
     if weights not in WEIGHTS_CHOICES:
         raise QGSAError(f"--weights must be one of {', '.join(WEIGHTS_CHOICES)}, got '{weights}'")
@@ -166,39 +235,51 @@ def load_model(
         raise QGSAError(f"'{name}' has no pretrained weights (a test architecture): use --weights random")
 
     if model is None:
-        config = AutoConfig.from_pretrained(name) if is_dir else Idefics3Config(**preset["config"])
+        config = AutoConfig.from_pretrained(name) if is_dir else _preset_config(preset)
         if weights == "auto" and (is_dir or preset["hub_id"]):
             warn(f"no pretrained weights for '{name}' here: using RANDOM weights (outputs are labelled so)")
-        model = _random_model(config, dtype, attn_implementation, seed)
+        if config.model_type not in SUPPORTED_MODEL_TYPES:
+            raise QGSAError(f"'{name}' is a {config.model_type} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
+        model = _random_model(config, dtype, attn_implementation, seed, device)
         loaded_weights = "random"
     else:
         loaded_weights = "pretrained"
 
     if model.config.model_type not in SUPPORTED_MODEL_TYPES:
         raise QGSAError(f"'{name}' is a {model.config.model_type} model; supported: {', '.join(SUPPORTED_MODEL_TYPES)}")
-    model.to(device).eval().requires_grad_(False)
+    if str(device) != "meta":
+        model.to(device)
+    model.eval().requires_grad_(False)
     return _package(name, source, loaded_weights, model, processor, preset)
 
 
+def _preset_config(preset: dict):
+    from transformers import AutoConfig
+
+    config = dict(preset["config"])
+    return AutoConfig.for_model(config.pop("model_type"), **config)
+
+
 def _package(name, source, weights, model, processor, preset) -> LoadedModel:
+    family = model.config.model_type
     tokens = dict(preset["tokens"]) if preset else {}
     tokenizer = getattr(processor, "tokenizer", None) if processor is not None else None
     if tokenizer is not None:
-        for tok in ("<|im_start|>", "<|im_end|>", "<global-img>", "<fake_token_around_image>",
-                    "<image>", "<end_of_utterance>"):
+        for tok in FAMILY_TOKENS[family]:
             tid = tokenizer.convert_tokens_to_ids(tok)
             if tid is not None and tid != tokenizer.unk_token_id:
                 tokens[tok] = tid
         kind = "pretrained"
     else:
         if not tokens:
-            tokens = dict(load_preset("smolvlm-256m")["tokens"])
+            tokens = dict(load_preset(FALLBACK_PRESET[family])["tokens"])
         tokenizer = build_fallback_tokenizer(tokens, model.config.text_config.vocab_size)
         kind = FALLBACK_KIND
     tokens["<image>"] = model.config.image_token_id
     image_processor = getattr(processor, "image_processor", None)
-    mean = tuple(getattr(image_processor, "image_mean", None) or (preset or {}).get("image_mean") or DEFAULT_MEAN)
-    std = tuple(getattr(image_processor, "image_std", None) or (preset or {}).get("image_std") or DEFAULT_STD)
+    family_preset = preset or load_preset(FALLBACK_PRESET[family])
+    mean = tuple(getattr(image_processor, "image_mean", None) or family_preset.get("image_mean") or DEFAULT_MEAN)
+    std = tuple(getattr(image_processor, "image_std", None) or family_preset.get("image_std") or DEFAULT_STD)
     return LoadedModel(
         name=name, source=source, weights=weights, tokenizer_kind=kind, model=model, tokenizer=tokenizer,
         image_mean=mean, image_std=std, special_tokens=tokens,
