@@ -1,0 +1,135 @@
+"""Counting a model too large to build here (LLaVA-1.5-7B: 28 GB in float32) from depth-reduced copies.
+
+Every LM layer of one segment (the layers between two in-LM cuts, or all of them without any) does the
+same work: the same sequence length, the same shapes. So the count of the full model is exactly
+
+    F(full) = F(R) + sum_j (l_j - 1) * (F(R_j) - F(R))
+
+where R is a copy with one layer per segment (depth S + 1 for S cuts, at layers 1..S), R_j the same with a
+second layer in segment j, and l_j the full model's segment lengths. Without cuts: F(D) = F(1) + (D - 1) *
+(F(2) - F(1)). The vision tower, connector, embeddings and head are the full model's in every copy
+(random weights: FLOPs do not depend on their values). A test checks on llava-tiny that this gives
+exactly the count of the model at its real depth, with and without cuts.
+"""
+
+from __future__ import annotations
+
+import gc
+from dataclasses import dataclass
+
+import torch
+
+from qgsa_bench import QGSAError
+from qgsa_bench.efficiency.measure import Case, count_stage_flops
+from qgsa_bench.pipeline import selector_spec
+from qgsa_bench.selectors.base import Point
+
+LINEAR_KEYS = ("flops_prefill", "flops_decode_per_token", "flops_prefill_attention", "attn_visual_flops")
+FIXED_KEYS = ("flops_vision", "flops_select", "flops_connector", "flops_lm_head")
+
+
+def build_at_depth(name: str, depth: int, dtype=torch.float32, seed: int = 0):
+    """The preset `name` with `depth` LM layers, random weights, on the CPU: a `Built`."""
+    from qgsa_bench.build import Built, new_module
+    from qgsa_bench.models import adapter_for
+    from qgsa_bench.models.registry import _package, _preset_config, _random_model, load_preset
+    from qgsa_bench.pipeline import Pipeline
+
+    preset = load_preset(name)
+    config = _preset_config(preset)
+    config.text_config.num_hidden_layers = depth
+    model = _random_model(config, dtype, "sdpa", seed)
+    model.eval().requires_grad_(False)
+    loaded = _package(f"{name}@{depth}-layers", f"preset:{name} (LM depth {depth})", "random", model, None, preset)
+    adapter = adapter_for(loaded)
+    module = new_module(adapter, None, seed).to(dtype).eval()
+    return Built(loaded, adapter, module, Pipeline(adapter, module, seed), torch.device("cpu"), dtype,
+                 f"random-init (seed {seed})")
+
+
+@dataclass
+class Plan:
+    """What to count: a pipeline with its LM cuts on the full model (empty for no in-LM selection)."""
+
+    pipeline: str
+    k: int | None
+    cuts: tuple[int, ...] = ()
+
+    def segments(self, depth: int) -> list[int]:
+        edges = [0, *self.cuts, depth]
+        return [b - a for a, b in zip(edges, edges[1:])]
+
+    def copy(self, extra: int | None = None) -> tuple[int, str]:
+        """(depth, pipeline spec) of the copy with one layer per segment (+1 in segment `extra`)."""
+        S = len(self.cuts)
+        sizes = [1] * (S + 1)
+        if extra is not None:
+            sizes[extra] += 1
+        if not S:
+            return sizes[0], self.pipeline
+        cuts = [sum(sizes[:j + 1]) for j in range(S)]
+        base = self.pipeline.split("@")[0]
+        return sum(sizes), f"{base}@lm:{','.join(map(str, cuts))}"
+
+
+def plan_for(pipeline: str, k: int | None, full_depth: int, vision_depth: int) -> Plan:
+    spec = selector_spec(pipeline)
+    if spec is None:
+        return Plan(pipeline, k)
+    point = spec.point or spec.selector.default_point(vision_depth, full_depth)
+    if point.kind != "lm":
+        return Plan(pipeline, k)
+    if not all(1 <= K < full_depth for K in point.layers):
+        raise QGSAError(f"{pipeline}: cuts {point} outside the LM's {full_depth} layers")
+    return Plan(f"{spec.selector.name}@{Point('lm', point.layers)}", k, point.layers)
+
+
+def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int, batch: int = 1,
+                 question: str = "What is shown in the image?", decode_tokens: int = 8, image=None,
+                 progress=None, full_depth: int | None = None) -> list[dict]:
+    """Stage FLOPs of `name` at its full LM depth for each (pipeline, k), counted on depth-reduced copies.
+    Each copy is built once and counts every case that needs it. Rows carry the copies' depths."""
+    from qgsa_bench.models.images import demo_image
+    from qgsa_bench.models.registry import load_preset
+
+    config = load_preset(name)["config"]
+    full = full_depth or config["text_config"]["num_hidden_layers"]
+    probe = build_at_depth(name, 1)
+    vdepth = probe.adapter.vision_depth
+    del probe
+    plans = [plan_for(p, k, full, vdepth) for p, k in cases]
+    needed: dict[int, list[tuple[int, str]]] = {}  # copy depth -> [(plan index, spec)]
+    for i, plan in enumerate(plans):
+        for extra in [None, *range(len(plan.cuts) + 1)]:
+            depth, spec = plan.copy(extra)
+            needed.setdefault(depth, []).append((i, spec, extra))
+    counts: dict[tuple[int, object], dict] = {}
+    images = [image or demo_image()] * batch
+    questions = [question] * batch
+    for depth in sorted(needed):
+        built = build_at_depth(name, depth)
+        pipe = built.pipeline
+        for i, spec, extra in needed[depth]:
+            k = plans[i].k
+            res = pipe.resolution_for(spec, resolution, k)
+            px = built.adapter.pixel_values(images, res)
+            counts[(i, extra)] = count_stage_flops(Case(spec, spec, pipe, k), px, questions, decode_tokens)
+            if progress:
+                progress(f"counted {plans[i].pipeline} k={k} on a {depth}-layer copy", 1)
+        del built, pipe
+        gc.collect()
+    rows = []
+    for i, plan in enumerate(plans):
+        base = counts[(i, None)]
+        segs = plan.segments(full)
+        row = {"pipeline": cases[i][0], "k": plan.k, "lm_depth": full,
+               "copies": ";".join(str(plan.copy(e)[0]) for e in [None, *range(len(segs))])}
+        for key in FIXED_KEYS:
+            row[key] = base[key]
+        for key in LINEAR_KEYS:
+            row[key] = base[key] + sum((segs[j] - 1) * (counts[(i, j)][key] - base[key]) for j in range(len(segs)))
+        row["flops_total"] = (row["flops_vision"] + row["flops_select"] + row["flops_connector"]
+                              + row["flops_prefill"] + (decode_tokens - 1) * row["flops_decode_per_token"])
+        row["unsupported_ops"] = base["unsupported_ops"]
+        rows.append(row)
+    return rows

@@ -1,0 +1,42 @@
+"""Counting from depth-reduced copies is exact: the scaled count equals the count at the real depth."""
+
+import pytest
+import torch
+
+from qgsa_bench.efficiency.depth import LINEAR_KEYS, build_at_depth, count_scaled, plan_for
+from qgsa_bench.efficiency.measure import Case, count_stage_flops
+from qgsa_bench.models.images import demo_image
+
+
+@pytest.mark.parametrize("pipeline, k", [("dense", None), ("visionzip", 9), ("fastv@lm:2", 9), ("pdrop@lm:2,4", 5)])
+def test_count_from_reduced_copies_equals_the_count_at_full_depth(pipeline, k):
+    depth = 6
+    real = build_at_depth("llava-tiny", depth)
+    px = real.adapter.pixel_values([demo_image()], real.pipeline.resolution_for(pipeline, 84, k))
+    truth = count_stage_flops(Case(pipeline, pipeline, real.pipeline, k), px, ["What is shown in the image?"], 8)
+    scaled, = count_scaled("llava-tiny", [(pipeline, k)], 84, full_depth=depth)
+    for key in (*LINEAR_KEYS, "flops_vision", "flops_select", "flops_total"):
+        assert scaled[key] == truth[key], key
+    assert truth["flops_prefill"] > 0
+    copies = [int(c) for c in scaled["copies"].split(";")]
+    assert max(copies) < depth  # never built at full depth
+
+
+def test_linear_in_depth_at_two_depths():
+    """Without cuts each extra layer adds the same count: F(3) - F(2) == F(2) - F(1) for every LM stage."""
+    counts = []
+    for depth in (1, 2, 3):
+        built = build_at_depth("llava-tiny", depth)
+        px = built.adapter.pixel_values([demo_image()], 84)
+        counts.append(count_stage_flops(Case("dense", "dense", built.pipeline), px, ["what?"], 4))
+    for key in LINEAR_KEYS:
+        assert counts[2][key] - counts[1][key] == counts[1][key] - counts[0][key] > 0, key
+    assert counts[0]["flops_vision"] == counts[2]["flops_vision"]
+
+
+def test_plans_map_cuts_onto_one_layer_per_segment():
+    plan = plan_for("pdrop", 64, 32, 23)  # default cuts 8/16/24 for 32 layers
+    assert plan.cuts == (8, 16, 24) and plan.segments(32) == [8, 8, 8, 8]
+    assert plan.copy() == (4, "pdrop@lm:1,2,3") and plan.copy(2) == (5, "pdrop@lm:1,2,4")
+    assert plan_for("dense", None, 32, 23).copy(0) == (2, "dense")
+    assert plan_for("sparsevlm", 64, 32, 23).cuts == (2, 6, 15)
