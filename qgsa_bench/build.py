@@ -29,6 +29,8 @@ class Built:
 
 def new_module(adapter: VLMAdapter, config: QGSAConfig | None, seed: int) -> QGSAModule:
     """A randomly initialised QGSA module for this base (seeded, without touching the global RNG)."""
+    if config is None:  # the family's default path for selected patches (LLaVA: its own projector)
+        config = QGSAConfig(projection=adapter.default_projection)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return QGSAModule(adapter.d_v, adapter.d_q, config)

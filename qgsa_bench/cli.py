@@ -427,6 +427,37 @@ def sweep_budget(
     console.print(f"wrote {folder / 'budget.csv'}, {folder / 'meta.json'}, {folder / 'table.md'}")
 
 
+@app.command("count-flops", cls=_RawArgsCommand,
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@friendly
+def count_flops_command(
+    ctx: typer.Context,
+    model: str = typer.Option("llava-1.5-7b", "--model", "-m", help="A registry name (the copies are built from "
+                              "its preset): llava-1.5-7b, smolvlm-256m, smolvlm-500m, ..."),
+    resolution: Optional[int] = typer.Option(None, help="Square input size in px (default: the model's native)."),
+    pipelines: str = typer.Option("dense,qgsa,random,norm,fastv,pdrop,sparsevlm,visionzip,divprune,downsample,"
+                                  "qgsa-vision", help="Comma-separated: " + PIPELINE_HELP),
+    budgets: list[str] = typer.Option(["192", "128", "64"], "--budgets",
+                                      help="Visual tokens reaching the LM, e.g. --budgets 192 128 64."),
+    batch: int = OPT_BATCH,
+    decode_tokens: int = OPT_DECODE,
+    by_depth: str = typer.Option("auto", help="Count the LM on depth-reduced copies and scale exactly: auto (when "
+                                 "the model does not fit in free memory) | yes | no."),
+    out: Path = typer.Option(Path("results/count"), help="Results folder (flops.csv, crosscheck.json, table.md)."),
+):
+    """FLOPs by stage for every pipeline at every budget, counted (no timing), with cross-checks against a
+    published vision-tower count and the analytic LM prefill."""
+    from qgsa_bench.efficiency.count import CountConfig, run_count
+
+    _no_stray_arguments(ctx)
+    cfg = CountConfig(model, resolution, _pipeline_list(pipelines), _ints(ctx, "--budgets", budgets), batch,
+                      decode_tokens, by_depth=by_depth, out=str(out))
+    with _RichProgress() as progress:
+        folder = run_count(cfg, progress, warn=_warn)
+    console.print((folder / "table.md").read_text(), soft_wrap=True, markup=False)
+    console.print(f"wrote {folder / 'flops.csv'}, {folder / 'crosscheck.json'}, {folder / 'meta.json'}")
+
+
 @app.command()
 @friendly
 def ablate(

@@ -21,10 +21,12 @@ ABLATE_REQUIRED = ("config", "latency_ms_median", "latency_ms_p10", "latency_ms_
 EVAL_REQUIRED = ("pipeline", "scope", "question_type", "n", "accuracy", "delta_vs_dense_points", "k_mean",
                  "k_std", "n_visual_tokens_mean", "latency_ms_per_query")
 GROUNDING_REQUIRED = ("selector", "question_type", "n", "mean_iou", "median_iou", "k_mean")
+COUNT_REQUIRED = ("pipeline", "k", "n_visual_tokens", "visual_tokens_layer_avg", "flops_vision", "flops_prefill",
+                  "flops_total")
 BUDGET_REQUIRED = ("budget", "budget_share", "case", "pipeline", "selector", "point", "n_visual_tokens",
                    "visual_tokens_layer_avg", "flops_total", "latency_ms_median")
 RESULT_FILES = {"sweep": SWEEP_REQUIRED, "ablate": ABLATE_REQUIRED, "eval": EVAL_REQUIRED,
-                "grounding": GROUNDING_REQUIRED, "budget": BUDGET_REQUIRED}
+                "grounding": GROUNDING_REQUIRED, "budget": BUDGET_REQUIRED, "flops": COUNT_REQUIRED}
 
 
 def _short_commit(commit) -> str:
@@ -534,6 +536,8 @@ def _folder_section(folder: Path, meta: dict, tables: dict, out: Path, slug: str
         parts.append(budget_markdown(tables["budget"], meta, accuracy))
         written.append(figure_pareto(meta, tables["budget"], accuracy, out / f"pareto_{slug}.png"))
         parts.append(f"![accuracy or latency against FLOPs](pareto_{slug}.png)\n")
+    if "flops" in tables:
+        parts.append(count_markdown(tables["flops"].to_dict("records"), meta))
     if "grounding" in tables:
         parts.append(grounding_markdown(tables["grounding"], meta))
         if (folder / "pairs.csv").is_file():
@@ -604,3 +608,41 @@ def figure_pareto(meta: dict, frame, accuracy, path: Path) -> Path:
     fig.suptitle(f"Selectors at equal budgets: {meta.get('model', '?')} ({meta.get('weights', '?')} weights), {res}px",
                  fontsize=9)
     return _save(fig, path, top=0.86)
+
+
+def count_markdown(rows: list[dict], meta: dict) -> str:
+    """Counted FLOPs by stage per (pipeline, budget), and the cross-checks (count-flops)."""
+    s = meta.get("settings", {})
+    lines = [f"## Counted FLOPs by stage: {meta.get('model', '?')} at {s.get('resolution', '?')} px, batch "
+             f"{s.get('batch', '?')}, {s.get('decode_tokens', '?')} generated tokens", "",
+             f"{meta.get('counting', '')}. Multiply-adds (fvcore), G = 10^9. Weights play no part in a count "
+             f"(random weights). Command: `{meta.get('command', '?')}` (commit "
+             f"{_short_commit(meta.get('git_commit', '?'))}).", ""]
+    head = ["pipeline", "budget", "visual tokens (LM in / layer avg)", "prompt", "vision G", "select + connector G",
+            "prefill G", "decode G/token", "end-to-end G", "share of dense", "saved"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        k = r.get("k")
+        lines.append("| " + " | ".join([
+            str(r["pipeline"]), "–" if k is None or k != k else str(int(k)),
+            f"{_fmt(r['n_visual_tokens'], '.0f')} / {_fmt(r['visual_tokens_layer_avg'], '.1f')}",
+            _fmt(r.get("prompt_tokens"), ".0f"), _fmt(r["flops_vision"] / 1e9, ".2f"),
+            _fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"),
+            _fmt(r["flops_prefill"] / 1e9, ".1f"), _fmt(r.get("flops_decode_per_token", float("nan")) / 1e9, ".2f"),
+            _fmt(r["flops_total"] / 1e9, ".1f"), _fmt(100 * r.get("flops_share_of_dense", float("nan")), ".1f", " %"),
+            _fmt(r.get("flops_saved_pct"), ".1f", " %")]) + " |")
+    checks = meta.get("crosscheck") or {}
+    vision, lm = checks.get("vision"), checks.get("lm_prefill")
+    if vision:
+        lines += ["", "Cross-checks:", "",
+                  f"* Vision tower as HF runs it (all {vision['vision_layers_total']} layers and its final norm): "
+                  f"{vision['vision_tower_hf_forward'] / 1e9:.2f} G"
+                  + (f"; published {vision['published_vision'] / 1e9:.2f} G ({vision['published_source']}): "
+                     f"{vision['hf_forward_vs_published_pct']:+.2f} %" if vision.get("published_vision") else "")
+                  + f". This run stops at the feature layer ({vision['vision_layers_run']} layers): "
+                    f"{vision['vision_stage_counted'] / 1e9:.2f} G, {vision['skipped_by_this_run'] / 1e9:.2f} G "
+                    f"fewer (layers whose output LLaVA never uses)."]
+    if lm:
+        lines.append(f"* Dense LM prefill over {lm['prompt_tokens']} tokens: counted {lm['counted'] / 1e9:.3f} G, "
+                     f"analytic {lm['analytic'] / 1e9:.3f} G (difference {lm['difference']:,} multiply-adds).")
+    return "\n".join(lines) + "\n"

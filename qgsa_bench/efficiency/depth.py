@@ -114,6 +114,8 @@ def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int
             res = pipe.resolution_for(spec, resolution, k)
             px = built.adapter.pixel_values(images, res)
             counts[(i, extra)] = count_stage_flops(Case(spec, spec, pipe, k), px, questions, decode_tokens)
+            if extra is None:
+                counts[(i, "shape")] = _shape(plans[i], pipe, spec, images, questions, resolution, full)
             if progress:
                 progress(f"counted {plans[i].pipeline} k={k} on a {depth}-layer copy", 1)
         del built, pipe
@@ -131,5 +133,22 @@ def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int
         row["flops_total"] = (row["flops_vision"] + row["flops_select"] + row["flops_connector"]
                               + row["flops_prefill"] + (decode_tokens - 1) * row["flops_decode_per_token"])
         row["unsupported_ops"] = base["unsupported_ops"]
+        row.update(counts[(i, "shape")])
         rows.append(row)
     return rows
+
+
+def _shape(plan: Plan, pipe, spec: str, images, questions, resolution: int, full: int) -> dict:
+    """Visual tokens entering the LM, their average over the full model's layers, and the prompt length."""
+    from qgsa_bench.run import layer_average
+
+    with pipe.same_draws():
+        prepared = pipe.lm_inputs(spec, images, questions, resolution, plan.k)
+    n_vis = float(prepared.inputs.n_visual.float().mean())
+    if plan.cuts:  # the full model's schedule: segment lengths times the tokens each segment holds
+        kept = [n_vis] + [float(b.float().mean()) for b in prepared.inputs.plan.budgets]
+        avg = sum(s * v for s, v in zip(plan.segments(full), kept)) / full
+    else:
+        avg = layer_average(prepared.inputs, full)
+    return {"n_visual_tokens": n_vis, "visual_tokens_layer_avg": avg,
+            "prompt_tokens": int(prepared.inputs.attention_mask.shape[1])}

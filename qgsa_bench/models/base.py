@@ -56,6 +56,7 @@ class VLMAdapter:
     prompt_suffix = "{question}"  # text after them
     answer_prefix = " "  # how an answer starts after the prompt (teacher forcing)
     n_prefix_vision = 0  # tokens before the patches in the vision sequence (CLIP's CLS)
+    default_projection = "w_vis"  # how QGSA's selected patches reach the LM unless configured (QGSAConfig)
 
     def __init__(self, loaded, text_model, lm_head):
         """Subclasses also set: vision_model, vision_layers (the layers that run), connector,

@@ -34,6 +34,9 @@ class LlavaAdapter(VLMAdapter):
     answer_prefix = " "
     n_prefix_vision = 1  # CLIP's CLS token (kept inside the tower, dropped from the visual tokens)
     scale_factor = 1
+    # QGSA's selected patches go through LLaVA's own projector (one patch = one visual token; no pixel
+    # shuffle), so k selected patches are k visual tokens the LM knows.
+    default_projection = "connector"
 
     def __init__(self, loaded):
         model = loaded.model

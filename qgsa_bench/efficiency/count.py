@@ -1,0 +1,175 @@
+"""`qgsa count-flops`: FLOPs by stage for every (pipeline, budget), counted, with two cross-checks.
+
+No timing: this is the command for a model that cannot run here (LLaVA-1.5-7B is 28 GB in float32 on a
+24 GB machine). With `--by-depth` (default: when the model does not fit in free memory) the LM is
+counted on depth-reduced copies and scaled exactly (depth.py); the vision tower, connector, embeddings and
+head are always the full model's. Cross-checks written beside the counts (crosscheck.json, table.md):
+  * the vision tower as HF runs it (every layer and the final layer norm) against a published count
+    (timm's GMACs for the same ViT, where the preset names one), and the layers this run skips;
+  * the dense LM prefill against the analytic count for its prompt length n (multiply-adds, per layer
+    q/k/v/o projections 2nd^2 + 2nd d_kv, gated MLP 3ndm, attention 2n^2 d; the head on the last
+    position dV; norms and rotary embeddings are elementwise and not counted, as fvcore does not).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from qgsa_bench import QGSAError
+from qgsa_bench.efficiency.depth import build_at_depth, count_scaled
+from qgsa_bench.efficiency.flops import count_flops
+from qgsa_bench.pipeline import check_pipeline
+from qgsa_bench.results import holds_out_folder, replace_rows, write_meta
+
+FLOPS_CSV = "flops.csv"
+# Published vision-tower counts (multiply-adds) for the towers of the shipped presets, with their source.
+PUBLISHED_VISION = {
+    ("clip_vision_model", 336, 14, 24, 1024): (191.11e9, "timm vit_large_patch14_clip_336 (GMACs 191.11, "
+                                                         "the timm model card / results-imagenet table)"),
+}
+COLUMNS = ["model", "weights", "resolution", "pipeline", "k", "budget_share", "n_visual_tokens",
+           "visual_tokens_layer_avg", "prompt_tokens", "flops_vision", "flops_select", "flops_connector",
+           "flops_prefill", "flops_decode_per_token", "flops_lm_head", "flops_prefill_attention",
+           "attn_visual_flops", "flops_total", "flops_share_of_dense", "flops_saved_pct", "lm_depth", "copies",
+           "unsupported_ops"]
+
+
+@dataclass
+class CountConfig:
+    model: str = "llava-1.5-7b"
+    resolution: int | None = None
+    pipelines: tuple[str, ...] = ("dense", "qgsa", "random", "norm", "fastv", "pdrop", "sparsevlm", "visionzip",
+                                  "divprune", "downsample", "qgsa-vision")
+    budgets: tuple[int, ...] = (192, 128, 64)
+    batch: int = 1
+    decode_tokens: int = 8
+    question: str = "What is shown in the image?"
+    by_depth: str = "auto"  # auto | yes | no
+    out: str = "results/count"
+
+
+def analytic_prefill(text_config, n: int, batch: int = 1) -> int:
+    """Multiply-adds of a Llama LM's prefill over n tokens, head on the last position only."""
+    d, m, D = text_config.hidden_size, text_config.intermediate_size, text_config.num_hidden_layers
+    heads = text_config.num_attention_heads
+    hd = getattr(text_config, "head_dim", None) or d // heads
+    d_kv = text_config.num_key_value_heads * hd
+    per_layer = n * d * heads * hd * 2 + 2 * n * d * d_kv + 3 * n * d * m + 2 * n * n * heads * hd
+    return batch * (D * per_layer + d * text_config.vocab_size)
+
+
+def vision_crosscheck(built, resolution: int) -> dict:
+    """The tower as HF runs it (all layers, final layer norm) and what this run skips, counted."""
+    a = built.adapter
+    vcfg = built.loaded.config.vision_config
+    px = a.pixel_values([_image()], resolution)
+    tower = a.vision_model
+    full = count_flops(lambda x: tower(pixel_values=x).last_hidden_state, px, modules=[tower]).total
+    ours = count_flops(a.patch_features, px, modules=[tower]).total
+    key = (vcfg.model_type, resolution, vcfg.patch_size, vcfg.num_hidden_layers, vcfg.hidden_size)
+    published, source = PUBLISHED_VISION.get(key, (None, None))
+    out = {"vision_tower_hf_forward": full, "vision_stage_counted": ours, "skipped_by_this_run": full - ours,
+           "vision_layers_total": vcfg.num_hidden_layers, "vision_layers_run": a.vision_depth,
+           "published_vision": published, "published_source": source}
+    if published:
+        out["hf_forward_vs_published_pct"] = 100 * (full - published) / published
+    return out
+
+
+def _image():
+    from qgsa_bench.models.images import demo_image
+
+    return demo_image()
+
+
+def _fits(model: str) -> bool:
+    from transformers import AutoModelForImageTextToText
+
+    from qgsa_bench.models.registry import _available_bytes, _preset_config, load_preset
+
+    with torch.device("meta"):
+        params = sum(p.numel() for p in AutoModelForImageTextToText.from_config(
+            _preset_config(load_preset(model))).parameters())
+    free = _available_bytes()
+    return free is None or params * 4 < 0.5 * free
+
+
+@holds_out_folder
+def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
+    from qgsa_bench.models.registry import load_preset
+
+    if cfg.by_depth not in ("auto", "yes", "no"):
+        raise QGSAError(f"--by-depth must be auto, yes or no, got '{cfg.by_depth}'")
+    for name in cfg.pipelines:
+        check_pipeline(name)
+    preset = load_preset(cfg.model)  # a registry name: the copies are built from its preset
+    scale = cfg.by_depth == "yes" or (cfg.by_depth == "auto" and not _fits(cfg.model))
+    probe = build_at_depth(cfg.model, 1)
+    a = probe.adapter
+    resolution = cfg.resolution or a.image_size
+    n_dense = a.n_dense_tokens(resolution)
+    bad = [b for b in cfg.budgets if not 1 <= b <= n_dense]
+    if bad:
+        raise QGSAError(f"budget {bad[0]} visual tokens is impossible: pick 1 <= budget <= {n_dense} "
+                        f"(the dense visual tokens at {resolution} px)")
+    cases = [(p, None) if p in ("dense", "dense-bypass") else (p, b) for p in cfg.pipelines
+             for b in (cfg.budgets if p not in ("dense", "dense-bypass") else (None,))]
+    from qgsa_bench.efficiency.depth import plan_for
+
+    full_depth = preset["config"]["text_config"]["num_hidden_layers"]
+    for p, k in cases:  # bad points and budgets before any work (in-LM cuts against the full depth)
+        if not plan_for(p, k, full_depth, a.vision_depth).cuts:
+            probe.pipeline.resolution_for(p, resolution, k)
+    vision = vision_crosscheck(probe, resolution)
+    from qgsa_bench.results import run_meta
+
+    settings = {"model": cfg.model, "resolution": resolution, "batch": cfg.batch, "decode_tokens": cfg.decode_tokens,
+                "question": cfg.question, "budgets": list(cfg.budgets), "pipelines": list(cfg.pipelines)}
+    meta = {**run_meta(probe, "count-flops", settings), "model": cfg.model,
+            "model_source": preset.get("hub_id") or f"preset:{cfg.model}", "weights": "random",
+            "dense_visual_tokens": n_dense,
+            "counting": ("LM counted on depth-reduced copies and scaled exactly (efficiency/depth.py)" if scale
+                         else "LM counted at its full depth"),
+            "flop_convention": "fvcore: one multiply-add = one FLOP; attention over the full Lq x Lk"}
+    meta.pop("architecture_hash", None)
+    out = Path(cfg.out)
+    write_meta(out, meta)
+    vdepth = a.vision_depth
+    del probe, a
+    if progress:
+        copies = sum(len(plan_for(p, k, full_depth, vdepth).cuts) + 2 for p, k in cases)
+        progress(f"{len(cases)} cases, {copies} counts", -copies)
+    rows = count_scaled(cfg.model, cases, resolution, cfg.batch, cfg.question, cfg.decode_tokens,
+                        progress=progress, full_depth=None if scale else full_depth)
+    text_config = build_text_config(cfg.model)
+    dense = next((r for r in rows if r["pipeline"] == "dense"), None)
+    for row in rows:
+        row.update({"model": cfg.model, "weights": "random (counted: FLOPs do not depend on weight values)",
+                    "resolution": resolution,
+                    "budget_share": (row["k"] or n_dense) / n_dense})
+        if dense:
+            row["flops_share_of_dense"] = row["flops_total"] / dense["flops_total"]
+            row["flops_saved_pct"] = 100 * (1 - row["flops_share_of_dense"])
+    prompt = dense["prompt_tokens"] if dense else None
+    checks = {"vision": vision}
+    if dense:
+        analytic = analytic_prefill(text_config, prompt, cfg.batch)
+        checks["lm_prefill"] = {"prompt_tokens": prompt, "counted": dense["flops_prefill"], "analytic": analytic,
+                                "difference": dense["flops_prefill"] - analytic}
+    replace_rows(out / FLOPS_CSV, rows, COLUMNS)
+    (out / "crosscheck.json").write_text(json.dumps(checks, indent=1) + "\n")
+    write_meta(out, {**meta, "crosscheck": checks})
+    from qgsa_bench.report import count_markdown
+
+    (out / "table.md").write_text(count_markdown(rows, {**meta, "crosscheck": checks}))
+    return out
+
+
+def build_text_config(model: str):
+    from qgsa_bench.models.registry import _preset_config, load_preset
+
+    return _preset_config(load_preset(model)).text_config
