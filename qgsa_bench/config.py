@@ -237,6 +237,15 @@ class TrainConfig:
             raise QGSAError(f"--max-steps must be at least 1, got {self.max_steps}")
         if self.lr <= 0 or self.tau_start <= 0 or self.tau_end <= 0:
             raise QGSAError("--lr, --tau-start and --tau-end must be positive")
+        if self.insert != "post-vision":
+            from qgsa_bench.selectors.base import parse_point
+
+            point = parse_point(self.insert)
+            if point.kind != "vision":
+                raise QGSAError(f"--insert takes post-vision or vision:L, got '{self.insert}'")
+            if self.lambda_attr or self.budget_target:
+                raise QGSAError("--lambda-attr, --attr-budget and --suff-budget score patches after the encoder: "
+                                "use them with --insert post-vision")
         if self.fixed_k is not None and self.fixed_k < 1:
             raise QGSAError(f"--fixed-k must be at least 1, got {self.fixed_k}")
         if self.soft_mask_space not in SOFT_MASK_SPACES:

@@ -35,6 +35,7 @@ class Encoded:
     last_input: torch.Tensor | None = None  # (B, P + N, d_v) input of the last vision layer (visionzip)
     k: torch.Tensor | None = None
     n_units: int = 0
+    unit_features: torch.Tensor | None = None  # (B, n, d_v) every unit's features where it was selected
 
 
 def _as_budget(k, B: int, device) -> torch.Tensor:
@@ -83,26 +84,41 @@ class SelectorRun:
                     h = a.vision_layer(i, h)
                 return Encoded(V=a.vision_out(a.vision_layer(a.vision_depth - 1, h)), last_input=h)
             return Encoded(V=a.patch_features(pixel_values))
-        L = point.layers[0]
+        h_in, h = self.vision_until(pixel_values, point.layers[0])
+        return self.vision_from(spec, h, h_in, q, k)
+
+    def vision_until(self, pixel_values: torch.Tensor, L: int):
+        """The encoder's first L layers: (input of layer L, output of layer L), each (B, P + N, d_v)."""
+        a = self.adapter
         h = a.vision_embed(pixel_values)  # (B, P + N, d_v)
         for i in range(L - 1):
             h = a.vision_layer(i, h)
-        h_in = h
-        h = a.vision_layer(L - 1, h)
+        return h, a.vision_layer(L - 1, h)
+
+    def vision_from(self, spec: Spec, h: torch.Tensor, h_in: torch.Tensor | None, q, k=None, tau=None,
+                    budget_grad: bool = True) -> Encoded:
+        """Select units of h (the output of vision layer L, (B, P + N, d_v)) and run the rest of the encoder
+        on the kept ones only. `tau`: Gumbel temperature of a trainable selector in training mode."""
+        point, sel, a = self.point(spec), spec.selector, self.adapter
+        L = point.layers[0]
         P = a.n_prefix_vision
         B, N = h.shape[0], h.shape[1] - P
         units = a.unit_patches(N, h.device)  # (n, g)
         X = h[:, P:][:, units]  # (B, n, g, d_v)
         n = units.shape[0]
-        k = self.default_budget(q, n) if k is None else _as_budget(k, B, h.device)
-        check_budget(k, n, f"at {point} ({n} visual tokens there)")
+        if k is None and not sel.trainable:
+            k = self.default_budget(q, n)
+        if k is not None:
+            k = _as_budget(k, B, h.device)
+            check_budget(k, n, f"at {point} ({n} visual tokens there)")
         state = SelectState(point, X.mean(dim=2), torch.ones(B, n, dtype=torch.bool, device=h.device), q=q,
                             patches=X, generator=self.generator, module=self.module)
+        state.cache.update(tau=tau, budget_grad=budget_grad)
         if sel.attention == "received":
             state.attention = self._unit_mean(a.vision_attention_received(L - 1, h_in), units)
         selection = sel.select(state, k)
-        kept = self._kept_units(X, selection)  # (B, k_max', g, d_v), valid (B, k_max')
-        X_kept, valid = kept
+        check_budget(selection.k, n, f"at {point} ({n} visual tokens there)")
+        X_kept, valid = self._kept_units(X, selection)  # (B, k_max', g, d_v), (B, k_max')
         g, d = X_kept.shape[2], X_kept.shape[3]
         h = torch.cat([h[:, :P], X_kept.reshape(B, -1, d)], dim=1)
         key_valid = torch.cat([torch.ones(B, P, dtype=torch.bool, device=h.device),
@@ -114,7 +130,8 @@ class SelectorRun:
         for i in range(L, a.vision_depth):
             h = a.vision_layer(i, h, mask)
         out = a.vision_out(h).reshape(B, -1, g, d)
-        return Encoded(units=out, valid=valid, selection=selection, k=valid.sum(1), n_units=n)
+        return Encoded(units=out, valid=valid, selection=selection, k=valid.sum(1), n_units=n,
+                       unit_features=state.features)
 
     @staticmethod
     def _unit_mean(per_patch: torch.Tensor, units: torch.Tensor) -> torch.Tensor:

@@ -71,7 +71,15 @@ class Trainer:
         self.cfg, self.built, self.data, self.samples = cfg, built, data, data.samples
         self.adapter, self.module, self.pipeline = built.adapter, built.module, built.pipeline
         self.encoder, self.nouns = encoder, nouns
-        self.resolution = self.pipeline.resolution_for("qgsa", cfg.resolution or self.adapter.image_size)
+        self.spec = None
+        if cfg.insert != "post-vision":  # QGSA inside the encoder: the qgsa-vision pipeline at that point
+            from qgsa_bench.selectors import parse_spec
+
+            self.spec = parse_spec(f"qgsa-vision@{cfg.insert}")
+            self.random_spec = parse_spec(f"random@{cfg.insert}")
+            self.layer = self.pipeline.run.point(self.spec).layers[0]
+        self.resolution = self.pipeline.resolution_for("qgsa" if self.spec is None else f"qgsa-vision@{cfg.insert}",
+                                                       cfg.resolution or self.adapter.image_size)
         self.generator = built.pipeline.generator  # Gumbel noise and random subsets, saved in checkpoints
         self._features: dict[str, torch.Tensor] = {}
         self._attribution: dict[str, torch.Tensor] = {}
@@ -91,19 +99,26 @@ class Trainer:
         order = torch.randperm(len(self.samples), generator=torch.Generator().manual_seed(self.cfg.seed * 1009 + epoch))
         return [self.samples[i] for i in order[index * self.cfg.batch:(index + 1) * self.cfg.batch].tolist()]
 
+    def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The frozen part of the encoder: V (B, N, d_v) after it, or with --insert vision:L the hidden
+        states after layer L (B, P + N, d_v) that the selection acts on."""
+        if self.spec is None:
+            return self.adapter.patch_features(pixel_values)
+        return self.pipeline.run.vision_until(pixel_values, self.layer)[1]
+
     @torch.no_grad()
     def inputs(self, batch) -> StepInputs:
         a = self.adapter
         if self.cfg.cache_features:  # the base is frozen, so features never change: compute once
             missing, images = self.data.open_images([s for s in batch if s.id not in self._features])
             if missing:
-                V = a.patch_features(a.pixel_values(images, self.resolution))
+                V = self.features(a.pixel_values(images, self.resolution))
                 self._features.update({s.id: v for s, v in zip(missing, V)})
             batch = [s for s in batch if s.id in self._features]  # unreadable ones dropped (--skip-bad)
             V = torch.stack([self._features[s.id] for s in batch]) if batch else None
         else:
             batch, images = self.data.open_images(batch)
-            V = a.patch_features(a.pixel_values(images, self.resolution)) if batch else None
+            V = self.features(a.pixel_values(images, self.resolution)) if batch else None
         if not batch:
             raise QGSAError(f"{self.data.name}: every image of a training batch was unreadable "
                             f"({self.data.skipped} skipped so far): check the data set's images")
@@ -135,21 +150,36 @@ class Trainer:
             losses.budget_grid(qc.k_min, min(qc.k_max, x.V.shape[1])), self.cfg.suff_budget))
 
     # ---- one step ------------------------------------------------------------------------
+    def select(self, x: StepInputs, tau: float):
+        """(tokens, valid, selection, random-baseline function, features of the scored items, their count)."""
+        cfg, run = self.cfg, self.pipeline.run
+        if self.spec is None:
+            tokens, valid, sel = self.pipeline.visual_tokens("qgsa", x.V, x.q, k=cfg.fixed_k, tau=tau,
+                                                             budget_grad=not cfg.budget_target)
+            return tokens, valid, sel, lambda k: self.pipeline.visual_tokens("random", x.V, x.q, k=k)[:2], \
+                x.V, x.V.shape[1]
+        enc = run.vision_from(self.spec, x.V, None, x.q, k=cfg.fixed_k, tau=tau)
+        tokens, valid, sel = run.visual_tokens(self.spec, enc, x.q)
+
+        def random_tokens(k):
+            return run.visual_tokens(self.random_spec, run.vision_from(self.random_spec, x.V, None, x.q, k=k), x.q)[:2]
+
+        return tokens, valid, sel, random_tokens, enc.unit_features, enc.n_units
+
     def losses(self, x: StepInputs, tau: float) -> dict[str, torch.Tensor]:
         cfg, a = self.cfg, self.adapter
-        tokens, valid, sel = self.pipeline.visual_tokens("qgsa", x.V, x.q, k=cfg.fixed_k, tau=tau,
-                                                         budget_grad=not cfg.budget_target)
+        tokens, valid, sel, random_tokens, items, n_items = self.select(x, tau)
         zero = tokens.sum() * 0.0
         terms = {"l_cs": zero, "l_align": zero, "l_answer": zero}
         if not cfg.no_cs or cfg.lambda_answer:
             logp_sparse = a.answer_logprob(a.build_inputs(tokens, x.questions, valid), x.answers)
             terms["l_answer"] = -logp_sparse.mean()
         if not cfg.no_cs:
-            r_tokens, r_valid, _ = self.pipeline.visual_tokens("random", x.V, x.q, k=sel.k)
+            r_tokens, r_valid = random_tokens(sel.k)
             logp_random = a.answer_logprob(a.build_inputs(r_tokens, x.questions, r_valid), x.answers)
             terms["l_cs"] = losses.contrastive_selection(logp_sparse, logp_random)
         if not cfg.no_align:
-            proj = self.module.W_p(gather_patches(x.V.to(tokens.dtype), sel, weighted=False))
+            proj = self.module.W_p(gather_patches(items.to(tokens.dtype), sel, weighted=False))
             nouns = [self.encoder(self.nouns(q)).to(proj.device) for q in x.questions]
             terms["l_align"] = losses.alignment(proj, sel.weights, nouns)
         terms["l_attr"] = terms["l_budget"] = zero
@@ -161,7 +191,7 @@ class Trainer:
             k_star = (self.sufficient(x, targets) if cfg.suff_budget
                       else losses.attribution_budget(targets, cfg.attr_budget, qc.k_min, qc.k_max))
             terms["l_budget"] = losses.budget_regression(self.module.k_continuous(sel.c), k_star, qc.k_min, qc.k_max)
-        terms["l_sparse"] = losses.sparsity(sel.mask_sum, x.V.shape[1])
+        terms["l_sparse"] = losses.sparsity(sel.mask_sum, n_items)
         terms["l_entropy"] = losses.entropy(sel.scores, tau, cfg.entropy_coef)
         if sel.c is not None:
             terms["l_kvar"] = losses.budget_variance(sel.c, cfg.kvar_coef)

@@ -113,7 +113,8 @@ def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int
             k = plans[i].k
             res = pipe.resolution_for(spec, resolution, k)
             px = built.adapter.pixel_values(images, res)
-            counts[(i, extra)] = count_stage_flops(Case(spec, spec, pipe, k), px, questions, decode_tokens)
+            counts[(i, extra)] = count_stage_flops(Case(spec, spec, pipe, k), px, questions, decode_tokens,
+                                                   lm_only=extra is not None)
             if extra is None:
                 counts[(i, "shape")] = _shape(plans[i], pipe, spec, images, questions, resolution, full)
             if progress:

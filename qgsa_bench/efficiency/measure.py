@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from qgsa_bench.efficiency.flops import count_flops
+from qgsa_bench.efficiency.flops import FlopCount, count_flops
 from qgsa_bench.efficiency.timing import StageClock
 from qgsa_bench.pipeline import Pipeline
 from qgsa_bench.run import Encoded, kept_visual, layer_average
@@ -93,16 +93,21 @@ def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], deco
 
 
 @torch.no_grad()
-def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[str], decode_tokens: int) -> dict:
-    """fvcore FLOPs (multiply-adds) per stage for the whole batch, plus the unsupported ops seen."""
+def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[str], decode_tokens: int,
+                      lm_only: bool = False) -> dict:
+    """fvcore FLOPs (multiply-adds) per stage for the whole batch, plus the unsupported ops seen.
+    `lm_only`: count the LM stages only (vision and select reported as 0)."""
     pipe, a = case.pipe, case.pipe.adapter
     mods = [a.model, pipe.module]
     q = a.question_embedding(questions)
     with pipe.same_draws():  # the random baseline draws the same patches when timed
-        vision = count_flops(lambda px: _tensors(pipe.encode(case.pipeline, px, q, case.k)), pixel_values,
-                             modules=mods)
         V = pipe.encode(case.pipeline, pixel_values, q, case.k)
-        select = count_flops(lambda q_: pipe.visual_tokens(case.pipeline, V, q_, case.k)[0], q, modules=mods)
+        if lm_only:  # the caller has the vision and selection counts (depth.py: the same in every copy)
+            vision = select = FlopCount(0)
+        else:
+            vision = count_flops(lambda px: _tensors(pipe.encode(case.pipeline, px, q, case.k)), pixel_values,
+                                 modules=mods)
+            select = count_flops(lambda q_: pipe.visual_tokens(case.pipeline, V, q_, case.k)[0], q, modules=mods)
     tokens, valid, _ = pipe.visual_tokens(case.pipeline, V, q, case.k)
     inputs = pipe.inputs(case.pipeline, tokens, valid, questions, q, case.k)
     e, m, p = inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from qgsa_bench.qgsa.selector import Selection
 from qgsa_bench.selectors.base import Point, SelectState, Selector
 
 
@@ -23,6 +24,11 @@ class QGSAVision(Selector):
     def default_point(self, vision_depth: int, lm_depth: int) -> Point:
         return Point("vision", (max(1, vision_depth // 4),))
 
-    def scores(self, state: SelectState) -> torch.Tensor:
+    def select(self, state: SelectState, k) -> Selection:
+        """The QGSA module's own selection over the units (QGSAModule.select): top-k in eval mode, Gumbel
+        straight-through at temperature tau in training mode; k None: f_comp(q)'s budget (Eq. 2)."""
         module = state.module
-        return module.scorer(state.q, state.features.to(state.q.dtype))
+        tau = state.cache.get("tau")
+        return module.select(state.q, state.features.to(state.q.dtype), k=k,
+                             tau=module.config.tau if tau is None else tau, generator=state.generator,
+                             budget_grad=state.cache.get("budget_grad", True))
