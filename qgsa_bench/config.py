@@ -224,6 +224,9 @@ class TrainConfig:
     max_steps: int | None = None
     save_every: int = 50
     cache_features: bool = False
+    # Where the scorer sits: "post-vision" (the paper) or "vision:L" (inside the encoder: the selected units
+    # go on through the encoder's remaining layers; the `qgsa-vision@vision:L` pipeline).
+    insert: str = "post-vision"
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0

@@ -182,3 +182,42 @@ def test_cli_train_and_clip_without_weights(tmp_path):
     assert result.exit_code == 2
     assert "CLIP ViT-B/32 text encoder weights are not available" in result.stderr
     assert "--clip-checkpoint PATH" in result.stderr and "--align-encoder lm" in result.stderr
+
+
+def test_qgsa_inside_the_encoder_gets_gradient_and_keeps_the_base_frozen(tmp_path):
+    """--insert vision:1: the scorer acts on layer 1's hidden states; L_cs's gradient reaches it through the
+    frozen remaining vision layer, the connector and the LM; the base is never changed; the checkpoint then
+    runs as the qgsa-vision@vision:1 pipeline."""
+    cfg = TrainConfig(model="tiny", dataset="shapes", limit=8, batch=8, epochs=3, no_align=True, lr=1e-2,
+                      warmup_steps=1, device="cpu", weights="random", out=str(tmp_path / "v"),
+                      soft_mask_space="logits", fixed_k=4, entropy_coef=0.0, tau_start=0.5, tau_end=0.5,
+                      insert="vision:1", projection="connector")
+    built = _with_module(build("tiny", "random", "cpu", "fp32"), QGSAConfig(soft_mask_space="logits",
+                                                                            projection="connector"), 0)
+    base = {k: v.clone() for k, v in built.loaded.model.state_dict().items()}
+    data = load_dataset("shapes", None, "train", 8)
+    trainer = Trainer(cfg, built, data)
+    x = trainer.inputs(data.samples)
+    assert x.V.shape == (8, 64, 32)  # layer 1's hidden states of the 8 x 8 patch grid (cached input)
+    built.module.train()
+    terms = trainer.losses(x, tau=0.5)
+    grads = torch.autograd.grad(terms["l_cs"], list(built.module.scorer.parameters()), allow_unused=True)
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)  # L_cs reaches the scorer through the encoder
+    built.module.eval()
+    scorer = [p.clone() for p in built.module.scorer.parameters()]
+    for _ in range(3):
+        trainer.train_step()
+    assert any(not torch.equal(p, q) for p, q in zip(scorer, built.module.scorer.parameters()))
+    assert all(torch.equal(base[k], v) for k, v in built.loaded.model.state_dict().items())
+    trainer.save(tmp_path / "v.pt")
+    result = runner.invoke(app, ["ask", "-m", "tiny", "-i", "examples/shapes.png", "-q", "what color?", "-p",
+                                 "qgsa-vision@vision:1", "--checkpoint", str(tmp_path / "v.pt"),
+                                 "--max-new-tokens", "1", "--weights", "random"])
+    assert result.exit_code == 0, result.output
+
+
+def test_insert_point_is_checked():
+    with pytest.raises(QGSAError, match="--insert takes post-vision or vision:L"):
+        TrainConfig(insert="lm:2")
+    with pytest.raises(QGSAError, match="use them with --insert post-vision"):
+        TrainConfig(insert="vision:2", lambda_attr=1.0)
