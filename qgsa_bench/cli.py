@@ -398,7 +398,9 @@ def sweep_budget(
     dtype: str = OPT_DTYPE,
     attn: str = OPT_ATTN,
     weights: str = OPT_WEIGHTS,
-    checkpoint: Optional[Path] = typer.Option(None, help="QGSA checkpoint (qgsa, and qgsa-vision if trained there)."),
+    checkpoint: list[str] = typer.Option([], "--checkpoint", help="QGSA checkpoint: PATH for every pipeline using "
+                                         "the QGSA module, or SELECTOR=PATH for one (e.g. qgsa-vision=runs/v.pt); "
+                                         "repeatable."),
     reps: str = OPT_REPS,
     max_time: Optional[float] = OPT_MAX_TIME,
     warmup: int = OPT_WARMUP,
@@ -413,14 +415,22 @@ def sweep_budget(
     from qgsa_bench.efficiency.budget import DEFAULT_SHARES, BudgetConfig, run_budget
 
     _no_stray_arguments(ctx)
+    default = [c for c in checkpoint if "=" not in c]
+    if len(default) > 1:
+        raise QGSAError("give one --checkpoint PATH for all, and SELECTOR=PATH for the others")
+    for c in checkpoint:
+        path = c.partition("=")[2] if "=" in c else c
+        if not Path(path).is_file():
+            raise QGSAError(f"checkpoint not found: {path}")
     measure = _measure_config(model=model, weights=weights, batch=batch, device=device, dtype=dtype,
                               attn_implementation=attn, reps=reps, max_time=max_time, warmup=warmup,
-                              decode_tokens=decode_tokens, checkpoint=str(checkpoint) if checkpoint else None,
+                              decode_tokens=decode_tokens, checkpoint=default[0] if default else None,
                               seed=seed, image=image, question=question, count_flops=not no_flops)
     cfg = BudgetConfig(measure, resolution, _pipeline_list(pipelines),
                        _ints(ctx, "--budgets", budgets) if budgets or _option_values(ctx, ("--budgets",)) else (),
                        _floats(ctx, "--shares", shares) or DEFAULT_SHARES, dataset, data_dir, split, limit,
-                       eval_batch, out=str(out))
+                       eval_batch, out=str(out),
+                       checkpoints=dict(c.split("=", 1) for c in checkpoint if "=" in c))
     with _RichProgress() as progress:
         folder = run_budget(cfg, progress, warn=_warn)
     console.print((folder / "table.md").read_text(), soft_wrap=True, markup=False)

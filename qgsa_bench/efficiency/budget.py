@@ -53,7 +53,9 @@ class BudgetConfig:
     eval_batch: int = 8
     max_new_tokens: int = 10
     out: str = "results/budget"
-    extra: dict = field(default_factory=dict)
+    # QGSA checkpoints by selector name ("qgsa", "qgsa-vision"), for the pipelines whose selector uses the
+    # QGSA module; measure.checkpoint, if given, serves the others.
+    checkpoints: dict = field(default_factory=dict)
 
     def __post_init__(self):
         if not self.pipelines:
@@ -85,16 +87,34 @@ def resolve_budgets(cfg: BudgetConfig, n_dense: int) -> list[int]:
     return sorted(set(budgets))
 
 
-def _cases(cfg: BudgetConfig, pipe, budgets: list[int], n_dense: int, resolution: int) -> list[Case]:
+def _pipes(cfg: BudgetConfig, built) -> dict:
+    """A pipeline per selector that has its own QGSA checkpoint (sharing the base model), else the default."""
+    from qgsa_bench.pipeline import Pipeline
+    from qgsa_bench.qgsa.checkpoint import load_checkpoint
+
+    pipes = {}
+    for name, path in cfg.checkpoints.items():
+        module, _ = load_checkpoint(path, built.loaded.provenance())
+        module.to(built.device, built.dtype).eval()
+        pipes[name] = Pipeline(built.adapter, module, cfg.measure.seed)
+    return pipes
+
+
+def _selector_name(pipeline: str) -> str:
+    return pipeline.split("@")[0]
+
+
+def _cases(cfg: BudgetConfig, pipe, budgets: list[int], n_dense: int, resolution: int, pipes=None) -> list[Case]:
     cases = []
     for name in cfg.pipelines:
         if name in ("dense", "dense-bypass"):
             cases.append(Case(name, name, pipe))
             continue
+        own = (pipes or {}).get(_selector_name(name), pipe)
         for b in budgets:
             if name == "downsample" and pipe.adapter.resolution_for_tokens(b) > pipe.adapter.dense_resolution(resolution):
                 continue
-            cases.append(Case(f"{name} k={b}", name, pipe, b))
+            cases.append(Case(f"{name} k={b}", name, own, b))
     if not any(c.pipeline == "dense" for c in cases):
         cases.insert(0, Case("dense", "dense", pipe))  # the reference of every share and speedup
     return cases
@@ -111,9 +131,13 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
     resolution = cfg.resolution or a.image_size
     n_dense = a.n_dense_tokens(resolution)
     budgets = resolve_budgets(cfg, n_dense)
-    cases = _cases(cfg, pipe, budgets, n_dense, resolution)
+    unknown = [n for n in cfg.checkpoints if n not in {_selector_name(p) for p in cfg.pipelines}]
+    if unknown:
+        raise QGSAError(f"--checkpoint {unknown[0]}=...: no pipeline '{unknown[0]}' in --pipelines")
+    pipes = _pipes(cfg, built)
+    cases = _cases(cfg, pipe, budgets, n_dense, resolution, pipes)
     for case in cases:  # every bad point or budget is found before any work starts
-        pipe.resolution_for(case.pipeline, resolution, case.k)
+        case.pipe.resolution_for(case.pipeline, resolution, case.k)
         if case.k is not None and case.pipeline in PIPELINES and case.k > a.n_patches(resolution):
             raise QGSAError(f"budget {case.k} is above N = {a.n_patches(resolution)} patches for {case.pipeline}")
     data = None
@@ -123,6 +147,7 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, False, m.seed)
     out = Path(cfg.out)
     meta = run_meta(built, "sweep-budget", {**m.settings(), "resolution": resolution}, budgets=budgets,
+                    qgsa_checkpoints=dict(cfg.checkpoints),
                     dense_visual_tokens=n_dense, pipelines=list(cfg.pipelines), reps=m.reps, warmup=m.warmup,
                     statistics=STATISTICS_NOTE,
                     budget_rule="visual tokens reaching the LM (in-LM selectors: kept after the last cut; "
@@ -141,10 +166,11 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                                 m.decode_tokens, m.count_flops, progress)
     dense_flops = next((r.get("flops_total") for r in rows if r["pipeline"] == "dense"), None)
     for case, row in zip(cases, rows):
+        own = cfg.checkpoints.get(_selector_name(case.pipeline))
         row.update({"budget": case.k if case.k is not None else n_dense,
                     "budget_share": (case.k if case.k is not None else n_dense) / n_dense,
                     **describe(pipe, case.pipeline), "model": m.model, "weights": built.loaded.weights,
-                    "qgsa_weights": built.qgsa_weights, "device": meta["device"],
+                    "qgsa_weights": f"checkpoint:{own}" if own else built.qgsa_weights, "device": meta["device"],
                     "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens})
         if dense_flops and row.get("flops_total") is not None:
             row["flops_share_of_dense"] = row["flops_total"] / dense_flops
@@ -165,6 +191,13 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
     return out
 
 
+def _with_pipe(built, pipe):
+    """`built` evaluating through `pipe` (a selector's own QGSA checkpoint on the same base)."""
+    from dataclasses import replace
+
+    return built if pipe is built.pipeline else replace(built, pipeline=pipe, module=pipe.module)
+
+
 def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress) -> list[dict]:
     """Every case evaluated on the data set (per-sample scoring of evaluate.py), summarised per scope."""
     from qgsa_bench.evaluate import evaluate_pipeline, summary_rows, warm_up
@@ -176,8 +209,8 @@ def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress)
     out, dense = [], {}
     for case, row in zip(cases, rows):
         ecfg.k = case.k
-        with built.pipeline.same_draws():
-            records = evaluate_pipeline(built, case.pipeline, data, resolution, ecfg, progress)
+        with case.pipe.same_draws():
+            records = evaluate_pipeline(_with_pipe(built, case.pipe), case.pipeline, data, resolution, ecfg, progress)
         for summary in summary_rows(records, case.pipeline):
             key = (summary["scope"], summary["question_type"])
             if case.pipeline == "dense":
