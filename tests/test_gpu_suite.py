@@ -9,19 +9,24 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_suite_quick_mode_writes_its_eight_files(tmp_path):
+def test_gpu_suite_quick_mode_writes_its_files(tmp_path):
     out = tmp_path / "suite"
     done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_suite.sh"), str(out), "--quick"],
                           capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert sorted(p.name for p in out.iterdir()) == sorted([
-        "sweep-tiny.csv", "ablate.csv", "meta.json", "report.md", "fig2_latency_vs_resolution.png",
-        "fig4_speedup.png", "suite.log"])
+        "sweep-tiny.csv", "ablate.csv", "budget-llava.csv", "budget-selectors.csv", "meta.json", "report.md",
+        "suite.log"])
+    llava = pd.read_csv(out / "budget-llava.csv")
+    assert set(llava.batch) == {1, 2} and len(llava) == 2 * (1 + 5 * 2)  # dense + 5 selectors x 2 budgets
+    assert set(llava.budget) == {36, 16, 4} and llava.latency_ms_median.gt(0).all()
+    selectors = pd.read_csv(out / "budget-selectors.csv")
+    assert {"vision:1", "lm:1", "post-vision", "input"} <= set(selectors.point)
     sweep = pd.read_csv(out / "sweep-tiny.csv")
     assert len(sweep) == 2 * 2 * 10 and set(sweep.batch) == {1, 2}  # 5 pipelines, eager and compiled
     assert set(sweep["compile"]) == {"none", "default"} and (sweep.recompilations_timed.dropna() == 0).all()
     assert {"speedup_ci_low", "unstable", "throughput_images_per_s", "formula_fastv_prefill"} <= set(sweep.columns)
     meta = json.loads((out / "meta.json").read_text())
-    assert sorted(meta["runs"]) == ["ablate", "sweep-tiny"]
+    assert sorted(meta["runs"]) == ["ablate", "budget-llava-b1", "budget-llava-b2", "budget-selectors", "sweep-tiny"]
     report = (out / "report.md").read_text()
     assert "# sweep-tiny" in report and "/tmp" not in report

@@ -173,8 +173,12 @@ def _random_model(config, dtype, attn: str, seed: int, device="cpu"):
     if str(device) == "meta":
         with torch.device("meta"):
             return AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation=attn)
-    _check_memory(config, dtype)
-    with torch.random.fork_rng(devices=[]):  # a fixed seed without disturbing the caller's RNG
+    device = torch.device(device)
+    if device.type == "cpu":
+        _check_memory(config, dtype)
+    # built on the device itself: a 7B model is initialised on the GPU in seconds, not on the host in minutes
+    forked = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked), torch.device(device):  # a fixed seed, the caller's RNG untouched
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=dtype, attn_implementation=attn)
     return model
