@@ -40,3 +40,33 @@ def test_plans_map_cuts_onto_one_layer_per_segment():
     assert plan.copy() == (4, "pdrop@lm:1,2,3") and plan.copy(2) == (5, "pdrop@lm:1,2,4")
     assert plan_for("dense", None, 32, 23).copy(0) == (2, "dense")
     assert plan_for("sparsevlm", 64, 32, 23).cuts == (2, 6, 15)
+
+
+def test_count_flops_command_by_depth_or_direct_agree_and_cross_check(tmp_path):
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    frames = {}
+    for mode in ("yes", "no"):
+        out = tmp_path / mode
+        result = CliRunner().invoke(app, ["count-flops", "--model", "llava-tiny", "--budgets", "16", "4",
+                                          "--pipelines", "dense,random,fastv,pdrop@lm:1,2,visionzip",
+                                          "--by-depth", mode, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        frames[mode] = pd.read_csv(out / "flops.csv")
+    yes, no = frames["yes"], frames["no"]
+    assert len(yes) == 1 + 4 * 2 and list(yes.pipeline) == list(no.pipeline)
+    for key in ("flops_total", "flops_prefill", "flops_vision", "flops_decode_per_token"):
+        assert (yes[key] == no[key]).all(), key
+    assert set(no.copies.astype(str)) == {"3"} and "1;2" in set(yes.copies.astype(str))
+    checks = json.loads((tmp_path / "no" / "crosscheck.json").read_text())
+    assert checks["lm_prefill"]["difference"] == 0  # counted prefill == the analytic formula, exactly
+    vision = checks["vision"]
+    assert vision["vision_layers_run"] == 2 and vision["skipped_by_this_run"] > 0
+    result = CliRunner().invoke(app, ["count-flops", "--model", "llava-tiny", "--budgets", "37", "--out",
+                                      str(tmp_path / "bad")])
+    assert result.exit_code == 2 and "budget 37 visual tokens is impossible: pick 1 <= budget <= 36" in result.output

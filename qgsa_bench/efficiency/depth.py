@@ -86,9 +86,10 @@ def plan_for(pipeline: str, k: int | None, full_depth: int, vision_depth: int) -
 
 def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int, batch: int = 1,
                  question: str = "What is shown in the image?", decode_tokens: int = 8, image=None,
-                 progress=None, full_depth: int | None = None) -> list[dict]:
-    """Stage FLOPs of `name` at its full LM depth for each (pipeline, k), counted on depth-reduced copies.
-    Each copy is built once and counts every case that needs it. Rows carry the copies' depths."""
+                 progress=None, full_depth: int | None = None, direct: bool = False) -> list[dict]:
+    """Stage FLOPs of `name` at its full LM depth for each (pipeline, k), counted on depth-reduced copies
+    (`direct`: on the model itself). Each copy is built once and counts every case that needs it. Rows
+    carry the depths counted."""
     from qgsa_bench.models.images import demo_image
     from qgsa_bench.models.registry import load_preset
 
@@ -100,6 +101,9 @@ def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int
     plans = [plan_for(p, k, full, vdepth) for p, k in cases]
     needed: dict[int, list[tuple[int, str]]] = {}  # copy depth -> [(plan index, spec)]
     for i, plan in enumerate(plans):
+        if direct:  # the model itself, at its full depth: one count per case
+            needed.setdefault(full, []).append((i, cases[i][0], None))
+            continue
         for extra in [None, *range(len(plan.cuts) + 1)]:
             depth, spec = plan.copy(extra)
             needed.setdefault(depth, []).append((i, spec, extra))
@@ -124,9 +128,10 @@ def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int
     rows = []
     for i, plan in enumerate(plans):
         base = counts[(i, None)]
-        segs = plan.segments(full)
+        segs = [] if direct else plan.segments(full)  # direct: the count is the full model's already
         row = {"pipeline": cases[i][0], "k": plan.k, "lm_depth": full,
-               "copies": ";".join(str(plan.copy(e)[0]) for e in [None, *range(len(segs))])}
+               "copies": str(full) if direct else ";".join(str(plan.copy(e)[0]) for e in [None, *range(len(segs))])}
+        # F(full) = F(R) + sum_j (l_j - 1) (F(R_j) - F(R)); no segments: F(R) itself
         for key in FIXED_KEYS:
             row[key] = base[key]
         for key in LINEAR_KEYS:
