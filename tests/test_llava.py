@@ -118,3 +118,13 @@ def test_llava_checkpoint_whose_image_token_count_does_not_match_the_features_is
     result = CliRunner().invoke(app, ["ask", "--model", str(folder), "--weights", "pretrained", "--image",
                                       str(image_path), "--question", "what?", "--resolution", "84"])
     assert result.exit_code == 2 and "image_seq_length 577" in result.output and "36" in result.output
+
+
+def test_a_model_too_large_for_free_memory_is_refused_before_building(monkeypatch, image_path):
+    from qgsa_bench.models import registry
+
+    monkeypatch.setattr(registry, "_available_bytes", lambda: 8 * 2**20)  # 8 MiB free
+    result = CliRunner().invoke(app, ["ask", "--model", "llava-tiny", "--weights", "random", "--image",
+                                      str(image_path), "--question", "what?", "--dtype", "fp32"])
+    assert result.exit_code == 2
+    assert "4.3M parameters in float32 need 0.02 GiB; 0.01 GiB is free here: use --dtype bf16" in result.output

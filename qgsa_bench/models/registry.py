@@ -204,8 +204,9 @@ def _check_memory(config, dtype) -> None:
     need = params * torch.empty((), dtype=dtype).element_size()
     free = _available_bytes()
     if free is not None and need > 0.9 * free:
-        raise QGSAError(f"{params / 1e9:.2f}B parameters in {str(dtype).removeprefix('torch.')} need "
-                        f"{need / 2**30:.1f} GiB; {free / 2**30:.1f} GiB is free here: use --dtype bf16, a GPU "
+        size = f"{params / 1e9:.2f}B" if params >= 1e8 else f"{params / 1e6:.1f}M"
+        raise QGSAError(f"{size} parameters in {str(dtype).removeprefix('torch.')} need "
+                        f"{need / 2**30:.2f} GiB; {free / 2**30:.2f} GiB is free here: use --dtype bf16, a GPU "
                         f"(--device cuda), or a smaller model (`qgsa info` counts it without building it)")
 
 
