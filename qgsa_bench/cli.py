@@ -21,7 +21,7 @@ from qgsa_bench import QGSAError
 from qgsa_bench.config import DEFAULT_QUESTION
 
 app = typer.Typer(
-    help="Question-Guided Sparse Attention (QGSA) for SmolVLM, measured end to end.",
+    help="Question-Guided Sparse Attention (QGSA) for SmolVLM and LLaVA-1.5, beside the field's visual-token selectors, measured end to end.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
@@ -77,6 +77,19 @@ class _RawArgsCommand(typer.core.TyperCommand):
     def parse_args(self, ctx, args):
         ctx.meta["qgsa_raw_args"] = list(args)
         return super().parse_args(ctx, args)
+
+
+# a command with options that take several space-separated values (--sizes 224 336)
+MULTI_VALUE_COMMAND = {"cls": _RawArgsCommand, "context_settings": {"allow_extra_args": True,
+                                                                    "ignore_unknown_options": False}}
+
+
+def _run_and_show(run, cfg, table: str, files: tuple[str, ...]) -> None:
+    """Run a long library command under a progress bar, print its Markdown table and what it wrote."""
+    with _RichProgress() as progress:
+        folder = run(cfg, progress, warn=_warn)
+    console.print((folder / table).read_text(), soft_wrap=True, markup=False)
+    console.print("wrote " + ", ".join(str(folder / f) for f in files))
 
 
 def _option_values(ctx, names) -> list[str] | None:
@@ -325,8 +338,7 @@ class _RichProgress:
             self.last_line = time.monotonic()
 
 
-@app.command("sweep-resolution", cls=_RawArgsCommand,
-             context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command("sweep-resolution", **MULTI_VALUE_COMMAND)
 @friendly
 def sweep_resolution(
     ctx: typer.Context,
@@ -367,14 +379,10 @@ def sweep_resolution(
                               k=k, checkpoint=str(checkpoint) if checkpoint else None, seed=seed, image=image,
                               question=question, count_flops=not no_flops, compile=compile)
     cfg = SweepConfig(measure, _ints(ctx, "--sizes", sizes), _pipeline_list(pipelines), str(out), batches)
-    with _RichProgress() as progress:
-        folder = run_sweep(cfg, progress, warn=_warn)
-    console.print((folder / "table4.md").read_text(), soft_wrap=True, markup=False)
-    console.print(f"wrote {folder / 'sweep.csv'}, {folder / 'meta.json'}, {folder / 'table4.md'}")
+    _run_and_show(run_sweep, cfg, "table4.md", ("sweep.csv", "meta.json", "table4.md"))
 
 
-@app.command("sweep-budget", cls=_RawArgsCommand,
-             context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command("sweep-budget", **MULTI_VALUE_COMMAND)
 @friendly
 def sweep_budget(
     ctx: typer.Context,
@@ -431,14 +439,10 @@ def sweep_budget(
                        _floats(ctx, "--shares", shares) or DEFAULT_SHARES, dataset, data_dir, split, limit,
                        eval_batch, out=str(out),
                        checkpoints=dict(c.split("=", 1) for c in checkpoint if "=" in c))
-    with _RichProgress() as progress:
-        folder = run_budget(cfg, progress, warn=_warn)
-    console.print((folder / "table.md").read_text(), soft_wrap=True, markup=False)
-    console.print(f"wrote {folder / 'budget.csv'}, {folder / 'meta.json'}, {folder / 'table.md'}")
+    _run_and_show(run_budget, cfg, "table.md", ("budget.csv", "accuracy.csv", "meta.json", "table.md"))
 
 
-@app.command("count-flops", cls=_RawArgsCommand,
-             context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+@app.command("count-flops", **MULTI_VALUE_COMMAND)
 @friendly
 def count_flops_command(
     ctx: typer.Context,
@@ -462,10 +466,7 @@ def count_flops_command(
     _no_stray_arguments(ctx)
     cfg = CountConfig(model, resolution, _pipeline_list(pipelines), _ints(ctx, "--budgets", budgets), batch,
                       decode_tokens, by_depth=by_depth, out=str(out))
-    with _RichProgress() as progress:
-        folder = run_count(cfg, progress, warn=_warn)
-    console.print((folder / "table.md").read_text(), soft_wrap=True, markup=False)
-    console.print(f"wrote {folder / 'flops.csv'}, {folder / 'crosscheck.json'}, {folder / 'meta.json'}")
+    _run_and_show(run_count, cfg, "table.md", ("flops.csv", "crosscheck.json", "meta.json", "table.md"))
 
 
 @app.command()
