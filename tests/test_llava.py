@@ -68,11 +68,12 @@ def test_info_counts_llava_7b_without_building_it():
     assert "303,507,456" in result.output and "20,979,712" in result.output  # CLIP ViT-L/14, projector
 
 
-@pytest.mark.parametrize("pipeline", ["dense", "dense-bypass", "qgsa", "random", "norm"])
+@pytest.mark.parametrize("pipeline", ["dense", "dense-bypass", "qgsa", "random", "norm", "fastv", "pdrop",
+                                      "sparsevlm", "visionzip", "divprune", "downsample", "qgsa-vision"])
 def test_ask_works_with_llava_tiny_for_every_pipeline(pipeline, image_path):
     args = ["ask", "--model", "llava-tiny", "--weights", "random", "--image", str(image_path),
             "--question", "what color is the circle?", "--pipeline", pipeline, "--resolution", "84",
-            "--max-new-tokens", "3"]
+            "--max-new-tokens", "3", "--k", "9"]
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "RANDOM" in result.output or "random" in result.output
