@@ -89,7 +89,7 @@ def _run_and_show(run, cfg, table: str, files: tuple[str, ...]) -> None:
     with _RichProgress() as progress:
         folder = run(cfg, progress, warn=_warn)
     console.print((folder / table).read_text(), soft_wrap=True, markup=False)
-    console.print("wrote " + ", ".join(str(folder / f) for f in files))
+    console.print("wrote " + ", ".join(str(folder / f) for f in files if (folder / f).exists()))
 
 
 def _option_values(ctx, names) -> list[str] | None:
@@ -289,6 +289,9 @@ OPT_K = typer.Option(None, help="Fixed k for sparse pipelines (default 17, the p
 OPT_SEED = typer.Option(0, help="Seed for random weights, random init and the random baseline.")
 OPT_IMAGE = typer.Option(None, help="Image to run on (default: a generated picture; content does not change cost).")
 OPT_QUESTION = typer.Option(DEFAULT_QUESTION, help="Question to run with.")
+OPT_BUDGET_UNIT = typer.Option("tokens", help="tokens: visual tokens after the last cut | layer-avg: for in-LM "
+                                "selectors (fastv, pdrop, sparsevlm) averaged over the LM's layers, as their "
+                                "papers quote them.")
 OPT_NO_FLOPS = typer.Option(False, "--no-flops", help="Skip fvcore FLOP counting (timing only).")
 
 
@@ -401,6 +404,7 @@ def sweep_budget(
     split: Optional[str] = typer.Option(None, help="Split of --dataset (default: the data set's usual one)."),
     limit: Optional[int] = typer.Option(None, help="Score at most this many samples of --dataset."),
     eval_batch: int = typer.Option(8, help="Batch size of the accuracy runs."),
+    budget_unit: str = OPT_BUDGET_UNIT,
     batch: int = OPT_BATCH,
     device: str = OPT_DEVICE,
     dtype: str = OPT_DTYPE,
@@ -438,7 +442,7 @@ def sweep_budget(
                        _ints(ctx, "--budgets", budgets) if budgets or _option_values(ctx, ("--budgets",)) else (),
                        _floats(ctx, "--shares", shares) or DEFAULT_SHARES, dataset, data_dir, split, limit,
                        eval_batch, out=str(out),
-                       checkpoints=dict(c.split("=", 1) for c in checkpoint if "=" in c))
+                       checkpoints=dict(c.split("=", 1) for c in checkpoint if "=" in c), budget_unit=budget_unit)
     _run_and_show(run_budget, cfg, "table.md", ("budget.csv", "accuracy.csv", "meta.json", "table.md"))
 
 
@@ -457,6 +461,7 @@ def count_flops_command(
     decode_tokens: int = OPT_DECODE,
     by_depth: str = typer.Option("auto", help="Count the LM on depth-reduced copies and scale exactly: auto (when "
                                  "the model does not fit in free memory) | yes | no."),
+    budget_unit: str = OPT_BUDGET_UNIT,
     out: Path = typer.Option(Path("results/count"), help="Results folder (flops.csv, crosscheck.json, table.md)."),
 ):
     """FLOPs by stage for every pipeline at every budget, counted (no timing), with cross-checks against a
@@ -465,7 +470,7 @@ def count_flops_command(
 
     _no_stray_arguments(ctx)
     cfg = CountConfig(model, resolution, _pipeline_list(pipelines), _ints(ctx, "--budgets", budgets), batch,
-                      decode_tokens, by_depth=by_depth, out=str(out))
+                      decode_tokens, by_depth=by_depth, budget_unit=budget_unit, out=str(out))
     _run_and_show(run_count, cfg, "table.md", ("flops.csv", "crosscheck.json", "meta.json", "table.md"))
 
 

@@ -27,11 +27,13 @@ from qgsa_bench.results import holds_out_folder, replace_rows, write_meta
 
 FLOPS_CSV = "flops.csv"
 # Published vision-tower counts (multiply-adds) for the towers of the shipped presets, with their source.
+TIMM_TABLE = "timm's benchmark table (results/benchmark-infer-amp-nchw-pt291-cu128-4090.csv, infer_gmacs)"
 PUBLISHED_VISION = {
-    ("clip_vision_model", 336, 14, 24, 1024): (191.11e9, "timm vit_large_patch14_clip_336 (GMACs 191.11, "
-                                                         "the timm model card / results-imagenet table)"),
+    ("clip_vision_model", 336, 14, 24, 1024): (191.11e9, f"timm vit_large_patch14_clip_336, {TIMM_TABLE}"),
+    **{("idefics3_vision", r, 16, 12, 768): (g * 1e9, f"timm vit_base_patch16_siglip_gap_{r}, {TIMM_TABLE}")
+       for r, g in ((224, 17.49), (256, 23.13), (384, 55.43), (512, 107.0))},
 }
-COLUMNS = ["model", "weights", "resolution", "pipeline", "k", "budget_share", "n_visual_tokens",
+COLUMNS = ["model", "weights", "resolution", "pipeline", "budget", "budget_unit", "k", "budget_share", "n_visual_tokens",
            "visual_tokens_layer_avg", "prompt_tokens", "flops_vision", "flops_select", "flops_connector",
            "flops_prefill", "flops_decode_per_token", "flops_lm_head", "flops_prefill_attention",
            "attn_visual_flops", "flops_total", "flops_share_of_dense", "flops_saved_pct", "lm_depth", "copies",
@@ -49,6 +51,7 @@ class CountConfig:
     decode_tokens: int = 8
     question: str = "What is shown in the image?"
     by_depth: str = "auto"  # auto | yes | no
+    budget_unit: str = "tokens"  # or "layer-avg": in-LM selectors' budgets averaged over the LM's layers
     out: str = "results/count"
 
 
@@ -116,11 +119,22 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
     if bad:
         raise QGSAError(f"budget {bad[0]} visual tokens is impossible: pick 1 <= budget <= {n_dense} "
                         f"(the dense visual tokens at {resolution} px)")
-    cases = [(p, None) if p in ("dense", "dense-bypass") else (p, b) for p in cfg.pipelines
-             for b in (cfg.budgets if p not in ("dense", "dense-bypass") else (None,))]
     from qgsa_bench.efficiency.depth import plan_for
+    from qgsa_bench.run import tokens_for_layer_average
 
+    if cfg.budget_unit not in ("tokens", "layer-avg"):
+        raise QGSAError(f"--budget-unit must be tokens or layer-avg, got '{cfg.budget_unit}'")
     full_depth = preset["config"]["text_config"]["num_hidden_layers"]
+    given = [(p, None) if p in ("dense", "dense-bypass") else (p, b) for p in cfg.pipelines
+             for b in (cfg.budgets if p not in ("dense", "dense-bypass") else (None,))]
+
+    def kept(p, b):  # the run's budget: visual tokens after the last cut
+        cuts = plan_for(p, b, full_depth, a.vision_depth).cuts
+        if b is None or cfg.budget_unit == "tokens" or not cuts:
+            return b
+        return tokens_for_layer_average(b, n_dense, cuts, full_depth)
+
+    cases = [(p, kept(p, b)) for p, b in given]
     for p, k in cases:  # bad points and budgets before any work (in-LM cuts against the full depth)
         if not plan_for(p, k, full_depth, a.vision_depth).cuts:
             probe.pipeline.resolution_for(p, resolution, k)
@@ -128,7 +142,8 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
     from qgsa_bench.results import run_meta
 
     settings = {"model": cfg.model, "resolution": resolution, "batch": cfg.batch, "decode_tokens": cfg.decode_tokens,
-                "question": cfg.question, "budgets": list(cfg.budgets), "pipelines": list(cfg.pipelines)}
+                "question": cfg.question, "budgets": list(cfg.budgets), "budget_unit": cfg.budget_unit,
+                "pipelines": list(cfg.pipelines)}
     meta = {**run_meta(probe, "count-flops", settings), "model": cfg.model,
             "model_source": preset.get("hub_id") or f"preset:{cfg.model}", "weights": "random",
             "dense_visual_tokens": n_dense,
@@ -147,10 +162,10 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
                         progress=progress, direct=not scale)
     text_config = build_text_config(cfg.model)
     dense = next((r for r in rows if r["pipeline"] == "dense"), None)
-    for row in rows:
-        row.update({"model": cfg.model, "weights": "random (counted: FLOPs do not depend on weight values)",
+    for row, (_, budget) in zip(rows, given):
+        row.update({"budget": budget, "budget_unit": cfg.budget_unit, "model": cfg.model, "weights": "random (counted: FLOPs do not depend on weight values)",
                     "resolution": resolution,
-                    "budget_share": (row["k"] or n_dense) / n_dense})
+                    "budget_share": (budget or n_dense) / n_dense})
         if dense:
             row["flops_share_of_dense"] = row["flops_total"] / dense["flops_total"]
             row["flops_saved_pct"] = 100 * (1 - row["flops_share_of_dense"])
