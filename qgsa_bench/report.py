@@ -615,16 +615,18 @@ def count_markdown(rows: list[dict], meta: dict) -> str:
     s = meta.get("settings", {})
     lines = [f"## Counted FLOPs by stage: {meta.get('model', '?')} at {s.get('resolution', '?')} px, batch "
              f"{s.get('batch', '?')}, {s.get('decode_tokens', '?')} generated tokens", "",
-             f"{meta.get('counting', '')}. Multiply-adds (fvcore), G = 10^9. Weights play no part in a count "
+             f"{meta.get('counting', '')}. Budget: {'visual tokens averaged over the LM layers for in-LM selectors' if s.get('budget_unit') == 'layer-avg' else 'visual tokens after the last cut'}. Multiply-adds (fvcore), G = 10^9. Weights play no part in a count "
              f"(random weights). Command: `{meta.get('command', '?')}` (commit "
              f"{_short_commit(meta.get('git_commit', '?'))}).", ""]
-    head = ["pipeline", "budget", "visual tokens (LM in / layer avg)", "prompt", "vision G", "select + connector G",
+    head = ["pipeline", "budget", "kept after the last cut", "visual tokens (LM in / layer avg)", "prompt", "vision G",
+            "select + connector G",
             "prefill G", "decode G/token", "end-to-end G", "share of dense", "saved"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        k = r.get("k")
+        k, budget = r.get("k"), r.get("budget", r.get("k"))
         lines.append("| " + " | ".join([
-            str(r["pipeline"]), "–" if k is None or k != k else str(int(k)),
+            str(r["pipeline"]), "–" if budget is None or budget != budget else str(int(budget)),
+            "–" if k is None or k != k else str(int(k)),
             f"{_fmt(r['n_visual_tokens'], '.0f')} / {_fmt(r['visual_tokens_layer_avg'], '.1f')}",
             _fmt(r.get("prompt_tokens"), ".0f"), _fmt(r["flops_vision"] / 1e9, ".2f"),
             _fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"),

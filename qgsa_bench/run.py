@@ -51,6 +51,22 @@ def stage_budgets(n: int, k: torch.Tensor, stages: int) -> list[torch.Tensor]:
     return out + [k]
 
 
+def tokens_for_layer_average(budget: int, n: int, cuts: tuple[int, ...], depth: int) -> int:
+    """The visual tokens to keep after the last in-LM cut so that the tokens averaged over the LM's `depth`
+    layers (n before the first cut, then `stage_budgets`) are at most `budget`: the largest such k. The
+    papers quote FastV, SparseVLM and PyramidDrop at this layer-averaged count."""
+    edges = [0, *cuts, depth]
+    segments = [b - a for a, b in zip(edges, edges[1:])]
+    for k in range(n, 0, -1):
+        kept = [n] + [int(x) for x in stage_budgets(n, torch.tensor([k]), len(cuts))]
+        if sum(s * v for s, v in zip(segments, kept)) / depth <= budget:
+            return k
+    floor = (cuts[0] * n + (depth - cuts[0])) / depth
+    raise QGSAError(f"a layer average of {budget} visual tokens is impossible with cuts at {','.join(map(str, cuts))} "
+                    f"of {depth} layers: the layers before the first cut alone average {floor:.1f}; "
+                    f"pick a budget of at least {int(floor) + 1}")
+
+
 class SelectorRun:
     def __init__(self, adapter, module, generator):
         self.adapter = adapter

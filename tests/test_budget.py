@@ -49,3 +49,16 @@ def test_sweep_budget_bad_budget_and_checkpoint_name(tmp_path):
     result = runner.invoke(app, args + ["--budgets", "4", "--checkpoint", "qgsa=nowhere.pt"])
     assert result.exit_code == 2 and "checkpoint not found: nowhere.pt" in result.output
     assert not (tmp_path / "b" / "budget.csv").exists()
+
+
+def test_sweep_budget_in_layer_averaged_tokens(tmp_path):
+    out = tmp_path / "avg"
+    result = runner.invoke(app, [
+        "sweep-budget", "--model", "tiny", "--weights", "random", "--resolution", "64", "--budgets", "10",
+        "--budget-unit", "layer-avg", "--pipelines", "dense,fastv@lm:1,visionzip", "--reps", "2",
+        "--decode-tokens", "2", "--device", "cpu", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out / "budget.csv").set_index("case")
+    # 2 LM layers, cut before layer 1: (16 + k) / 2 <= 10 -> k = 4 kept after the cut, average 10
+    assert rows.loc["fastv@lm:1 k=10", "k"] == 4 and rows.loc["fastv@lm:1 k=10", "visual_tokens_layer_avg"] == 10
+    assert rows.loc["visionzip k=10", "k"] == 10 and (rows.budget_unit == "layer-avg").all()

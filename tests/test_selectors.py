@@ -185,3 +185,15 @@ def test_bad_points_and_budgets_are_one_error_line(image_path, spec, k, words):
                                       "--question", "what?", "--pipeline", spec, "--k", str(k), "--resolution", "64"])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error:") and words in result.output and len(result.output.splitlines()) == 1
+
+
+def test_budget_as_a_layer_average_is_the_largest_kept_count_that_fits():
+    from qgsa_bench.run import tokens_for_layer_average
+
+    # FastV on LLaVA-1.5-7B: 2 layers see 576 tokens, 30 see k: (2*576 + 30*29) / 32 = 63.2 <= 64 < 64.1 (k=30)
+    assert tokens_for_layer_average(64, 576, (2,), 32) == 29
+    # PyramidDrop at 8/16/24: geometric 576 -> 144 -> 36 -> 9 averages 191.25 <= 192
+    assert tokens_for_layer_average(192, 576, (8, 16, 24), 32) == 9
+    with pytest.raises(QGSAError, match="the layers before the first cut alone average 144.8; pick a budget of at "
+                                        "least 145"):
+        tokens_for_layer_average(64, 576, (8, 16, 24), 32)

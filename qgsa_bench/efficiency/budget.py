@@ -29,9 +29,10 @@ from qgsa_bench.runtime import dtype_name
 BUDGET_CSV = "budget.csv"
 ACCURACY_CSV = "accuracy.csv"
 DEFAULT_SHARES = (0.04, 0.1, 0.25, 0.5)
+BUDGET_UNITS = ("tokens", "layer-avg")
 DEFAULT_SELECTORS = ("dense", "qgsa", "random", "norm", "fastv", "pdrop", "sparsevlm", "visionzip", "divprune",
                      "downsample", "qgsa-vision")
-BUDGET_COLUMNS = ["budget", "budget_share", "selector", "point", "question_guided", "training",
+BUDGET_COLUMNS = ["budget", "budget_unit", "budget_share", "selector", "point", "question_guided", "training",
                   "flops_share_of_dense", *SWEEP_COLUMNS, "visual_tokens_layer_avg", "accuracy",
                   "delta_vs_dense_points", "n_eval"]
 ACCURACY_COLUMNS = ["budget", "budget_share", "case", "pipeline", "selector", "point", "scope", "question_type",
@@ -56,12 +57,17 @@ class BudgetConfig:
     # QGSA checkpoints by selector name ("qgsa", "qgsa-vision"), for the pipelines whose selector uses the
     # QGSA module; measure.checkpoint, if given, serves the others.
     checkpoints: dict = field(default_factory=dict)
+    # "tokens": visual tokens after the last cut; "layer-avg": for in-LM selectors, averaged over the LM's
+    # layers (as FastV, SparseVLM and PyramidDrop are quoted); the same thing for every other selector
+    budget_unit: str = "tokens"
 
     def __post_init__(self):
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one selector")
         if any(b < 1 for b in self.budgets):
             raise QGSAError(f"--budgets are visual tokens, at least 1 each, got {list(self.budgets)}")
+        if self.budget_unit not in BUDGET_UNITS:
+            raise QGSAError(f"--budget-unit must be one of {', '.join(BUDGET_UNITS)}, got '{self.budget_unit}'")
         if not self.budgets and (not self.shares or any(not 0 < s <= 1 for s in self.shares)):
             raise QGSAError(f"--shares are fractions of the dense visual tokens in (0, 1], got {list(self.shares)}")
 
@@ -104,6 +110,19 @@ def _selector_name(pipeline: str) -> str:
     return pipeline.split("@")[0]
 
 
+def kept_tokens(pipe, name: str, budget: int, n_dense: int, unit: str) -> int:
+    """A budget in visual tokens after the last cut (what the run takes), from one in `unit`."""
+    from qgsa_bench.run import tokens_for_layer_average
+
+    spec = selector_spec(name)
+    if unit == "tokens" or spec is None:
+        return budget
+    point = pipe.run.point(spec)
+    if point.kind != "lm":
+        return budget
+    return tokens_for_layer_average(budget, n_dense, point.layers, pipe.adapter.lm_depth)
+
+
 def _cases(cfg: BudgetConfig, pipe, budgets: list[int], n_dense: int, resolution: int, pipes=None) -> list[Case]:
     cases = []
     for name in cfg.pipelines:
@@ -114,7 +133,7 @@ def _cases(cfg: BudgetConfig, pipe, budgets: list[int], n_dense: int, resolution
         for b in budgets:
             if name == "downsample" and pipe.adapter.resolution_for_tokens(b) > pipe.adapter.dense_resolution(resolution):
                 continue
-            cases.append(Case(f"{name} k={b}", name, own, b))
+            cases.append(Case(f"{name} k={b}", name, own, kept_tokens(own, name, b, n_dense, cfg.budget_unit)))
     if not any(c.pipeline == "dense" for c in cases):
         cases.insert(0, Case("dense", "dense", pipe))  # the reference of every share and speedup
     return cases
@@ -147,12 +166,15 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, False, m.seed)
     out = Path(cfg.out)
     meta = run_meta(built, "sweep-budget", {**m.settings(), "resolution": resolution}, budgets=budgets,
+                    budget_unit=cfg.budget_unit,
                     qgsa_checkpoints=dict(cfg.checkpoints),
                     dense_visual_tokens=n_dense, pipelines=list(cfg.pipelines), reps=m.reps, warmup=m.warmup,
                     statistics=STATISTICS_NOTE,
-                    budget_rule="visual tokens reaching the LM (in-LM selectors: kept after the last cut; "
-                                "visual_tokens_layer_avg beside); qgsa/random/norm without @: k patches through "
-                                "the QGSA module's projection",
+                    budget_rule=("visual tokens reaching the LM (in-LM selectors: kept after the last cut; "
+                                 "visual_tokens_layer_avg beside)" if cfg.budget_unit == "tokens" else
+                                 "visual tokens reaching the LM; for in-LM selectors averaged over the LM's layers "
+                                 "(k: kept after the last cut)")
+                                + "; qgsa/random/norm without @: k patches through the QGSA module's projection",
                     flop_convention="fvcore: one multiply-add = one FLOP; attention counted over the full Lq x Lk",
                     **(data.meta() if data else {}),
                     note=("RANDOM weights: FLOPs and latency only, no accuracy" if built.loaded.weights == "random"
@@ -167,8 +189,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
     dense_flops = next((r.get("flops_total") for r in rows if r["pipeline"] == "dense"), None)
     for case, row in zip(cases, rows):
         own = cfg.checkpoints.get(_selector_name(case.pipeline))
-        row.update({"budget": case.k if case.k is not None else n_dense,
-                    "budget_share": (case.k if case.k is not None else n_dense) / n_dense,
+        budget = n_dense if case.k is None else int(case.label.rpartition("k=")[2])
+        row.update({"budget": budget, "budget_share": budget / n_dense, "budget_unit": cfg.budget_unit,
                     **describe(pipe, case.pipeline), "model": m.model, "weights": built.loaded.weights,
                     "qgsa_weights": f"checkpoint:{own}" if own else built.qgsa_weights, "device": meta["device"],
                     "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens})
