@@ -586,65 +586,35 @@ def budget_markdown(frame, meta: dict | None, accuracy=None) -> str:
 
 
 def figure_pareto(meta: dict, frame, accuracy, path: Path) -> Path:
-    """Accuracy (with a data set; else median latency) against end-to-end FLOPs, one line per selector over
-    its budgets, dense as a star. With per-type accuracy, one panel per question type as well."""
+    """Accuracy (with a data set; else median latency) against end-to-end FLOPs as a share of dense, one
+    line per selector over its budgets, dense as a star; with per-type accuracy one panel per type too."""
     plt = _plt()
     y_col = "accuracy" if "accuracy" in frame and frame["accuracy"].notna().any() else "latency_ms_median"
+    share = "flops_share_of_dense" in frame and frame["flops_share_of_dense"].notna().any()
+    x_col, x_label = (("flops_share_of_dense", "end-to-end FLOPs, % of dense") if share
+                      else ("flops_total", "end-to-end GFLOPs (multiply-adds)"))
+    scale = 100 if share else 1e-9
     panels = [("all", frame)]
     if accuracy is not None and y_col == "accuracy":
         types = accuracy[accuracy["scope"] == "type"]
         panels += [(t, part) for t, part in types.groupby("question_type")]
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.8), squeeze=False)
+    series = list(dict.fromkeys(zip(frame["selector"], frame["point"])))
+    colours = plt.get_cmap("tab20")
+    style = {key: (colours(i % 20), "osD^v<>ph*"[i % 10]) for i, key in enumerate(series)}
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels) + 2.6, 3.6), squeeze=False)
     for ax, (title, part) in zip(axes[0], panels):
         for (selector, point), rows in part.groupby(["selector", "point"], sort=False):
-            rows = rows.sort_values("flops_total")
-            style = "k*" if selector == "dense" else "o-"
-            ax.plot(rows["flops_total"] / 1e9, rows[y_col], style, ms=9 if selector == "dense" else 4,
-                    label=selector if selector == "dense" else f"{selector} @ {point}")
-        ax.set(xlabel="end-to-end GFLOPs (multiply-adds)", title=title, xscale="log",
-               ylabel="accuracy %" if y_col == "accuracy" else "median latency ms")
-    axes[0][0].legend(fontsize=6)
+            rows = rows.sort_values(x_col)
+            colour, marker = style.get((selector, point), ("k", "o"))
+            if selector == "dense":
+                ax.plot(rows[x_col] * scale, rows[y_col], "k*", ms=10, label="dense")
+            else:
+                ax.plot(rows[x_col] * scale, rows[y_col], "-", marker=marker, color=colour, ms=4,
+                        label=f"{selector} @ {point}")
+        ax.set(xlabel=x_label, title=title, ylabel="accuracy %" if y_col == "accuracy" else "median latency ms")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     res = meta.get("settings", {}).get("resolution", "?")
     fig.suptitle(f"Selectors at equal budgets: {meta.get('model', '?')} ({meta.get('weights', '?')} weights), {res}px",
                  fontsize=9)
     return _save(fig, path, top=0.86)
-
-
-def count_markdown(rows: list[dict], meta: dict) -> str:
-    """Counted FLOPs by stage per (pipeline, budget), and the cross-checks (count-flops)."""
-    s = meta.get("settings", {})
-    lines = [f"## Counted FLOPs by stage: {meta.get('model', '?')} at {s.get('resolution', '?')} px, batch "
-             f"{s.get('batch', '?')}, {s.get('decode_tokens', '?')} generated tokens", "",
-             f"{meta.get('counting', '')}. Budget: {'visual tokens averaged over the LM layers for in-LM selectors' if s.get('budget_unit') == 'layer-avg' else 'visual tokens after the last cut'}. Multiply-adds (fvcore), G = 10^9. Weights play no part in a count "
-             f"(random weights). Command: `{meta.get('command', '?')}` (commit "
-             f"{_short_commit(meta.get('git_commit', '?'))}).", ""]
-    head = ["pipeline", "budget", "kept after the last cut", "visual tokens (LM in / layer avg)", "prompt", "vision G",
-            "select + connector G",
-            "prefill G", "decode G/token", "end-to-end G", "share of dense", "saved"]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        k, budget = r.get("k"), r.get("budget", r.get("k"))
-        lines.append("| " + " | ".join([
-            str(r["pipeline"]), "–" if budget is None or budget != budget else str(int(budget)),
-            "–" if k is None or k != k else str(int(k)),
-            f"{_fmt(r['n_visual_tokens'], '.0f')} / {_fmt(r['visual_tokens_layer_avg'], '.1f')}",
-            _fmt(r.get("prompt_tokens"), ".0f"), _fmt(r["flops_vision"] / 1e9, ".2f"),
-            _fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"),
-            _fmt(r["flops_prefill"] / 1e9, ".1f"), _fmt(r.get("flops_decode_per_token", float("nan")) / 1e9, ".2f"),
-            _fmt(r["flops_total"] / 1e9, ".1f"), _fmt(100 * r.get("flops_share_of_dense", float("nan")), ".1f", " %"),
-            _fmt(r.get("flops_saved_pct"), ".1f", " %")]) + " |")
-    checks = meta.get("crosscheck") or {}
-    vision, lm = checks.get("vision"), checks.get("lm_prefill")
-    if vision:
-        lines += ["", "Cross-checks:", "",
-                  f"* Vision tower as HF runs it (all {vision['vision_layers_total']} layers and its final norm): "
-                  f"{vision['vision_tower_hf_forward'] / 1e9:.2f} G"
-                  + (f"; published {vision['published_vision'] / 1e9:.2f} G ({vision['published_source']}): "
-                     f"{vision['hf_forward_vs_published_pct']:+.2f} %" if vision.get("published_vision") else "")
-                  + f". This run stops at the feature layer ({vision['vision_layers_run']} layers): "
-                    f"{vision['vision_stage_counted'] / 1e9:.2f} G, {vision['skipped_by_this_run'] / 1e9:.2f} G "
-                    f"fewer (layers whose output LLaVA never uses)."]
-    if lm:
-        lines.append(f"* Dense LM prefill over {lm['prompt_tokens']} tokens: counted {lm['counted'] / 1e9:.3f} G, "
-                     f"analytic {lm['analytic'] / 1e9:.3f} G (difference {lm['difference']:,} multiply-adds).")
-    return "\n".join(lines) + "\n"
