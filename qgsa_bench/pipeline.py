@@ -11,6 +11,11 @@ With the module's `projection = "connector"`, every sparse pipeline (qgsa, rando
 LM through the model's own connector instead of W_vis: connector(V * m) on the whole patch grid, m the
 selection mask (unselected patches zeroed, or set to the module's learned fill vector), keeping the
 connector tokens that hold a selected patch.
+
+Every other name is a selector spec NAME[@POINT] (selectors/): the run in run.py places the selector at
+its insertion point (vision:L, post-vision, lm:K, input) and the stages below call it (`encode`,
+`visual_tokens`, `inputs`), so every command measures the paper's pipelines and the field's selectors
+through the same three calls.
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """Measure one pipeline configuration by stage: FLOPs (fvcore) and wall-clock time.
 
 Stages, the same code for counting and timing:
-  vision    patch features V = vision_model(pixel_values)
+  vision    patch features V = the encoder's layers on pixel_values; a selector at vision:L selects here
+            (its scoring and the shorter remaining layers are vision time and FLOPs)
   select    sparse pipelines: q embedding + scorer / f_comp + top-k + gather + W_vis (or, with the
-            module's projection = connector, the model's own connector on the masked patch grid)
-  connector dense pipeline: pixel shuffle + projection
-  prefill   prompt assembly + LM over the whole prompt + LM head on the last position
+            module's projection = connector, the model's own connector on the masked patch grid);
+            post-vision selectors: their scoring + the connector on the kept visual tokens
+  connector dense pipeline (and in-LM / input selectors): pixel shuffle + projection on every token
+  prefill   prompt assembly + LM over the whole prompt + LM head on the last position; an in-LM
+            selector's attention rows and pruning happen here
   decode    one cached LM step + LM head, per generated token (the first token comes from prefill)
 End to end = vision + select + connector + prefill + (T - 1) decode steps for T generated tokens.
 Decoding is forced to T tokens (no early stop) so that every pipeline does the same work.
