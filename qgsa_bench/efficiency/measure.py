@@ -5,8 +5,9 @@ Stages, the same code for counting and timing:
             (its scoring and the shorter remaining layers are vision time and FLOPs)
   select    sparse pipelines: q embedding + scorer / f_comp + top-k + gather + W_vis (or, with the
             module's projection = connector, the model's own connector on the masked patch grid);
-            post-vision selectors: their scoring + the connector on the kept visual tokens
-  connector dense pipeline (and in-LM / input selectors): pixel shuffle + projection on every token
+            post-vision selectors: their scoring + the connector on the kept visual tokens; in-LM and
+            input selectors: the connector on every token (reported under select, as for any selector)
+  connector dense pipeline: pixel shuffle + projection
   prefill   prompt assembly + LM over the whole prompt + LM head on the last position; an in-LM
             selector's attention rows and pruning happen here
   decode    one cached LM step + LM head, per generated token (the first token comes from prefill)
