@@ -7,9 +7,20 @@ import torch
 from qgsa_bench.build import Built
 from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.models.images import load_image
+from qgsa_bench.run import layer_average
 from qgsa_bench.runtime import device_name, dtype_name
 
 RANDOM_NOTE = "random weights: this answer is noise, not a model prediction"
+
+
+def _point(pipe, pipeline: str) -> str:
+    """Where the pipeline's selection sits ("none" for dense)."""
+    from qgsa_bench.pipeline import selector_spec
+
+    spec = selector_spec(pipeline)
+    if spec is None:
+        return "none" if pipeline in ("dense", "dense-bypass") else "post-vision (patches)"
+    return str(pipe.run.point(spec))
 
 
 @torch.no_grad()
@@ -38,8 +49,10 @@ def ask(built: Built, image_path: str, question: str, pipeline: str = "dense", r
         "resolution": resolution,
         "effective_resolution": prepared.resolution,
         "n_patches": prepared.n_patches,
-        "n_visual_tokens": int(prepared.inputs.n_visual[0]),
-        "k": prepared.kept(0),
+        "insertion_point": _point(run_pipeline, pipeline),
+        "n_visual_tokens": int(prepared.inputs.n_visual[0]),  # entering the LM
+        "k": prepared.kept(0),  # kept by the selector (in the LM: after its last cut)
+        "visual_tokens_layer_avg": round(layer_average(prepared.inputs, built.adapter.lm_depth), 2),
         "selected_patches": prepared.selected_patches(0),
         "prompt_tokens": int(prepared.inputs.attention_mask[0].sum()),
         "answer": built.adapter.decode_text(generated[0]),

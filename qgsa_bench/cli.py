@@ -421,7 +421,8 @@ def sweep_budget(
     image: Optional[Path] = OPT_IMAGE,
     question: str = OPT_QUESTION,
     no_flops: bool = OPT_NO_FLOPS,
-    out: Path = typer.Option(Path("results/budget"), help="Results folder (budget.csv, accuracy.csv, table.md)."),
+    out: Path = typer.Option(Path("results/budget"), help="Results folder (budget.csv, accuracy.csv with --dataset, "
+                                                          "comparisons.csv, meta.json, table.md)."),
 ):
     """Every selector at several budgets: FLOPs by stage, latency with intervals, accuracy (with --dataset)."""
     from qgsa_bench.efficiency.budget import DEFAULT_SHARES, BudgetConfig, run_budget
@@ -443,7 +444,8 @@ def sweep_budget(
                        _floats(ctx, "--shares", shares) or DEFAULT_SHARES, dataset, data_dir, split, limit,
                        eval_batch, out=str(out),
                        checkpoints=dict(c.split("=", 1) for c in checkpoint if "=" in c), budget_unit=budget_unit)
-    _run_and_show(run_budget, cfg, "table.md", ("budget.csv", "accuracy.csv", "meta.json", "table.md"))
+    _run_and_show(run_budget, cfg, "table.md", ("budget.csv", "accuracy.csv", "comparisons.csv", "meta.json",
+                                                 "table.md"))
 
 
 @app.command("count-flops", **MULTI_VALUE_COMMAND)

@@ -553,13 +553,14 @@ def budget_markdown(frame, meta: dict | None, accuracy=None) -> str:
     lines += [f"Budget: {meta.get('budget_rule', 'visual tokens reaching the LM')}. FLOPs: multiply-adds (fvcore), "
               "G = 10^9, for the whole batch end to end.  ", ""]
     has_acc = "accuracy" in frame and frame["accuracy"].notna().any()
-    head = ["selector", "insertion point", "budget", "visual tokens (LM in / layer avg)", "vision GFLOPs",
+    head = ["selector", "insertion point", "budget", "kept after the last cut", "visual tokens (LM in / layer avg)",
+            "vision GFLOPs",
             "select GFLOPs", "prefill GFLOPs", "end-to-end GFLOPs", "share of dense", "latency ms (p10–p90)",
             "speedup vs dense"] + (["accuracy %", "Δ vs dense"] if has_acc else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     frame = frame.sort_values(["budget", "selector"], kind="stable")
     for _, r in frame.iterrows():
-        cells = [_case(r), str(r["point"]), str(int(r["budget"])),
+        cells = [_case(r), str(r["point"]), str(int(r["budget"])), _fmt(r.get("k"), ".0f"),
                  f"{_fmt(r['n_visual_tokens'], '.0f')} / {_fmt(r['visual_tokens_layer_avg'], '.1f')}",
                  _fmt(r.get("flops_vision", float("nan")) / 1e9, ".3f"),
                  _fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"),
@@ -618,3 +619,43 @@ def figure_pareto(meta: dict, frame, accuracy, path: Path) -> Path:
     fig.suptitle(f"Selectors at equal budgets: {meta.get('model', '?')} ({meta.get('weights', '?')} weights), {res}px",
                  fontsize=9)
     return _save(fig, path, top=0.86)
+
+
+def count_markdown(rows: list[dict], meta: dict) -> str:
+    """Counted FLOPs by stage per (pipeline, budget), and the cross-checks (count-flops)."""
+    s = meta.get("settings", {})
+    lines = [f"## Counted FLOPs by stage: {meta.get('model', '?')} at {s.get('resolution', '?')} px, batch "
+             f"{s.get('batch', '?')}, {s.get('decode_tokens', '?')} generated tokens", "",
+             f"{meta.get('counting', '')}. Budget: {'visual tokens averaged over the LM layers for in-LM selectors' if s.get('budget_unit') == 'layer-avg' else 'visual tokens after the last cut'}. Multiply-adds (fvcore), G = 10^9. Weights play no part in a count "
+             f"(random weights). Command: `{meta.get('command', '?')}` (commit "
+             f"{_short_commit(meta.get('git_commit', '?'))}).", ""]
+    head = ["pipeline", "budget", "kept after the last cut", "visual tokens (LM in / layer avg)", "prompt", "vision G",
+            "select + connector G",
+            "prefill G", "decode G/token", "end-to-end G", "share of dense", "saved"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        k, budget = r.get("k"), r.get("budget", r.get("k"))
+        lines.append("| " + " | ".join([
+            str(r["pipeline"]), "–" if budget is None or budget != budget else str(int(budget)),
+            "–" if k is None or k != k else str(int(k)),
+            f"{_fmt(r['n_visual_tokens'], '.0f')} / {_fmt(r['visual_tokens_layer_avg'], '.1f')}",
+            _fmt(r.get("prompt_tokens"), ".0f"), _fmt(r["flops_vision"] / 1e9, ".2f"),
+            _fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"),
+            _fmt(r["flops_prefill"] / 1e9, ".1f"), _fmt(r.get("flops_decode_per_token", float("nan")) / 1e9, ".2f"),
+            _fmt(r["flops_total"] / 1e9, ".1f"), _fmt(100 * r.get("flops_share_of_dense", float("nan")), ".1f", " %"),
+            _fmt(r.get("flops_saved_pct"), ".1f", " %")]) + " |")
+    checks = meta.get("crosscheck") or {}
+    vision, lm = checks.get("vision"), checks.get("lm_prefill")
+    if vision:
+        lines += ["", "Cross-checks:", "",
+                  f"* Vision tower as HF runs it (all {vision['vision_layers_total']} layers and its final norm): "
+                  f"{vision['vision_tower_hf_forward'] / 1e9:.2f} G"
+                  + (f"; published {vision['published_vision'] / 1e9:.2f} G ({vision['published_source']}): "
+                     f"{vision['hf_forward_vs_published_pct']:+.2f} %" if vision.get("published_vision") else "")
+                  + f". This run stops at the feature layer ({vision['vision_layers_run']} layers): "
+                    f"{vision['vision_stage_counted'] / 1e9:.2f} G, {vision['skipped_by_this_run'] / 1e9:.2f} G "
+                    f"fewer (layers whose output LLaVA never uses)."]
+    if lm:
+        lines.append(f"* Dense LM prefill over {lm['prompt_tokens']} tokens: counted {lm['counted'] / 1e9:.3f} G, "
+                     f"analytic {lm['analytic'] / 1e9:.3f} G (difference {lm['difference']:,} multiply-adds).")
+    return "\n".join(lines) + "\n"

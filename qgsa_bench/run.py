@@ -63,8 +63,8 @@ def tokens_for_layer_average(budget: int, n: int, cuts: tuple[int, ...], depth: 
             return k
     floor = (cuts[0] * n + (depth - cuts[0])) / depth
     raise QGSAError(f"a layer average of {budget} visual tokens is impossible with cuts at {','.join(map(str, cuts))} "
-                    f"of {depth} layers: the layers before the first cut alone average {floor:.1f}; "
-                    f"pick a budget of at least {int(floor) + 1}")
+                    f"of {depth} layers: even keeping 1 token after the cuts, the layers average {floor:.1f} "
+                    f"(all {n} before the first cut); pick a budget of at least {int(floor) + 1}")
 
 
 class SelectorRun:

@@ -35,7 +35,7 @@ def test_sweep_budget_measures_every_selector_at_every_budget(tmp_path):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["kind"] == "sweep-budget" and meta["budgets"] == [4, 8] and meta["dense_visual_tokens"] == 16
     table = (out / "table.md").read_text()
-    assert "fastv k=4 | lm:1 | 4 | 16 / 10.0" in table and "Accuracy per question type" in table
+    assert "fastv k=4 | lm:1 | 4 | 4 | 16 / 10.0" in table and "Accuracy per question type" in table
     report = runner.invoke(app, ["report", "--results", str(out), "--out", str(tmp_path / "report")])
     assert report.exit_code == 0, report.output
     assert (tmp_path / "report" / "pareto_budget.png").is_file()

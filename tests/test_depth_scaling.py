@@ -63,6 +63,11 @@ def test_count_flops_command_by_depth_or_direct_agree_and_cross_check(tmp_path):
     for key in ("flops_total", "flops_prefill", "flops_vision", "flops_decode_per_token"):
         assert (yes[key] == no[key]).all(), key
     assert set(no.copies.astype(str)) == {"3"} and "1;2" in set(yes.copies.astype(str))
+    table = (tmp_path / "no" / "table.md").read_text()
+    assert "| fastv | 4 | 4 | 36 / 25.3 |" in table and "difference 0 multiply-adds" in table
+    report = CliRunner().invoke(app, ["report", "--results", str(tmp_path / "no"), "--out", str(tmp_path / "rep")])
+    assert report.exit_code == 0, report.output
+    assert "Counted FLOPs by stage: llava-tiny" in (tmp_path / "rep" / "report.md").read_text()
     checks = json.loads((tmp_path / "no" / "crosscheck.json").read_text())
     assert checks["lm_prefill"]["difference"] == 0  # counted prefill == the analytic formula, exactly
     vision = checks["vision"]

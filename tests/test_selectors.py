@@ -194,6 +194,6 @@ def test_budget_as_a_layer_average_is_the_largest_kept_count_that_fits():
     assert tokens_for_layer_average(64, 576, (2,), 32) == 29
     # PyramidDrop at 8/16/24: geometric 576 -> 144 -> 36 -> 9 averages 191.25 <= 192
     assert tokens_for_layer_average(192, 576, (8, 16, 24), 32) == 9
-    with pytest.raises(QGSAError, match="the layers before the first cut alone average 144.8; pick a budget of at "
-                                        "least 145"):
+    with pytest.raises(QGSAError, match=r"even keeping 1 token after the cuts, the layers average 144.8 \(all 576 "
+                                        r"before the first cut\); pick a budget of at least 145"):
         tokens_for_layer_average(64, 576, (8, 16, 24), 32)

@@ -33,7 +33,7 @@ BUDGET_UNITS = ("tokens", "layer-avg")
 DEFAULT_SELECTORS = ("dense", "qgsa", "random", "norm", "fastv", "pdrop", "sparsevlm", "visionzip", "divprune",
                      "downsample", "qgsa-vision")
 BUDGET_COLUMNS = ["budget", "budget_unit", "budget_share", "selector", "point", "question_guided", "training",
-                  "flops_share_of_dense", *SWEEP_COLUMNS, "visual_tokens_layer_avg", "accuracy",
+                  "flops_share_of_dense", *SWEEP_COLUMNS, "accuracy",
                   "delta_vs_dense_points", "n_eval"]
 ACCURACY_COLUMNS = ["budget", "budget_share", "case", "pipeline", "selector", "point", "scope", "question_type",
                     "n", "n_scored", "accuracy", "delta_vs_dense_points", "k_mean", "n_visual_tokens_mean",
