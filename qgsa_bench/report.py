@@ -657,5 +657,6 @@ def count_markdown(rows: list[dict], meta: dict) -> str:
                     f"fewer (layers whose output LLaVA never uses)."]
     if lm:
         lines.append(f"* Dense LM prefill over {lm['prompt_tokens']} tokens: counted {lm['counted'] / 1e9:.3f} G, "
-                     f"analytic {lm['analytic'] / 1e9:.3f} G (difference {lm['difference']:,} multiply-adds).")
+                     f"analytic {lm['analytic'] / 1e9:.3f} G (difference {lm['difference']:,} multiply-adds"
+                     + (f": {lm['explained']}" if lm.get("explained") not in (None, "exact") else "") + ").")
     return "\n".join(lines) + "\n"

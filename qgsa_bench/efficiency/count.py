@@ -9,6 +9,8 @@ head are always the full model's. Cross-checks written beside the counts (crossc
   * the dense LM prefill against the analytic count for its prompt length n (multiply-adds, per layer
     q/k/v/o projections 2nd^2 + 2nd d_kv, gated MLP 3ndm, attention 2n^2 d; the head on the last
     position dV; norms and rotary embeddings are elementwise and not counted, as fvcore does not).
+    Some transformers releases (5.17) compute the rotary angles inv_freq x positions with a matmul,
+    which fvcore counts: (head_dim / 2) n more; crosscheck.json says which it was.
 """
 
 from __future__ import annotations
@@ -173,8 +175,15 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
     checks = {"vision": vision}
     if dense:
         analytic = analytic_prefill(text_config, prompt, cfg.batch)
+        difference = dense["flops_prefill"] - analytic
+        hd = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+        rotary = cfg.batch * (hd // 2) * prompt  # the rotary angles inv_freq x positions, where a matmul computes them
         checks["lm_prefill"] = {"prompt_tokens": prompt, "counted": dense["flops_prefill"], "analytic": analytic,
-                                "difference": dense["flops_prefill"] - analytic}
+                                "difference": difference,
+                                "explained": ("exact" if difference == 0 else
+                                              "the rotary angles' matmul (this transformers release computes "
+                                              "inv_freq x positions with @, which fvcore counts)"
+                                              if difference == rotary else "unexplained")}
     replace_rows(out / FLOPS_CSV, rows, COLUMNS)
     (out / "crosscheck.json").write_text(json.dumps(checks, indent=1) + "\n")
     write_meta(out, {**meta, "crosscheck": checks})
