@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.models.base import LMInputs, VLMAdapter, positions_of  # noqa: F401 (re-exported)
+from qgsa_bench.models.base import VLMAdapter
 
 PROMPT_PREFIX = "<|im_start|>User:<fake_token_around_image><global-img>"
 PROMPT_SUFFIX = "<fake_token_around_image>{question}<end_of_utterance>\nAssistant:"
-_positions = positions_of
 
 
 class Idefics3Adapter(VLMAdapter):
