@@ -95,10 +95,8 @@ class SelectorRun:
         point, sel, a = self.point(spec), spec.selector, self.adapter
         if point.kind != "vision":
             if point.kind == "post-vision" and sel.attention == "received":
-                h = a.vision_embed(pixel_values)
-                for i in range(a.vision_depth - 1):
-                    h = a.vision_layer(i, h)
-                return Encoded(V=a.vision_out(a.vision_layer(a.vision_depth - 1, h)), last_input=h)
+                h_in, h = self.vision_until(pixel_values, a.vision_depth)
+                return Encoded(V=a.vision_out(h), last_input=h_in)
             return Encoded(V=a.patch_features(pixel_values))
         h_in, h = self.vision_until(pixel_values, point.layers[0])
         return self.vision_from(spec, h, h_in, q, k)
@@ -187,7 +185,6 @@ class SelectorRun:
         state = SelectState(point, X.mean(dim=2), torch.ones(B, n, dtype=torch.bool, device=V.device), q=q,
                             patches=X, generator=self.generator, module=self.module, project=a.connect_units)
         if sel.attention == "received":
-            P = a.n_prefix_vision
             received = a.vision_attention_received(a.vision_depth - 1, enc.last_input)
             state.attention = self._unit_mean(received, units)
         selection = sel.select(state, k)

@@ -161,7 +161,7 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
         copies = len(cases) if not scale else sum(len(plan_for(p, k, full_depth, vdepth).cuts) + 2 for p, k in cases)
         progress(f"{len(cases)} cases, {copies} counts", -copies)
     rows = count_scaled(cfg.model, cases, resolution, cfg.batch, cfg.question, cfg.decode_tokens,
-                        progress=progress, direct=not scale)
+                        progress=progress, direct=not scale, vision_depth=vdepth)
     text_config = build_text_config(cfg.model)
     dense = next((r for r in rows if r["pipeline"] == "dense"), None)
     for row, (_, budget) in zip(rows, given):

@@ -86,7 +86,8 @@ def plan_for(pipeline: str, k: int | None, full_depth: int, vision_depth: int) -
 
 def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int, batch: int = 1,
                  question: str = "What is shown in the image?", decode_tokens: int = 8, image=None,
-                 progress=None, full_depth: int | None = None, direct: bool = False) -> list[dict]:
+                 progress=None, full_depth: int | None = None, direct: bool = False,
+                 vision_depth: int | None = None) -> list[dict]:
     """Stage FLOPs of `name` at its full LM depth for each (pipeline, k), counted on depth-reduced copies
     (`direct`: on the model itself). Each copy is built once and counts every case that needs it. Rows
     carry the depths counted."""
@@ -95,9 +96,7 @@ def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int
 
     config = load_preset(name)["config"]
     full = full_depth or config["text_config"]["num_hidden_layers"]
-    probe = build_at_depth(name, 1)
-    vdepth = probe.adapter.vision_depth
-    del probe
+    vdepth = vision_depth if vision_depth is not None else build_at_depth(name, 1).adapter.vision_depth
     plans = [plan_for(p, k, full, vdepth) for p, k in cases]
     needed: dict[int, list[tuple[int, str]]] = {}  # copy depth -> [(plan index, spec)]
     for i, plan in enumerate(plans):

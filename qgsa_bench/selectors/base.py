@@ -108,6 +108,11 @@ class Selector:
         return topk_selection(scores, k)
 
 
+def scaled_cuts(layers_of_32: tuple[int, ...], depth: int) -> tuple[int, ...]:
+    """A paper's cut layers for a 32-layer LM scaled to `depth` layers, each within 1..depth-1, once each."""
+    return tuple(sorted({max(1, min(depth - 1, round(depth * K / 32))) for K in layers_of_32}))
+
+
 def check_budget(k: torch.Tensor, n: torch.Tensor | int, where: str) -> None:
     """Every sample's budget within [1, n]: one error that says the allowed range."""
     n_min = int(n.min()) if torch.is_tensor(n) else int(n)

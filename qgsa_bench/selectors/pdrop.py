@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.selectors.base import Point, SelectState, Selector
+from qgsa_bench.selectors.base import Point, SelectState, Selector, scaled_cuts
 
 
 class PyramidDrop(Selector):
@@ -24,8 +24,7 @@ class PyramidDrop(Selector):
     multi_stage = True
 
     def default_point(self, vision_depth: int, lm_depth: int) -> Point:
-        cuts = sorted({max(1, min(lm_depth - 1, round(lm_depth * f))) for f in (0.25, 0.5, 0.75)})
-        return Point("lm", tuple(cuts))
+        return Point("lm", scaled_cuts((8, 16, 24), lm_depth))
 
     def scores(self, state: SelectState) -> torch.Tensor:
         return state.attention

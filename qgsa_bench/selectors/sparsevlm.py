@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.selectors.base import Point, SelectState, Selector
+from qgsa_bench.selectors.base import Point, SelectState, Selector, scaled_cuts
 
 
 class SparseVLM(Selector):
@@ -27,8 +27,7 @@ class SparseVLM(Selector):
     multi_stage = True
 
     def default_point(self, vision_depth: int, lm_depth: int) -> Point:
-        cuts = sorted({max(1, min(lm_depth - 1, round(lm_depth * f / 32))) for f in (2, 6, 15)})
-        return Point("lm", tuple(cuts))
+        return Point("lm", scaled_cuts((2, 6, 15), lm_depth))
 
     def scores(self, state: SelectState) -> torch.Tensor:
         att = state.text_attention  # (B, T, n)
