@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from qgsa_bench.config import QGSAConfig
+from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.models import adapter_for
 from qgsa_bench.models.base import VLMAdapter
 from qgsa_bench.models.registry import LoadedModel, load_model

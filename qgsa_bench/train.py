@@ -27,7 +27,8 @@ import torch
 
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
-from qgsa_bench.config import QGSAConfig, TrainConfig
+from qgsa_bench.config import TrainConfig
+from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.data import load_dataset
 from qgsa_bench.qgsa import losses
 from qgsa_bench.qgsa.checkpoint import load_checkpoint, save_checkpoint

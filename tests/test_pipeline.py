@@ -52,7 +52,7 @@ def test_unknown_pipeline_and_empty_question(tiny, images):
 
 
 def _through_connector(tiny):
-    from qgsa_bench.config import QGSAConfig
+    from qgsa_bench.qgsa.config import QGSAConfig
     from qgsa_bench.pipeline import Pipeline
     from qgsa_bench.qgsa.module import QGSAModule
 
@@ -100,7 +100,8 @@ def test_connector_projection_passes_gradient_to_the_scorer(tiny, images):
 def test_connector_learned_fill_stands_in_for_unselected_patches(tiny, images):
     """fill=learned: the connector sees V * m + (1 - m) * f; all patches selected is still exactly dense,
     the fill is trained (gradient), and a fill without the connector path is refused."""
-    from qgsa_bench.config import QGSAConfig, TrainConfig
+    from qgsa_bench.config import TrainConfig
+    from qgsa_bench.qgsa.config import QGSAConfig
     from qgsa_bench.pipeline import Pipeline
     from qgsa_bench.qgsa.module import QGSAModule
 

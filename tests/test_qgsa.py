@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qgsa_bench.config import QGSAConfig
+from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.qgsa.module import QGSAModule
 from qgsa_bench.qgsa.selector import gumbel_selection, norm_selection, random_selection, topk_selection
 

@@ -10,7 +10,8 @@ from typer.testing import CliRunner
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.cli import app
-from qgsa_bench.config import QGSAConfig, TrainConfig
+from qgsa_bench.config import TrainConfig
+from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.data import load_dataset
 from qgsa_bench.qgsa import losses
 from qgsa_bench.qgsa.selector import random_selection

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from qgsa_bench import QGSAError
-from qgsa_bench.config import QGSAConfig
+from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.qgsa.module import QGSAModule
 
 FORMAT = "qgsa-bench/checkpoint/1"

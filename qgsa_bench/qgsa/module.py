@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qgsa_bench.config import QGSAConfig
+from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.qgsa.selector import Selection, gather_patches, gumbel_selection, topk_selection
 
 
