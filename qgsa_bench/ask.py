@@ -7,32 +7,23 @@ import torch
 from qgsa_bench.build import Built
 from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.models.images import load_image
-from qgsa_bench.run import layer_average
+from qgsa_bench.run.lm import layer_average
 from qgsa_bench.runtime import device_name, dtype_name
 
 RANDOM_NOTE = "random weights: this answer is noise, not a model prediction"
 
 
-def _point(pipe, pipeline: str) -> str:
-    """Where the pipeline's selection sits ("none" for dense)."""
-    from qgsa_bench.pipeline import selector_spec
-
-    spec = selector_spec(pipeline)
-    if spec is None:
-        return "none" if pipeline in ("dense", "dense-bypass") else "post-vision (patches)"
-    return str(pipe.run.point(spec))
-
-
 @torch.no_grad()
-def ask(built: Built, image_path: str, question: str, pipeline: str = "dense", resolution: int | None = None,
+def ask(built: Built, image_path: str, question: str, pipeline="dense", resolution: int | None = None,
         k: int | None = None, max_new_tokens: int = 16, warmup: int = 1) -> dict:
+    """`pipeline`: a spec (`NAME[@POINT]` or a parsed run.spec.Spec). Raises QGSAError for bad input."""
     image = load_image(image_path)
     resolution = resolution or built.adapter.image_size
-    run_pipeline = built.pipeline
+    run = built.run(pipeline)
 
     def once():
-        prepared = run_pipeline.lm_inputs(pipeline, [image], [question], resolution, k)
-        return prepared, built.adapter.generate(prepared.inputs, max_new_tokens)
+        prepared = run.answer([image], [question], resolution, k, max_new_tokens)
+        return prepared, prepared.generated
 
     for _ in range(warmup):
         once()
@@ -40,16 +31,16 @@ def ask(built: Built, image_path: str, question: str, pipeline: str = "dense", r
         prepared, generated = once()
     result = {
         **built.loaded.provenance(),
-        "qgsa_weights": built.qgsa_weights if pipeline != "dense" else "not used",
+        "qgsa_weights": "not used" if run.spec.is_dense else built.qgsa_weights,
         "device": device_name(built.device),
         "dtype": dtype_name(built.dtype),
-        "pipeline": pipeline,
+        "pipeline": run.label,
         "question": question,
         "image": str(image_path),
         "resolution": resolution,
         "effective_resolution": prepared.resolution,
         "n_patches": prepared.n_patches,
-        "insertion_point": _point(run_pipeline, pipeline),
+        "insertion_point": run.spec.where() if run.spec.patches or run.spec.is_dense else str(run.spec.point),
         "n_visual_tokens": int(prepared.inputs.n_visual[0]),  # entering the LM
         "k": prepared.kept(0),  # kept by the selector (in the LM: after its last cut)
         "visual_tokens_layer_avg": round(layer_average(prepared.inputs, built.adapter.lm_depth), 2),

@@ -1,4 +1,4 @@
-"""Build the pieces every command needs: device, base model, adapter, QGSA module, pipeline."""
+"""Build the pieces every command needs: device, base model, adapter, QGSA module, the run engine."""
 
 from __future__ import annotations
 
@@ -6,13 +6,13 @@ from dataclasses import dataclass
 
 import torch
 
-from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.models import adapter_for
 from qgsa_bench.models.base import VLMAdapter
 from qgsa_bench.models.registry import LoadedModel, load_model
-from qgsa_bench.pipeline import Pipeline
 from qgsa_bench.qgsa.checkpoint import load_checkpoint
+from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.qgsa.module import QGSAModule
+from qgsa_bench.run.stages import Engine, Run
 from qgsa_bench.runtime import resolve_device, resolve_dtype
 
 
@@ -21,10 +21,14 @@ class Built:
     loaded: LoadedModel
     adapter: VLMAdapter
     module: QGSAModule
-    pipeline: Pipeline
+    engine: Engine
     device: torch.device
     dtype: torch.dtype
     qgsa_weights: str  # "checkpoint:<path>" or "random-init (seed N)"
+
+    def run(self, spec) -> Run:
+        """A pipeline spec (`NAME[@POINT]`, or a parsed run.spec.Spec) bound to this model."""
+        return self.engine.run(spec)
 
 
 def new_module(adapter: VLMAdapter, config: QGSAConfig | None, seed: int) -> QGSAModule:
@@ -51,4 +55,4 @@ def build(model: str, weights: str = "auto", device: str = "auto", dtype: str = 
         module = new_module(adapter, qgsa_config, seed)
         qgsa_weights = f"random-init (seed {seed})"
     module.to(dev, dt).eval()
-    return Built(loaded, adapter, module, Pipeline(adapter, module, seed), dev, dt, qgsa_weights)
+    return Built(loaded, adapter, module, Engine(adapter, module, seed), dev, dt, qgsa_weights)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from qgsa_bench import QGSAError
+from qgsa_bench.run.spec import parse_spec, parse_specs
 from qgsa_bench.qgsa.config import FILLS, PROJECTIONS, SOFT_MASK_SPACES
 
 DEFAULT_QUESTION = "What color is the circle?"
@@ -75,6 +76,7 @@ class SweepConfig:
             raise QGSAError("--sizes needs at least one resolution")
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one pipeline")
+        self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field: settings() skip it)
 
 
 @dataclass
@@ -126,6 +128,7 @@ class EvalConfig:
             raise QGSAError(f"--k must be at least 1, got {self.k}")
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one pipeline")
+        self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field: settings() skip it)
 
     def settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("out", "device")}
@@ -229,3 +232,75 @@ class TrainConfig:
         """What a resumed run must share with the run it continues (length and output may change)."""
         return {k: v for k, v in asdict(self).items()
                 if k not in ("max_steps", "epochs", "out", "device", "save_every", "cache_features")}
+
+
+@dataclass
+class AskConfig:
+    """`qgsa ask`: one question about one image with one pipeline."""
+
+    image: str
+    question: str
+    model: str = "smolvlm-256m"
+    pipeline: str = "dense"
+    weights: str = "auto"
+    checkpoint: str | None = None
+    resolution: int | None = None  # None: the model's native size
+    k: int | None = None  # fixed number of patches for sparse pipelines; None: f_comp
+    max_new_tokens: int = 16
+    device: str = "auto"
+    dtype: str = "auto"
+    seed: int = 0
+
+    def __post_init__(self):
+        self.spec = parse_spec(self.pipeline)  # parsed once, here (not a field)
+        if not self.question.strip():
+            raise QGSAError("empty question: pass a non-empty --question")
+        if self.k is not None and self.k < 1:
+            raise QGSAError(f"--k must be at least 1, got {self.k}")
+        if self.max_new_tokens < 1:
+            raise QGSAError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+
+
+@dataclass
+class ShapesConfig:
+    """`qgsa data shapes`: how many generated images, which split, which seed, where."""
+
+    out: str
+    n: int = 200
+    split: str = "test"
+    seed: int = 0
+
+    def __post_init__(self):
+        from qgsa_bench.data.shapes import SPLIT_OFFSET
+
+        if self.n < 1:
+            raise QGSAError(f"--n must be at least 1, got {self.n}")
+        if self.split not in SPLIT_OFFSET:
+            raise QGSAError(f"--split must be one of {', '.join(SPLIT_OFFSET)}, got '{self.split}'")
+
+
+@dataclass
+class SelectorCheckpoints:
+    """`qgsa sweep-budget --checkpoint`: PATH for every pipeline that uses the QGSA module (once at most),
+    SELECTOR=PATH for one selector (e.g. qgsa-vision=runs/v.pt). Every file must exist."""
+
+    values: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        from pathlib import Path
+
+        if len([v for v in self.values if "=" not in v]) > 1:
+            raise QGSAError("give one --checkpoint PATH for all, and SELECTOR=PATH for the others")
+        for value in self.values:
+            path = value.partition("=")[2] if "=" in value else value
+            if not Path(path).is_file():
+                raise QGSAError(f"checkpoint not found: {path}")
+
+    @property
+    def default(self) -> str | None:
+        """The checkpoint of every QGSA pipeline not named with SELECTOR=PATH."""
+        return next((v for v in self.values if "=" not in v), None)
+
+    @property
+    def by_selector(self) -> dict[str, str]:
+        return dict(v.split("=", 1) for v in self.values if "=" in v)

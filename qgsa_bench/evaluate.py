@@ -10,6 +10,7 @@ format (`predictions_{split}-{pipeline}.json`).
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
@@ -20,17 +21,18 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import EvalConfig
 from qgsa_bench.data import load_dataset
+from qgsa_bench.driver import Results, Table
 from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.metrics import SCORING, multiple_choice_score, score
 from qgsa_bench.models.base import LMInputs
-from qgsa_bench.pipeline import check_pipeline
-from qgsa_bench.results import check_same_settings, holds_out_folder, replace_rows, run_meta, write_meta
+from qgsa_bench.results import run_meta
 
 EVAL_COLUMNS = [
     "model", "weights", "qgsa_weights", "dataset", "split", "pipeline", "scope", "question_type", "n",
     "n_scored", "accuracy", "delta_vs_dense_points", "mc_accuracy", "k_mean", "k_std", "n_visual_tokens_mean",
     "latency_ms_per_query", "resolution", "note",
 ]
+EVAL_TABLE = Table("eval.csv", tuple(EVAL_COLUMNS), ("pipeline", "scope", "question_type"))
 RANDOM_NOTE = "RANDOM weights: accuracy is meaningless"
 PRIVATE_NOTE = "no public answers for this split: predictions only"
 
@@ -41,45 +43,47 @@ def batches(items: list, size: int):
 
 
 @torch.no_grad()
-def _multiple_choice(built, inputs: LMInputs, samples) -> list[int]:
+def _multiple_choice(adapter, inputs: LMInputs, samples) -> list[int]:
     """Index of the most probable choice per sample, scored on the same LM inputs (and so the same
     selected patches) as the generated answer: each sample's row repeated once per choice."""
     picks = []
     for b, sample in enumerate(samples):
         n = len(sample.choices)
         rows = inputs.rows(b, n)
-        picks.append(int(built.adapter.answer_logprob(rows, list(sample.choices)).argmax()))
+        picks.append(int(adapter.answer_logprob(rows, list(sample.choices)).argmax()))
     return picks
 
 
 @torch.no_grad()
-def evaluate_pipeline(built, pipeline: str, data, resolution: int, cfg: EvalConfig,
-                      progress: Callable[[str, int], None] | None = None) -> list[dict]:
-    """Per-sample records of `data` (LoadedData): prediction, score, k, visual tokens, latency share,
-    selected patches. Samples whose image cannot be read are dropped under --skip-bad."""
+def evaluate_run(run, data, resolution: int, cfg: EvalConfig,
+                 progress: Callable[[str, int], None] | None = None) -> list[dict]:
+    """Per-sample records of `data` (LoadedData) answered by `run` (run.stages.Run): prediction, score, k,
+    visual tokens, latency share, selected patches. Samples whose image cannot be read are dropped under
+    --skip-bad."""
     records = []
     for batch in batches(data.samples, cfg.batch):
         chunk, images = data.open_images(batch)
         if chunk:
-            records += _batch_records(built, pipeline, chunk, images, resolution, cfg)
+            records += _batch_records(run, chunk, images, resolution, cfg)
         if progress:
-            progress(f"{pipeline}: {len(records)}/{len(data.samples)}", len(batch))
+            progress(f"{run.label}: {len(records)}/{len(data.samples)}", len(batch))
     return records
 
 
-def _batch_records(built, pipeline: str, chunk, images, resolution: int, cfg: EvalConfig) -> list[dict]:
+def _batch_records(run, chunk, images, resolution: int, cfg: EvalConfig) -> list[dict]:
     """One timed batch (selection, prefill, decode) and its per-sample records."""
     questions = [s.question for s in chunk]
-    with Stopwatch(built.device) as sw:
-        prepared = built.pipeline.lm_inputs(pipeline, images, questions, resolution, cfg.k)
-        generated = built.adapter.generate(prepared.inputs, cfg.max_new_tokens)
-    mc = (_multiple_choice(built, prepared.inputs, chunk)
+    adapter = run.adapter
+    with Stopwatch(adapter.device) as sw:
+        prepared = run.answer(images, questions, resolution, cfg.k, cfg.max_new_tokens)
+    generated = prepared.generated
+    mc = (_multiple_choice(adapter, prepared.inputs, chunk)
           if all(s.choices for s in chunk) else [None] * len(chunk))
     records = []
     for b, sample in enumerate(chunk):
-        prediction = built.adapter.decode_text(generated[b])
+        prediction = adapter.decode_text(generated[b])
         records.append({
-            "id": sample.id, "pipeline": pipeline, "question": sample.question,
+            "id": sample.id, "pipeline": run.label, "question": sample.question,
             "question_type": sample.question_type or "all", "answer_type": sample.answer_type,
             "answers": sample.answers, "choices": sample.choices,
             "prediction": prediction, "score": score(prediction, sample),
@@ -93,20 +97,20 @@ def _batch_records(built, pipeline: str, chunk, images, resolution: int, cfg: Ev
 
 
 @torch.no_grad()
-def warm_up(built, pipelines, data, resolution: int, cfg: EvalConfig) -> int:
+def warm_up(runs, data, resolution: int, cfg: EvalConfig) -> int:
     """One untimed run of every pipeline on the first readable batch, before anything is timed, so that
     first-call costs (allocations, thread pools, lazy initialisation) fall on no pipeline's latency and
     the latency column does not depend on the order of --pipelines. The random baseline's generator is
     restored afterwards: the evaluated selections are those of a run without warm-up. Returns the batch
     size used."""
-    with built.pipeline.same_draws():
+    with ExitStack() as stack:
+        for engine in {id(r.engine): r.engine for r in runs}.values():
+            stack.enter_context(engine.same_draws())
         for start in range(0, len(data.samples), cfg.batch):
             chunk, images = data.open_images(data.samples[start:start + cfg.batch])
             if chunk:
-                for pipeline in pipelines:
-                    prepared = built.pipeline.lm_inputs(pipeline, images, [s.question for s in chunk], resolution,
-                                                        cfg.k)
-                    built.adapter.generate(prepared.inputs, cfg.max_new_tokens)
+                for run in runs:
+                    run.answer(images, [s.question for s in chunk], resolution, cfg.k, cfg.max_new_tokens)
                 return len(chunk)
     return 0
 
@@ -134,53 +138,53 @@ def summary_rows(records: list[dict], pipeline: str) -> list[dict]:
     return rows
 
 
-@holds_out_folder
 def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
-    for name in cfg.pipelines:
-        check_pipeline(name)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
-    built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
-    resolution = cfg.resolution or built.adapter.image_size
-    out = Path(cfg.out)
-    check_same_settings(out, cfg.settings())  # never overwrite another evaluation's results
-    random_weights = built.loaded.weights == "random"
-    private = not any(s.answers or s.correct_choice is not None for s in data.samples)
-    note = PRIVATE_NOTE if private else (RANDOM_NOTE if random_weights else "")
-    meta = run_meta(built, "eval", cfg.settings(), **data.meta(), resolution=resolution,
-                    scoring=SCORING[data.name][1], note=note or "pretrained weights",
-                    latency="mean per query over the batches (selection, prefill and decode), after one untimed "
-                            "warm-up batch of every pipeline")
-    write_meta(out, meta)
-    if progress:
-        progress(f"{data.name}: {len(data.samples)} samples", -len(data.samples) * len(cfg.pipelines))
-    warm_up(built, cfg.pipelines, data, resolution, cfg)
-    rows, all_records, written = [], [], []
-    for pipeline in cfg.pipelines:
-        records = evaluate_pipeline(built, pipeline, data, resolution, cfg, progress)
-        all_records += records
-        rows += summary_rows(records, pipeline)
-        if data.name == "aokvqa":
-            written.append(write_aokvqa_submission(records, out / f"predictions_{data.split}-{pipeline}.json"))
-    if not all_records:
-        raise QGSAError(f"{data.name} split '{data.split}': no image could be read ({data.skipped} skipped)")
+    with Results(cfg.out, "eval", cfg.settings()) as res:  # never mixes two evaluations
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
+        built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
+        resolution = cfg.resolution or built.adapter.image_size
+        runs = [built.run(spec) for spec in cfg.specs]  # every point checked against the model before any work
+        random_weights = built.loaded.weights == "random"
+        private = not any(s.answers or s.correct_choice is not None for s in data.samples)
+        note = PRIVATE_NOTE if private else (RANDOM_NOTE if random_weights else "")
+        meta = res.write_meta(run_meta(
+            built, **data.meta(), resolution=resolution, scoring=SCORING[data.name][1],
+            note=note or "pretrained weights",
+            latency="mean per query over the batches (selection, prefill and decode), after one untimed warm-up "
+                    "batch of every pipeline"))
+        if progress:
+            progress(f"{data.name}: {len(data.samples)} samples", -len(data.samples) * len(runs))
+        warm_up(runs, data, resolution, cfg)
+        rows, all_records, written = [], [], []
+        for run in runs:
+            records = evaluate_run(run, data, resolution, cfg, progress)
+            all_records += records
+            rows += summary_rows(records, run.label)
+            if data.name == "aokvqa":
+                written.append(write_aokvqa_submission(records, res.path(f"predictions_{data.split}-{run.label}.json")))
+        if not all_records:
+            raise QGSAError(f"{data.name} split '{data.split}': no image could be read ({data.skipped} skipped)")
+        base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
+                "dataset": data.name, "split": data.split, "resolution": resolution, "note": note}
+        res.replace(EVAL_TABLE, [{**base, **r} for r in with_delta_vs_dense(rows)])
+        with res.path("predictions.jsonl").open("w") as handle:
+            for record in all_records:
+                handle.write(json.dumps({**record, "weights": built.loaded.weights}) + "\n")
+        # again: images skipped under --skip-bad are known only now
+        res.write_meta({**meta, **data.meta(), "submission_files": [p.name for p in written]})
+        from qgsa_bench.report import eval_markdown
+
+        res.render("table.md", eval_markdown, EVAL_TABLE)
+    return res.out
+
+
+def with_delta_vs_dense(rows: list[dict]) -> list[dict]:
+    """Each summary row with its accuracy difference to the dense row of the same scope (points)."""
     dense = {(r["scope"], r["question_type"]): r["accuracy"] for r in rows if r["pipeline"] == "dense"}
-    base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
-            "dataset": data.name, "split": data.split, "resolution": resolution, "note": note}
     for row in rows:
         ref = dense.get((row["scope"], row["question_type"]))
         row["delta_vs_dense_points"] = None if ref is None or row["accuracy"] is None else row["accuracy"] - ref
-    csv_path = out / "eval.csv"
-    replace_rows(csv_path, [{**base, **r} for r in rows], EVAL_COLUMNS)
-    with (out / "predictions.jsonl").open("w") as handle:
-        for record in all_records:
-            handle.write(json.dumps({**record, "weights": built.loaded.weights}) + "\n")
-    meta = {**meta, **data.meta(), "submission_files": [p.name for p in written]}
-    write_meta(out, meta)  # again: images skipped under --skip-bad are known only now
-    from qgsa_bench.report import eval_markdown
-    from qgsa_bench.results import read_rows
-
-    (out / "table.md").write_text(eval_markdown(read_rows(csv_path), meta))
-    return out
+    return rows
 
 
 def write_aokvqa_submission(records: list[dict], path: Path) -> Path:

@@ -17,57 +17,74 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import EvalConfig
 from qgsa_bench.data import load_dataset
+from qgsa_bench.driver import Results, Table
 from qgsa_bench.evaluate import batches
 from qgsa_bench.metrics import hull_iou, oracle_patches
-from qgsa_bench.qgsa.selector import norm_selection, random_selection
-from qgsa_bench.results import check_same_settings, holds_out_folder, read_rows, replace_rows, run_meta, write_meta
+from qgsa_bench.results import run_meta
 
 SELECTORS = ("qgsa", "random", "norm", "oracle")
 PAIR_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "n_pairs", "mean_jaccard",
                 "share_in_own_box", "share_in_other_box", "resolution", "note"]
 GROUNDING_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "question_type", "n",
                      "mean_iou", "median_iou", "acc_iou_0_5", "k_mean", "resolution", "note"]
+GROUNDING_TABLE = Table("grounding.csv", tuple(GROUNDING_COLUMNS), ("selector", "question_type"))
+PAIR_TABLE = Table("pairs.csv", tuple(PAIR_COLUMNS), ("selector",))
 
 
 @torch.no_grad()
 def select_all(built, images, questions, resolution: int, k, boxes, sizes) -> dict[str, list[list[int]]]:
-    """Selected patch indices per selector for a batch; all selectors use QGSA's k per sample."""
-    a, module = built.adapter, built.module
-    V = a.patch_features(a.pixel_values(images, resolution))
-    q = a.question_embedding(questions)
-    qgsa = module.select(q, V, k=k)
+    """Selected patch indices per selector for a batch, through the run's own vision and select stages on one
+    encoding of the batch; random and norm use QGSA's k per sample."""
+    a = built.adapter
+    runs = {name: built.run(name) for name in SELECTORS[:3]}
+    q = runs["qgsa"].question(questions)
+    enc = runs["qgsa"].encode(a.pixel_values(images, resolution), q)  # V (B, N, d_v), shared
+    qgsa = runs["qgsa"].select(enc, q, k).selection
     ks = qgsa.k
-    picks = {"qgsa": qgsa, "random": random_selection(V.shape[0], V.shape[1], ks, V.device, built.pipeline.generator),
-             "norm": norm_selection(V, ks)}
+    picks = {"qgsa": qgsa, "random": runs["random"].select(enc, q, ks).selection,
+             "norm": runs["norm"].select(enc, q, ks).selection}
     out = {name: [sel.indices[b][sel.valid[b]].tolist() for b in range(len(images))] for name, sel in picks.items()}
     grid = resolution // a.patch_size
     out["oracle"] = [oracle_patches(grid, w, h, box, int(kb)) for (w, h), box, kb in zip(sizes, boxes, ks)]
     return out
 
 
-@holds_out_folder
 def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int = 4) -> Path:
-    # shapes: about half the questions have a box, so generate enough; file data sets: boxes on all
-    limit = None if cfg.limit is None else (4 * cfg.limit if cfg.dataset == "shapes" else cfg.limit)
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, limit, cfg.skip_bad, cfg.seed)
-    samples = [s for s in data.samples if s.box is not None][: cfg.limit]
-    if not samples:
-        raise QGSAError(f"{cfg.dataset} split '{data.split}' has no samples with a box to ground")
-    built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
-    resolution = cfg.resolution or built.adapter.image_size
-    grid = built.adapter.n_patches(resolution) ** 0.5
-    out = Path(cfg.out)
-    check_same_settings(out, cfg.settings())
-    random_weights = built.loaded.weights == "random"
-    note = "RANDOM base weights: the selections mean nothing" if random_weights else ""
-    meta = run_meta(built, "grounding", cfg.settings(), **{**data.meta(), "n_samples": len(samples)},
-                    resolution=resolution, note=note,
-                    oracle="best IoU over selections of <= k patches whose hull is a grid-aligned rectangle")
-    write_meta(out, meta)
-    if progress:
-        progress(f"{data.name}: {len(samples)} boxes", -len(samples))
-    records = []
-    kept = []
+    with Results(cfg.out, "grounding", cfg.settings()) as res:
+        # shapes: about half the questions have a box, so generate enough; file data sets: boxes on all
+        limit = None if cfg.limit is None else (4 * cfg.limit if cfg.dataset == "shapes" else cfg.limit)
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, limit, cfg.skip_bad, cfg.seed)
+        samples = [s for s in data.samples if s.box is not None][: cfg.limit]
+        if not samples:
+            raise QGSAError(f"{cfg.dataset} split '{data.split}' has no samples with a box to ground")
+        built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
+        resolution = cfg.resolution or built.adapter.image_size
+        grid = int(built.adapter.n_patches(resolution) ** 0.5)
+        note = "RANDOM base weights: the selections mean nothing" if built.loaded.weights == "random" else ""
+        meta = res.write_meta(run_meta(
+            built, **{**data.meta(), "n_samples": len(samples)}, resolution=resolution, note=note,
+            oracle="best IoU over selections of <= k patches whose hull is a grid-aligned rectangle"))
+        if progress:
+            progress(f"{data.name}: {len(samples)} boxes", -len(samples))
+        records, samples = ground(built, data, samples, resolution, grid, cfg, progress)
+        res.write_meta({**meta, **data.meta(), "n_samples": len(samples)})
+        base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
+                "dataset": data.name, "split": data.split, "resolution": resolution, "note": note}
+        res.replace(GROUNDING_TABLE, summary_rows(records, base))
+        with res.path("grounding.jsonl").open("w") as handle:
+            for record in records:
+                handle.write(json.dumps(record) + "\n")
+        pairs, pair_records = question_pairs(records, grid)
+        if pairs:
+            res.replace(PAIR_TABLE, [{**base, **row} for row in pairs])
+        _figures(res, samples, records, pair_records, grid, f"{cfg.model} ({built.loaded.weights} weights)",
+                 figure_samples)
+    return res.out
+
+
+def ground(built, data, samples, resolution: int, grid: int, cfg: EvalConfig, progress=None):
+    """(one record per readable sample: every selector's patches and IoU, the samples behind them)."""
+    records, kept = [], []
     for batch in batches(samples, cfg.batch):
         chunk, images = data.open_images(batch)
         kept += chunk
@@ -81,17 +98,17 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int
                       "image_index": sample.extra.get("image_index"), "referent": sample.extra.get("referent")}
             for name in SELECTORS:
                 record[f"{name}_patches"] = picks[name][b]
-                record[f"{name}_iou"] = hull_iou(picks[name][b], int(grid), w, h, sample.box)
+                record[f"{name}_iou"] = hull_iou(picks[name][b], grid, w, h, sample.box)
             records.append(record)
         if progress:
             progress(f"grounding {len(records)}/{len(samples)}", len(batch))
     if not records:
         raise QGSAError(f"{data.name} split '{data.split}': no image could be read ({data.skipped} skipped)")
-    samples = kept  # one per record, in order
-    meta = {**meta, **data.meta(), "n_samples": len(samples)}
-    write_meta(out, meta)
-    base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
-            "dataset": data.name, "split": data.split, "resolution": resolution, "note": note}
+    return records, kept
+
+
+def summary_rows(records: list[dict], base: dict) -> list[dict]:
+    """IoU per selector, overall and per question type (percent)."""
     rows = []
     for qtype in ["all", *sorted({r["question_type"] for r in records} - {""})]:
         part = [r for r in records if qtype == "all" or r["question_type"] == qtype]
@@ -101,25 +118,24 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int
                          "mean_iou": 100 * float(np.mean(ious)), "median_iou": 100 * float(np.median(ious)),
                          "acc_iou_0_5": 100 * float(np.mean([iou >= 0.5 for iou in ious])),
                          "k_mean": float(np.mean([r["k"] for r in part]))})
-    replace_rows(out / "grounding.csv", rows, GROUNDING_COLUMNS)
-    with (out / "grounding.jsonl").open("w") as handle:
-        for record in records:
-            handle.write(json.dumps(record) + "\n")
+    return rows
+
+
+def _figures(res, samples, records, pair_records, grid: int, title: str, figure_samples: int) -> None:
+    """table3.md (grounding, plus question pairs), pair.png and selections.png."""
     from qgsa_bench.report import figure_pair, figure_selections, grounding_markdown, pairs_markdown
 
-    table = grounding_markdown(read_rows(out / "grounding.csv"), meta)
-    pairs, pair_records = question_pairs(records, int(grid))
-    if pairs:
-        replace_rows(out / "pairs.csv", [{**base, **row} for row in pairs], PAIR_COLUMNS)
-        table += "\n" + pairs_markdown(read_rows(out / "pairs.csv"))
+    def table(grounding, pairs, meta):
+        return grounding_markdown(grounding, meta) + ("" if pairs is None else "\n" + pairs_markdown(pairs))
+
+    res.render("table3.md", table, GROUNDING_TABLE, PAIR_TABLE)  # pairs: None where no pair was found
+    if pair_records:
         first = pair_records[0]
-        figure_pair(samples[first[0]].open_image(), records[first[0]], records[first[1]], int(grid),
-                    out / "pair.png", title=f"{cfg.model} ({built.loaded.weights} weights): two questions, one image")
-    (out / "table3.md").write_text(table)
-    shown = [(s, r) for s, r in zip(samples, records)][:figure_samples]
-    figure_selections([(s.open_image(), r) for s, r in shown], int(grid), out / "selections.png",
-                      title=f"{cfg.model} ({built.loaded.weights} weights): qgsa (cyan) vs box (green)")
-    return out
+        figure_pair(samples[first[0]].open_image(), records[first[0]], records[first[1]], grid,
+                    res.path("pair.png"), title=f"{title}: two questions, one image")
+    shown = list(zip(samples, records))[:figure_samples]
+    figure_selections([(s.open_image(), r) for s, r in shown], grid, res.path("selections.png"),
+                      title=f"{title}: qgsa (cyan) vs box (green)")
 
 
 def _centers_inside(indices, grid: int, width: float, height: float, box) -> float:

@@ -1,7 +1,6 @@
-"""Result folders: flat CSV rows plus meta.json (command, commit, device, versions, weights, seed).
+"""Results-folder primitives: the folder lock, meta.json, CSV rows written whole, torn-file detection.
 
-`qgsa report` reads only these files. Rows are appended as they are measured, so an interrupted run
-keeps what it finished and a rerun with the same settings skips it.
+The life cycle every command follows is in driver.py (`Results`); `qgsa report` reads only these files.
 """
 
 from __future__ import annotations
@@ -19,18 +18,6 @@ from qgsa_bench import QGSAError
 META = "meta.json"
 LOCK = ".qgsa.lock"
 HOLDER = ".qgsa.lock.json"  # who holds the lock: pid, command, since when
-
-
-def holds_out_folder(run):
-    """Decorator for `run(cfg, ...)`: the run holds `cfg.out` (see `locked`) from its first step."""
-    from functools import wraps
-
-    @wraps(run)
-    def wrapper(cfg, *args, **kwargs):
-        with locked(Path(cfg.out)):
-            return run(cfg, *args, **kwargs)
-
-    return wrapper
 
 
 @contextmanager
@@ -89,20 +76,6 @@ def read_meta(out: Path) -> dict | None:
     return meta
 
 
-def check_same_settings(out: Path, settings: dict) -> None:
-    """Refuse to add rows to a folder whose earlier rows were measured with other settings."""
-    meta = read_meta(out)
-    if meta is None or "settings" not in meta:
-        return
-    settings = json.loads(json.dumps(settings, default=str))  # as meta.json holds them (tuples -> lists)
-    differs = [k for k, v in settings.items() if meta["settings"].get(k) != v]
-    if differs:
-        raise QGSAError(
-            f"{out} holds results made with other settings ({', '.join(differs)} differ): "
-            f"use another --out, or delete that folder to start over"
-        )
-
-
 def append_rows(path: Path, rows: list[dict], columns: list[str]) -> None:
     new = not path.exists() or path.stat().st_size == 0
     with path.open("a", newline="") as handle:
@@ -137,7 +110,7 @@ def read_rows(path: Path, required: list[str] | tuple[str, ...] = ()):
     path = Path(path)
     if not path.is_file():
         raise QGSAError(f"results file not found: {path}")
-    if _ends_mid_row(path):
+    if ends_mid_row(path):
         raise QGSAError(f"{path} ends in the middle of a row (a crash or a full disk while it was written): "
                         f"delete its last line, or the file, and rerun the command that made it")
     try:
@@ -150,7 +123,7 @@ def read_rows(path: Path, required: list[str] | tuple[str, ...] = ()):
     return frame
 
 
-def _ends_mid_row(path: Path) -> bool:
+def ends_mid_row(path: Path) -> bool:
     """Rows are written whole with their newline: a non-empty file without one at the end was cut off."""
     with path.open("rb") as handle:
         size = handle.seek(0, 2)
@@ -160,8 +133,9 @@ def _ends_mid_row(path: Path) -> bool:
         return handle.read(1) != b"\n"
 
 
-def run_meta(built, kind: str, settings: dict, **extra) -> dict:
-    """meta.json for a results folder: environment, model provenance, the settings, and notes."""
+def run_meta(built, **extra) -> dict:
+    """meta.json's body for a results folder: environment, model provenance, the QGSA module, and notes
+    (the results driver adds the run's kind and settings)."""
     from qgsa_bench.runtime import environment_meta
 
     return {
@@ -169,7 +143,5 @@ def run_meta(built, kind: str, settings: dict, **extra) -> dict:
         **built.loaded.provenance(),
         "qgsa_weights": built.qgsa_weights,
         "qgsa_config": built.module.config.to_dict(),  # incl. projection (w_vis | connector)
-        "kind": kind,
-        "settings": settings,
         **extra,
     }

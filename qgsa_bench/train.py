@@ -28,12 +28,15 @@ import torch
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import TrainConfig
-from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.data import load_dataset
+from qgsa_bench.driver import Results
 from qgsa_bench.qgsa import losses
 from qgsa_bench.qgsa.checkpoint import load_checkpoint, save_checkpoint
-from qgsa_bench.qgsa.selector import gather_patches
-from qgsa_bench.results import holds_out_folder, run_meta, write_meta
+from qgsa_bench.qgsa.config import QGSAConfig
+from qgsa_bench.results import run_meta
+from qgsa_bench.run.post_vision import Visual
+from qgsa_bench.run.vision import Encoded, vision_from, vision_until
+from qgsa_bench.selectors.selection import gather_patches
 
 CHECKPOINT = "checkpoint.pt"
 LOG_COLUMNS = ["step", "epoch", "loss", "l_cs", "l_align", "l_answer", "l_attr", "l_budget", "l_sparse", "l_entropy",
@@ -70,18 +73,14 @@ class StepInputs:
 class Trainer:
     def __init__(self, cfg: TrainConfig, built, data, encoder=None, nouns=None):
         self.cfg, self.built, self.data, self.samples = cfg, built, data, data.samples
-        self.adapter, self.module, self.pipeline = built.adapter, built.module, built.pipeline
+        self.adapter, self.module = built.adapter, built.module
         self.encoder, self.nouns = encoder, nouns
-        self.spec = None
-        if cfg.insert != "post-vision":  # QGSA inside the encoder: the qgsa-vision pipeline at that point
-            from qgsa_bench.selectors import parse_spec
-
-            self.spec = parse_spec(f"qgsa-vision@{cfg.insert}")
-            self.random_spec = parse_spec(f"random@{cfg.insert}")
-            self.layer = self.pipeline.run.point(self.spec).layers[0]
-        self.resolution = self.pipeline.resolution_for("qgsa" if self.spec is None else f"qgsa-vision@{cfg.insert}",
-                                                       cfg.resolution or self.adapter.image_size)
-        self.generator = built.pipeline.generator  # Gumbel noise and random subsets, saved in checkpoints
+        # the runs trained and compared (L_cs): after the encoder (the paper) or inside it (qgsa-vision@vision:L)
+        self.inside = cfg.insert != "post-vision"
+        self.run = built.run(f"qgsa-vision@{cfg.insert}" if self.inside else "qgsa")
+        self.random_run = built.run(f"random@{cfg.insert}" if self.inside else "random")
+        self.resolution = self.run.resolution(cfg.resolution or self.adapter.image_size)
+        self.generator = built.engine.generator  # Gumbel noise and random subsets, saved in checkpoints
         self._features: dict[str, torch.Tensor] = {}
         self._attribution: dict[str, torch.Tensor] = {}
         self._sufficient: dict[str, torch.Tensor] = {}
@@ -103,9 +102,9 @@ class Trainer:
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The frozen part of the encoder: V (B, N, d_v) after it, or with --insert vision:L the hidden
         states after layer L (B, P + N, d_v) that the selection acts on."""
-        if self.spec is None:
+        if not self.inside:
             return self.adapter.patch_features(pixel_values)
-        return self.pipeline.run.vision_until(pixel_values, self.layer)[1]
+        return vision_until(self.adapter, pixel_values, self.run.spec.point.layers[0])[1]
 
     @torch.no_grad()
     def inputs(self, batch) -> StepInputs:
@@ -146,38 +145,42 @@ class Trainer:
         """k* per sample (losses.sufficient_budget), cached by question id: the base is frozen."""
         qc = self.module.config
         return self._per_question(self._sufficient, x, lambda idx: losses.sufficient_budget(
-            self.adapter, self.pipeline.connector_groups(x.V.shape[1], x.V.device), x.V[idx],
+            self.adapter, self.adapter.unit_patches(x.V.shape[1], x.V.device), x.V[idx],
             [x.questions[i] for i in idx], [x.answers[i] for i in idx], targets[idx],
             losses.budget_grid(qc.k_min, min(qc.k_max, x.V.shape[1])), self.cfg.suff_budget))
 
     # ---- one step ------------------------------------------------------------------------
     def select(self, x: StepInputs, tau: float):
-        """(tokens, valid, selection, random-baseline function, features of the scored items, their count)."""
-        cfg, run = self.cfg, self.pipeline.run
-        if self.spec is None:
-            tokens, valid, sel = self.pipeline.visual_tokens("qgsa", x.V, x.q, k=cfg.fixed_k, tau=tau,
-                                                             budget_grad=not cfg.budget_target)
-            return tokens, valid, sel, lambda k: self.pipeline.visual_tokens("random", x.V, x.q, k=k)[:2], \
-                x.V, x.V.shape[1]
-        enc = run.vision_from(self.spec, x.V, None, x.q, k=cfg.fixed_k, tau=tau)
-        tokens, valid, sel = run.visual_tokens(self.spec, enc, x.q)
+        """(visual tokens, random-baseline function k -> its visual tokens, features of the scored items,
+        their count), through the run's own select stage (and, inside the encoder, its remaining layers)."""
+        cfg = self.cfg
+        if not self.inside:
+            enc = Encoded(V=x.V)
+            visual = self.run.select(enc, x.q, k=cfg.fixed_k, tau=tau, budget_grad=not cfg.budget_target)
+            return visual, lambda k: self.random_run.select(enc, x.q, k=k), x.V, x.V.shape[1]
+        enc = vision_from(self.run, x.V, None, x.q, k=cfg.fixed_k, tau=tau)
+        visual = self.run.select(enc, x.q)
 
         def random_tokens(k):
-            return run.visual_tokens(self.random_spec, run.vision_from(self.random_spec, x.V, None, x.q, k=k), x.q)[:2]
+            return self.random_run.select(vision_from(self.random_run, x.V, None, x.q, k=k), x.q)
 
-        return tokens, valid, sel, random_tokens, enc.unit_features, enc.n_units
+        return visual, random_tokens, enc.unit_features, enc.n_units
+
+    def answer_logprob(self, visual: Visual, x: StepInputs) -> torch.Tensor:
+        """log P(answer | the prompt around `visual`) (B,), through the run's LM inputs."""
+        return self.adapter.answer_logprob(self.run.lm_inputs(visual, x.questions, x.q), x.answers)
 
     def losses(self, x: StepInputs, tau: float) -> dict[str, torch.Tensor]:
-        cfg, a = self.cfg, self.adapter
-        tokens, valid, sel, random_tokens, items, n_items = self.select(x, tau)
+        cfg = self.cfg
+        visual, random_tokens, items, n_items = self.select(x, tau)
+        tokens, sel = visual.tokens, visual.selection
         zero = tokens.sum() * 0.0
         terms = {"l_cs": zero, "l_align": zero, "l_answer": zero}
         if not cfg.no_cs or cfg.lambda_answer:
-            logp_sparse = a.answer_logprob(a.build_inputs(tokens, x.questions, valid), x.answers)
+            logp_sparse = self.answer_logprob(visual, x)
             terms["l_answer"] = -logp_sparse.mean()
         if not cfg.no_cs:
-            r_tokens, r_valid = random_tokens(sel.k)
-            logp_random = a.answer_logprob(a.build_inputs(r_tokens, x.questions, r_valid), x.answers)
+            logp_random = self.answer_logprob(random_tokens(sel.k), x)
             terms["l_cs"] = losses.contrastive_selection(logp_sparse, logp_random)
         if not cfg.no_align:
             proj = self.module.W_p(gather_patches(items.to(tokens.dtype), sel, weighted=False))
@@ -245,6 +248,16 @@ class Trainer:
             "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
         })
 
+    def resume_from(self, ckpt: Path) -> None:
+        """Continue the run saved in `ckpt`; QGSAError where it was made with other settings."""
+        _, payload = load_checkpoint(ckpt, self.built.loaded.provenance())
+        saved = TrainConfig(**payload["train_config"]).run_identity()
+        differs = [k for k, v in self.cfg.run_identity().items() if saved.get(k) != v]
+        if differs:
+            raise QGSAError(f"--resume with other settings than {ckpt} was made with ({', '.join(differs)}): "
+                            f"resume with the same settings, or start a new --out")
+        self.restore(payload)
+
     def restore(self, payload: dict) -> None:
         self.module.load_state_dict(payload["qgsa_state"])
         self.optimizer.load_state_dict(payload["optimizer"])
@@ -267,15 +280,45 @@ def _budget_by_type(trainer: Trainer) -> dict:
                 "histogram": dict(sorted(Counter(v).items()))} for t, v in sorted(by_type.items())}
 
 
-@holds_out_folder
 def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) -> dict:
-    out = Path(cfg.out)
-    ckpt = out / CHECKPOINT
-    if ckpt.exists() and not resume:
-        raise QGSAError(f"{out} already holds a checkpoint: pass --resume to continue it, or choose another --out")
-    if resume and not ckpt.exists():
-        raise QGSAError(f"nothing to resume: {ckpt} does not exist")
-    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
+    with Results(cfg.out, "train", cfg.run_identity()) as res:
+        ckpt = res.path(CHECKPOINT)
+        if ckpt.exists() and not resume:
+            raise QGSAError(f"{res.out} already holds a checkpoint: pass --resume to continue it, or choose another "
+                            f"--out")
+        if resume and not ckpt.exists():
+            raise QGSAError(f"nothing to resume: {ckpt} does not exist")
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
+        trainer = _trainer(cfg, data, warn)
+        if resume:
+            trainer.resume_from(ckpt)
+        res.path("config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        built = trainer.built
+        meta = res.write_meta(run_meta(
+            built, **data.meta(), train_config=cfg.to_dict(),
+            align_encoder=None if trainer.encoder is None else trainer.encoder.name,
+            spacy_model=None if trainer.nouns is None else trainer.nouns.model,
+            note="RANDOM base weights: a smoke test, not a trained selector" if built.loaded.weights == "random"
+            else ""))
+        if progress:
+            progress(f"training {cfg.model} on {data.name}", -(trainer.total_steps - trainer.step))
+        started = time.perf_counter()
+        last = _train_loop(trainer, res.path("train_log.csv"), ckpt, progress)
+        summary = {
+            "steps": trainer.step, "total_steps": trainer.total_steps, "wall_s": time.perf_counter() - started,
+            "weights": built.loaded.weights, "final": last, "k_by_question_type": _budget_by_type(trainer),
+            "checkpoint": str(ckpt), "skipped_bad": data.skipped,
+        }
+        res.write_meta({**meta, **data.meta()})  # again: images skipped under --skip-bad are known only now
+        if last is not None:
+            log = np.genfromtxt(res.path("train_log.csv"), delimiter=",", names=True)
+            summary["step_s_median"] = float(np.median(np.atleast_1d(log["step_s"])))
+        res.path("summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def _trainer(cfg: TrainConfig, data, warn=None) -> Trainer:
+    """The base model with a fresh QGSA module of the training's config, the L_align encoders, the trainer."""
     qcfg = QGSAConfig(soft_mask_space=cfg.soft_mask_space, projection=cfg.projection, fill=cfg.fill,
                       tau=cfg.tau_start)
     built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, None, cfg.seed, warn=warn)
@@ -289,28 +332,12 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
 
         encoder = make_encoder(cfg.align_encoder, built.adapter, cfg.clip_checkpoint)
         nouns = NounExtractor(cfg.spacy_model)
-    trainer = Trainer(cfg, built, data, encoder, nouns)
-    if resume:
-        module, payload = load_checkpoint(ckpt, built.loaded.provenance())
-        saved = TrainConfig(**payload["train_config"]).run_identity()
-        differs = [k for k, v in cfg.run_identity().items() if saved.get(k) != v]
-        if differs:
-            raise QGSAError(f"--resume with other settings than {ckpt} was made with ({', '.join(differs)}): "
-                            f"resume with the same settings, or start a new --out")
-        trainer.restore(payload)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-    random_base = built.loaded.weights == "random"
-    meta = run_meta(built, "train", cfg.to_dict(), **data.meta(),
-                    align_encoder=None if encoder is None else encoder.name,
-                    spacy_model=None if nouns is None else nouns.model,
-                    note="RANDOM base weights: a smoke test, not a trained selector" if random_base else "")
-    write_meta(out, meta)
-    log_path = out / "train_log.csv"
-    if progress:
-        progress(f"training {cfg.model} on {data.name}", -(trainer.total_steps - trainer.step))
-    started, last = time.perf_counter(), None
-    columns = LOG_COLUMNS
+    return Trainer(cfg, built, data, encoder, nouns)
+
+
+def _train_loop(trainer: Trainer, log_path: Path, ckpt: Path, progress=None) -> dict | None:
+    """Steps until the end, a log row each, a checkpoint every save_every steps and at the end: the last row."""
+    cfg, last, columns = trainer.cfg, None, LOG_COLUMNS
     if log_path.exists() and log_path.stat().st_size:  # a resumed run keeps its log's columns (older versions)
         with log_path.open(newline="") as existing:
             columns = next(csv.reader(existing))
@@ -328,25 +355,15 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
                 progress(f"step {trainer.step}/{trainer.total_steps} loss {last['loss']:.3f} cs {last['l_cs']:.3f} "
                          f"align {last['l_align']:.3f} k {last['k_mean']:.1f}±{last['k_std']:.1f} "
                          f"τ {last['tau']:.2f} lr {last['lr']:.1e}", 1)
-    summary = {
-        "steps": trainer.step, "total_steps": trainer.total_steps, "wall_s": time.perf_counter() - started,
-        "weights": built.loaded.weights, "final": last, "k_by_question_type": _budget_by_type(trainer),
-        "checkpoint": str(ckpt), "skipped_bad": data.skipped,
-    }
-    write_meta(out, {**meta, **data.meta()})  # again: images skipped under --skip-bad are known only now
-    if last is not None:
-        log = np.genfromtxt(log_path, delimiter=",", names=True)
-        summary["step_s_median"] = float(np.median(np.atleast_1d(log["step_s"])))
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    return summary
+    return last
 
 
 def _with_module(built, qcfg: QGSAConfig, seed: int):
     """Replace the default module by one with the training's QGSA config (same seed)."""
     from qgsa_bench.build import new_module
-    from qgsa_bench.pipeline import Pipeline
+    from qgsa_bench.run.stages import Engine
 
     module = new_module(built.adapter, qcfg, seed).to(built.device, built.dtype).eval()
-    built.module, built.pipeline = module, Pipeline(built.adapter, module, seed)
+    built.module, built.engine = module, Engine(built.adapter, module, seed)
     built.qgsa_weights = "training"
     return built

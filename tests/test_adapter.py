@@ -10,7 +10,7 @@ def test_dense_path_equals_hf_forward(tiny, images):
     a = tiny.adapter
     questions = ["what color is the circle?", "is there a blue square on the left of the red one?"]
     with torch.no_grad():
-        prepared = tiny.pipeline.lm_inputs("dense", images, questions, 64)
+        prepared = tiny.run("dense").prepare(images, questions, 64)
         ours = a.logits(prepared.inputs)  # (B, L, vocab), left-padded batch
         pixel_values = a.pixel_values(images, 64)
         for b, question in enumerate(questions):
@@ -34,10 +34,10 @@ def test_resolution_rules(tiny):
     a = tiny.adapter  # patch 8, scale factor 2: the dense path needs multiples of 16
     assert a.dense_resolution(72) == 80 and a.dense_resolution(64) == 64
     assert a.n_dense_tokens(72) == 25
-    assert tiny.pipeline.resolution_for("qgsa", 72) == 72
-    assert tiny.pipeline.resolution_for("dense", 72) == 80
+    assert tiny.run("qgsa").resolution(72) == 72
+    assert tiny.run("dense").resolution(72) == 80
     with pytest.raises(QGSAError, match="not a positive multiple of the patch size 8"):
-        tiny.pipeline.resolution_for("qgsa", 70)
+        tiny.run("qgsa").resolution(70)
     with pytest.raises(QGSAError):
         a.n_patches(0)
 
@@ -52,7 +52,7 @@ def test_question_embedding_is_mean_of_token_embeddings(tiny):
 @torch.no_grad()
 def test_greedy_generation_with_cache_equals_recomputation(tiny, images):
     a = tiny.adapter
-    prepared = tiny.pipeline.lm_inputs("qgsa", images, ["what color?", "how many squares are there?"], 64)
+    prepared = tiny.run("qgsa").prepare(images, ["what color?", "how many squares are there?"], 64)
     cached = a.generate(prepared.inputs, max_new_tokens=5)
     for b in range(2):  # recompute the whole sequence each step, no cache, one sample at a time
         mask = prepared.inputs.attention_mask[b:b + 1]
@@ -72,7 +72,7 @@ def test_greedy_generation_with_cache_equals_recomputation(tiny, images):
 @torch.no_grad()
 def test_answer_logprob_matches_logits(tiny, images):
     a = tiny.adapter
-    prepared = tiny.pipeline.lm_inputs("norm", images[:1], ["what color is the circle?"], 64, k=5)
+    prepared = tiny.run("norm").prepare(images[:1], ["what color is the circle?"], 64, k=5)
     lp = a.answer_logprob(prepared.inputs, ["red circle"])
     ids = a.tokenize(" red circle")
     full = torch.cat([prepared.inputs.inputs_embeds, a.embed(torch.tensor([ids]))], dim=1)

@@ -101,10 +101,10 @@ def test_multiple_choice_scores_the_batch_rows_like_solo_inputs(tiny, images):
     questions = ["what color is the circle?", "is there a big blue square on the left side?"]
     samples = [VQASample(id=str(i), question=q, answers=["red"], image=None, choices=["red", "green", "blue"])
                for i, q in enumerate(questions)]
-    batch = tiny.pipeline.lm_inputs("norm", images, questions, 64, k=torch.tensor([3, 9]))
-    picks = _multiple_choice(tiny, batch.inputs, samples)
+    batch = tiny.run("norm").prepare(images, questions, 64, k=torch.tensor([3, 9]))
+    picks = _multiple_choice(tiny.adapter, batch.inputs, samples)
     for b in range(2):
-        solo = tiny.pipeline.lm_inputs("norm", images[b:b + 1] * 3, questions[b:b + 1] * 3, 64, k=[3, 9][b])
+        solo = tiny.run("norm").prepare(images[b:b + 1] * 3, questions[b:b + 1] * 3, 64, k=[3, 9][b])
         logp = tiny.adapter.answer_logprob(solo.inputs, ["red", "green", "blue"])
         assert picks[b] == int(logp.argmax())
 

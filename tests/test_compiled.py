@@ -6,7 +6,7 @@ import torch
 from typer.testing import CliRunner
 
 from qgsa_bench.cli import app
-from qgsa_bench.efficiency.compiled import compilations, compiled_pipeline
+from qgsa_bench.efficiency.compiled import compilations, compiled_engine
 from qgsa_bench.efficiency.measure import Case
 from qgsa_bench.efficiency.runner import measure_cases
 
@@ -15,11 +15,11 @@ QUESTION = ["what color is the circle?"]
 
 @torch.no_grad()
 def test_compiled_runs_equal_eager_and_do_not_recompile_while_timed(tiny, images):
-    compiled = compiled_pipeline(tiny.pipeline, "default")
+    compiled = compiled_engine(tiny.engine, "default")
     eager_a, comp_a = tiny.adapter, compiled.adapter
-    assert compiled.eager is tiny.pipeline and comp_a.lm.layers[0] is not eager_a.lm.layers[0]
+    assert compiled.eager is tiny.engine and comp_a.lm.layers[0] is not eager_a.lm.layers[0]
     for k in (5, 9):  # two numbers of visual tokens: two prompt lengths
-        inputs = tiny.pipeline.lm_inputs("qgsa", images[:1], QUESTION, 64, k=k).inputs
+        inputs = tiny.run("qgsa").prepare(images[:1], QUESTION, 64, k=k).inputs
         px = eager_a.pixel_values(images[:1], 64)
         torch.testing.assert_close(comp_a.patch_features(px), eager_a.patch_features(px), rtol=1e-4, atol=1e-5)
         (l_eager, c_eager), (l_comp, c_comp) = eager_a.prefill(inputs), comp_a.prefill(inputs)
@@ -28,9 +28,9 @@ def test_compiled_runs_equal_eager_and_do_not_recompile_while_timed(tiny, images
         torch.testing.assert_close(comp_a.decode_step(ids, c_comp), eager_a.decode_step(ids, c_eager),
                                    rtol=1e-4, atol=1e-5)
     before = compilations()
-    cases = [Case("qgsa", "qgsa", tiny.pipeline, 5), Case("qgsa+default", "qgsa", compiled, 5, "default")]
+    cases = [Case("qgsa", tiny.engine.run("qgsa"), 5), Case("qgsa+default", compiled.run("qgsa"), 5, "default")]
     for resolution, k in ((64, 5), (80, 7)):
-        cases = [Case(c.label, c.pipeline, c.pipe, k, c.compile) for c in cases]
+        cases = [Case(c.label, c.run, k, c.compile) for c in cases]
         rows, _ = measure_cases(cases, images[:1], QUESTION, resolution, reps=2, warmup=1, decode_tokens=3)
         eager_row, comp_row = rows
         assert comp_row["recompilations_timed"] == 0 and eager_row["recompilations_timed"] is None

@@ -12,8 +12,8 @@ from qgsa_bench.models.images import demo_image
 def test_count_from_reduced_copies_equals_the_count_at_full_depth(pipeline, k):
     depth = 6
     real = build_at_depth("llava-tiny", depth)
-    px = real.adapter.pixel_values([demo_image()], real.pipeline.resolution_for(pipeline, 84, k))
-    truth = count_stage_flops(Case(pipeline, pipeline, real.pipeline, k), px, ["What is shown in the image?"], 8)
+    px = real.adapter.pixel_values([demo_image()], real.run(pipeline).resolution(84, k))
+    truth = count_stage_flops(Case(pipeline, real.engine.run(pipeline), k), px, ["What is shown in the image?"], 8)
     scaled, = count_scaled("llava-tiny", [(pipeline, k)], 84, full_depth=depth)
     for key in (*LINEAR_KEYS, "flops_vision", "flops_select", "flops_total"):
         assert scaled[key] == truth[key], key
@@ -28,18 +28,23 @@ def test_linear_in_depth_at_two_depths():
     for depth in (1, 2, 3):
         built = build_at_depth("llava-tiny", depth)
         px = built.adapter.pixel_values([demo_image()], 84)
-        counts.append(count_stage_flops(Case("dense", "dense", built.pipeline), px, ["what?"], 4))
+        counts.append(count_stage_flops(Case("dense", built.engine.run("dense")), px, ["what?"], 4))
     for key in LINEAR_KEYS:
         assert counts[2][key] - counts[1][key] == counts[1][key] - counts[0][key] > 0, key
     assert counts[0]["flops_vision"] == counts[2]["flops_vision"]
 
 
 def test_plans_map_cuts_onto_one_layer_per_segment():
-    plan = plan_for("pdrop", 64, 32, 23)  # default cuts 8/16/24 for 32 layers
+    from qgsa_bench.run.spec import parse_spec as p
+
+    plan = plan_for(p("pdrop"), 64, 32, 23)  # default cuts 8/16/24 for 32 layers
     assert plan.cuts == (8, 16, 24) and plan.segments(32) == [8, 8, 8, 8]
-    assert plan.copy() == (4, "pdrop@lm:1,2,3") and plan.copy(2) == (5, "pdrop@lm:1,2,4")
-    assert plan_for("dense", None, 32, 23).copy(0) == (2, "dense")
-    assert plan_for("sparsevlm", 64, 32, 23).cuts == (2, 6, 15)
+    (d0, s0), (d2, s2) = plan.copy(), plan.copy(2)
+    assert (d0, s0.text, s0.point.layers) == (4, "pdrop@lm:1,2,3", (1, 2, 3))
+    assert (d2, s2.text, s2.point.layers) == (5, "pdrop@lm:1,2,4", (1, 2, 4))
+    assert plan_for(p("dense"), None, 32, 23).copy(0)[0] == 2
+    assert plan_for(p("dense"), None, 32, 23).copy(0)[1].text == "dense"
+    assert plan_for(p("sparsevlm"), 64, 32, 23).cuts == (2, 6, 15)
 
 
 def test_count_flops_command_by_depth_or_direct_agree_and_cross_check(tmp_path):

@@ -40,7 +40,7 @@ def test_fvcore_with_handles_agrees_with_flop_counter_mode(tiny, images):
     FlopCounterMode is run on eager attention because on CPU it does not count SDPA at all.
     Norms are the only difference (fvcore counts layer_norm, FlopCounterMode does not)."""
     eager = build("tiny", weights="random", device="cpu", dtype="fp32", attn_implementation="eager")
-    prepared = tiny.pipeline.lm_inputs("qgsa", images, QUESTIONS, 64)
+    prepared = tiny.run("qgsa").prepare(images, QUESTIONS, 64)
     i = prepared.inputs
     pixel_values = tiny.adapter.pixel_values(images, 64)
     vision, prefill = _stage_fns(tiny.adapter)
@@ -58,8 +58,8 @@ def test_fvcore_with_handles_agrees_with_flop_counter_mode(tiny, images):
 def test_stage_flops_of_a_qgsa_run(tiny, images):
     a = tiny.adapter
     cfg = a.text_model.config
-    flops = count_stage_flops(Case("qgsa", "qgsa", tiny.pipeline, 5), a.pixel_values(images, 64), QUESTIONS, 4)
-    inputs = tiny.pipeline.lm_inputs("qgsa", images, QUESTIONS, 64, k=5).inputs
+    flops = count_stage_flops(Case("qgsa", tiny.engine.run("qgsa"), 5), a.pixel_values(images, 64), QUESTIONS, 4)
+    inputs = tiny.run("qgsa").prepare(images, QUESTIONS, 64, k=5).inputs
     B, L = inputs.attention_mask.shape
     head_dim = cfg.hidden_size // cfg.num_attention_heads
     assert flops["flops_lm_head"] == B * cfg.hidden_size * cfg.vocab_size
@@ -76,7 +76,7 @@ def test_stage_flops_of_a_qgsa_run(tiny, images):
 
 def test_dense_connector_flops_and_timing_fields(tiny, images):
     a = tiny.adapter
-    case = Case("dense", "dense", tiny.pipeline)
+    case = Case("dense", tiny.engine.run("dense"))
     flops = count_stage_flops(case, a.pixel_values(images, 64), QUESTIONS, 2)
     # pixel shuffle x2: 16 tokens of 4 * d_v = 128 features, projected to d_q = 64
     assert flops["flops_connector"] == 2 * 16 * 128 * 64 and flops["flops_select"] == 0
@@ -87,10 +87,12 @@ def test_dense_connector_flops_and_timing_fields(tiny, images):
 
 
 def test_paper_metrics():
-    assert paper_metrics("qgsa", 576, 17) == {"paper_flops_reduction": 1 - 17 / 576,
+    from qgsa_bench.run.spec import parse_spec as p
+
+    assert paper_metrics(p("qgsa"), 576, 17) == {"paper_flops_reduction": 1 - 17 / 576,
                                                "paper_theoretical_speedup": 576 / 17}
-    assert paper_metrics("dense-bypass", 576, None) == {"paper_flops_reduction": 0.0, "paper_theoretical_speedup": 1.0}
-    assert paper_metrics("dense", 576, None)["paper_flops_reduction"] is None
+    assert paper_metrics(p("dense-bypass"), 576, None) == {"paper_flops_reduction": 0.0, "paper_theoretical_speedup": 1.0}
+    assert paper_metrics(p("dense"), 576, None)["paper_flops_reduction"] is None
 
 
 def test_every_flops_column_is_the_same_under_sdpa_and_eager(tiny, images):
@@ -98,16 +100,16 @@ def test_every_flops_column_is_the_same_under_sdpa_and_eager(tiny, images):
     eager = build("tiny", weights="random", device="cpu", dtype="fp32", attn_implementation="eager")
     pixels = tiny.adapter.pixel_values(images, 64)
     for pipeline, k in (("dense", None), ("qgsa", 5), ("dense-bypass", None)):
-        sdpa_cols = count_stage_flops(Case(pipeline, pipeline, tiny.pipeline, k), pixels, QUESTIONS, 3)
-        eager_cols = count_stage_flops(Case(pipeline, pipeline, eager.pipeline, k), pixels, QUESTIONS, 3)
+        sdpa_cols = count_stage_flops(Case(pipeline, tiny.engine.run(pipeline), k), pixels, QUESTIONS, 3)
+        eager_cols = count_stage_flops(Case(pipeline, eager.engine.run(pipeline), k), pixels, QUESTIONS, 3)
         flops_cols = [c for c in sdpa_cols if c.startswith("flops_") or c == "attn_visual_flops"]
         assert len(flops_cols) == 9
         assert {c: eager_cols[c] for c in flops_cols} == {c: sdpa_cols[c] for c in flops_cols}, pipeline
     # and the shape-derived attention column equals what the SDPA handle counts in the prefill
-    i = tiny.pipeline.lm_inputs("dense", images, QUESTIONS, 64).inputs
+    i = tiny.run("dense").prepare(images, QUESTIONS, 64).inputs
     _, prefill = _stage_fns(tiny.adapter)
     handle = count_flops(prefill, i.inputs_embeds, i.attention_mask, i.position_ids, modules=[tiny.loaded.model])
-    dense = count_stage_flops(Case("dense", "dense", tiny.pipeline), pixels, QUESTIONS, 3)
+    dense = count_stage_flops(Case("dense", tiny.engine.run("dense")), pixels, QUESTIONS, 3)
     assert dense["flops_prefill_attention"] == handle.by_operator["scaled_dot_product_attention"] > 0
 
 
@@ -128,7 +130,7 @@ def test_flops_of_a_larger_batch_of_one_sample_are_the_counted_batch_scaled(tiny
     repeated): exactly what counting at that batch gives, column by column."""
     from qgsa_bench.efficiency.runner import FLOP_KEYS, stage_flops
 
-    case, memo = Case("qgsa", "qgsa", tiny.pipeline, 5), {}
+    case, memo = Case("qgsa", tiny.engine.run("qgsa"), 5), {}
     one = stage_flops(case, tiny.adapter.pixel_values(images[:1], 64), QUESTIONS[:1], 3, 64, memo)
     three = stage_flops(case, tiny.adapter.pixel_values(images[:1] * 3, 64), QUESTIONS[:1] * 3, 3, 64, memo)
     counted = count_stage_flops(case, tiny.adapter.pixel_values(images[:1] * 3, 64), QUESTIONS[:1] * 3, 3)

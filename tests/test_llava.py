@@ -14,7 +14,7 @@ from qgsa_bench.cli import app
 def test_llava_dense_path_equals_hf_forward(llava_tiny, images):
     a = llava_tiny.adapter
     questions = ["what color is the circle?", "is there a blue square on the left of the red one?"]
-    prepared = llava_tiny.pipeline.lm_inputs("dense", images, questions, 84)
+    prepared = llava_tiny.run("dense").prepare(images, questions, 84)
     assert prepared.inputs.n_visual.tolist() == [36, 36]  # (84 / 14)^2 patches, one token each
     ours = a.logits(prepared.inputs)
     pixel_values = a.pixel_values(images, 84)

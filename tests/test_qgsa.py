@@ -4,8 +4,9 @@ import pytest
 import torch
 
 from qgsa_bench.qgsa.config import QGSAConfig
+from qgsa_bench.qgsa.gumbel import gumbel_selection
 from qgsa_bench.qgsa.module import QGSAModule
-from qgsa_bench.qgsa.selector import gumbel_selection, norm_selection, random_selection, topk_selection
+from qgsa_bench.selectors.selection import norm_selection, random_selection, topk_selection
 
 
 def _inputs(B=4, N=64, d_v=32, d_q=48, seed=0):
@@ -72,7 +73,7 @@ def test_gradients_never_reach_frozen_base(tiny, images):
     base_before = {k: v.clone() for k, v in tiny.loaded.model.state_dict().items()}
     module = tiny.module.train()
     try:
-        prepared = tiny.pipeline.lm_inputs("qgsa", images, ["what color?", "is there a circle?"], 64)
+        prepared = tiny.run("qgsa").prepare(images, ["what color?", "is there a circle?"], 64)
         lp = tiny.adapter.answer_logprob(prepared.inputs, ["red", "yes"])
         (-lp.sum()).backward()
     finally:
@@ -88,8 +89,8 @@ def test_gradients_never_reach_frozen_base(tiny, images):
 def test_same_image_different_questions_select_different_patches(tiny, images):
     # Through the pipeline: the scores of the same patches depend on the question ...
     with torch.no_grad():
-        a = tiny.pipeline.lm_inputs("qgsa", images[:1], ["what color is the circle?"], 64, k=8).selection
-        b = tiny.pipeline.lm_inputs("qgsa", images[:1], ["how many squares are there?"], 64, k=8).selection
+        a = tiny.run("qgsa").prepare(images[:1], ["what color is the circle?"], 64, k=8).selection
+        b = tiny.run("qgsa").prepare(images[:1], ["how many squares are there?"], 64, k=8).selection
     assert not torch.equal(a.scores, b.scores)
     # ... and with question vectors of unit scale (a random-init LM's embeddings are ~0.02) the
     # selected sets differ for the same V.
@@ -175,7 +176,7 @@ def test_sufficient_budget_is_the_first_grid_k_that_keeps_the_answer(tiny, image
         V = a.patch_features(a.pixel_values(images[:2], 64))
     q, ans = ["what color is the circle?", "how many squares are there?"], ["red", "2"]
     p = losses.attribution_targets(a, V, q, ans)
-    groups = tiny.pipeline.connector_groups(64, V.device)
+    groups = tiny.adapter.unit_patches(64, V.device)
     grid = [4, 16, 64]
     with torch.no_grad():
         dense = a.answer_logprob(a.build_inputs(a.connect(V), q), ans)

@@ -7,9 +7,10 @@ from typer.testing import CliRunner
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.cli import app
-from qgsa_bench.selectors import SELECTORS, parse_spec
+from qgsa_bench.run.spec import parse_spec
 from qgsa_bench.selectors.base import Point, SelectState, parse_point
 from qgsa_bench.selectors.divprune import max_min_diverse
+from qgsa_bench.selectors.registry import REGISTRY as SELECTORS
 from qgsa_bench.selectors.sparsevlm import SparseVLM
 
 QUESTIONS = ["what color is the circle?", "is there a blue square on the left of the red one?"]
@@ -35,7 +36,7 @@ def test_connector_on_whole_units_equals_the_dense_connector(tiny, images):
 @torch.no_grad()
 def test_attention_probs_equal_the_models_own_attention_weights(eager_tiny, images):
     a = eager_tiny.adapter
-    inputs = eager_tiny.pipeline.lm_inputs("dense", images, QUESTIONS, 64).inputs  # left-padded batch
+    inputs = eager_tiny.run("dense").prepare(images, QUESTIONS, 64).inputs  # left-padded batch
     captured = {}
     layer = a.lm.layers[1].self_attn
     hook = layer.register_forward_hook(lambda m, args, out: captured.update(w=out[1]))
@@ -59,9 +60,9 @@ def test_attention_probs_equal_the_models_own_attention_weights(eager_tiny, imag
 @pytest.mark.parametrize("spec", ["norm@vision:1", "random@vision:1", "norm@post-vision", "norm@lm:1", "fastv"])
 @torch.no_grad()
 def test_keeping_every_token_equals_the_dense_run(tiny, images, spec):
-    a, pipe = tiny.adapter, tiny.pipeline
-    dense = pipe.lm_inputs("dense", images, QUESTIONS, 64)
-    full = pipe.lm_inputs(spec, images, QUESTIONS, 64, k=16)  # 16 = every visual token at 64 px
+    a, pipe = tiny.adapter, tiny.engine
+    dense = pipe.run("dense").prepare(images, QUESTIONS, 64)
+    full = pipe.run(spec).prepare(images, QUESTIONS, 64, k=16)  # 16 = every visual token at 64 px
     assert full.inputs.n_visual.tolist() == [16, 16]
     torch.testing.assert_close(a.prefill(full.inputs)[0], a.prefill(dense.inputs)[0], rtol=1e-4, atol=1e-5)
 
@@ -69,8 +70,8 @@ def test_keeping_every_token_equals_the_dense_run(tiny, images, spec):
 @pytest.mark.parametrize("spec", ["fastv@lm:1", "pdrop@lm:1,2", "sparsevlm@lm:1,2", "norm@lm:2"])
 @torch.no_grad()
 def test_cached_decoding_equals_a_full_recompute_with_the_same_pruning(llava_tiny, images, spec):
-    a, pipe = llava_tiny.adapter, llava_tiny.pipeline
-    prepared = pipe.lm_inputs(spec, images, QUESTIONS, 84, k=7)
+    a, pipe = llava_tiny.adapter, llava_tiny.engine
+    prepared = pipe.run(spec).prepare(images, QUESTIONS, 84, k=7)
     inputs = prepared.inputs
     logits, state = a.prefill(inputs)
     plan = inputs.plan
@@ -107,20 +108,20 @@ def test_cached_decoding_equals_a_full_recompute_with_the_same_pruning(llava_tin
 @pytest.mark.parametrize("spec", SPECS)
 @torch.no_grad()
 def test_a_batch_gives_each_sample_its_solo_result(tiny, images, spec):
-    a, pipe = tiny.adapter, tiny.pipeline
-    batch = pipe.lm_inputs(spec, images, QUESTIONS, 64, k=torch.tensor([3, 6]) if "lm" not in spec
+    a, pipe = tiny.adapter, tiny.engine
+    batch = pipe.run(spec).prepare(images, QUESTIONS, 64, k=torch.tensor([3, 6]) if "lm" not in spec
                            and spec not in ("fastv", "pdrop", "sparsevlm") else 5)
     logits, _ = a.prefill(batch.inputs)
     for b in range(2):
         k = [3, 6][b] if "lm" not in spec and spec not in ("fastv", "pdrop", "sparsevlm") else 5
-        alone = pipe.lm_inputs(spec, images[b:b + 1], QUESTIONS[b:b + 1], 64, k=k)
+        alone = pipe.run(spec).prepare(images[b:b + 1], QUESTIONS[b:b + 1], 64, k=k)
         torch.testing.assert_close(logits[b], a.prefill(alone.inputs)[0][0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("spec", SPECS + ["downsample"])
 @torch.no_grad()
 def test_every_selector_runs_on_llava(llava_tiny, images, spec):
-    prepared = llava_tiny.pipeline.lm_inputs(spec, images, QUESTIONS, 84, k=9)
+    prepared = llava_tiny.run(spec).prepare(images, QUESTIONS, 84, k=9)
     out = llava_tiny.adapter.generate(prepared.inputs, 2)
     assert len(out) == 2
     visual = prepared.inputs.n_visual.tolist() if prepared.inputs.plan is None else \
@@ -130,12 +131,12 @@ def test_every_selector_runs_on_llava(llava_tiny, images, spec):
 
 def test_selection_inside_the_encoder_shrinks_the_later_layers(tiny, images):
     """vision:1 with k = 4 of 16 tokens: the second layer runs on 16 of 64 patches."""
-    a, pipe = tiny.adapter, tiny.pipeline
+    a, pipe = tiny.adapter, tiny.engine
     seen = []
     hook = a.vision_layers[1].register_forward_pre_hook(lambda m, args, kw=None: seen.append(args[0].shape[1]))
     with torch.no_grad():
-        pipe.lm_inputs("norm@vision:1", images, QUESTIONS, 64, k=4)
-        pipe.lm_inputs("dense", images, QUESTIONS, 64)
+        pipe.run("norm@vision:1").prepare(images, QUESTIONS, 64, k=4)
+        pipe.run("dense").prepare(images, QUESTIONS, 64)
     hook.remove()
     assert seen == [16, 64]
 
@@ -165,8 +166,8 @@ def test_specs_and_points_are_checked():
         parse_spec("fastv@vision:2")
     with pytest.raises(QGSAError, match="prunes at one LM layer"):
         parse_spec("fastv@lm:1,2")
-    assert set(SELECTORS) == {"fastv", "pdrop", "sparsevlm", "visionzip", "divprune", "downsample",
-                              "qgsa-vision", "random", "norm"}
+    assert set(SELECTORS) == {"dense", "dense-bypass", "qgsa", "random", "norm", "fastv", "pdrop", "sparsevlm",
+                              "visionzip", "divprune", "downsample", "qgsa-vision"}
     for cls in SELECTORS.values():
         assert cls.paper and cls.__module__ and cls.points
 
@@ -188,7 +189,7 @@ def test_bad_points_and_budgets_are_one_error_line(image_path, spec, k, words):
 
 
 def test_budget_as_a_layer_average_is_the_largest_kept_count_that_fits():
-    from qgsa_bench.run import tokens_for_layer_average
+    from qgsa_bench.run.lm import tokens_for_layer_average
 
     # FastV on LLaVA-1.5-7B: 2 layers see 576 tokens, 30 see k: (2*576 + 30*29) / 32 = 63.2 <= 64 < 64.1 (k=30)
     assert tokens_for_layer_average(64, 576, (2,), 32) == 29

@@ -87,7 +87,7 @@ def clock(monkeypatch):
 
 
 def _cases(tiny, names):
-    return [Case(label, name, tiny.pipeline) for label, name in zip(case_labels(names), names)]
+    return [Case(label, tiny.engine.run(name)) for label, name in zip(case_labels(names), names)]
 
 
 def test_aa_check_under_load_and_a_real_difference_found(tiny, images, clock):
@@ -162,7 +162,7 @@ def test_gpu_stages_are_marked_without_synchronising_between_them(tiny, images, 
     monkeypatch.setattr(measure, "clock_for", lambda device: timing.StageClock(
         torch.device("cuda"), event=cuda.event, synchronize=cuda.synchronize))
     pixels = tiny.adapter.pixel_values(images[:1], 64)
-    case = Case("dense", "dense", tiny.pipeline)
+    case = Case("dense", tiny.engine.run("dense"))
     staged = measure.time_once(case, pixels, QUESTION, 3)
     assert (cuda.events, cuda.syncs) == (5, 1)
     stages = staged["vision_ms"] + staged["connector_ms"] + staged["prefill_ms"] + 2 * staged["decode_ms_per_token"]

@@ -11,10 +11,11 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.cli import app
 from qgsa_bench.config import TrainConfig
-from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.data import load_dataset
 from qgsa_bench.qgsa import losses
-from qgsa_bench.qgsa.selector import random_selection
+from qgsa_bench.qgsa.config import QGSAConfig
+from qgsa_bench.run.vision import Encoded
+from qgsa_bench.selectors.selection import random_selection
 from qgsa_bench.train import Trainer, _with_module, lr_factor, main_answer, run_train, tau_at
 
 runner = CliRunner()
@@ -78,7 +79,7 @@ def test_a_fixed_batch_lowers_l_cs():
 
     @torch.no_grad()
     def l_cs():
-        tokens, valid, _ = built.pipeline.visual_tokens("qgsa", x.V, x.q, k=6)  # eval mode: top-k
+        tokens, valid, _ = built.run("qgsa").select(Encoded(V=x.V), x.q, k=6)  # eval mode: top-k
         sparse = a.answer_logprob(a.build_inputs(tokens, x.questions, valid), x.answers)
         rand = a.answer_logprob(a.build_inputs(built.module.project(x.V, fixed_random), x.questions,
                                                fixed_random.valid), x.answers)

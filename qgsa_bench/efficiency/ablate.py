@@ -15,15 +15,23 @@ from pathlib import Path
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import AblateConfig
+from qgsa_bench.driver import Results, Table
 from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import (STAT_COLUMNS, THROUGHPUT_COLUMNS, Progress, measure_cases,
-                                          steps_per_resolution, timing_deadline)
+from qgsa_bench.efficiency.runner import (
+    STAT_COLUMNS,
+    THROUGHPUT_COLUMNS,
+    Progress,
+    measure_cases,
+    measure_meta,
+    steps_per_resolution,
+    timing_deadline,
+    warn_unstable,
+)
 from qgsa_bench.efficiency.sweep import PAPER_K, check_k_fits
 from qgsa_bench.models.images import demo_image, load_image
-from qgsa_bench.pipeline import Pipeline
 from qgsa_bench.qgsa.checkpoint import load_checkpoint
-from qgsa_bench.results import append_rows, check_same_settings, holds_out_folder, read_rows, run_meta, write_meta
-from qgsa_bench.runtime import device_name, dtype_name
+from qgsa_bench.results import run_meta
+from qgsa_bench.runtime import device_name, dtype_name, resolve_device
 
 # name users type -> (label in tables, pipeline, fixed k?)
 ABLATION_CONFIGS = {
@@ -42,6 +50,7 @@ ABLATE_COLUMNS = [
     "decode_ms_per_token", "flops_total", "peak_mem_mb", "accuracy", "accuracy_n", *STAT_COLUMNS,
     *THROUGHPUT_COLUMNS,
 ]
+ABLATE_TABLE = Table(ABLATE_CSV, tuple(ABLATE_COLUMNS), ("config",))
 # how `qgsa ablate --train-dataset` trains each configuration (qgsa train options)
 TRAIN_FLAGS = {
     "fixed-k": {"no_cs": True, "no_align": True},  # selection with the regularisers only, fixed k
@@ -64,65 +73,61 @@ def parse_checkpoints(specs: list[str]) -> dict[str, str]:
     return parsed
 
 
-@holds_out_folder
 def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -> Path:
     m = cfg.measure
     checkpoints = cfg.checkpoints or {}
-    out = Path(cfg.out)
-    built = build(m.model, m.weights, m.device, m.dtype, None, m.seed,
-                  attn_implementation=m.attn_implementation, warn=warn)
-    settings = {**m.settings(), **cfg.settings(), "device": device_name(built.device), "checkpoints": checkpoints}
-    check_same_settings(out, settings)
-    fixed_k = m.k or PAPER_K
-    check_k_fits(built.adapter.n_patches(cfg.resolution), cfg.resolution, fixed_k)
-    if cfg.train_dataset:
-        checkpoints = {**train_configurations(cfg, fixed_k, progress, warn), **checkpoints}
+    settings = {**m.settings(), **cfg.settings(), "device": device_name(resolve_device(m.device)),
+                "checkpoints": checkpoints}
+    with Results(cfg.out, "ablate", settings) as res:
+        built = build(m.model, m.weights, m.device, m.dtype, None, m.seed,
+                      attn_implementation=m.attn_implementation, warn=warn)
+        fixed_k = m.k or PAPER_K
+        check_k_fits(built.adapter.n_patches(cfg.resolution), cfg.resolution, fixed_k)
+        if cfg.train_dataset:
+            checkpoints = {**train_configurations(cfg, fixed_k, progress, warn), **checkpoints}
+        cases, qgsa_weights = _cases(built, checkpoints, fixed_k)
+        done = {c for c, in res.done(ABLATE_TABLE)}
+        cases = [c for c in cases if c.label not in done]
+        meta = res.write_meta(run_meta(built, **{
+            **measure_meta(built, m), "k_rule": f"fixed-k uses k={fixed_k}; the others use f_comp(q)",
+            "note": ("RANDOM base weights: latency is the architecture's; any accuracy is meaningless"
+                     if built.loaded.weights == "random" else "accuracy only for configurations with checkpoints"),
+            "qgsa_weights": "per configuration (see the qgsa_weights column)"}))
+        if cases:
+            image = load_image(m.image) if m.image else demo_image()
+            if progress:
+                progress("ablation configurations", -steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops))
+            rows, _ = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, cfg.resolution, m.reps,
+                                    m.warmup, m.decode_tokens, m.count_flops, progress, timing_deadline(m, 1, 0))
+            base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
+                    "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
+            accuracy = ablation_accuracy(cfg, cases) if cfg.eval_limit and checkpoints else {}
+            for row in rows:
+                name = row["case"]
+                row.update(config=name, label=ABLATION_CONFIGS[name][0], qgsa_weights=qgsa_weights[name],
+                           **accuracy.get(name, {}))
+            res.append(ABLATE_TABLE, [{**base, **row} for row in rows])
+            unstable = [row["config"] for row in rows if row["unstable"]]
+            res.write_meta({**meta, "unstable_cases": unstable, "reps_stopped": rows[0]["reps_stopped"]})
+            warn_unstable(warn, unstable)
+        from qgsa_bench.report import table5_markdown
+
+        res.render("table5.md", table5_markdown, ABLATE_TABLE)
+    return res.out
+
+
+def _cases(built, checkpoints: dict, fixed_k: int) -> tuple[list[Case], dict]:
+    """A case per configuration (its own engine where it has a checkpoint) and where its QGSA weights came from."""
     cases, qgsa_weights = [], {}
     for name, (label, pipeline, fixed) in ABLATION_CONFIGS.items():
-        pipe, origin = built.pipeline, built.qgsa_weights
+        engine, origin = built.engine, built.qgsa_weights
         if name in checkpoints:
             module, _ = load_checkpoint(checkpoints[name], built.loaded.provenance())
-            pipe = Pipeline(built.adapter, module.to(built.device, built.dtype).eval(), m.seed)
+            engine = built.engine.with_module(module.to(built.device, built.dtype).eval())
             origin = f"checkpoint:{checkpoints[name]}"
-        cases.append(Case(name, pipeline, pipe, fixed_k if fixed else None))
+        cases.append(Case(name, engine.run(pipeline), fixed_k if fixed else None))
         qgsa_weights[name] = "not used" if pipeline == "dense" else origin
-    csv_path = out / ABLATE_CSV
-    if csv_path.exists():
-        done = set(read_rows(csv_path, ["config"])["config"])
-        cases = [c for c in cases if c.label not in done]
-    meta = run_meta(
-        built, "ablate", settings, reps=m.reps, warmup=m.warmup,
-        k_rule=f"fixed-k uses k={fixed_k}; the others use f_comp(q)",
-        note=("RANDOM base weights: latency is the architecture's; any accuracy is meaningless"
-              if built.loaded.weights == "random" else "accuracy only for configurations with checkpoints"),
-    )
-    meta["qgsa_weights"] = "per configuration (see the qgsa_weights column)"
-    write_meta(out, meta)
-    if cases:
-        image = load_image(m.image) if m.image else demo_image()
-        if progress:
-            progress("ablation configurations", -steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops))
-        rows, _ = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, cfg.resolution, m.reps,
-                                m.warmup, m.decode_tokens, m.count_flops, progress, timing_deadline(m, 1, 0))
-        base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
-                "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
-        accuracy = ablation_accuracy(cfg, built, cases) if cfg.eval_limit and checkpoints else {}
-        for row in rows:
-            name = row["case"]
-            row.update(config=name, label=ABLATION_CONFIGS[name][0], qgsa_weights=qgsa_weights[name],
-                       **accuracy.get(name, {}))
-        append_rows(csv_path, [{**base, **row} for row in rows], ABLATE_COLUMNS)
-        unstable = [row["config"] for row in rows if row["unstable"]]
-        meta = {**meta, "unstable_cases": unstable, "reps_stopped": rows[0]["reps_stopped"]}
-        write_meta(out, meta)
-        if unstable and warn:
-            warn(f"{len(unstable)} configuration(s) timed unstably ({', '.join(unstable)}: dispersion above 10 % or "
-                 f"over 10 % outliers; flagged in the table): rerun with more --reps or --reps auto, on a quieter "
-                 f"machine")
-    from qgsa_bench.report import table5_markdown
-
-    (out / "table5.md").write_text(table5_markdown(read_rows(csv_path), meta))
-    return out
+    return cases, qgsa_weights
 
 
 def train_configurations(cfg: AblateConfig, fixed_k: int, progress=None, warn=None) -> dict[str, str]:
@@ -145,23 +150,20 @@ def train_configurations(cfg: AblateConfig, fixed_k: int, progress=None, warn=No
     return paths
 
 
-def ablation_accuracy(cfg: AblateConfig, built, cases: list[Case]) -> dict[str, dict]:
+def ablation_accuracy(cfg: AblateConfig, cases: list[Case]) -> dict[str, dict]:
     """Accuracy of each configuration on the eval split of the training data set (`qgsa eval` scoring)."""
-    import dataclasses
-
     import numpy as np
 
     from qgsa_bench.config import EvalConfig
     from qgsa_bench.data import load_dataset
-    from qgsa_bench.evaluate import evaluate_pipeline
+    from qgsa_bench.evaluate import evaluate_run
 
     data = load_dataset(cfg.train_dataset or "shapes", cfg.train_data_dir, None, cfg.eval_limit)
     ecfg = EvalConfig(batch=8, seed=cfg.measure.seed)
     out = {}
     for case in cases:
-        view = dataclasses.replace(built, pipeline=case.pipe, module=case.pipe.module)
         ecfg.k = case.k
-        records = evaluate_pipeline(view, case.pipeline, data, cfg.resolution, ecfg)
+        records = evaluate_run(case.run, data, cfg.resolution, ecfg)
         scored = [r["score"] for r in records if r["score"] is not None]
         out[case.label] = {"accuracy": 100 * float(np.mean(scored)) if scored else None, "accuracy_n": len(scored)}
     return out

@@ -18,12 +18,20 @@ from pathlib import Path
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import EvalConfig, MeasureConfig
+from qgsa_bench.driver import Results, Table
 from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import COMPARISON_COLUMNS, Progress, measure_cases, steps_per_resolution
-from qgsa_bench.efficiency.sweep import STATISTICS_NOTE, SWEEP_COLUMNS
+from qgsa_bench.efficiency.runner import (
+    COMPARISONS_TABLE,
+    Progress,
+    measure_cases,
+    measure_meta,
+    steps_per_resolution,
+    warn_unstable,
+)
+from qgsa_bench.efficiency.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import demo_image, load_image
-from qgsa_bench.pipeline import PIPELINES, check_pipeline, selector_spec
-from qgsa_bench.results import holds_out_folder, read_meta, read_rows, replace_rows, run_meta, write_meta
+from qgsa_bench.results import run_meta
+from qgsa_bench.run.spec import parse_specs
 from qgsa_bench.runtime import dtype_name
 
 BUDGET_CSV = "budget.csv"
@@ -38,6 +46,8 @@ BUDGET_COLUMNS = ["budget", "budget_unit", "budget_share", "selector", "point", 
 ACCURACY_COLUMNS = ["budget", "budget_share", "case", "pipeline", "selector", "point", "scope", "question_type",
                     "n", "n_scored", "accuracy", "delta_vs_dense_points", "k_mean", "n_visual_tokens_mean",
                     "flops_total", "flops_share_of_dense"]
+BUDGET_TABLE = Table(BUDGET_CSV, tuple(BUDGET_COLUMNS), ("case",))
+ACCURACY_TABLE = Table(ACCURACY_CSV, tuple(ACCURACY_COLUMNS), ("case", "scope", "question_type"))
 
 
 @dataclass
@@ -64,6 +74,7 @@ class BudgetConfig:
     def __post_init__(self):
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one selector")
+        self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field)
         if any(b < 1 for b in self.budgets):
             raise QGSAError(f"--budgets are visual tokens, at least 1 each, got {list(self.budgets)}")
         if self.budget_unit not in BUDGET_UNITS:
@@ -72,15 +83,14 @@ class BudgetConfig:
             raise QGSAError(f"--shares are fractions of the dense visual tokens in (0, 1], got {list(self.shares)}")
 
 
-def describe(pipe, name: str) -> dict:
-    """Where a pipeline's selection sits, whether it reads the question, whether it is trained."""
-    spec = selector_spec(name)
-    if spec is None:
-        where = {"dense": "none", "dense-bypass": "none"}.get(name, "post-vision (patches, QGSA module projection)")
-        return {"selector": name, "point": where, "question_guided": name == "qgsa",
-                "training": "trained scorer" if name == "qgsa" else "none"}
+def describe(run) -> dict:
+    """Where a run's selection sits, whether it reads the question, whether it is trained."""
+    spec = run.spec
     sel = spec.selector
-    return {"selector": sel.name, "point": str(pipe.run.point(spec)), "question_guided": sel.question_guided,
+    if spec.patches or sel.keeps_all:  # the seed paper's pipelines
+        return {"selector": spec.text, "point": spec.where(), "question_guided": sel.question_guided,
+                "training": "trained scorer" if sel.trainable else "none"}
+    return {"selector": sel.name, "point": str(spec.point), "question_guided": sel.question_guided,
             "training": "trained scorer" if sel.trainable else "training-free"}
 
 
@@ -93,146 +103,127 @@ def resolve_budgets(cfg: BudgetConfig, n_dense: int) -> list[int]:
     return sorted(set(budgets))
 
 
-def _pipes(cfg: BudgetConfig, built) -> dict:
-    """A pipeline per selector that has its own QGSA checkpoint (sharing the base model), else the default."""
-    from qgsa_bench.pipeline import Pipeline
+def _engines(cfg: BudgetConfig, built) -> dict:
+    """An engine per selector that has its own QGSA checkpoint (sharing the base model)."""
     from qgsa_bench.qgsa.checkpoint import load_checkpoint
 
-    pipes = {}
+    engines = {}
     for name, path in cfg.checkpoints.items():
         module, _ = load_checkpoint(path, built.loaded.provenance())
-        module.to(built.device, built.dtype).eval()
-        pipes[name] = Pipeline(built.adapter, module, cfg.measure.seed)
-    return pipes
+        engines[name] = built.engine.with_module(module.to(built.device, built.dtype).eval())
+    return engines
 
 
-def _selector_name(pipeline: str) -> str:
-    return pipeline.split("@")[0]
-
-
-def kept_tokens(pipe, name: str, budget: int, n_dense: int, unit: str) -> int:
+def kept_tokens(run, budget: int, n_dense: int, unit: str) -> int:
     """A budget in visual tokens after the last cut (what the run takes), from one in `unit`."""
-    from qgsa_bench.run import tokens_for_layer_average
+    from qgsa_bench.run.lm import tokens_for_layer_average
 
-    spec = selector_spec(name)
-    if unit == "tokens" or spec is None:
+    point = run.spec.point
+    if unit == "tokens" or point.kind != "lm":
         return budget
-    point = pipe.run.point(spec)
-    if point.kind != "lm":
-        return budget
-    return tokens_for_layer_average(budget, n_dense, point.layers, pipe.adapter.lm_depth)
+    return tokens_for_layer_average(budget, n_dense, point.layers, run.adapter.lm_depth)
 
 
-def _cases(cfg: BudgetConfig, pipe, budgets: list[int], n_dense: int, resolution: int, pipes=None) -> list[Case]:
-    cases = []
-    for name in cfg.pipelines:
-        if name in ("dense", "dense-bypass"):
-            cases.append(Case(name, name, pipe))
+def _cases(cfg: BudgetConfig, built, budgets: list[int], n_dense: int, resolution: int, engines) -> list[Case]:
+    cases, a = [], built.adapter
+    for spec in cfg.specs:
+        if spec.selector.keeps_all:  # dense, dense-bypass: one case, no budget
+            cases.append(Case(spec.text, built.run(spec)))
             continue
-        own = (pipes or {}).get(_selector_name(name), pipe)
+        run = engines.get(spec.selector.name, built.engine).run(spec)
         for b in budgets:
-            if name == "downsample" and pipe.adapter.resolution_for_tokens(b) > pipe.adapter.dense_resolution(resolution):
+            if run.spec.point.kind == "input" and a.resolution_for_tokens(b) > a.dense_resolution(resolution):
                 continue
-            cases.append(Case(f"{name} k={b}", name, own, kept_tokens(own, name, b, n_dense, cfg.budget_unit)))
-    if not any(c.pipeline == "dense" for c in cases):
-        cases.insert(0, Case("dense", "dense", pipe))  # the reference of every share and speedup
+            cases.append(Case(f"{spec.text} k={b}", run, kept_tokens(run, b, n_dense, cfg.budget_unit)))
+    if not any(c.run.spec.is_dense for c in cases):
+        cases.insert(0, Case("dense", built.run("dense")))  # the reference of every share and speedup
     return cases
 
 
-@holds_out_folder
 def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -> Path:
     m = cfg.measure
-    for name in cfg.pipelines:
-        check_pipeline(name)
     built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
                   attn_implementation=m.attn_implementation, warn=warn)
-    pipe, a = built.pipeline, built.adapter
+    a = built.adapter
     resolution = cfg.resolution or a.image_size
     n_dense = a.n_dense_tokens(resolution)
     budgets = resolve_budgets(cfg, n_dense)
-    unknown = [n for n in cfg.checkpoints if n not in {_selector_name(p) for p in cfg.pipelines}]
+    unknown = [n for n in cfg.checkpoints if n not in {s.selector.name for s in cfg.specs}]
     if unknown:
         raise QGSAError(f"--checkpoint {unknown[0]}=...: no pipeline '{unknown[0]}' in --pipelines")
-    pipes = _pipes(cfg, built)
-    cases = _cases(cfg, pipe, budgets, n_dense, resolution, pipes)
+    cases = _cases(cfg, built, budgets, n_dense, resolution, _engines(cfg, built))
     for case in cases:  # every bad point or budget is found before any work starts
-        case.pipe.resolution_for(case.pipeline, resolution, case.k)
-        if case.k is not None and case.pipeline in PIPELINES and case.k > a.n_patches(resolution):
+        case.run.resolution(resolution, case.k)
+        if case.k is not None and case.run.spec.patches and case.k > a.n_patches(resolution):
             raise QGSAError(f"budget {case.k} is above N = {a.n_patches(resolution)} patches for {case.pipeline}")
     data = None
     if cfg.dataset:
         from qgsa_bench.data import load_dataset
 
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, False, m.seed)
-    out = Path(cfg.out)
-    meta = run_meta(built, "sweep-budget", {**m.settings(), "resolution": resolution}, budgets=budgets,
-                    budget_unit=cfg.budget_unit,
-                    qgsa_checkpoints=dict(cfg.checkpoints),
-                    dense_visual_tokens=n_dense, pipelines=list(cfg.pipelines), reps=m.reps, warmup=m.warmup,
-                    statistics=STATISTICS_NOTE,
-                    budget_rule=("visual tokens reaching the LM (in-LM selectors: kept after the last cut; "
-                                 "visual_tokens_layer_avg beside)" if cfg.budget_unit == "tokens" else
-                                 "visual tokens reaching the LM; for in-LM selectors averaged over the LM's layers "
-                                 "(k: kept after the last cut)")
-                                + "; qgsa/random/norm without @: k patches through the QGSA module's projection",
-                    flop_convention="fvcore: one multiply-add = one FLOP; attention counted over the full Lq x Lk",
-                    **(data.meta() if data else {}),
-                    note=("RANDOM weights: FLOPs and latency only, no accuracy" if built.loaded.weights == "random"
-                          else "pretrained weights"))
-    write_meta(out, meta)
-    if progress:
-        steps = steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops)
-        progress(f"{len(cases)} cases at {resolution}px", -(steps + (len(cases) * len(data.samples) if data else 0)))
-    image = load_image(m.image) if m.image else demo_image()
-    rows, pairs = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, resolution, m.reps, m.warmup,
-                                m.decode_tokens, m.count_flops, progress)
+    with Results(cfg.out, "sweep-budget", {**m.settings(), "resolution": resolution}) as res:
+        meta = res.write_meta(run_meta(built, budgets=budgets, budget_unit=cfg.budget_unit,
+                                       qgsa_checkpoints=dict(cfg.checkpoints), dense_visual_tokens=n_dense,
+                                       pipelines=list(cfg.pipelines), budget_rule=budget_rule(cfg.budget_unit),
+                                       **(data.meta() if data else {}), **measure_meta(built, m)))
+        if progress:
+            steps = steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops)
+            progress(f"{len(cases)} cases at {resolution}px", -(steps + (len(cases) * len(data.samples) if data else 0)))
+        image = load_image(m.image) if m.image else demo_image()
+        rows, pairs = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, resolution, m.reps, m.warmup,
+                                    m.decode_tokens, m.count_flops, progress)
+        base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
+                "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
+        _describe_rows(cfg, built, cases, rows, n_dense, base)
+        accuracy_rows = _accuracy(built, cases, rows, data, resolution, cfg, progress) if data else []
+        res.replace(BUDGET_TABLE, rows)
+        res.replace(COMPARISONS_TABLE, pairs)
+        if accuracy_rows:
+            res.replace(ACCURACY_TABLE, accuracy_rows)
+        unstable = [r["case"] for r in rows if r.get("unstable")]
+        res.write_meta({**meta, "unstable_cases": unstable, "reps_stopped": rows[0].get("reps_stopped")})
+        warn_unstable(warn, unstable)
+        from qgsa_bench.report import budget_markdown
+
+        res.render("table.md", lambda budget, accuracy, meta: budget_markdown(
+            budget, meta, accuracy if accuracy_rows else None), BUDGET_TABLE, ACCURACY_TABLE)
+    return res.out
+
+
+def budget_rule(unit: str) -> str:
+    """How budgets are counted, as meta.json says it."""
+    return (("visual tokens reaching the LM (in-LM selectors: kept after the last cut; visual_tokens_layer_avg "
+             "beside)" if unit == "tokens" else
+             "visual tokens reaching the LM; for in-LM selectors averaged over the LM's layers (k: kept after the "
+             "last cut)") + "; qgsa/random/norm without @: k patches through the QGSA module's projection")
+
+
+def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: dict) -> None:
+    """Each case's row gains its budget, share, selector description, weights and FLOPs share of dense."""
     dense_flops = next((r.get("flops_total") for r in rows if r["pipeline"] == "dense"), None)
     for case, row in zip(cases, rows):
-        own = cfg.checkpoints.get(_selector_name(case.pipeline))
+        own = cfg.checkpoints.get(case.run.spec.selector.name)
         budget = n_dense if case.k is None else int(case.label.rpartition("k=")[2])
         row.update({"budget": budget, "budget_share": budget / n_dense, "budget_unit": cfg.budget_unit,
-                    **describe(pipe, case.pipeline), "model": m.model, "weights": built.loaded.weights,
-                    "qgsa_weights": f"checkpoint:{own}" if own else built.qgsa_weights, "device": meta["device"],
-                    "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens})
+                    **describe(case.run), **base,
+                    "qgsa_weights": f"checkpoint:{own}" if own else built.qgsa_weights})
         if dense_flops and row.get("flops_total") is not None:
             row["flops_share_of_dense"] = row["flops_total"] / dense_flops
-    accuracy_rows = _accuracy(built, cases, rows, data, resolution, cfg, progress) if data else []
-    replace_rows(out / BUDGET_CSV, rows, BUDGET_COLUMNS)
-    replace_rows(out / "comparisons.csv", pairs, COMPARISON_COLUMNS)
-    if accuracy_rows:
-        replace_rows(out / ACCURACY_CSV, accuracy_rows, ACCURACY_COLUMNS)
-    unstable = [r["case"] for r in rows if r.get("unstable")]
-    write_meta(out, {**meta, "unstable_cases": unstable, "reps_stopped": rows[0].get("reps_stopped")})
-    if unstable and warn:
-        warn(f"{len(unstable)} case(s) timed unstably ({', '.join(unstable[:4])}{', ...' if len(unstable) > 4 else ''}"
-             "): rerun with more --reps or --reps auto, on a quieter machine")
-    from qgsa_bench.report import budget_markdown
-
-    (out / "table.md").write_text(budget_markdown(read_rows(out / BUDGET_CSV), read_meta(out),
-                                                  read_rows(out / ACCURACY_CSV) if accuracy_rows else None))
-    return out
-
-
-def _with_pipe(built, pipe):
-    """`built` evaluating through `pipe` (a selector's own QGSA checkpoint on the same base)."""
-    from dataclasses import replace
-
-    return built if pipe is built.pipeline else replace(built, pipeline=pipe, module=pipe.module)
 
 
 def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress) -> list[dict]:
     """Every case evaluated on the data set (per-sample scoring of evaluate.py), summarised per scope."""
-    from qgsa_bench.evaluate import evaluate_pipeline, summary_rows, warm_up
+    from qgsa_bench.evaluate import evaluate_run, summary_rows, warm_up
 
     m = cfg.measure
     ecfg = EvalConfig(model=m.model, dataset=data.name, batch=cfg.eval_batch, max_new_tokens=cfg.max_new_tokens,
                       seed=m.seed)
-    warm_up(built, ["dense"], data, resolution, ecfg)
+    warm_up([built.run("dense")], data, resolution, ecfg)
     out, dense = [], {}
     for case, row in zip(cases, rows):
         ecfg.k = case.k
-        with case.pipe.same_draws():
-            records = evaluate_pipeline(_with_pipe(built, case.pipe), case.pipeline, data, resolution, ecfg, progress)
+        with case.run.engine.same_draws():
+            records = evaluate_run(case.run, data, resolution, ecfg, progress)
         for summary in summary_rows(records, case.pipeline):
             key = (summary["scope"], summary["question_type"])
             if case.pipeline == "dense":

@@ -1,4 +1,4 @@
-"""Compiled runs: the same pipeline with its vision encoder and language model under `torch.compile`.
+"""Compiled runs: the same engine with its vision encoder and language model under `torch.compile`.
 
 `--compile MODE` measures every pipeline twice in one sweep, eager and compiled (`{case}+{MODE}`), in the
 same alternating rounds. MODE is torch.compile's: `default` (Inductor kernels), `reduce-overhead` (on a
@@ -27,22 +27,23 @@ def check_compile(mode: str, warmup: int) -> None:
         raise QGSAError("--compile needs --warmup 1 or more: the first run of a compiled case compiles it")
 
 
-def compiled_pipeline(pipe, mode: str):
-    """A copy of `pipe` whose adapter runs torch.compile'd vision and LM layers (the layer-by-layer run
-    calls them one by one, so each layer is compiled; the QGSA module, embeddings, connector and LM head
-    stay eager: small). `.eager` is the pipeline it was made from."""
+def compiled_engine(engine, mode: str):
+    """A copy of `engine` (run.stages.Engine) whose adapter runs torch.compile'd vision and LM layers (the
+    layer-by-layer run calls them one by one, so each layer is compiled; the QGSA module, embeddings,
+    connector and LM head stay eager: small). It shares the engine's generator; `.eager` is the engine it
+    was made from."""
     import torch
 
     def compile_all(layers):
         return [torch.compile(layer, mode=mode, dynamic=True) for layer in layers]
 
-    adapter = copy.copy(pipe.adapter)
-    adapter.vision_layers = compile_all(pipe.adapter.vision_layers)
-    adapter.lm = copy.copy(pipe.adapter.lm)
-    adapter.lm.layers = compile_all(pipe.adapter.lm.layers)
-    compiled = copy.copy(pipe)
+    adapter = copy.copy(engine.adapter)
+    adapter.vision_layers = compile_all(engine.adapter.vision_layers)
+    adapter.lm = copy.copy(engine.adapter.lm)
+    adapter.lm.layers = compile_all(engine.adapter.lm.layers)
+    compiled = copy.copy(engine)
     compiled.adapter = adapter
-    compiled.eager = pipe
+    compiled.eager = engine
     return compiled
 
 

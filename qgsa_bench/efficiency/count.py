@@ -22,10 +22,13 @@ from pathlib import Path
 import torch
 
 from qgsa_bench import QGSAError
-from qgsa_bench.efficiency.depth import build_at_depth, count_scaled
+from qgsa_bench.driver import Results, Table
+from qgsa_bench.efficiency.depth import build_at_depth, count_scaled, plan_for
 from qgsa_bench.efficiency.flops import count_flops
-from qgsa_bench.pipeline import check_pipeline
-from qgsa_bench.results import holds_out_folder, replace_rows, write_meta
+from qgsa_bench.efficiency.runner import FLOP_CONVENTION
+from qgsa_bench.results import run_meta
+from qgsa_bench.run.lm import tokens_for_layer_average
+from qgsa_bench.run.spec import parse_specs
 
 FLOPS_CSV = "flops.csv"
 # Published vision-tower counts (multiply-adds) for the towers of the shipped presets, with their source.
@@ -40,6 +43,7 @@ COLUMNS = ["model", "weights", "resolution", "pipeline", "budget", "budget_unit"
            "flops_prefill", "flops_decode_per_token", "flops_lm_head", "flops_prefill_attention",
            "attn_visual_flops", "flops_total", "flops_share_of_dense", "flops_saved_pct", "lm_depth", "copies",
            "unsupported_ops"]
+FLOPS_TABLE = Table(FLOPS_CSV, tuple(COLUMNS), ("pipeline", "budget"))
 
 
 @dataclass
@@ -55,6 +59,13 @@ class CountConfig:
     by_depth: str = "auto"  # auto | yes | no
     budget_unit: str = "tokens"  # or "layer-avg": in-LM selectors' budgets averaged over the LM's layers
     out: str = "results/count"
+
+    def __post_init__(self):
+        if self.by_depth not in ("auto", "yes", "no"):
+            raise QGSAError(f"--by-depth must be auto, yes or no, got '{self.by_depth}'")
+        if self.budget_unit not in ("tokens", "layer-avg"):
+            raise QGSAError(f"--budget-unit must be tokens or layer-avg, got '{self.budget_unit}'")
+        self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field)
 
 
 def analytic_prefill(text_config, n: int, batch: int = 1) -> int:
@@ -103,94 +114,92 @@ def _fits(model: str) -> bool:
     return free is None or params * 4 < 0.5 * free
 
 
-@holds_out_folder
 def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
     from qgsa_bench.models.registry import load_preset
 
-    if cfg.by_depth not in ("auto", "yes", "no"):
-        raise QGSAError(f"--by-depth must be auto, yes or no, got '{cfg.by_depth}'")
-    for name in cfg.pipelines:
-        check_pipeline(name)
     preset = load_preset(cfg.model)  # a registry name: the copies are built from its preset
     scale = cfg.by_depth == "yes" or (cfg.by_depth == "auto" and not _fits(cfg.model))
     probe = build_at_depth(cfg.model, 1)
-    a = probe.adapter
-    resolution = cfg.resolution or a.image_size
-    n_dense = a.n_dense_tokens(resolution)
+    resolution = cfg.resolution or probe.adapter.image_size
+    n_dense = probe.adapter.n_dense_tokens(resolution)
     bad = [b for b in cfg.budgets if not 1 <= b <= n_dense]
     if bad:
         raise QGSAError(f"budget {bad[0]} visual tokens is impossible: pick 1 <= budget <= {n_dense} "
                         f"(the dense visual tokens at {resolution} px)")
-    from qgsa_bench.efficiency.depth import plan_for
-    from qgsa_bench.run import tokens_for_layer_average
-
-    if cfg.budget_unit not in ("tokens", "layer-avg"):
-        raise QGSAError(f"--budget-unit must be tokens or layer-avg, got '{cfg.budget_unit}'")
     full_depth = preset["config"]["text_config"]["num_hidden_layers"]
-    given = [(p, None) if p in ("dense", "dense-bypass") else (p, b) for p in cfg.pipelines
-             for b in (cfg.budgets if p not in ("dense", "dense-bypass") else (None,))]
+    vdepth = probe.adapter.vision_depth
+    given, cases = _cases(cfg, probe, resolution, n_dense, full_depth)
+    settings = {"model": cfg.model, "resolution": resolution, "batch": cfg.batch, "decode_tokens": cfg.decode_tokens,
+                "question": cfg.question, "budgets": list(cfg.budgets), "budget_unit": cfg.budget_unit,
+                "pipelines": list(cfg.pipelines)}
+    with Results(cfg.out, "count-flops", settings) as res:
+        vision = vision_crosscheck(probe, resolution)
+        meta = {**run_meta(probe), "model": cfg.model, "model_source": preset.get("hub_id") or f"preset:{cfg.model}",
+                "weights": "random", "dense_visual_tokens": n_dense,
+                "counting": ("LM counted on depth-reduced copies and scaled exactly (efficiency/depth.py)" if scale
+                             else "LM counted at its full depth"), "flop_convention": FLOP_CONVENTION}
+        meta.pop("architecture_hash", None)
+        meta = res.write_meta(meta)
+        del probe
+        if progress:
+            copies = len(cases) if not scale else sum(len(plan_for(p, k, full_depth, vdepth).cuts) + 2
+                                                      for p, k in cases)
+            progress(f"{len(cases)} cases, {copies} counts", -copies)
+        rows = count_scaled(cfg.model, cases, resolution, cfg.batch, cfg.question, cfg.decode_tokens,
+                            progress=progress, direct=not scale, vision_depth=vdepth)
+        dense = next((r for r in rows if r["pipeline"] == "dense"), None)
+        for row, (_, budget) in zip(rows, given):
+            row.update({"budget": budget, "budget_unit": cfg.budget_unit, "model": cfg.model,
+                        "weights": "random (counted: FLOPs do not depend on weight values)",
+                        "resolution": resolution, "budget_share": (budget or n_dense) / n_dense})
+            if dense:
+                row["flops_share_of_dense"] = row["flops_total"] / dense["flops_total"]
+                row["flops_saved_pct"] = 100 * (1 - row["flops_share_of_dense"])
+        checks = {"vision": vision}
+        if dense:
+            checks["lm_prefill"] = prefill_crosscheck(build_text_config(cfg.model), dense, cfg.batch)
+        res.replace(FLOPS_TABLE, rows)
+        res.path("crosscheck.json").write_text(json.dumps(checks, indent=1) + "\n")
+        meta = res.write_meta({**meta, "crosscheck": checks})
+        from qgsa_bench.report import count_markdown
 
-    def kept(p, b):  # the run's budget: visual tokens after the last cut
-        cuts = plan_for(p, b, full_depth, a.vision_depth).cuts
+        res.path("table.md").write_text(count_markdown(rows, meta))
+    return res.out
+
+
+def _cases(cfg: CountConfig, probe, resolution: int, n_dense: int, full_depth: int):
+    """(every (spec, budget) as given, every (spec, k) as the run takes it: in-LM layer averages converted to
+    tokens after the last cut). Bad points and budgets raise here, before any work (in-LM cuts against the
+    full depth)."""
+    vdepth = probe.adapter.vision_depth
+    given = [(s, None) if s.selector.keeps_all else (s, b) for s in cfg.specs
+             for b in ((None,) if s.selector.keeps_all else cfg.budgets)]
+
+    def kept(spec, b):  # the run's budget: visual tokens after the last cut
+        cuts = plan_for(spec, b, full_depth, vdepth).cuts
         if b is None or cfg.budget_unit == "tokens" or not cuts:
             return b
         return tokens_for_layer_average(b, n_dense, cuts, full_depth)
 
-    cases = [(p, kept(p, b)) for p, b in given]
-    for p, k in cases:  # bad points and budgets before any work (in-LM cuts against the full depth)
-        if not plan_for(p, k, full_depth, a.vision_depth).cuts:
-            probe.pipeline.resolution_for(p, resolution, k)
-    vision = vision_crosscheck(probe, resolution)
-    from qgsa_bench.results import run_meta
+    cases = [(s, kept(s, b)) for s, b in given]
+    for spec, k in cases:
+        if not plan_for(spec, k, full_depth, vdepth).cuts:
+            probe.run(spec).resolution(resolution, k)
+    return given, cases
 
-    settings = {"model": cfg.model, "resolution": resolution, "batch": cfg.batch, "decode_tokens": cfg.decode_tokens,
-                "question": cfg.question, "budgets": list(cfg.budgets), "budget_unit": cfg.budget_unit,
-                "pipelines": list(cfg.pipelines)}
-    meta = {**run_meta(probe, "count-flops", settings), "model": cfg.model,
-            "model_source": preset.get("hub_id") or f"preset:{cfg.model}", "weights": "random",
-            "dense_visual_tokens": n_dense,
-            "counting": ("LM counted on depth-reduced copies and scaled exactly (efficiency/depth.py)" if scale
-                         else "LM counted at its full depth"),
-            "flop_convention": "fvcore: one multiply-add = one FLOP; attention over the full Lq x Lk"}
-    meta.pop("architecture_hash", None)
-    out = Path(cfg.out)
-    write_meta(out, meta)
-    vdepth = a.vision_depth
-    del probe, a
-    if progress:
-        copies = len(cases) if not scale else sum(len(plan_for(p, k, full_depth, vdepth).cuts) + 2 for p, k in cases)
-        progress(f"{len(cases)} cases, {copies} counts", -copies)
-    rows = count_scaled(cfg.model, cases, resolution, cfg.batch, cfg.question, cfg.decode_tokens,
-                        progress=progress, direct=not scale, vision_depth=vdepth)
-    text_config = build_text_config(cfg.model)
-    dense = next((r for r in rows if r["pipeline"] == "dense"), None)
-    for row, (_, budget) in zip(rows, given):
-        row.update({"budget": budget, "budget_unit": cfg.budget_unit, "model": cfg.model, "weights": "random (counted: FLOPs do not depend on weight values)",
-                    "resolution": resolution,
-                    "budget_share": (budget or n_dense) / n_dense})
-        if dense:
-            row["flops_share_of_dense"] = row["flops_total"] / dense["flops_total"]
-            row["flops_saved_pct"] = 100 * (1 - row["flops_share_of_dense"])
-    prompt = dense["prompt_tokens"] if dense else None
-    checks = {"vision": vision}
-    if dense:
-        analytic = analytic_prefill(text_config, prompt, cfg.batch)
-        difference = dense["flops_prefill"] - analytic
-        hd = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
-        rotary = cfg.batch * (hd // 2) * prompt  # the rotary angles inv_freq x positions, where a matmul computes them
-        checks["lm_prefill"] = {"prompt_tokens": prompt, "counted": dense["flops_prefill"], "analytic": analytic,
-                                "difference": difference,
-                                "explained": ("exact" if difference == 0 else
-                                              "the rotary angles' matmul (this transformers release computes "
-                                              "inv_freq x positions with @, which fvcore counts)"
-                                              if difference == rotary else "unexplained")}
-    replace_rows(out / FLOPS_CSV, rows, COLUMNS)
-    (out / "crosscheck.json").write_text(json.dumps(checks, indent=1) + "\n")
-    write_meta(out, {**meta, "crosscheck": checks})
-    from qgsa_bench.report import count_markdown
 
-    (out / "table.md").write_text(count_markdown(rows, {**meta, "crosscheck": checks}))
-    return out
+def prefill_crosscheck(text_config, dense: dict, batch: int) -> dict:
+    """The counted dense prefill against `analytic_prefill` for its prompt, and what explains a difference."""
+    prompt = dense["prompt_tokens"]
+    analytic = analytic_prefill(text_config, prompt, batch)
+    difference = dense["flops_prefill"] - analytic
+    hd = getattr(text_config, "head_dim", None) or text_config.hidden_size // text_config.num_attention_heads
+    rotary = batch * (hd // 2) * prompt  # the rotary angles inv_freq x positions, where a matmul computes them
+    return {"prompt_tokens": prompt, "counted": dense["flops_prefill"], "analytic": analytic,
+            "difference": difference,
+            "explained": ("exact" if difference == 0 else
+                          "the rotary angles' matmul (this transformers release computes inv_freq x positions "
+                          "with @, which fvcore counts)" if difference == rotary else "unexplained")}
 
 
 def build_text_config(model: str):

@@ -15,13 +15,13 @@ exactly the count of the model at its real depth, with and without cuts.
 from __future__ import annotations
 
 import gc
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from qgsa_bench import QGSAError
 from qgsa_bench.efficiency.measure import Case, count_stage_flops
-from qgsa_bench.pipeline import selector_spec
+from qgsa_bench.run.spec import Spec, parse_spec
 from qgsa_bench.selectors.base import Point
 
 LINEAR_KEYS = ("flops_prefill", "flops_decode_per_token", "flops_prefill_attention", "attn_visual_flops")
@@ -33,7 +33,7 @@ def build_at_depth(name: str, depth: int, dtype=torch.float32, seed: int = 0):
     from qgsa_bench.build import Built, new_module
     from qgsa_bench.models import adapter_for
     from qgsa_bench.models.registry import _package, _preset_config, _random_model, load_preset
-    from qgsa_bench.pipeline import Pipeline
+    from qgsa_bench.run.stages import Engine
 
     preset = load_preset(name)
     config = _preset_config(preset)
@@ -43,48 +43,50 @@ def build_at_depth(name: str, depth: int, dtype=torch.float32, seed: int = 0):
     loaded = _package(f"{name}@{depth}-layers", f"preset:{name} (LM depth {depth})", "random", model, None, preset)
     adapter = adapter_for(loaded)
     module = new_module(adapter, None, seed).to(dtype).eval()
-    return Built(loaded, adapter, module, Pipeline(adapter, module, seed), torch.device("cpu"), dtype,
+    return Built(loaded, adapter, module, Engine(adapter, module, seed), torch.device("cpu"), dtype,
                  f"random-init (seed {seed})")
 
 
 @dataclass
 class Plan:
-    """What to count: a pipeline with its LM cuts on the full model (empty for no in-LM selection)."""
+    """What to count: a spec with its LM cuts on the full model (empty for no in-LM selection)."""
 
-    pipeline: str
+    spec: Spec
     k: int | None
     cuts: tuple[int, ...] = ()
+
+    @property
+    def pipeline(self) -> str:
+        return self.spec.text
 
     def segments(self, depth: int) -> list[int]:
         edges = [0, *self.cuts, depth]
         return [b - a for a, b in zip(edges, edges[1:])]
 
-    def copy(self, extra: int | None = None) -> tuple[int, str]:
-        """(depth, pipeline spec) of the copy with one layer per segment (+1 in segment `extra`)."""
+    def copy(self, extra: int | None = None) -> tuple[int, Spec]:
+        """(depth, spec) of the copy with one layer per segment (+1 in segment `extra`)."""
         S = len(self.cuts)
         sizes = [1] * (S + 1)
         if extra is not None:
             sizes[extra] += 1
         if not S:
-            return sizes[0], self.pipeline
-        cuts = [sum(sizes[:j + 1]) for j in range(S)]
-        base = self.pipeline.split("@")[0]
-        return sum(sizes), f"{base}@lm:{','.join(map(str, cuts))}"
+            return sizes[0], self.spec
+        cuts = tuple(sum(sizes[:j + 1]) for j in range(S))
+        point = Point("lm", cuts)
+        return sum(sizes), replace(self.spec, text=f"{self.spec.selector.name}@{point}", point=point)
 
 
-def plan_for(pipeline: str, k: int | None, full_depth: int, vision_depth: int) -> Plan:
-    spec = selector_spec(pipeline)
-    if spec is None:
-        return Plan(pipeline, k)
+def plan_for(spec: Spec, k: int | None, full_depth: int, vision_depth: int) -> Plan:
+    """The cuts of `spec` (parsed, unbound) on a model with `full_depth` LM layers; QGSAError if outside."""
     point = spec.point or spec.selector.default_point(vision_depth, full_depth)
     if point.kind != "lm":
-        return Plan(pipeline, k)
+        return Plan(spec, k)
     if not all(1 <= K < full_depth for K in point.layers):
-        raise QGSAError(f"{pipeline}: cuts {point} outside the LM's {full_depth} layers")
-    return Plan(f"{spec.selector.name}@{Point('lm', point.layers)}", k, point.layers)
+        raise QGSAError(f"{spec.text}: cuts {point} outside the LM's {full_depth} layers")
+    return Plan(replace(spec, point=point), k, point.layers)
 
 
-def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int, batch: int = 1,
+def count_scaled(name: str, cases: list[tuple[Spec, int | None]], resolution: int, batch: int = 1,
                  question: str = "What is shown in the image?", decode_tokens: int = 8, image=None,
                  progress=None, full_depth: int | None = None, direct: bool = False,
                  vision_depth: int | None = None) -> list[dict]:
@@ -97,11 +99,11 @@ def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int
     config = load_preset(name)["config"]
     full = full_depth or config["text_config"]["num_hidden_layers"]
     vdepth = vision_depth if vision_depth is not None else build_at_depth(name, 1).adapter.vision_depth
-    plans = [plan_for(p, k, full, vdepth) for p, k in cases]
+    plans = [plan_for(parse_spec(p), k, full, vdepth) for p, k in cases]
     needed: dict[int, list[tuple[int, str]]] = {}  # copy depth -> [(plan index, spec)]
     for i, plan in enumerate(plans):
         if direct:  # the model itself, at its full depth: one count per case
-            needed.setdefault(full, []).append((i, cases[i][0], None))
+            needed.setdefault(full, []).append((i, plan.spec, None))
             continue
         for extra in [None, *range(len(plan.cuts) + 1)]:
             depth, spec = plan.copy(extra)
@@ -111,24 +113,24 @@ def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int
     questions = [question] * batch
     for depth in sorted(needed):
         built = build_at_depth(name, depth)
-        pipe = built.pipeline
         for i, spec, extra in needed[depth]:
             k = plans[i].k
-            res = pipe.resolution_for(spec, resolution, k)
-            px = built.adapter.pixel_values(images, res)
-            counts[(i, extra)] = count_stage_flops(Case(spec, spec, pipe, k), px, questions, decode_tokens,
+            run = built.run(spec)
+            px = built.adapter.pixel_values(images, run.resolution(resolution, k))
+            counts[(i, extra)] = count_stage_flops(Case(spec.text, run, k), px, questions, decode_tokens,
                                                    lm_only=extra is not None)
+            counts[(i, extra)].pop("trace")
             if extra is None:
-                counts[(i, "shape")] = _shape(plans[i], pipe, spec, images, questions, resolution, full)
+                counts[(i, "shape")] = _shape(plans[i], run, images, questions, resolution, full)
             if progress:
                 progress(f"counted {plans[i].pipeline} k={k} on a {depth}-layer copy", 1)
-        del built, pipe
+        del built
         gc.collect()
     rows = []
     for i, plan in enumerate(plans):
         base = counts[(i, None)]
         segs = [] if direct else plan.segments(full)  # direct: the count is the full model's already
-        row = {"pipeline": cases[i][0], "k": plan.k, "lm_depth": full,
+        row = {"pipeline": plan.pipeline, "k": plan.k, "lm_depth": full,
                "copies": str(full) if direct else ";".join(str(plan.copy(e)[0]) for e in [None, *range(len(segs))])}
         # F(full) = F(R) + sum_j (l_j - 1) (F(R_j) - F(R)); no segments: F(R) itself
         for key in FIXED_KEYS:
@@ -143,12 +145,12 @@ def count_scaled(name: str, cases: list[tuple[str, int | None]], resolution: int
     return rows
 
 
-def _shape(plan: Plan, pipe, spec: str, images, questions, resolution: int, full: int) -> dict:
+def _shape(plan: Plan, run, images, questions, resolution: int, full: int) -> dict:
     """Visual tokens entering the LM, their average over the full model's layers, and the prompt length."""
-    from qgsa_bench.run import layer_average
+    from qgsa_bench.run.lm import layer_average
 
-    with pipe.same_draws():
-        prepared = pipe.lm_inputs(spec, images, questions, resolution, plan.k)
+    with run.engine.same_draws():
+        prepared = run.prepare(images, questions, resolution, plan.k)
     n_vis = float(prepared.inputs.n_visual.float().mean())
     if plan.cuts:  # the full model's schedule: segment lengths times the tokens each segment holds
         kept = [n_vis] + [float(b.float().mean()) for b in prepared.inputs.plan.budgets]

@@ -13,44 +13,48 @@ Stages, the same code for counting and timing:
   decode    one cached LM step + LM head, per generated token (the first token comes from prefill)
 End to end = vision + select + connector + prefill + (T - 1) decode steps for T generated tokens.
 Decoding is forced to T tokens (no early stop) so that every pipeline does the same work.
-Image preprocessing (PIL resize, normalisation) is done once outside the timed region.
+Image preprocessing (PIL resize, normalisation) is done once outside the timed region. Timing and counting
+are the one run (run/stages.py) under a clock or a FLOP counter (run/observers.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
-from qgsa_bench.efficiency.flops import FlopCount, count_flops
+from qgsa_bench.efficiency.flops import count_flops
 from qgsa_bench.efficiency.timing import StageClock
-from qgsa_bench.pipeline import Pipeline
-from qgsa_bench.run import Encoded, kept_visual, layer_average
+from qgsa_bench.run.lm import kept_visual, layer_average
+from qgsa_bench.run.observers import Clock, FlopCounter
+from qgsa_bench.run.stages import Run
 
 STAGES = ("vision", "select", "connector", "prefill", "decode")
 
 
 @dataclass
 class Case:
-    """What is measured: a pipeline of `pipe` on a batch, with an optional fixed k."""
+    """What is measured: one run (a bound spec on an engine) on a batch, with an optional fixed k."""
 
     label: str
-    pipeline: str
-    pipe: Pipeline
+    run: Run
     k: int | None = None
-    compile: str = "none"  # the torch.compile mode of pipe's vision encoder and LM (compiled.py)
+    compile: str = "none"  # the torch.compile mode of the run's vision encoder and LM (compiled.py)
 
-
-def _forced_decode(adapter, logits, state, steps: int):
-    ids = logits.argmax(dim=-1)
-    for _ in range(steps):
-        ids = adapter.decode_step(ids, state).argmax(dim=-1)
-    return ids
+    @property
+    def pipeline(self) -> str:
+        return self.run.spec.text
 
 
 def clock_for(device) -> StageClock:
     """The stage clock of a device (tests replace it with one on fake CUDA events)."""
     return StageClock(device)
+
+
+def _stage_names(run: Run, values: dict, select: str, connector: str, dense_default=0) -> dict:
+    """The select stage of the dense path is its connector: reported under `connector`."""
+    dense = run.spec.is_dense
+    return {select: dense_default if dense else values["select"], connector: values["select"] if dense else 0}
 
 
 @torch.no_grad()
@@ -59,40 +63,25 @@ def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], deco
     """One timed end-to-end run. With `stages`, a mark at every stage boundary (CUDA events on the stream,
     no synchronisation until the end); without, only at the start and the end: the run as one region,
     nothing observed in between (`latency_ms` only; the stage fields are NaN)."""
-    pipe, a = case.pipe, case.pipe.adapter
-    clock = clock_for(a.device)
-    mark = clock.mark if stages else (lambda: None)
-    early = pipe.needs_early_question(case.pipeline)
-    clock.mark()
-    q = a.question_embedding(questions) if early else None
-    V = pipe.encode(case.pipeline, pixel_values, q, case.k)  # vision:L selection happens here
-    mark()
-    if not early:
-        q = None if case.pipeline == "dense" else a.question_embedding(questions)
-    tokens, valid, selection = pipe.visual_tokens(case.pipeline, V, q, case.k)
-    mark()
-    inputs = pipe.inputs(case.pipeline, tokens, valid, questions, q, case.k)
-    logits, state = a.prefill(inputs)  # in-LM selection happens here
-    mark()
-    layer_tokens = tuple(mask.shape[1] for mask in state.key_masks)
-    _forced_decode(a, logits, state, decode_tokens - 1)
-    clock.mark()
+    run = case.run
+    clock = clock_for(run.adapter.device)
+    result = run.execute(pixel_values, questions, case.k, decode_tokens, stop=False, observer=Clock(clock, stages))
     ms = clock.intervals_ms()
-    kept = kept_visual(inputs, selection)
     vision, select, prefill, decode = ms if stages else [float("nan")] * 4
-    dense = case.pipeline == "dense"
+    inputs = result.inputs
+    kept = None if run.spec.selector.keeps_all else kept_visual(inputs, result.selection)
     return {
         "vision_ms": vision,
-        "select_ms": 0.0 if dense else select,
-        "connector_ms": select if dense else 0.0,
+        **_stage_names(run, {"select": select}, "select_ms", "connector_ms", 0.0),
         "prefill_ms": prefill,
         "decode_ms_per_token": decode / max(decode_tokens - 1, 1),
         "latency_ms": sum(ms),
         "n_visual_tokens": float(inputs.n_visual.float().mean()),
-        "k": None if kept is None or case.pipeline == "dense-bypass" else float(kept.float().mean()),
-        "visual_tokens_layer_avg": layer_average(inputs, a.lm_depth),
+        "k": None if kept is None else float(kept.float().mean()),
+        "visual_tokens_layer_avg": layer_average(inputs, run.adapter.lm_depth),
         "prompt_tokens": int(inputs.attention_mask.shape[1]),
-        "layer_tokens": layer_tokens,  # each LM layer's sequence length in prefill (for the peers' formulas)
+        "layer_tokens": tuple(mask.shape[1] for mask in result.state.key_masks),  # each LM layer's length
+        "trace": result.trace,
     }
 
 
@@ -101,41 +90,20 @@ def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[st
                       lm_only: bool = False) -> dict:
     """fvcore FLOPs (multiply-adds) per stage for the whole batch, plus the unsupported ops seen.
     `lm_only`: count the LM stages only (vision and select reported as 0)."""
-    pipe, a = case.pipe, case.pipe.adapter
-    mods = [a.model, pipe.module]
-    q = a.question_embedding(questions)
-    with pipe.same_draws():  # the random baseline draws the same patches when timed
-        V = pipe.encode(case.pipeline, pixel_values, q, case.k)
-        if lm_only:  # the caller has the vision and selection counts (depth.py: the same in every copy)
-            vision = select = FlopCount(0)
-        else:
-            vision = count_flops(lambda px: _tensors(pipe.encode(case.pipeline, px, q, case.k)), pixel_values,
-                                 modules=mods)
-            select = count_flops(lambda q_: pipe.visual_tokens(case.pipeline, V, q_, case.k)[0], q, modules=mods)
-    tokens, valid, _ = pipe.visual_tokens(case.pipeline, V, q, case.k)
-    inputs = pipe.inputs(case.pipeline, tokens, valid, questions, q, case.k)
-    e, m, p = inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids
-    _, state = a.prefill(inputs)
+    run = case.run
+    a = run.adapter
+    counter = FlopCounter(run.engine, [a.model, run.module], lm_only)
+    result = run.execute(pixel_values, questions, case.k, max(decode_tokens, 1), stop=False, observer=counter)
+    c = counter.counts
+    inputs, state = result.inputs, result.state
+    e = inputs.inputs_embeds
     lengths = [mask.shape[1] for mask in state.key_masks]  # each LM layer's sequence (in-LM selection shrinks it)
-
-    def prefill(e_, m_, p_):
-        return a.prefill(replace(inputs, inputs_embeds=e_, attention_mask=m_, position_ids=p_))[0]
-
-    def prefill_and_step(e_, m_, p_, ids):
-        first, state_ = a.prefill(replace(inputs, inputs_embeds=e_, attention_mask=m_, position_ids=p_))
-        return first, a.decode_step(ids, state_)  # return both: the tracer drops unused outputs
-
-    pre = count_flops(prefill, e, m, p, modules=mods)
-    ids = torch.full((e.shape[0],), a.pad_id, dtype=torch.long, device=e.device)
-    step = count_flops(prefill_and_step, e, m, p, ids, modules=mods) - pre
-    head = count_flops(a.lm_head, e[:, -1:], modules=mods)
-    dense = case.pipeline == "dense"
+    head = count_flops(a.lm_head, e[:, -1:], modules=[a.model, run.module])
     flops = {
-        "flops_vision": vision.total,
-        "flops_select": 0 if dense else select.total,
-        "flops_connector": select.total if dense else 0,
-        "flops_prefill": pre.total,
-        "flops_decode_per_token": step.total,
+        "flops_vision": c["vision"].total,
+        **_stage_names(run, {"select": c["select"].total}, "flops_select", "flops_connector"),
+        "flops_prefill": c["prefill"].total,
+        "flops_decode_per_token": c["decode"].total,
         "flops_lm_head": head.total,
         # counted from the shapes, not read off one operator: eager attention traces to matmul, SDPA to its
         # own op, flash kernels to others; the column must not depend on which ran (equal to the SDPA handle)
@@ -144,11 +112,12 @@ def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[st
     flops["flops_total"] = (flops["flops_vision"] + flops["flops_select"] + flops["flops_connector"]
                             + flops["flops_prefill"] + (decode_tokens - 1) * flops["flops_decode_per_token"])
     unsupported = {}
-    for count in (vision, select, pre, step):
+    for count in (c["vision"], c["select"], c["prefill"], c["decode"]):
         for op, n in count.unsupported.items():
             unsupported[op] = unsupported.get(op, 0) + n
     flops["unsupported_ops"] = ";".join(sorted(unsupported))
     flops["attn_visual_flops"] = visual_attention_flops(a, inputs, decode_tokens, lengths, state.visual_per_layer)
+    flops["trace"] = result.trace
     return flops
 
 
@@ -194,10 +163,3 @@ def visual_attention_flops(adapter, inputs, decode_tokens: int, lengths=None, vi
         vis = float(inputs.n_visual.float().mean()) if vis != vis else vis  # NaN: no in-LM selection
         total += lm_attention_flops(adapter, n + decode_tokens - 1, round(vis * B), layers=1)
     return total
-
-
-def _tensors(encoded):
-    """The tensors of a vision-stage result (for tracing)."""
-    if isinstance(encoded, Encoded):
-        return tuple(t for t in (encoded.V, encoded.units, encoded.last_input) if t is not None)
-    return encoded

@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from qgsa_bench.driver import Table
 from qgsa_bench.efficiency import stats
 from qgsa_bench.efficiency.compiled import compilations
 from qgsa_bench.efficiency.measure import Case, count_stage_flops, peer_formulas, time_once
@@ -27,15 +28,42 @@ STAT_COLUMNS = ["latency_dispersion", "latency_outliers", "unstable", "speedup_v
                 "staged_latency_ms_median", "observation_cost_ms", "compile", "recompilations_timed"]
 THROUGHPUT_COLUMNS = ["throughput_images_per_s", "throughput_tokens_per_s"]
 COMPARISON_COLUMNS = ["batch", "resolution", "case_a", "case_b", "ratio", "ci_low", "ci_high", "verdict"]
+COMPARISONS_TABLE = Table("comparisons.csv", tuple(COMPARISON_COLUMNS), ("batch", "resolution", "case_a", "case_b"))
+STATISTICS_NOTE = ("latency: median, p10, p90 over the timed rounds; dispersion = 1.4826 MAD / median; unstable = "
+                   "dispersion > 10 % or > 10 % outliers (modified z > 3.5); speedup vs dense = ratio of medians "
+                   "with a 95 % percentile-bootstrap interval over paired rounds (2,000 resamples); comparisons.csv: "
+                   "every pair of cases")
+FLOP_CONVENTION = "fvcore: one multiply-add = one FLOP; attention counted over the full Lq x Lk"
 TIMED = ("latency_ms", "vision_ms", "select_ms", "connector_ms", "prefill_ms", "decode_ms_per_token")
 Progress = Callable[[str, int], None]  # (description, steps just finished)
 
 
-def paper_metrics(pipeline: str, n_patches: int, k: float | None) -> dict:
-    """The seed's own efficiency metrics over the N vision patches: 1 - k/N and N/k."""
-    if pipeline == "dense-bypass":
+def measure_meta(built, m) -> dict:
+    """What every timing command's meta.json says about how it measured (`m`: its MeasureConfig)."""
+    return {
+        "reps": m.reps, "warmup": m.warmup, "max_time_s": m.max_time, "statistics": STATISTICS_NOTE,
+        "flop_convention": FLOP_CONVENTION,
+        "timing": ("CUDA events at the stage boundaries, one synchronize per run; end to end also timed as one "
+                   "region (latency_ms); peak memory max_memory_allocated" if built.device.type == "cuda"
+                   else "time.perf_counter at the stage boundaries; peak memory not measured on CPU"),
+        "note": ("RANDOM weights: FLOPs and latency are those of the architecture; no accuracy here"
+                 if built.loaded.weights == "random" else "pretrained weights"),
+    }
+
+
+def warn_unstable(warn, unstable: list[str]) -> None:
+    """One warning naming the cases timed unstably (flagged in the tables too)."""
+    if unstable and warn:
+        warn(f"{len(unstable)} case(s) timed unstably ({', '.join(unstable[:4])}{', ...' if len(unstable) > 4 else ''}"
+             f": dispersion above 10 % or over 10 % outliers; flagged in the table): rerun with more --reps or "
+             f"--reps auto, on a quieter machine")
+
+
+def paper_metrics(spec, n_patches: int, k: float | None) -> dict:
+    """The seed's own efficiency metrics over the N vision patches: 1 - k/N and N/k (a bound run.spec.Spec)."""
+    if spec.selector.keeps_all and spec.patches:  # dense-bypass: all N patches
         return {"paper_flops_reduction": 0.0, "paper_theoretical_speedup": 1.0}
-    if pipeline == "dense" or not k:
+    if spec.is_dense or not k:
         return {"paper_flops_reduction": None, "paper_theoretical_speedup": None}
     return {"paper_flops_reduction": 1.0 - k / n_patches, "paper_theoretical_speedup": n_patches / k}
 
@@ -76,10 +104,10 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
     `reps`: timed rounds, or "auto": rounds until every pairwise interval is within 5 % (at least
     MIN_AUTO_ROUNDS, at most MAX_AUTO_ROUNDS) or the clock (`timing.now`) passes `deadline`.
     `flop_memo`: FLOPs already counted (see `stage_flops`), shared across calls by the caller."""
-    adapter = cases[0].pipe.adapter
+    adapter = cases[0].run.adapter
     pixels, rows = {}, []
     for case in cases:
-        res = case.pipe.resolution_for(case.pipeline, resolution, case.k)
+        res = case.run.resolution(resolution, case.k)
         if res not in pixels:
             pixels[res] = adapter.pixel_values(images, res)
         row = {"case": case.label, "pipeline": case.pipeline, "resolution": resolution,
@@ -93,11 +121,11 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
     case_pixels = [pixels[row["effective_resolution"]] for row in rows]
     rounds = _timing_rounds(cases, case_pixels, questions, reps, warmup, decode_tokens, deadline,
                             lambda text, steps: progress(f"{resolution}px: {text}", steps) if progress else None)
-    reference = next((i for i, c in enumerate(cases) if c.pipeline == "dense"), None)
+    reference = next((i for i, c in enumerate(cases) if c.run.spec.is_dense), None)
     for i, row in enumerate(rows):
         row.update(_case_statistics(cases[i], rounds, i, len(questions), decode_tokens))
         row["reps_stopped"] = rounds.stopped
-        row.update(paper_metrics(row["pipeline"], row["n_patches"], row["k"]))
+        row.update(paper_metrics(cases[i].run.spec, row["n_patches"], row["k"]))
         row.update(peer_formulas(adapter, row["prompt_tokens"], row["n_visual_tokens"], len(questions),
                                  row.pop("layer_tokens"), row["visual_tokens_layer_avg"]))
         if reference is not None and i != reference and row["n"] >= 2:
@@ -127,7 +155,7 @@ def _timing_rounds(cases: list[Case], pixels: list, questions: list[str], reps: 
     """Warm-up, then rounds in which every case runs once (order rotating), until `reps` rounds or, with
     "auto", until the intervals are precise enough, the deadline passes or MAX_AUTO_ROUNDS, judged only
     after whole rotations (a multiple of the number of cases), so that no case ran first more often."""
-    device = cases[0].pipe.adapter.device
+    device = cases[0].run.adapter.device
     cuda = device.type == "cuda"
     out = Rounds([[] for _ in cases], [0.0] * len(cases), [0] * len(cases), cuda=cuda)
     watch, auto, done = any(c.compile != "none" for c in cases), reps == "auto", 0
@@ -197,12 +225,15 @@ def stage_flops(case: Case, pixel_values, questions: list[str], decode_tokens: i
     """count_stage_flops, counted once per (pipeline, k, resolution, module): an A/A pair counts once, and a
     larger batch of the same image and question is the counted batch scaled exactly (every count is
     linear in the batch when the samples are identical: no padding differs)."""
-    eager = getattr(case.pipe, "eager", case.pipe)  # a compiled case does the eager case's arithmetic
+    engine = case.run.engine
+    eager = getattr(engine, "eager", engine)  # a compiled case does the eager case's arithmetic
     key = (case.pipeline, case.k, resolution, id(eager))
     batch = len(questions)
     if key not in memo:
-        eager_case = Case(case.label, case.pipeline, eager, case.k)
-        memo[key] = (batch, count_stage_flops(eager_case, pixel_values, questions, decode_tokens))
+        eager_case = Case(case.label, eager.run(case.run.spec), case.k)
+        counted = count_stage_flops(eager_case, pixel_values, questions, decode_tokens)
+        counted.pop("trace")
+        memo[key] = (batch, counted)
     counted_batch, counted = memo[key]
     if counted_batch == batch:
         return dict(counted)

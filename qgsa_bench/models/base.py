@@ -263,16 +263,31 @@ class VLMAdapter:
     def generate(self, inputs: LMInputs, max_new_tokens: int = 16) -> list[list[int]]:
         """Greedy decoding with KV cache; stops at an end token (per sample) or max_new_tokens."""
         logits, state = self.prefill(inputs)
-        B = inputs.attention_mask.shape[0]
+        return self.continue_greedy(logits, state, max_new_tokens)
+
+    @torch.no_grad()
+    def continue_greedy(self, logits: torch.Tensor, state: LMState, new_tokens: int,
+                        stop: bool = True) -> list[list[int]]:
+        """Greedy tokens after a prefill: the prefill's own (from `logits` (B, vocab)), then up to
+        new_tokens - 1 cached steps. `stop`: a sample stops at an end token and decoding stops when all have
+        (answering); without, every sample gets new_tokens tokens (timing: every run does the same work), as a
+        (B, new_tokens) tensor read by nobody until the caller wants it (no host synchronisation per step)."""
+        if not stop:
+            ids = [logits.argmax(dim=-1)]
+            for _ in range(new_tokens - 1):
+                ids.append(self.decode_step(ids[-1], state).argmax(dim=-1))
+            return torch.stack(ids, dim=1)
+        B = logits.shape[0]
         out: list[list[int]] = [[] for _ in range(B)]
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
-        for step in range(max_new_tokens):
+        for step in range(new_tokens):
             next_ids = logits.argmax(dim=-1)  # (B,)
             for b in range(B):
                 if not done[b]:
                     out[b].append(int(next_ids[b]))
-            done |= torch.tensor([int(t) in self.end_ids for t in next_ids], device=self.device)
-            if bool(done.all()) or step == max_new_tokens - 1:
+            if stop:
+                done |= torch.tensor([int(t) in self.end_ids for t in next_ids], device=self.device)
+            if bool(done.all()) or step == new_tokens - 1:
                 break
             logits = self.decode_step(next_ids, state)
         return out

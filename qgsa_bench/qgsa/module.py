@@ -6,7 +6,8 @@ import torch
 from torch import nn
 
 from qgsa_bench.qgsa.config import QGSAConfig
-from qgsa_bench.qgsa.selector import Selection, gather_patches, gumbel_selection, topk_selection
+from qgsa_bench.qgsa.gumbel import gumbel_selection
+from qgsa_bench.selectors.selection import Selection, gather_patches, topk_selection
 
 
 class PatchScorer(nn.Module):

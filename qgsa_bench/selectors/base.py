@@ -10,6 +10,11 @@ A selector keeps whole *units*: the patches of one dense visual token (s x s pat
 shuffle, one patch for LLaVA), so k kept units are exactly k visual tokens reaching the LM, each the
 token the dense model would build from them (in the LM: one unit = one visual token). A budget k is
 therefore counted in visual tokens reaching the LM, whatever the insertion point.
+
+Granularity: `token` (whole units, as above) everywhere; the seed paper's pipelines (`qgsa`, `random`,
+`norm` typed without `@`, and `dense-bypass`) select single *patches* after the encoder and project them
+with the QGSA module (`patch`). The same selector class serves both: the run hands it patches or units.
+Selectors register themselves by the names users type (`registry.register`).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Callable
 import torch
 
 from qgsa_bench import QGSAError
-from qgsa_bench.qgsa.selector import Selection, topk_selection
+from qgsa_bench.selectors.selection import Selection, topk_selection
 
 POINT_KINDS = ("input", "vision", "post-vision", "lm")
 
@@ -76,7 +81,10 @@ class SelectState:
 class Selector:
     """Base class. `name`: what users type; `paper`: where the method is described; `points`: the insertion
     point kinds it can sit at; `attention`: what attention it needs computed ('received' in the vision
-    encoder, 'last' = the last prompt token's in the LM, 'text' = every question token's in the LM)."""
+    encoder, 'last' = the last prompt token's in the LM, 'text' = every question token's in the LM).
+    `patch_form`: typed without `@`, the selector runs the seed paper's patch-level pipeline (post-vision,
+    single patches through the QGSA module's projection); `keeps_all`: nothing is dropped (dense,
+    dense-bypass); `uses_module`: it scores with the QGSA module (its checkpoint matters)."""
 
     name = ""
     paper = ""
@@ -84,6 +92,9 @@ class Selector:
     attention: str | None = None
     question_guided = False
     trainable = False
+    patch_form = False
+    keeps_all = False
+    uses_module = False
 
     def default_point(self, vision_depth: int, lm_depth: int) -> Point:
         return Point(self.points[0])

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.qgsa.selector import Selection, _pack
-from qgsa_bench.selectors.base import SelectState, Selector
+from qgsa_bench.selectors.base import Selector, SelectState
+from qgsa_bench.selectors.registry import register
+from qgsa_bench.selectors.selection import Selection, pack
 
 
 def max_min_diverse(x: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
@@ -36,6 +37,7 @@ def max_min_diverse(x: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tenso
     return torch.tensor(picked, dtype=torch.long, device=x.device)
 
 
+@register
 class DivPrune(Selector):
     name = "divprune"
     paper = "DivPrune, Alvar et al., CVPR 2025"
@@ -52,5 +54,5 @@ class DivPrune(Selector):
             rest = torch.ones(n, dtype=torch.bool, device=tokens.device)
             rest[picked] = False
             order[b] = torch.cat([picked, rest.nonzero().flatten()])
-        indices, valid = _pack(order, k)
+        indices, valid = pack(order, k)
         return Selection(indices, valid, k)

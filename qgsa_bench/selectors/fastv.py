@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.selectors.base import Point, SelectState, Selector
+from qgsa_bench.selectors.base import Point, Selector, SelectState
+from qgsa_bench.selectors.registry import register
 
 
+@register
 class FastV(Selector):
     name = "fastv"
     paper = "FastV, Chen et al., ECCV 2024"

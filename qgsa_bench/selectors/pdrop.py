@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.selectors.base import Point, SelectState, Selector, scaled_cuts
+from qgsa_bench.selectors.base import Point, Selector, SelectState, scaled_cuts
+from qgsa_bench.selectors.registry import register
 
 
+@register
 class PyramidDrop(Selector):
     name = "pdrop"
     paper = "PyramidDrop, Xing et al., CVPR 2025"

@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.selectors.base import Point, SelectState, Selector, scaled_cuts
+from qgsa_bench.selectors.base import Point, Selector, SelectState, scaled_cuts
+from qgsa_bench.selectors.registry import register
 
 
+@register
 class SparseVLM(Selector):
     name = "sparsevlm"
     paper = "SparseVLM, Zhang et al., ICML 2025"

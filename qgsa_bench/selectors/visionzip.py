@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.qgsa.selector import Selection, topk_selection
-from qgsa_bench.selectors.base import SelectState, Selector
+from qgsa_bench.selectors.base import Selector, SelectState
+from qgsa_bench.selectors.registry import register
+from qgsa_bench.selectors.selection import Selection, topk_selection
 
 CONTEXT_SHARE = 10 / 64
 
@@ -26,6 +27,7 @@ def contextual_count(k: int) -> int:
     return 0 if k < 2 else max(1, round(k * CONTEXT_SHARE))
 
 
+@register
 class VisionZip(Selector):
     name = "visionzip"
     paper = "VisionZip, Yang et al., CVPR 2025"

@@ -1,0 +1,224 @@
+"""The one stage sequence. Answering, timing and FLOP counting all call `Run.execute`; only the observer
+around the stages differs (observers.py: nothing, a clock, a FLOP counter), so what is timed, what is
+counted and what answers are the same run by construction.
+
+    question   q = mean-pooled LM embeddings (B, d_q), where the selector or its budget needs it
+    vision     pixel values (B, 3, R, R) -> V (B, N, d_v), or the units a vision:L selector kept
+    select     -> visual tokens (B, n, d_q) (post-vision selection; the dense connector)
+    prefill    prompt assembly + the LM over the prompt (an lm:K selector prunes between layers) -> logits
+    decode     greedy steps with the KV cache (stopping at an end token when answering; forced when timed)
+`Engine` holds one model adapter, the QGSA module and the generator random selectors draw from; `Run` is
+one bound spec on it. `Result` carries what a run produced and its trace (stage, visual tokens per sample).
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from qgsa_bench import QGSAError
+from qgsa_bench.models.base import LMInputs
+from qgsa_bench.run.lm import kept_visual, lm_plan
+from qgsa_bench.run.observers import Observer
+from qgsa_bench.run.post_vision import Visual, visual_tokens
+from qgsa_bench.run.spec import Spec, parse_spec
+from qgsa_bench.run.vision import Encoded, encode
+from qgsa_bench.selectors.selection import Selection
+
+STAGES = ("vision", "select", "prefill", "decode")
+
+
+class Engine:
+    """A model adapter, a QGSA module and the seeded generator of the random selectors."""
+
+    def __init__(self, adapter, module, seed: int = 0):
+        self.adapter = adapter
+        self.module = module
+        self.seed = seed
+        gen_device = "cpu" if adapter.device.type == "meta" else adapter.device  # meta: `qgsa info` only
+        self.generator = torch.Generator(device=gen_device).manual_seed(seed)
+
+    def run(self, spec: Spec | str) -> "Run":
+        """`spec` bound to this model (a string is parsed here, once)."""
+        return Run(self, parse_spec(spec))
+
+    def with_module(self, module) -> "Engine":
+        """The same model with another QGSA module (a selector's own checkpoint) and its own generator."""
+        return Engine(self.adapter, module, self.seed)
+
+    @contextmanager
+    def same_draws(self):
+        """Run something that draws from the random selectors' generator (a FLOP count, a warm-up) and
+        restore it, so the measured run draws the same as one without it."""
+        state = self.generator.get_state()
+        try:
+            yield
+        finally:
+            self.generator.set_state(state)
+
+
+@dataclass
+class Result:
+    """What one run produced. `inputs`: the LM's prompt (with its in-LM plan); `generated`: token ids per
+    sample (answering and timed runs); `trace`: (stage, visual tokens per sample) in stage order."""
+
+    spec: Spec
+    resolution: int  # the resolution the vision encoder ran at
+    n_patches: int  # N
+    inputs: LMInputs
+    selection: Selection | None
+    units: torch.Tensor | None = None  # (n, s^2) patches of each visual token (whole-token selectors)
+    generated: list[list[int]] | None = None
+    state: object | None = None  # the LM state after prefill (and decoding)
+    trace: list[tuple[str, list[int]]] = field(default_factory=list)
+
+    @property
+    def pipeline(self) -> str:
+        return self.spec.text
+
+    def kept(self, b: int) -> int | None:
+        """Visual tokens the selector kept for sample b (after its last in-LM cut); None without selection."""
+        if self.spec.selector.keeps_all:
+            return None
+        k = kept_visual(self.inputs, self.selection)
+        return None if k is None else int(k[b])
+
+    def selected_patches(self, b: int) -> list[int] | None:
+        """The patches (indices in [0, N)) behind sample b's kept visual tokens; None without selection."""
+        if self.spec.selector.keeps_all:
+            return None
+        plan = self.inputs.plan
+        selection = plan.records[-1] if plan is not None and plan.records else self.selection
+        if selection is None:
+            return None
+        picked = selection.indices[b][selection.valid[b]]
+        if self.units is None:
+            return picked.tolist()
+        return sorted(self.units[picked].flatten().tolist())
+
+
+class Run:
+    """One spec bound to one engine: the stage sequence (module docstring)."""
+
+    def __init__(self, engine: Engine, spec: Spec):
+        self.engine = engine
+        self.adapter = engine.adapter
+        self.module = engine.module
+        self.generator = engine.generator
+        self.spec = spec.bind(self.adapter.vision_depth, self.adapter.lm_depth)
+
+    @property
+    def label(self) -> str:
+        return self.spec.text
+
+    # ---- before any work ---------------------------------------------------------------------
+    def resolution(self, requested: int, k=None) -> int:
+        """The resolution the encoder runs at for `requested` px: whole connector units for whole-token
+        selectors and the dense path, the requested size for patch-level pipelines through W_vis, the size
+        giving k tokens for downsampling. Raises QGSAError for an impossible size or budget."""
+        a, spec = self.adapter, self.spec
+        a.n_patches(requested)  # validates R for every pipeline
+        if spec.point.kind == "input":
+            if k is None or torch.as_tensor(k).numel() != 1:
+                raise QGSAError("downsample needs one budget for the batch: give --k (visual tokens)")
+            k = int(torch.as_tensor(k))
+            n = a.n_dense_tokens(a.dense_resolution(requested))
+            if not 1 <= k <= n:
+                raise QGSAError(f"budget {k} visual tokens is impossible for downsample: pick 1 <= budget <= {n} "
+                                f"(the dense tokens at {a.dense_resolution(requested)} px)")
+            return a.resolution_for_tokens(k)
+        if spec.patches and (spec.selector.keeps_all or self.module.config.projection != "connector"):
+            return requested
+        return a.dense_resolution(requested)
+
+    def check(self, requested: int, k=None) -> int:
+        """`resolution`, plus a patch-level budget within 1..N: raises QGSAError before any work."""
+        res = self.resolution(requested, k)
+        if k is not None and self.spec.patches and not self.spec.selector.keeps_all:
+            n = self.adapter.n_patches(res)
+            k_list = torch.as_tensor(k).reshape(-1).tolist()
+            if min(k_list) < 1 or max(k_list) > n:
+                raise QGSAError(f"k={max(k_list) if max(k_list) > n else min(k_list)} is impossible: "
+                                f"pick 1 <= k <= N = {n} patches at resolution {res}")
+        return res
+
+    def needs_question(self, k=None) -> bool:
+        """q is computed when the selector reads the question or f_comp(q) must give the budget."""
+        sel = self.spec.selector
+        return not self.spec.is_dense and (sel.question_guided or sel.uses_module or k is None)
+
+    def default_budget(self, q: torch.Tensor, n: int) -> torch.Tensor:
+        """f_comp(q)'s k (Eq. 2), as QGSA would choose, counted in the items selected here, at most n."""
+        return self.module.budget(q)[0].clamp(max=n)
+
+    # ---- the stages ------------------------------------------------------------------------------
+    def question(self, questions: list[str]) -> torch.Tensor:
+        return self.adapter.question_embedding(questions)  # (B, d_q)
+
+    def encode(self, pixel_values: torch.Tensor, q: torch.Tensor | None, k=None) -> Encoded:
+        return encode(self, pixel_values, q, k)
+
+    def select(self, enc: Encoded, q: torch.Tensor | None, k=None, tau: float | None = None,
+               budget_grad: bool = True) -> Visual:
+        return visual_tokens(self, enc, q, k, tau, budget_grad)
+
+    def lm_inputs(self, visual: Visual, questions: list[str], q: torch.Tensor | None, k=None) -> LMInputs:
+        """The prompt around the visual tokens, with the in-LM selection plan where the point is lm:K."""
+        inputs = self.adapter.build_inputs(visual.tokens, questions, visual.valid)
+        if self.spec.point.kind == "lm":
+            n = int(inputs.n_visual.min())
+            inputs.plan = lm_plan(self.spec, inputs.n_visual, self.default_budget(q, n) if k is None else k,
+                                  self.generator)
+        return inputs
+
+    def execute(self, pixel_values: torch.Tensor, questions: list[str], k=None, new_tokens: int = 0,
+                stop: bool = True, observer: Observer | None = None) -> Result:
+        """Every stage once, in order, under `observer`. `new_tokens`: tokens to generate after prefill (0:
+        stop after prefill); `stop`: at each sample's end token (answering) or never (timing)."""
+        obs = observer or Observer()
+        early = self.spec.point.kind == "vision"
+        wants_q = self.needs_question(k)
+        obs.start()
+        q = self.question(questions) if early and wants_q else None
+        enc = obs.stage("vision", lambda px: self.encode(px, q, k), pixel_values)
+        if wants_q and q is None:
+            q = self.question(questions)
+        if q is not None:
+            visual = obs.stage("select", lambda q_: self.select(enc, q_, k), q)
+        else:
+            visual = obs.stage("select", lambda _: self.select(enc, None, k), pixel_values)
+        inputs = self.lm_inputs(visual, questions, q, k)
+        logits, state = obs.stage("prefill", lambda e, m, p: self.adapter.prefill(
+            replace(inputs, inputs_embeds=e, attention_mask=m, position_ids=p)),
+            inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids)
+        generated = obs.decode(self.adapter, logits, state, new_tokens, stop) if new_tokens else None
+        obs.finish()
+        if torch.is_tensor(generated):  # forced decoding (timing): read after the clock stopped
+            generated = generated.tolist()
+        N = self.adapter.n_patches(pixel_values.shape[-1])
+        units = None if self.spec.patches else self.adapter.unit_patches(N)
+        result = Result(self.spec, pixel_values.shape[-1], N, inputs, visual.selection, units, generated, state)
+        result.trace = [("vision", enc.kept()), ("select", visual.valid.sum(1).tolist()),
+                        ("prefill", [int(x) for x in kept_visual(inputs, visual.selection)]
+                         if inputs.plan is not None else inputs.n_visual.tolist())]
+        if new_tokens:  # the KV cache holds the visual tokens prefill kept
+            result.trace.append(("decode", result.trace[-1][1]))
+        return result
+
+    # ---- whole runs ------------------------------------------------------------------------------
+    def prepare(self, images, questions: list[str], resolution: int, k=None, new_tokens: int = 0) -> Result:
+        """Check the inputs, make the pixel values and execute (answering: `new_tokens` > 0)."""
+        if len(images) != len(questions):
+            raise QGSAError(f"{len(images)} images but {len(questions)} questions")
+        for question in questions:
+            if not question or not question.strip():
+                raise QGSAError("empty question: pass a non-empty --question")
+        res = self.check(resolution, k)
+        pixel_values = self.adapter.pixel_values(images, res)
+        return self.execute(pixel_values, questions, k, new_tokens)
+
+    def answer(self, images, questions: list[str], resolution: int, k=None, max_new_tokens: int = 16) -> Result:
+        """Greedy answers (stopping at each sample's end token) with everything `prepare` gives."""
+        return self.prepare(images, questions, resolution, k, new_tokens=max_new_tokens)
