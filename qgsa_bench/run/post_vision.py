@@ -16,9 +16,8 @@ from typing import NamedTuple
 
 import torch
 
-from qgsa_bench.run.lm import as_budget
 from qgsa_bench.run.vision import Encoded, kept_units, unit_mean
-from qgsa_bench.selectors.base import SelectState, check_budget
+from qgsa_bench.selectors.base import SelectState
 from qgsa_bench.selectors.selection import Selection, all_selection, gather_patches
 
 
@@ -65,11 +64,7 @@ def _unit_tokens(run, enc: Encoded, q, k, tau, budget_grad) -> Visual:
     units = a.unit_patches(N, V.device)
     X = V[:, units]  # (B, n, g, d_v)
     n = units.shape[0]
-    if k is None and not sel.trainable:
-        k = run.default_budget(q, n)
-    if k is not None:
-        k = as_budget(k, B, V.device)
-        check_budget(k, n, f"at post-vision ({n} visual tokens there)")
+    k = run.budget(k, q, n, B, V.device, f"at post-vision ({n} visual tokens there)")
     state = _state(run, X.mean(dim=2), q, patches=X, project=a.connect_units, tau=tau, budget_grad=budget_grad)
     if sel.attention == "received":
         state.attention = unit_mean(a.vision_attention_received(a.vision_depth - 1, enc.last_input), units)
@@ -90,7 +85,7 @@ def _patch_tokens(run, V: torch.Tensor, q, k, tau, budget_grad) -> Visual:
     if sel.keeps_all:  # dense-bypass
         selection = all_selection(B, N, V.device)
     else:
-        if k is None and not sel.trainable:
+        if k is None and not sel.trainable:  # f_comp(q)'s budget; the QGSA module predicts its own
             k = run.default_budget(q, N)
         selection = sel.select(_state(run, V, q, tau=tau, budget_grad=budget_grad), k)
     if module.config.projection == "connector":

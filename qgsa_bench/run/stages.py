@@ -20,11 +20,12 @@ import torch
 
 from qgsa_bench import QGSAError
 from qgsa_bench.models.base import LMInputs
-from qgsa_bench.run.lm import kept_visual, lm_plan
+from qgsa_bench.run.lm import as_budget, kept_visual, lm_plan
 from qgsa_bench.run.observers import Observer
 from qgsa_bench.run.post_vision import Visual, visual_tokens
 from qgsa_bench.run.spec import Spec, parse_spec
 from qgsa_bench.run.vision import Encoded, encode
+from qgsa_bench.selectors.base import check_budget
 from qgsa_bench.selectors.selection import Selection
 
 STAGES = ("vision", "select", "prefill", "decode")
@@ -148,6 +149,16 @@ class Run:
         """q is computed when the selector reads the question or f_comp(q) must give the budget."""
         sel = self.spec.selector
         return not self.spec.is_dense and (sel.question_guided or sel.uses_module or k is None)
+
+    def budget(self, k, q: torch.Tensor | None, n: int, B: int, device, where: str) -> torch.Tensor | None:
+        """The budget (B,) of a selection over n units: k as given, or f_comp(q)'s (`default_budget`); None
+        for a trainable selector that predicts its own. Raises QGSAError for k outside 1..n."""
+        if k is None and not self.spec.selector.trainable:
+            k = self.default_budget(q, n)
+        if k is not None:
+            k = as_budget(k, B, device)
+            check_budget(k, n, where)
+        return k
 
     def default_budget(self, q: torch.Tensor, n: int) -> torch.Tensor:
         """f_comp(q)'s k (Eq. 2), as QGSA would choose, counted in the items selected here, at most n."""

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from qgsa_bench.run.lm import as_budget
 from qgsa_bench.selectors.base import SelectState, check_budget
 from qgsa_bench.selectors.selection import Selection
 
@@ -74,11 +73,7 @@ def vision_from(run, h: torch.Tensor, h_in: torch.Tensor | None, q, k=None, tau=
     units = a.unit_patches(N, h.device)  # (n, g)
     X = h[:, P:][:, units]  # (B, n, g, d_v)
     n = units.shape[0]
-    if k is None and not sel.trainable:
-        k = run.default_budget(q, n)
-    if k is not None:
-        k = as_budget(k, B, h.device)
-        check_budget(k, n, f"at {point} ({n} visual tokens there)")
+    k = run.budget(k, q, n, B, h.device, f"at {point} ({n} visual tokens there)")
     state = SelectState(point, X.mean(dim=2), torch.ones(B, n, dtype=torch.bool, device=h.device), q=q,
                         patches=X, generator=run.generator, module=run.module)
     state.cache.update(tau=tau, budget_grad=budget_grad)
