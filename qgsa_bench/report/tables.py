@@ -1,0 +1,233 @@
+"""The Markdown tables, one builder per results CSV: Table 4 (sweep), Table 5 (ablate), Tables 1-2 (eval),
+Table 3 and the question pairs (grounding), selectors at equal budgets (budget), counted FLOPs (flops).
+
+Each writer calls its builder when it finishes (table4.md, table.md, ...); `qgsa report` calls them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from qgsa_bench.report.cells import (case_label, fmt, header, markdown_rows, short_commit, speedup_cell,
+                                     with_dense_comparison)
+
+TABLE4_NOTE = (
+    "FLOPs: fvcore's convention, one multiply-add = one FLOP; attention counted over the full "
+    "Lq×Lk rectangle. *Paper* columns are the seed's metrics over the N vision patches "
+    "(1−k/N, N/k); *measured* columns compare this row with the dense pipeline at the same "
+    "resolution, end to end (vision + selection/connector + prefill + decode). Dense runs at "
+    "the next multiple of patch×scale factor when the resolution is not one (see "
+    "`effective_resolution` in the CSV). Speedup: ratio of median latencies (dense / this row) with "
+    "a 95 % percentile-bootstrap interval over the paired, alternating rounds; where the interval "
+    "holds 1 no speedup is claimed; from fewer than 10 rounds the interval is optimistic (simulated "
+    "A/A pairs: 7.7 % called different at 5 rounds, 2.5 % at 10: benchmarks/aa_coverage.py). "
+    "⚠ unstable: robust dispersion above 10 % or over 10 % outliers (rerun with more --reps or "
+    "--reps auto on a quieter machine).")
+PEER_NOTE = (
+    "Formulas per LM layer, summed over layers, times the batch: FastV (Chen et al., ECCV 2024) "
+    "4nd² + 2n²d + 2ndm; with a gated 3-matrix FFN as LLaMA-family LMs have, 4nd² + 2n²d + 3ndm "
+    "(n prompt tokens, d LM width, m MLP width; multiply-adds). Both assume full-width K/V "
+    "projections and leave out the LM head; the counted column is fvcore's count of our prefill "
+    "(grouped-query K/V, norms, the head on the last position).")
+
+
+def table4_markdown(frame, meta: dict | None) -> str:
+    frame = with_dense_comparison(frame)
+    if "batch" not in frame:
+        frame = frame.assign(batch=(meta or {}).get("settings", {}).get("batch", 1))
+    frame = frame.assign(_case=[case_label(r) for _, r in frame.iterrows()]).sort_values(["batch", "resolution", "_case"])
+    lines = header(meta, "Efficiency by resolution (cf. the paper's Table 4)")
+    lines += markdown_rows(
+        ["Batch", "Resolution", "Pipeline", "N patches", "visual tokens to LM", "latency ms median [p10–p90]",
+         "measured speedup vs dense [95 % CI]", "images/s", "generated tokens/s", "paper FLOPs↓ (1−k/N)",
+         "paper speedup (N/k)", "end-to-end GFLOPs", "measured end-to-end FLOPs↓ vs dense",
+         "LM visual-attention FLOPs↓ vs dense"],
+        ([int(r["batch"]), f"{int(r['resolution'])}px", r["_case"], int(r["n_patches"]),
+          fmt(r["n_visual_tokens"], ".0f"),
+          f"{fmt(r['latency_ms_median'])} [{fmt(r.get('latency_ms_p10'))}–{fmt(r.get('latency_ms_p90'))}]",
+          speedup_cell(r), fmt(r.get("throughput_images_per_s"), ".2f"), fmt(r.get("throughput_tokens_per_s"), ".1f"),
+          fmt(100 * r["paper_flops_reduction"], ".1f", "%"), fmt(r["paper_theoretical_speedup"], ".1f", "×"),
+          fmt(r["flops_total"] / 1e9, ".2f"), fmt(100 * r["measured_flops_reduction"], ".1f", "%"),
+          fmt(100 * r["attn_visual_reduction"], ".1f", "%")] for _, r in frame.iterrows()))
+    lines += ["", TABLE4_NOTE]
+    if "formula_fastv_prefill" in frame:
+        lines += ["", "The peers' accounting (formulas, not counts; for mapping these rows onto published tables):", ""]
+        lines += markdown_rows(
+            ["Batch", "Resolution", "Pipeline", "prompt tokens n", "visual tokens entering the LM",
+             "visual tokens, mean over LM layers", "FastV formula, prefill GFLOPs (2ndm FFN)",
+             "3-matrix FFN formula (3ndm)", "counted prefill GFLOPs (fvcore)"],
+            ([int(r["batch"]), f"{int(r['resolution'])}px", r["_case"], fmt(r.get("prompt_tokens"), ".0f"),
+              fmt(r["n_visual_tokens"], ".1f"), fmt(r.get("visual_tokens_layer_avg"), ".1f"),
+              fmt(r["formula_fastv_prefill"] / 1e9, ".3f"), fmt(r["formula_ffn3_prefill"] / 1e9, ".3f"),
+              fmt(r.get("flops_prefill", float("nan")) / 1e9, ".3f")] for _, r in frame.iterrows()))
+        lines += ["", PEER_NOTE]
+    cost = frame.get("observation_cost_ms")
+    if cost is not None and cost.dropna().abs().max() > 0:
+        lines.append(f"Cost of observing stages (GPU: the run with CUDA events at the stage boundaries minus the "
+                     f"same run as one region, medians): {cost.min():.2f} to {cost.max():.2f} ms "
+                     f"(`observation_cost_ms` in the CSV).")
+    if meta and meta.get("reps_stopped"):
+        lines.append("Repetitions: " + "; ".join(f"{k}{'px' if str(k).isdigit() else ''}: {v}"
+                                                 for k, v in meta["reps_stopped"].items()) + ".")
+    unsupported = sorted({op for ops in frame.get("unsupported_ops", []).dropna() for op in str(ops).split(";") if op})
+    if unsupported:
+        lines.append(f"Ops fvcore could not count (not elementwise): {', '.join(unsupported)}.")
+    return "\n".join(lines) + "\n"
+
+
+def write_table4(frame, path: Path, meta: dict | None) -> Path:
+    Path(path).write_text(table4_markdown(frame, meta))
+    return Path(path)
+
+
+def table5_markdown(frame, meta: dict | None) -> str:
+    lines = header(meta, "Component ablation latency (cf. the paper's Table 5)")
+    lines += markdown_rows(
+        ["Configuration", "QGSA weights", "mean k", "latency ms median [p10–p90]", "speedup vs dense [95 % CI]",
+         "end-to-end GFLOPs", "accuracy (%)"],
+        ([f"{r.get('label', r['config'])} (`{r['config']}`)", r.get("qgsa_weights", "–"), fmt(r.get("k"), ".1f"),
+          f"{fmt(r['latency_ms_median'])} [{fmt(r['latency_ms_p10'])}–{fmt(r['latency_ms_p90'])}]",
+          speedup_cell(r), fmt(r.get("flops_total", float("nan")) / 1e9, ".2f"), fmt(r.get("accuracy"))]
+         for _, r in frame.iterrows()))
+    lines += ["", "Configurations without a checkpoint use the randomly initialised module (labelled "
+              "`random-init`): their latencies differ only by noise and by k, not by training. Speedup: "
+              "ratio of median latencies with a 95 % paired-bootstrap interval (as in Table 4)."]
+    if meta and isinstance(meta.get("reps_stopped"), str):
+        lines.append(f"Repetitions: {meta['reps_stopped']}.")
+    return "\n".join(lines) + "\n"
+
+
+def eval_markdown(frame, meta: dict | None) -> str:
+    meta = meta or {}
+    lines = header(meta, f"Accuracy on {meta.get('dataset', '?')} ({meta.get('split', '?')}) (cf. the paper's Tables 1-2)")
+    if meta.get("weights") == "random":
+        lines.append("**Accuracy with random weights is meaningless**: these rows test the plumbing only.\n")
+    lines += markdown_rows(
+        ["Pipeline", "n", "Accuracy (%)", "Δ vs dense (points)", "MC accuracy (%)", "mean k (± std)", "visual tokens",
+         "latency ms / query"],
+        ([r["pipeline"], int(r["n"]), accuracy_cell(r), fmt(r["delta_vs_dense_points"], "+.2f"),
+          fmt(r.get("mc_accuracy")), f"{fmt(r['k_mean'], '.1f')} ± {fmt(r['k_std'], '.1f')}",
+          fmt(r["n_visual_tokens_mean"], ".1f"), fmt(r["latency_ms_per_query"])]
+         for _, r in frame[frame["scope"] == "all"].iterrows()))
+    types = frame[frame["scope"].isin(["type", "answer_type"])]
+    if len(types):
+        lines += ["", "Per question type (the paper's section 4.7 / A.1 analysis; VQA-RAD also per answer type):", ""]
+        lines += markdown_rows(
+            ["Question type", "Pipeline", "n", "Accuracy (%)", "Δ vs dense", "mean k"],
+            ([f"answer type {r['question_type']}" if r["scope"] == "answer_type" else r["question_type"],
+              r["pipeline"], int(r["n"]), accuracy_cell(r), fmt(r["delta_vs_dense_points"], "+.2f"),
+              fmt(r["k_mean"], ".1f")]
+             for _, r in types.sort_values(["scope", "question_type", "pipeline"]).iterrows()))
+    if meta.get("scoring"):
+        lines += ["", f"Scoring ({meta.get('dataset')}): {meta['scoring']}."]
+    return "\n".join(lines) + "\n"
+
+
+def accuracy_cell(row) -> str:
+    """The accuracy cell: '–' with the reason where no sample of the row has public references."""
+    if row.get("n_scored") == 0:
+        return "– (no public answers)"
+    return fmt(row["accuracy"])
+
+
+def grounding_markdown(frame, meta: dict | None) -> str:
+    meta = meta or {}
+    lines = header(meta, f"Grounding IoU on {meta.get('dataset', '?')} ({meta.get('split', '?')}) (cf. the paper's Table 3)")
+    lines += markdown_rows(
+        ["Question type", "Selector", "n", "mean IoU (%)", "median IoU (%)", "IoU ≥ 0.5 (%)", "mean k"],
+        ([r["question_type"], r["selector"], int(r["n"]), fmt(r["mean_iou"]), fmt(r["median_iou"]),
+          fmt(r.get("acc_iou_0_5")), fmt(r["k_mean"], ".1f")] for _, r in frame.iterrows()))
+    lines += ["", "IoU between the convex hull of the selected patches (in the original image's pixels) and "
+              "the ground-truth box. All selectors use QGSA's k per sample; the oracle is the best "
+              "rectangular hull of at most k patches (the ceiling). IoU ≥ 0.5: the share of boxes found, "
+              "RefCOCO's comprehension accuracy rule (MAttNet's evaluation, with the hull as the predicted region)."]
+    return "\n".join(lines) + "\n"
+
+
+def pairs_markdown(frame) -> str:
+    lines = ["### Question dependence: two questions about different objects of one image", ""]
+    lines += markdown_rows(
+        ["Selector", "pairs", "mean Jaccard of the two selections", "share inside own object's box",
+         "share inside the other object's box"],
+        ([r["selector"], int(r["n_pairs"]), fmt(r["mean_jaccard"], ".3f"), fmt(100 * r["share_in_own_box"], ".1f", "%"),
+          fmt(100 * r["share_in_other_box"], ".1f", "%")] for _, r in frame.iterrows()))
+    lines += ["", "For `random` the two selections are independent draws (chance overlap). `norm` ignores the "
+              "question, so its two selections are identical (Jaccard 1) whenever k is the same."]
+    return "\n".join(lines) + "\n"
+
+
+def budget_markdown(frame, meta: dict | None, accuracy=None) -> str:
+    """Every selector at every budget: where it sits, tokens, FLOPs by stage, latency, accuracy."""
+    meta = meta or {}
+    lines = header(meta, f"Selectors at equal budgets, {meta.get('settings', {}).get('resolution', '?')} px "
+                         f"({meta.get('dense_visual_tokens', '?')} dense visual tokens)")
+    lines += [f"Budget: {meta.get('budget_rule', 'visual tokens reaching the LM')}. FLOPs: multiply-adds (fvcore), "
+              "G = 10^9, for the whole batch end to end.  ", ""]
+    has_acc = "accuracy" in frame and frame["accuracy"].notna().any()
+    head = ["selector", "insertion point", "budget", "kept after the last cut", "visual tokens (LM in / layer avg)",
+            "vision GFLOPs", "select GFLOPs", "prefill GFLOPs", "end-to-end GFLOPs", "share of dense",
+            "latency ms (p10–p90)", "speedup vs dense"] + (["accuracy %", "Δ vs dense"] if has_acc else [])
+    rows = []
+    for _, r in frame.sort_values(["budget", "selector"], kind="stable").iterrows():
+        rows.append([case_label(r), str(r["point"]), str(int(r["budget"])), fmt(r.get("k"), ".0f"),
+                     f"{fmt(r['n_visual_tokens'], '.0f')} / {fmt(r['visual_tokens_layer_avg'], '.1f')}",
+                     fmt(r.get("flops_vision", float("nan")) / 1e9, ".3f"),
+                     fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"),
+                     fmt(r.get("flops_prefill", float("nan")) / 1e9, ".3f"), fmt(r["flops_total"] / 1e9, ".3f"),
+                     fmt(100 * r.get("flops_share_of_dense", float("nan")), ".1f", " %"),
+                     f"{fmt(r['latency_ms_median'], '.1f')} ({fmt(r.get('latency_ms_p10'), '.1f')}–"
+                     f"{fmt(r.get('latency_ms_p90'), '.1f')})", speedup_cell(r)]
+                    + ([fmt(r.get("accuracy"), ".2f"), fmt(r.get("delta_vs_dense_points"), "+.2f")] if has_acc else []))
+    lines += markdown_rows(head, rows) + [""]
+    types = accuracy[accuracy["scope"] != "all"] if accuracy is not None and len(accuracy) else []
+    if len(types):
+        qtypes = sorted(types["question_type"].unique())
+        lines += ["### Accuracy per question type (%)", ""]
+        rows = []
+        for case, part in types.groupby("case", sort=False):
+            by = dict(zip(part["question_type"], part["accuracy"]))
+            rows.append([case, int(part["budget"].iloc[0]), *(fmt(by.get(t), ".1f") for t in qtypes)])
+        lines += markdown_rows(["case", "budget", *qtypes], rows) + [""]
+    return "\n".join(lines)
+
+
+def count_markdown(rows: list[dict], meta: dict) -> str:
+    """Counted FLOPs by stage per (pipeline, budget), and the cross-checks (count-flops)."""
+    s = meta.get("settings", {})
+    unit = ("visual tokens averaged over the LM layers for in-LM selectors" if s.get("budget_unit") == "layer-avg"
+            else "visual tokens after the last cut")
+    lines = [f"## Counted FLOPs by stage: {meta.get('model', '?')} at {s.get('resolution', '?')} px, batch "
+             f"{s.get('batch', '?')}, {s.get('decode_tokens', '?')} generated tokens", "",
+             f"{meta.get('counting', '')}. Budget: {unit}. Multiply-adds (fvcore), G = 10^9. Weights play no part in "
+             f"a count (random weights). Command: `{meta.get('command', '?')}` (commit "
+             f"{short_commit(meta.get('git_commit', '?'))}).", ""]
+    lines += markdown_rows(
+        ["pipeline", "budget", "kept after the last cut", "visual tokens (LM in / layer avg)", "prompt", "vision G",
+         "select + connector G", "prefill G", "decode G/token", "end-to-end G", "share of dense", "saved"],
+        ([str(r["pipeline"]), _count(r.get("budget", r.get("k"))), _count(r.get("k")),
+          f"{fmt(r['n_visual_tokens'], '.0f')} / {fmt(r['visual_tokens_layer_avg'], '.1f')}",
+          fmt(r.get("prompt_tokens"), ".0f"), fmt(r["flops_vision"] / 1e9, ".2f"),
+          fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"),
+          fmt(r["flops_prefill"] / 1e9, ".1f"), fmt(r.get("flops_decode_per_token", float("nan")) / 1e9, ".2f"),
+          fmt(r["flops_total"] / 1e9, ".1f"), fmt(100 * r.get("flops_share_of_dense", float("nan")), ".1f", " %"),
+          fmt(r.get("flops_saved_pct"), ".1f", " %")] for r in rows))
+    checks = meta.get("crosscheck") or {}
+    vision, lm = checks.get("vision"), checks.get("lm_prefill")
+    if vision:
+        lines += ["", "Cross-checks:", "",
+                  f"* Vision tower as HF runs it (all {vision['vision_layers_total']} layers and its final norm): "
+                  f"{vision['vision_tower_hf_forward'] / 1e9:.2f} G"
+                  + (f"; published {vision['published_vision'] / 1e9:.2f} G ({vision['published_source']}): "
+                     f"{vision['hf_forward_vs_published_pct']:+.2f} %" if vision.get("published_vision") else "")
+                  + f". This run stops at the feature layer ({vision['vision_layers_run']} layers): "
+                    f"{vision['vision_stage_counted'] / 1e9:.2f} G, {vision['skipped_by_this_run'] / 1e9:.2f} G "
+                    f"fewer (layers whose output LLaVA never uses)."]
+    if lm:
+        lines.append(f"* Dense LM prefill over {lm['prompt_tokens']} tokens: counted {lm['counted'] / 1e9:.3f} G, "
+                     f"analytic {lm['analytic'] / 1e9:.3f} G (difference {lm['difference']:,} multiply-adds"
+                     + (f": {lm['explained']}" if lm.get("explained") not in (None, "exact") else "") + ").")
+    return "\n".join(lines) + "\n"
+
+
+def _count(value) -> str:
+    """A whole number of tokens, or '–' where the row has none (dense)."""
+    return "–" if value is None or value != value else str(int(value))
