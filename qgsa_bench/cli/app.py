@@ -1,0 +1,83 @@
+"""The Typer app, its two consoles, and what every command shares: the command line recorded for meta.json,
+errors the user can act on (`QGSAError`) as one line on stderr with exit status 2, warnings, small printers."""
+
+from __future__ import annotations
+
+import json
+from functools import wraps
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from qgsa_bench import QGSAError
+from qgsa_bench.cli.multivalue import command_line, current_context, no_stray_arguments
+
+app = typer.Typer(
+    help="Question-Guided Sparse Attention (QGSA) for SmolVLM and LLaVA-1.5, beside the field's visual-token selectors, measured end to end.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+
+def warn(message: str) -> None:
+    err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+
+
+def friendly(func):
+    """Record the command line; refuse loose arguments; turn QGSAError into one clear line and exit status 2."""
+
+    @wraps(func)
+    def wrapper(*args, **kwargs):
+        from qgsa_bench.runtime import set_command_line
+
+        try:
+            ctx = current_context()
+            set_command_line(command_line(ctx))
+            no_stray_arguments(ctx)
+            return func(*args, **kwargs)
+        except QGSAError as err:
+            err_console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def command(name: Optional[str] = None, group: typer.Typer = app, **settings):
+    """Register a command of `group` (the app, or a sub-command group such as `data`), `friendly`."""
+
+    def register(func):
+        return group.command(name, **settings)(friendly(func))
+
+    return register
+
+
+def show_markdown(path: Path) -> None:
+    console.print(Path(path).read_text(), soft_wrap=True, markup=False)
+
+
+def write_json(path: Optional[Path], data: dict) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        console.print(f"wrote {path}")
+
+
+def key_value_table(title: str, rows: list[tuple[str, object]]) -> Table:
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column()
+    for key, value in rows:
+        table.add_row(key, str(value))
+    return table
+
+
+def text_or_none(value) -> str | None:
+    """A path option as the configs hold it: text, or None when not given."""
+    return None if value is None else str(value)

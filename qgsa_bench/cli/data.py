@@ -1,0 +1,82 @@
+"""The commands on data sets: `eval` (accuracy, Tables 1-2), `grounding` (IoU, Table 3) and `data shapes`
+(the generated set)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qgsa_bench.cli.app import app, command, console, text_or_none, warn
+from qgsa_bench.cli.options import EVALUATION, MaxNewTokens, Model, Pipelines, QuestionBatch, pipeline_list
+from qgsa_bench.cli.progress import run_and_show
+
+data_app = typer.Typer(help="Data set utilities.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def eval_config(**kwargs):
+    """An EvalConfig from the options (paths as text)."""
+    from qgsa_bench.config import EvalConfig
+
+    return EvalConfig(**{key: text_or_none(value) if isinstance(value, Path) else value
+                         for key, value in kwargs.items()})
+
+
+@command("eval")
+@EVALUATION
+def eval_command(
+    model: Model = "smolvlm-256m",
+    dataset: str = typer.Option("shapes", "--dataset", "-d", help="vqa-rad | aokvqa | refcoco | shapes (generated)."),
+    evaluation: dict = None,
+    pipelines: Pipelines = "dense,qgsa",
+    k: Optional[int] = typer.Option(None, help="Fixed k for sparse pipelines (default: f_comp per question)."),
+    batch: QuestionBatch = 4,
+    max_new_tokens: MaxNewTokens = 10,
+    out: Path = typer.Option(Path("results/eval"), help="Results folder (eval.csv, predictions.jsonl, meta.json, "
+                                                        "table.md)."),
+):
+    """Accuracy per pipeline and per question type, with Δ vs dense, k and latency (Tables 1-2)."""
+    from qgsa_bench.evaluate import run_eval
+
+    cfg = eval_config(model=model, dataset=dataset, **evaluation, pipelines=pipeline_list(pipelines), k=k, batch=batch,
+                      max_new_tokens=max_new_tokens, out=out)
+    run_and_show(run_eval, cfg, warn=warn, table="table.md",
+                 files=("eval.csv", "predictions.jsonl", "predictions_*.json", "table.md", "meta.json"))
+
+
+@command()
+@EVALUATION
+def grounding(
+    model: Model = "smolvlm-256m",
+    dataset: str = typer.Option("shapes", "--dataset", "-d", help="refcoco | shapes (samples with a box)."),
+    evaluation: dict = None,
+    k: Optional[int] = typer.Option(None, help="Fixed k (default: f_comp per question)."),
+    batch: QuestionBatch = 8,
+    out: Path = typer.Option(Path("results/grounding"), help="Results folder (grounding.csv, .jsonl, table3.md, "
+                                                             "selections.png)."),
+):
+    """IoU of the selected patches' convex hull with the referent's box: qgsa, random, norm, oracle (Table 3)."""
+    from qgsa_bench.grounding import run_grounding
+
+    cfg = eval_config(model=model, dataset=dataset, **evaluation, pipelines=("qgsa",), k=k, batch=batch, out=out)
+    run_and_show(run_grounding, cfg, warn=warn, table="table3.md",
+                 files=("grounding.csv", "grounding.jsonl", "selections.png"))
+
+
+@command("shapes", group=data_app)
+def data_shapes(
+    n: int = typer.Option(200, "--n", help="Number of images (two questions each)."),
+    out: Path = typer.Option(..., help="Folder to write (RefCOCO parquet layout: data/{split}-*.parquet)."),
+    split: str = typer.Option("test", help="train | val | test (each split has its own images)."),
+    seed: int = typer.Option(0, help="Generator seed: the same seed gives the same data."),
+):
+    """Generate the synthetic multi-object `shapes` set and write it in the RefCOCO parquet layout."""
+    from qgsa_bench.config import ShapesConfig
+    from qgsa_bench.data import shapes
+
+    cfg = ShapesConfig(out=str(out), n=n, split=split, seed=seed)
+    samples = shapes.generate(cfg.n, seed=cfg.seed, split=cfg.split)
+    path = shapes.write_parquet(samples, out, cfg.split)
+    console.print(f"wrote {len(samples)} questions on {n} images to {path}")

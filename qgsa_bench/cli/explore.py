@@ -1,0 +1,92 @@
+"""`qgsa info` (one model's architecture and parameter counts) and `qgsa ask` (one question, one image,
+one pipeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from qgsa_bench.cli.app import command, console, key_value_table, text_or_none, warn, write_json
+from qgsa_bench.cli.options import PIPELINE_HELP, Device, Dtype, MaxNewTokens, Model, Resolution, Seed, Weights
+
+
+@command()
+def info(
+    model: Model = "smolvlm-256m",
+    weights: Weights = "auto",
+    device: Device = "cpu",
+    out: Optional[Path] = typer.Option(None, help="Also write the information as JSON to this file."),
+):
+    """Architecture, d_v, d_q, patches per resolution, base and QGSA parameter counts."""
+    from qgsa_bench.build import build
+    from qgsa_bench.info import model_info
+
+    # random weights are not needed to count parameters: build on the meta device (a 7B model in no memory)
+    data = model_info(build(model, weights, "meta" if weights == "random" else device, "auto", warn=warn))
+    console.print(key_value_table(f"{data['model']} ({data['weights']} weights)", [
+        ("source", data["model_source"]), ("architecture", data["architecture"]),
+        ("tokenizer", data["tokenizer"]), ("d_v (vision width)", data["d_v"]), ("d_q (LM width)", data["d_q"]),
+        ("d_h (scorer width)", data["d_h"]), ("patch size", data["patch_size"]),
+        ("native image size", data["image_size"]), ("connector scale factor", data["scale_factor"]),
+        ("layers (vision / text)", f"{data['vision_layers']} / {data['text_layers']}"
+         + (f" (vision features after layer {data['vision_layers_run']})"
+            if data["vision_layers_run"] != data["vision_layers"] else "")),
+        ("text heads", data["text_heads"]), ("vocabulary", data["vocab_size"]),
+    ]))
+    console.print(_parameters_table(data))
+    res = Table(title="Patches per resolution", title_justify="left")
+    for col in ("resolution", "N patches", "dense runs at", "dense visual tokens"):
+        res.add_column(col, justify="right")
+    for row in data["resolutions"]:
+        res.add_row(*(str(v) for v in row.values()))
+    console.print(res)
+    write_json(out, data)
+
+
+def _parameters_table(data: dict) -> Table:
+    base, qgsa, published = data["base_params"], data["qgsa_params"], data["published_params"]
+    params = Table(title="Parameters", title_justify="left")
+    params.add_column("part")
+    params.add_column("parameters", justify="right")
+    for key, value in base.items():
+        params.add_row(f"base: {key}", f"{value:,}")
+    if published:
+        params.add_row("base: published size", f"~{published / 1e9:.2f}B" if published >= 1e9 else f"~{published / 1e6:.0f}M")
+    for key, value in qgsa.items():
+        params.add_row(f"QGSA: {key}", f"{value:,}")
+    params.add_row("QGSA share of base", f"{100 * qgsa['total'] / base['total']:.2f}%")
+    return params
+
+
+@command()
+def ask(
+    image: Path = typer.Option(..., "--image", "-i", help="Image file (PNG, JPEG, ...)."),
+    question: str = typer.Option(..., "--question", "-q", help="The question about the image."),
+    model: Model = "smolvlm-256m",
+    pipeline: str = typer.Option("dense", "--pipeline", "-p", help=PIPELINE_HELP),
+    weights: Weights = "auto",
+    checkpoint: Optional[Path] = typer.Option(None, help="QGSA checkpoint from `qgsa train` (else random init)."),
+    resolution: Resolution = None,
+    k: Optional[int] = typer.Option(None, help="Fixed number of patches for sparse pipelines (default: f_comp)."),
+    max_new_tokens: MaxNewTokens = 16,
+    device: Device = "auto",
+    dtype: Dtype = "auto",
+    seed: Seed = 0,
+    out: Optional[Path] = typer.Option(None, help="Also write the result as JSON to this file."),
+):
+    """Answer one question about one image with one pipeline; show tokens, selection and latency."""
+    from qgsa_bench.ask import ask as run_ask
+    from qgsa_bench.build import build
+    from qgsa_bench.config import AskConfig
+
+    cfg = AskConfig(image=str(image), question=question, model=model, pipeline=pipeline, weights=weights,
+                    checkpoint=text_or_none(checkpoint), resolution=resolution, k=k, max_new_tokens=max_new_tokens,
+                    device=device, dtype=dtype, seed=seed)
+    built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
+    result = run_ask(built, cfg.image, cfg.question, cfg.spec, cfg.resolution, cfg.k, cfg.max_new_tokens)
+    console.print(key_value_table(f"qgsa ask: {pipeline}", [(key, value) for key, value in result.items()
+                                                             if value is not None]))
+    write_json(out, result)

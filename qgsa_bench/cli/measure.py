@@ -1,0 +1,153 @@
+"""The efficiency commands: `sweep-resolution` (Table 4), `sweep-budget` (every selector at equal budgets),
+`count-flops` (FLOPs only, any model size) and `ablate` (Table 5)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from qgsa_bench.cli.app import command, text_or_none, warn
+from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, floats, ints
+from qgsa_bench.cli.options import (PIPELINE_HELP, TIMING, Batch, Batches, BudgetUnit, Budgets, Checkpoint,
+                                    DecodeTokens, Model, Pipelines, Resolution, Shares, Sizes, pipeline_list)
+from qgsa_bench.cli.progress import run_and_show
+
+
+def measure_config(timing: dict, **more):
+    """The TIMING options (and the command's own `more`) as a MeasureConfig; an unset --question leaves the
+    configuration's own."""
+    from qgsa_bench.config import MeasureConfig
+
+    timing = dict(timing)
+    if timing["question"] is None:
+        del timing["question"]
+    attn, no_flops, image = timing.pop("attn"), timing.pop("no_flops"), timing.pop("image")
+    return MeasureConfig(**timing, attn_implementation=attn, count_flops=not no_flops, image=text_or_none(image),
+                         **more)
+
+
+@command("sweep-resolution", **MULTI_VALUE_COMMAND)
+@TIMING
+def sweep_resolution(
+    model: Model = "smolvlm-256m",
+    sizes: Sizes = ["224", "336", "384", "448", "576"],
+    pipelines: Pipelines = "dense,dense-bypass,qgsa,random",
+    k: Optional[int] = typer.Option(None, help="Fixed k for sparse pipelines (default 17, the paper's mean; f_comp "
+                                               "with --checkpoint)."),
+    batch: Batches = ["1"],
+    timing: dict = None,
+    checkpoint: Checkpoint = None,
+    compile: str = typer.Option("none", "--compile", help="Also measure every pipeline with its vision encoder and "
+                                "LM under torch.compile: none | default | reduce-overhead (CUDA graphs on a GPU) "
+                                "| max-autotune; eager and compiled side by side."),
+    out: Path = typer.Option(Path("results/sweep"), help="Results folder (sweep.csv, meta.json, table4.md)."),
+):
+    """FLOPs by stage (fvcore) and latency by stage for each pipeline at each resolution (Table 4)."""
+    from qgsa_bench.config import SweepConfig
+    from qgsa_bench.efficiency.sweep import run_sweep
+
+    batches = ints("--batch", batch)
+    measure = measure_config(timing, model=model, batch=batches[0], k=k, checkpoint=text_or_none(checkpoint),
+                             compile=compile)
+    cfg = SweepConfig(measure, ints("--sizes", sizes), pipeline_list(pipelines), str(out), batches)
+    run_and_show(run_sweep, cfg, warn=warn, table="table4.md", files=("sweep.csv", "meta.json", "table4.md"))
+
+
+@command("sweep-budget", **MULTI_VALUE_COMMAND)
+@TIMING
+def sweep_budget(
+    model: Model = "smolvlm-256m",
+    resolution: Resolution = None,
+    pipelines: str = typer.Option(
+        "dense,qgsa,random,norm,fastv,pdrop,sparsevlm,visionzip,divprune,downsample,qgsa-vision",
+        help="Comma-separated selectors, each optionally at an insertion point: NAME@post-vision, NAME@vision:L, "
+             "NAME@lm:K (pdrop/sparsevlm: NAME@lm:K1,K2,...). " + PIPELINE_HELP),
+    budgets: Budgets = [],
+    shares: Shares = [],
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Also score every case on this data set "
+                                          "(vqa-rad | aokvqa | shapes); default: FLOPs and latency only."),
+    data_dir: Optional[str] = typer.Option(None, help="The data set's folder or hf://datasets/... (see qgsa eval)."),
+    split: Optional[str] = typer.Option(None, help="Split of --dataset (default: the data set's usual one)."),
+    limit: Optional[int] = typer.Option(None, help="Score at most this many samples of --dataset."),
+    eval_batch: int = typer.Option(8, help="Batch size of the accuracy runs."),
+    budget_unit: BudgetUnit = "tokens",
+    batch: Batch = 1,
+    timing: dict = None,
+    checkpoint: list[str] = typer.Option([], "--checkpoint", metavar="[SELECTOR=]PATH", help="QGSA checkpoint: PATH "
+                                         "for every pipeline using the QGSA module, or SELECTOR=PATH for one (e.g. "
+                                         "qgsa-vision=runs/v.pt); repeatable."),
+    out: Path = typer.Option(Path("results/budget"), help="Results folder (budget.csv, accuracy.csv with --dataset, "
+                                                          "comparisons.csv, meta.json, table.md)."),
+):
+    """Every selector at several budgets: FLOPs by stage, latency with intervals, accuracy (with --dataset)."""
+    from qgsa_bench.config import SelectorCheckpoints
+    from qgsa_bench.efficiency.budget import DEFAULT_SHARES, BudgetConfig, run_budget
+
+    checkpoints = SelectorCheckpoints(tuple(checkpoint))
+    measure = measure_config(timing, model=model, batch=batch, checkpoint=checkpoints.default)
+    cfg = BudgetConfig(measure=measure, resolution=resolution, pipelines=pipeline_list(pipelines),
+                       budgets=ints("--budgets", budgets) if budgets else (),
+                       shares=floats("--shares", shares) or DEFAULT_SHARES, dataset=dataset, data_dir=data_dir,
+                       split=split, limit=limit, eval_batch=eval_batch, out=str(out),
+                       checkpoints=checkpoints.by_selector, budget_unit=budget_unit)
+    run_and_show(run_budget, cfg, warn=warn, table="table.md",
+                 files=("budget.csv", "accuracy.csv", "comparisons.csv", "meta.json", "table.md"))
+
+
+@command("count-flops", **MULTI_VALUE_COMMAND)
+def count_flops_command(
+    model: str = typer.Option("llava-1.5-7b", "--model", "-m", help="A registry name (the copies are built from "
+                              "its preset): llava-1.5-7b, smolvlm-256m, smolvlm-500m, ..."),
+    resolution: Resolution = None,
+    pipelines: Pipelines = "dense,qgsa,random,norm,fastv,pdrop,sparsevlm,visionzip,divprune,downsample,qgsa-vision",
+    budgets: Budgets = ["192", "128", "64"],
+    batch: Batch = 1,
+    decode_tokens: DecodeTokens = 8,
+    by_depth: str = typer.Option("auto", help="Count the LM on depth-reduced copies and scale exactly: auto (when "
+                                 "the model does not fit in free memory) | yes | no."),
+    budget_unit: BudgetUnit = "tokens",
+    out: Path = typer.Option(Path("results/count"), help="Results folder (flops.csv, crosscheck.json, table.md)."),
+):
+    """FLOPs by stage for every pipeline at every budget, counted (no timing).
+
+    Cross-checks: a published vision-tower count and the analytic LM prefill."""
+    from qgsa_bench.efficiency.count import CountConfig, run_count
+
+    cfg = CountConfig(model=model, resolution=resolution, pipelines=pipeline_list(pipelines),
+                      budgets=ints("--budgets", budgets), batch=batch, decode_tokens=decode_tokens, by_depth=by_depth,
+                      budget_unit=budget_unit, out=str(out))
+    run_and_show(run_count, cfg, warn=warn, table="table.md",
+                 files=("flops.csv", "crosscheck.json", "meta.json", "table.md"))
+
+
+@command()
+@TIMING
+def ablate(
+    model: Model = "smolvlm-256m",
+    resolution: int = typer.Option(384, help="Input resolution in px."),
+    checkpoint: list[str] = typer.Option([], "--checkpoint", metavar="NAME=PATH", help="NAME=PATH, NAME one of "
+                                         "fixed-k, adaptive-k, cs, align, full (repeatable)."),
+    k: Optional[int] = typer.Option(None, help="k of the fixed-k configuration (default 17)."),
+    batch: Batch = 1,
+    timing: dict = None,
+    train_dataset: Optional[str] = typer.Option(None, help="Train each configuration without a checkpoint on this "
+                                                           "data set first."),
+    train_data_dir: Optional[str] = typer.Option(None, help="--data-dir of the training data set (folder or hf://...)."),
+    train_limit: Optional[int] = typer.Option(None, help="Training questions per configuration."),
+    train_steps: Optional[int] = typer.Option(None, help="Training steps per configuration (--max-steps)."),
+    align_encoder: str = typer.Option("lm", help="Text encoder for L_align when training: lm | clip."),
+    eval_limit: Optional[int] = typer.Option(None, help="With checkpoints: accuracy on this many questions of the "
+                                                        "data set."),
+    out: Path = typer.Option(Path("results/ablate"), help="Results folder (ablate.csv, meta.json, table5.md)."),
+):
+    """Latency of dense, fixed-k, adaptive-k, +L_cs, +L_align and full QGSA (Table 5 / Fig. 5)."""
+    from qgsa_bench.config import AblateConfig
+    from qgsa_bench.efficiency.ablate import parse_checkpoints, run_ablate
+
+    measure = measure_config(timing, model=model, batch=batch, k=k)
+    cfg = AblateConfig(measure, resolution, parse_checkpoints(checkpoint), str(out), train_dataset=train_dataset,
+                       train_data_dir=train_data_dir, train_limit=train_limit, train_steps=train_steps,
+                       align_encoder=align_encoder, eval_limit=eval_limit)
+    run_and_show(run_ablate, cfg, warn=warn, table="table5.md", files=("ablate.csv", "meta.json", "table5.md"))

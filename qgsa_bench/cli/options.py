@@ -1,0 +1,120 @@
+"""Options that several commands share, each declared once as an `Annotated` type; a command gives the
+default in its signature (`model: Model = "smolvlm-256m"`). Runs of options that several commands share
+whole are declared once as an OptionBlock (TIMING, EVALUATION). The multi-value options are here too."""
+
+from __future__ import annotations
+
+import inspect
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from qgsa_bench.cli.multivalue import multi_value_option
+
+MODEL_HELP = ("Registry name (smolvlm-256m, smolvlm-500m, llava-1.5-7b; tests: tiny, llava-tiny) or a local "
+              "model directory (Idefics3/SmolVLM or LLaVA-1.5).")
+PIPELINE_HELP = ("dense | dense-bypass | qgsa | random | norm (the paper's, post-vision) | fastv | pdrop | sparsevlm "
+                 "| visionzip | divprune | downsample | qgsa-vision, or SELECTOR@POINT with POINT post-vision, "
+                 "vision:L or lm:K (e.g. random@vision:4).")
+
+# ---- the model and how it runs
+Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
+Weights = Annotated[str, typer.Option(help="pretrained | random | auto (pretrained when found locally or on the hub, "
+                                           "else random).")]
+Device = Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")]
+Dtype = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16.")]
+Seed = Annotated[int, typer.Option(help="Seed for random weights, random init and the random baseline.")]
+Resolution = Annotated[Optional[int], typer.Option(help="Square input size in px (default: the model's native).")]
+Checkpoint = Annotated[Optional[Path], typer.Option(help="QGSA checkpoint (else random init).")]
+Pipelines = Annotated[str, typer.Option(help="Comma-separated: " + PIPELINE_HELP)]
+MaxNewTokens = Annotated[int, typer.Option(help="Greedy decoding length limit.")]
+QuestionBatch = Annotated[int, typer.Option("--batch", help="Questions per batch.")]
+
+# ---- measuring
+Batch = Annotated[int, typer.Option(help="Batch size (the same image and question repeated).")]
+Attn = Annotated[str, typer.Option("--attn", help="Attention implementation: sdpa | eager (| flash_attention_2).")]
+Reps = Annotated[str, typer.Option(help="Timed rounds (every pipeline once per round, alternating), or 'auto': rounds "
+                                        "until every speedup interval is within 5 % (or --max-time is spent).")]
+MaxTime = Annotated[Optional[float], typer.Option(help="With --reps auto: seconds of timing at most, whole command "
+                                                       "(default 600).")]
+Warmup = Annotated[int, typer.Option(help="Untimed warm-up runs per pipeline.")]
+DecodeTokens = Annotated[int, typer.Option(help="Generated tokens per run (end to end = prefill + these).")]
+Image = Annotated[Optional[Path], typer.Option(help="Image to run on (default: a generated picture; content does "
+                                                    "not change cost).")]
+# unset: the configuration's question (MeasureConfig.question; importing the configs here would slow --help)
+Question = Annotated[Optional[str], typer.Option(help="Question to run with (default: 'What color is the circle?').")]
+NoFlops = Annotated[bool, typer.Option("--no-flops", help="Skip fvcore FLOP counting (timing only).")]
+BudgetUnit = Annotated[str, typer.Option(help="tokens: visual tokens after the last cut | layer-avg: for in-LM "
+                                              "selectors (fastv, pdrop, sparsevlm) averaged over the LM's layers, as "
+                                              "their papers quote them.")]
+
+# ---- several values each (--sizes 224 336)
+Sizes = multi_value_option("--sizes", "INT", "Square resolutions in px, e.g. --sizes 224 336 384 448 576.")
+Batches = multi_value_option("--batch", "INT", "Batch size(s), e.g. --batch 1 8 32 (the same image and question "
+                                               "repeated): latency and throughput per size.")
+Budgets = multi_value_option("--budgets", "INT", "Visual tokens reaching the LM, e.g. --budgets 192 128 64.")
+Shares = multi_value_option("--shares", "NUMBER", "Budgets as fractions of the dense visual tokens "
+                                                  "(default 0.04 0.1 0.25 0.5) when --budgets is not given.")
+
+# ---- data sets
+DataDir = Annotated[Optional[str], typer.Option(
+    "--data-dir",
+    help="Folder with the data set's published files, or hf://datasets/OWNER/NAME (optionally @REVISION). "
+         "Default: the published hub repository (vqa-rad: flaviagiammarino/vqa-rad, aokvqa: HuggingFaceM4/A-OKVQA, "
+         "refcoco: lmms-lab/RefCOCO), downloaded once into the HF cache, offline from the cache. Not used by shapes.")]
+Split = Annotated[Optional[str], typer.Option(help="Split (default: vqa-rad test, aokvqa val, refcoco val, shapes test).")]
+Limit = Annotated[Optional[int], typer.Option(help="Use at most this many samples.")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable images instead of stopping.")]
+
+
+class OptionBlock:
+    """A run of options that several commands share whole, declared once. As a decorator, it puts its
+    options into the command's signature where the command's parameter `name` stands (--help lists them
+    there) and calls the command with their values gathered in that parameter, as a dict."""
+
+    def __init__(self, name: str, **options: tuple[object, object]):
+        self.name, self.options = name, options  # option -> (its Annotated type, its default)
+
+    def __call__(self, command):
+        signature = inspect.signature(command, eval_str=True)
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        params = []
+        for param in signature.parameters.values():
+            if param.name == self.name:
+                params += [inspect.Parameter(name, keyword, annotation=kind, default=default)
+                           for name, (kind, default) in self.options.items()]
+            else:
+                params.append(param.replace(kind=keyword))
+
+        @wraps(command)
+        def wrapper(**kwargs):
+            block = {name: kwargs.pop(name) for name in self.options}
+            return command(**kwargs, **{self.name: block})
+
+        wrapper.__signature__ = signature.replace(parameters=params)
+        wrapper.__annotations__ = {p.name: p.annotation for p in params}
+        return wrapper
+
+
+# how sweep-resolution, sweep-budget and ablate time a run (see measure.measure_config)
+TIMING = OptionBlock("timing", device=(Device, "auto"), dtype=(Dtype, "auto"), attn=(Attn, "sdpa"),
+                     weights=(Weights, "auto"), reps=(Reps, "5"), max_time=(MaxTime, None), warmup=(Warmup, 1),
+                     decode_tokens=(DecodeTokens, 8), seed=(Seed, 0), image=(Image, None), question=(Question, None),
+                     no_flops=(NoFlops, False))
+# where eval and grounding read their data set, and how they run the model
+EVALUATION = OptionBlock("evaluation", data_dir=(DataDir, None), split=(Split, None), limit=(Limit, None),
+                         skip_bad=(SkipBad, False), weights=(Weights, "auto"), checkpoint=(Checkpoint, None),
+                         device=(Device, "auto"), dtype=(Dtype, "auto"), resolution=(Resolution, None), seed=(Seed, 0))
+
+
+def pipeline_list(text: str) -> tuple[str, ...]:
+    """Comma-separated pipelines; a bare number continues the previous item's layer list (pdrop@lm:8,16,24)."""
+    items: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if part.isdigit() and items and "@" in items[-1]:
+            items[-1] += "," + part
+        elif part:
+            items.append(part)
+    return tuple(items)
