@@ -111,7 +111,7 @@ def test_multiple_choice_scores_the_batch_rows_like_solo_inputs(tiny, images):
 
 def test_eval_latency_does_not_depend_on_pipeline_order(tmp_path, monkeypatch):
     """Field case 19: the first query of the first pipeline paid the cold start. With a fake clock that
-    charges 1 ms per prompt position per generate call and a one-time 500 ms cold start, each pipeline's
+    charges 1 ms per prompt position per prefill and a one-time 500 ms cold start, each pipeline's
     latency is exactly its own cost whichever order --pipelines gives."""
     from qgsa_bench.config import EvalConfig
     from qgsa_bench.efficiency import timing
@@ -119,15 +119,15 @@ def test_eval_latency_does_not_depend_on_pipeline_order(tmp_path, monkeypatch):
     from qgsa_bench.models.idefics3 import Idefics3Adapter
 
     clock = {"t": 0.0, "cold": True}
-    real_generate = Idefics3Adapter.generate
+    real_prefill = Idefics3Adapter.prefill
 
-    def charged_generate(self, inputs, max_new_tokens=16):
+    def charged_prefill(self, inputs):  # once per answered batch (the run's prefill stage)
         clock["t"] += inputs.inputs_embeds.shape[1] * 1e-3 + (0.5 if clock["cold"] else 0.0)
         clock["cold"] = False
-        return real_generate(self, inputs, max_new_tokens)
+        return real_prefill(self, inputs)
 
     monkeypatch.setattr(timing, "now", lambda: clock["t"])
-    monkeypatch.setattr(Idefics3Adapter, "generate", charged_generate)
+    monkeypatch.setattr(Idefics3Adapter, "prefill", charged_prefill)
     latency = {}
     for order in (("dense", "norm"), ("norm", "dense")):
         clock["cold"] = True

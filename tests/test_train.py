@@ -152,7 +152,7 @@ def test_resume_gives_the_same_next_losses(tmp_path):
     pd.testing.assert_frame_equal(a[cols], b[cols])
     with pytest.raises(QGSAError, match="already holds a checkpoint: pass --resume"):
         run_train(interrupted)
-    with pytest.raises(QGSAError, match=r"--resume with other settings .* \(lr\)"):
+    with pytest.raises(QGSAError, match=r"holds results made with other settings \(lr differ\)"):
         run_train(tiny_cfg(tmp_path, out=str(tmp_path / "b"), epochs=3, lr=1e-3), resume=True)
 
 

@@ -80,7 +80,7 @@ def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], deco
         "k": None if kept is None else float(kept.float().mean()),
         "visual_tokens_layer_avg": layer_average(inputs, run.adapter.lm_depth),
         "prompt_tokens": int(inputs.attention_mask.shape[1]),
-        "layer_tokens": tuple(mask.shape[1] for mask in result.state.key_masks),  # each LM layer's length
+        "layer_tokens": result.layer_tokens,  # each LM layer's sequence length in prefill
         "trace": result.trace,
     }
 
@@ -97,7 +97,7 @@ def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[st
     c = counter.counts
     inputs, state = result.inputs, result.state
     e = inputs.inputs_embeds
-    lengths = [mask.shape[1] for mask in state.key_masks]  # each LM layer's sequence (in-LM selection shrinks it)
+    lengths = list(result.layer_tokens)  # each LM layer's sequence in prefill (in-LM selection shrinks it)
     head = count_flops(a.lm_head, e[:, -1:], modules=[a.model, run.module])
     flops = {
         "flops_vision": c["vision"].total,

@@ -73,6 +73,7 @@ class Result:
     units: torch.Tensor | None = None  # (n, s^2) patches of each visual token (whole-token selectors)
     generated: list[list[int]] | None = None
     state: object | None = None  # the LM state after prefill (and decoding)
+    layer_tokens: tuple[int, ...] = ()  # each LM layer's sequence length in prefill (in-LM selection shrinks it)
     trace: list[tuple[str, list[int]]] = field(default_factory=list)
 
     @property
@@ -204,13 +205,15 @@ class Run:
         logits, state = obs.stage("prefill", lambda e, m, p: self.adapter.prefill(
             replace(inputs, inputs_embeds=e, attention_mask=m, position_ids=p)),
             inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids)
+        layer_tokens = tuple(mask.shape[1] for mask in state.key_masks)  # before decoding grows them
         generated = obs.decode(self.adapter, logits, state, new_tokens, stop) if new_tokens else None
         obs.finish()
         if torch.is_tensor(generated):  # forced decoding (timing): read after the clock stopped
             generated = generated.tolist()
         N = self.adapter.n_patches(pixel_values.shape[-1])
         units = None if self.spec.patches else self.adapter.unit_patches(N)
-        result = Result(self.spec, pixel_values.shape[-1], N, inputs, visual.selection, units, generated, state)
+        result = Result(self.spec, pixel_values.shape[-1], N, inputs, visual.selection, units, generated, state,
+                        layer_tokens)
         result.trace = [("vision", enc.kept()), ("select", visual.valid.sum(1).tolist()),
                         ("prefill", [int(x) for x in kept_visual(inputs, visual.selection)]
                          if inputs.plan is not None else inputs.n_visual.tolist())]
