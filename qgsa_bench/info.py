@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-from qgsa_bench.build import Built
+from qgsa_bench.build import Built, build
 
 INFO_RESOLUTIONS = (224, 336, 384, 448, 512, 576)
 
 
 def count(module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def info(model: str, weights: str = "auto", device: str = "cpu", warn=None) -> dict:
+    """`qgsa info`: `model_info` of the model; random weights are built on the meta device (parameters are
+    counted without memory: a 7B model in none)."""
+    return model_info(build(model, weights, "meta" if weights == "random" else device, "auto", warn=warn))
 
 
 def model_info(built: Built, resolutions=INFO_RESOLUTIONS) -> dict:

@@ -6,7 +6,7 @@ import pandas as pd
 from typer.testing import CliRunner
 
 from qgsa_bench.cli import app
-from qgsa_bench.efficiency.sweep import SWEEP_COLUMNS
+from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.qgsa.checkpoint import save_checkpoint
 
 runner = CliRunner()

@@ -96,13 +96,14 @@ def test_multiple_choice_scores_the_batch_rows_like_solo_inputs(tiny, images):
     import torch
 
     from qgsa_bench.data import VQASample
-    from qgsa_bench.evaluate import _multiple_choice
+    from qgsa_bench.experiments.evaluate import _multiple_choice
 
     questions = ["what color is the circle?", "is there a big blue square on the left side?"]
     samples = [VQASample(id=str(i), question=q, answers=["red"], image=None, choices=["red", "green", "blue"])
                for i, q in enumerate(questions)]
-    batch = tiny.run("norm").prepare(images, questions, 64, k=torch.tensor([3, 9]))
-    picks = _multiple_choice(tiny.adapter, batch.inputs, samples)
+    run = tiny.run("norm")
+    batch = run.prepare(images, questions, 64, k=torch.tensor([3, 9]))
+    picks = _multiple_choice(run, batch, samples)
     for b in range(2):
         solo = tiny.run("norm").prepare(images[b:b + 1] * 3, questions[b:b + 1] * 3, 64, k=[3, 9][b])
         logp = tiny.adapter.answer_logprob(solo.inputs, ["red", "green", "blue"])
@@ -115,7 +116,7 @@ def test_eval_latency_does_not_depend_on_pipeline_order(tmp_path, monkeypatch):
     latency is exactly its own cost whichever order --pipelines gives."""
     from qgsa_bench.config import EvalConfig
     from qgsa_bench.efficiency import timing
-    from qgsa_bench.evaluate import run_eval
+    from qgsa_bench.experiments.evaluate import run_eval
     from qgsa_bench.models.idefics3 import Idefics3Adapter
 
     clock = {"t": 0.0, "cold": True}

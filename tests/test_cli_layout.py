@@ -69,8 +69,8 @@ def test_no_cli_or_report_module_over_400_lines():
 def test_command_line_is_recorded_as_typed(monkeypatch, tmp_path):
     """meta.json's command: single-value options with their value (eval --batch 4 lost its 4), multi-value
     options with all theirs."""
-    import qgsa_bench.efficiency.sweep as sweep
-    import qgsa_bench.evaluate as evaluate
+    import qgsa_bench.experiments.sweep as sweep
+    import qgsa_bench.experiments.evaluate as evaluate
     from qgsa_bench.runtime import command_line
 
     seen = []

@@ -7,8 +7,8 @@ from typer.testing import CliRunner
 
 from qgsa_bench.cli import app
 from qgsa_bench.efficiency.compiled import compilations, compiled_engine
-from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import measure_cases
+from qgsa_bench.experiments.measure import Case
+from qgsa_bench.experiments.runner import measure_cases
 
 QUESTION = ["what color is the circle?"]
 

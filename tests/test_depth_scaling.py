@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from qgsa_bench.efficiency.depth import LINEAR_KEYS, build_at_depth, count_scaled, plan_for
-from qgsa_bench.efficiency.measure import Case, count_stage_flops
+from qgsa_bench.experiments.depth import LINEAR_KEYS, build_at_depth, count_scaled, plan_for
+from qgsa_bench.experiments.measure import Case, count_stage_flops
 from qgsa_bench.models.images import demo_image
 
 

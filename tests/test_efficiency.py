@@ -6,8 +6,8 @@ import torch.nn.functional as F
 
 from qgsa_bench.build import build
 from qgsa_bench.efficiency.flops import count_flops, flop_counter_mode_total
-from qgsa_bench.efficiency.measure import Case, count_stage_flops, time_once
-from qgsa_bench.efficiency.runner import paper_metrics
+from qgsa_bench.experiments.measure import Case, count_stage_flops, time_once
+from qgsa_bench.experiments.runner import paper_metrics
 
 QUESTIONS = ["what color is the circle?", "is there a big red circle on the left?"]
 
@@ -115,7 +115,7 @@ def test_every_flops_column_is_the_same_under_sdpa_and_eager(tiny, images):
 
 def test_peer_formulas_beside_the_count(tiny):
     """FastV's prefill estimate and the 3-matrix FFN variant, by hand for the tiny LM (d 64, m 128, 2 layers)."""
-    from qgsa_bench.efficiency.measure import peer_formulas
+    from qgsa_bench.experiments.measure import peer_formulas
 
     cfg = tiny.adapter.text_model.config
     d, m, layers, n = cfg.hidden_size, cfg.intermediate_size, cfg.num_hidden_layers, 31
@@ -128,7 +128,7 @@ def test_peer_formulas_beside_the_count(tiny):
 def test_flops_of_a_larger_batch_of_one_sample_are_the_counted_batch_scaled(tiny, images):
     """The sweep counts FLOPs once per case and scales them to other batch sizes (the same image and question
     repeated): exactly what counting at that batch gives, column by column."""
-    from qgsa_bench.efficiency.runner import FLOP_KEYS, stage_flops
+    from qgsa_bench.experiments.runner import FLOP_KEYS, stage_flops
 
     case, memo = Case("qgsa", tiny.engine.run("qgsa"), 5), {}
     one = stage_flops(case, tiny.adapter.pixel_values(images[:1], 64), QUESTIONS[:1], 3, 64, memo)

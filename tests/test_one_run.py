@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from qgsa_bench import QGSAError
-from qgsa_bench.efficiency.measure import Case, count_stage_flops, time_once
+from qgsa_bench.experiments.measure import Case, count_stage_flops, time_once
 from qgsa_bench.run.spec import parse_spec
 from qgsa_bench.run.stages import STAGES
 from qgsa_bench.selectors.registry import REGISTRY

@@ -7,6 +7,7 @@ from typer.testing import CliRunner
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.cli import app
+from qgsa_bench.run.lm import prefill, run_planned
 from qgsa_bench.run.spec import parse_spec
 from qgsa_bench.selectors.base import Point, SelectState, parse_point
 from qgsa_bench.selectors.divprune import max_min_diverse
@@ -64,7 +65,7 @@ def test_keeping_every_token_equals_the_dense_run(tiny, images, spec):
     dense = pipe.run("dense").prepare(images, QUESTIONS, 64)
     full = pipe.run(spec).prepare(images, QUESTIONS, 64, k=16)  # 16 = every visual token at 64 px
     assert full.inputs.n_visual.tolist() == [16, 16]
-    torch.testing.assert_close(a.prefill(full.inputs)[0], a.prefill(dense.inputs)[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(prefill(a, full.inputs, full.plan)[0], a.prefill(dense.inputs)[0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("spec", ["fastv@lm:1", "pdrop@lm:1,2", "sparsevlm@lm:1,2", "norm@lm:2"])
@@ -72,9 +73,8 @@ def test_keeping_every_token_equals_the_dense_run(tiny, images, spec):
 def test_cached_decoding_equals_a_full_recompute_with_the_same_pruning(llava_tiny, images, spec):
     a, pipe = llava_tiny.adapter, llava_tiny.engine
     prepared = pipe.run(spec).prepare(images, QUESTIONS, 84, k=7)
-    inputs = prepared.inputs
-    logits, state = a.prefill(inputs)
-    plan = inputs.plan
+    inputs, plan = prepared.inputs, prepared.plan
+    logits, state = prefill(a, inputs, plan)
     assert [r.k.tolist() for r in plan.records][-1] == [7, 7]
     if spec.startswith(("pdrop", "sparsevlm")):
         assert [r.k.tolist() for r in plan.records] == [[16, 16], [7, 7]]  # 36 -> 16 -> 7: geometric
@@ -90,7 +90,7 @@ def test_cached_decoding_equals_a_full_recompute_with_the_same_pruning(llava_tin
 
     replay = plan.replay()
     replay_pass = replay.start(inputs)
-    hidden, _ = a.lm.run(embeds, mask, positions_of(mask), None, replay_pass)
+    hidden, _ = run_planned(a.lm, embeds, mask, positions_of(mask), None, replay_pass)
     recomputed = a.lm_head(hidden[:, -1])
     torch.testing.assert_close(steps[-1], recomputed, rtol=1e-4, atol=1e-5)
     # each layer's cache holds its segment's tokens: all of them before the first cut, then only the kept
@@ -111,21 +111,19 @@ def test_a_batch_gives_each_sample_its_solo_result(tiny, images, spec):
     a, pipe = tiny.adapter, tiny.engine
     batch = pipe.run(spec).prepare(images, QUESTIONS, 64, k=torch.tensor([3, 6]) if "lm" not in spec
                            and spec not in ("fastv", "pdrop", "sparsevlm") else 5)
-    logits, _ = a.prefill(batch.inputs)
+    logits, _ = prefill(a, batch.inputs, batch.plan)
     for b in range(2):
         k = [3, 6][b] if "lm" not in spec and spec not in ("fastv", "pdrop", "sparsevlm") else 5
         alone = pipe.run(spec).prepare(images[b:b + 1], QUESTIONS[b:b + 1], 64, k=k)
-        torch.testing.assert_close(logits[b], a.prefill(alone.inputs)[0][0], rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(logits[b], prefill(a, alone.inputs, alone.plan)[0][0], rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("spec", SPECS + ["downsample"])
 @torch.no_grad()
 def test_every_selector_runs_on_llava(llava_tiny, images, spec):
-    prepared = llava_tiny.run(spec).prepare(images, QUESTIONS, 84, k=9)
-    out = llava_tiny.adapter.generate(prepared.inputs, 2)
-    assert len(out) == 2
-    visual = prepared.inputs.n_visual.tolist() if prepared.inputs.plan is None else \
-        prepared.inputs.plan.records[-1].k.tolist()
+    prepared = llava_tiny.run(spec).answer(images, QUESTIONS, 84, k=9, max_new_tokens=2)
+    assert len(prepared.generated) == 2
+    visual = prepared.inputs.n_visual.tolist() if prepared.plan is None else prepared.plan.records[-1].k.tolist()
     assert visual == [9, 9]
 
 

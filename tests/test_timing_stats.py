@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from qgsa_bench.efficiency import stats, timing
-from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import MIN_AUTO_ROUNDS, case_labels, measure_cases
+from qgsa_bench.experiments.measure import Case
+from qgsa_bench.experiments.runner import MIN_AUTO_ROUNDS, case_labels, measure_cases
 from qgsa_bench.models.idefics3 import Idefics3Adapter
 
 QUESTION = ["what color is the circle?"]
@@ -154,8 +154,8 @@ def test_gpu_stages_are_marked_without_synchronising_between_them(tiny, images, 
     run as one region records two events; the difference of the totals is the cost of observing."""
     import torch
 
-    from qgsa_bench.efficiency import measure
-    from qgsa_bench.efficiency.runner import time_run
+    from qgsa_bench.experiments import measure
+    from qgsa_bench.experiments.runner import time_run
 
     fake = clock(seed=1, busy=False)
     cuda = FakeCuda(fake)

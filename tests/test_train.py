@@ -16,7 +16,7 @@ from qgsa_bench.qgsa import losses
 from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.run.vision import Encoded
 from qgsa_bench.selectors.selection import random_selection
-from qgsa_bench.train import Trainer, _with_module, lr_factor, main_answer, run_train, tau_at
+from qgsa_bench.experiments.train import Trainer, _with_module, lr_factor, main_answer, run_train, tau_at
 
 runner = CliRunner()
 

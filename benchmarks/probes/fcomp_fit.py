@@ -19,14 +19,12 @@ committed one is results/shapes/suff_probe/fcomp_fit.txt (README, "Budgets per q
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
+
+from _common import probe_parser, run_options, write_lines
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default="results/shapes/base-model", help="base model folder (qgsa base-train)")
-    parser.add_argument("--out", type=Path, help="write the result lines here too (default: stdout only)")
+    parser = probe_parser(__doc__, "write the result lines here too (default: stdout only)")
     parser.add_argument("--images", type=int, default=100, help="training images (two questions each)")
     parser.add_argument("--grid", type=int, nargs="+", default=[4, 8, 16, 32], help="budgets sufficient_budget tries")
     parser.add_argument("--tolerance", type=float, default=0.5, help="nats below the dense log-probability")
@@ -36,9 +34,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--grad-scales", type=float, nargs="+", default=[1.0, 1e-6],
                         help="f_comp's gradients are multiplied by this before each step")
     parser.add_argument("--chunk", type=int, default=25, help="questions per forward pass of the base")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the images, the module and the batches")
-    parser.add_argument("--device", default="cpu")
-    return parser.parse_args(argv)
+    return run_options(parser, "seed of the images, the module and the batches").parse_args(argv)
 
 
 def main(argv=None) -> list[str]:
@@ -84,10 +80,7 @@ def main(argv=None) -> list[str]:
         per_type = {t: round(float(kk[[i for i, x in enumerate(T) if x == t]].mean()), 1) for t in sorted(set(T))}
         lines.append(f"grad scale {scale} {per_type}")
         print(lines[-1], flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
-    return lines
+    return write_lines(lines, args.out)
 
 
 if __name__ == "__main__":

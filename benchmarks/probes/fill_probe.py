@@ -34,19 +34,17 @@ from __future__ import annotations
 import argparse
 import collections
 import copy
-from pathlib import Path
+
+from _common import probe_parser, run_options, write_lines
 
 FILLS = ("zero", "blank-pos", "blank-mean")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default="results/shapes/base-model", help="base model folder (qgsa base-train)")
+    parser = probe_parser(__doc__, "write the result lines here too (default: stdout only)")
     parser.add_argument("--checkpoint", required=True,
                         help="QGSA checkpoint trained with --projection connector "
                              "(run.sh's qgsa-attr: runs/shapes/qgsa-attr/checkpoint.pt)")
-    parser.add_argument("--out", type=Path, help="write the result lines here too (default: stdout only)")
     parser.add_argument("--k", type=int, default=None, help="fixed budget (default: f_comp's k per question)")
     parser.add_argument("--images", type=int, default=200, help="test images (two questions each)")
     parser.add_argument("--fills", nargs="+", choices=FILLS, default=list(FILLS))
@@ -54,9 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--batch", type=int, default=25, help="questions per forward pass")
     parser.add_argument("--max-new-tokens", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random selector's draws")
-    parser.add_argument("--device", default="cpu")
-    return parser.parse_args(argv)
+    return run_options(parser, "seed of the random selector's draws").parse_args(argv)
 
 
 def filled(module, fill):
@@ -109,10 +105,7 @@ def main(argv=None) -> list[str]:
                         hits[(pipeline, s.question_type)].append(score)
         lines.append(f"{name} { {f'{p}/{t}': round(100 * sum(v) / len(v), 1) for (p, t), v in sorted(hits.items())} }")
         print(lines[-1], flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
-    return lines
+    return write_lines(lines, args.out)
 
 
 if __name__ == "__main__":

@@ -5,10 +5,10 @@ several peak learning rates, all from one vision encoder.
                                                             # about 25 minutes on 2 CPU cores
 
 Inputs: none but the learning rates (positional): the model is a fresh `shapes-base` Idefics3 from
-qgsa_bench.basetrain (seed 0), as `qgsa base-train` makes it; no base folder, no checkpoint. Phase 1 is
+qgsa_bench.experiments.basetrain (seed 0), as `qgsa base-train` makes it; no base folder, no checkpoint. Phase 1 is
 base-train's own (basetrain.vision_warmup: `--vision-steps` 3,000 vision steps, `--vision-lr` 2e-3 with
 warm-up and cosine decay, seed 0); then, for each lr, phase 2 as base-train runs it (vision frozen,
-8 images x 6 questions a step, warm-up 100, cosine over `--schedule` 8,000 steps, qgsa_bench.train.lr_factor)
+8 images x 6 questions a step, warm-up 100, cosine over `--schedule` 8,000 steps, qgsa_bench.experiments.train.lr_factor)
 but stopped after `--steps` 2,000, with held-out accuracy on `--held-out-images` 200 test images
 (400 questions) every `--eval-every` 500 steps. `qgsa base-train --steps 2000` would decay its cosine to
 zero at step 2,000 instead, so no command does this exactly.
@@ -69,7 +69,7 @@ class Log:
 def fresh():
     import torch
 
-    from qgsa_bench import basetrain as bt
+    from qgsa_bench.experiments import basetrain as bt
     from qgsa_bench.models.idefics3 import Idefics3Adapter
 
     tok = bt.build_tokenizer()
@@ -81,7 +81,7 @@ def phase1(args, log: Log) -> dict:
     """base-train's phase 1 (basetrain.vision_warmup, seed 0): the state dict of the whole model after it."""
     import torch
 
-    from qgsa_bench import basetrain as bt
+    from qgsa_bench.experiments import basetrain as bt
 
     model, ad = fresh()
     model.train()
@@ -105,9 +105,9 @@ def phase1(args, log: Log) -> dict:
 def phase2(state, lr: float, args, log: Log) -> None:
     import torch
 
-    from qgsa_bench import basetrain as bt
+    from qgsa_bench.experiments import basetrain as bt
     from qgsa_bench.data import shapes
-    from qgsa_bench.train import lr_factor
+    from qgsa_bench.experiments.train import lr_factor
 
     model, ad = fresh()
     model.load_state_dict(state)

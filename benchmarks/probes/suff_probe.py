@@ -22,22 +22,18 @@ from __future__ import annotations
 
 import argparse
 import collections
-from pathlib import Path
+
+from _common import probe_parser, run_options, write_lines
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--base", default="results/shapes/base-model", help="base model folder (qgsa base-train)")
-    parser.add_argument("--out", type=Path, help="write the table here too (default: stdout only)")
+    parser = probe_parser(__doc__, "write the table here too (default: stdout only)")
     parser.add_argument("--images", type=int, default=100, help="training images (two questions each)")
     parser.add_argument("--grid", type=int, nargs="+", default=[4, 8, 16, 32, 64, 128, 196],
                         help="budgets tried, ascending")
     parser.add_argument("--batch", type=int, default=25, help="questions per forward pass")
     parser.add_argument("--max-new-tokens", type=int, default=3)
-    parser.add_argument("--seed", type=int, default=0, help="seed of the training images")
-    parser.add_argument("--device", default="cpu")
-    return parser.parse_args(argv)
+    return run_options(parser, "seed of the training images").parse_args(argv)
 
 
 def main(argv=None) -> list[str]:
@@ -85,10 +81,7 @@ def main(argv=None) -> list[str]:
         c = collections.Counter(v)
         lines.append(f"{t} {len(v)} { {k: c[k] for k in grid + [None] if c[k]} }")
     print("\n".join(lines), flush=True)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text("\n".join(lines) + "\n")
-    return lines
+    return write_lines(lines, args.out)
 
 
 if __name__ == "__main__":

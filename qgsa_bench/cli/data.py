@@ -38,7 +38,7 @@ def eval_command(
                                                         "table.md)."),
 ):
     """Accuracy per pipeline and per question type, with Δ vs dense, k and latency (Tables 1-2)."""
-    from qgsa_bench.evaluate import run_eval
+    from qgsa_bench.experiments.evaluate import run_eval
 
     cfg = eval_config(model=model, dataset=dataset, **evaluation, pipelines=pipeline_list(pipelines), k=k, batch=batch,
                       max_new_tokens=max_new_tokens, out=out)
@@ -58,7 +58,7 @@ def grounding(
                                                              "selections.png)."),
 ):
     """IoU of the selected patches' convex hull with the referent's box: qgsa, random, norm, oracle (Table 3)."""
-    from qgsa_bench.grounding import run_grounding
+    from qgsa_bench.experiments.grounding import run_grounding
 
     cfg = eval_config(model=model, dataset=dataset, **evaluation, pipelines=("qgsa",), k=k, batch=batch, out=out)
     run_and_show(run_grounding, cfg, warn=warn, table="table3.md",

@@ -21,11 +21,9 @@ def info(
     out: Optional[Path] = typer.Option(None, help="Also write the information as JSON to this file."),
 ):
     """Architecture, d_v, d_q, patches per resolution, base and QGSA parameter counts."""
-    from qgsa_bench.build import build
-    from qgsa_bench.info import model_info
+    from qgsa_bench.info import info as model_info
 
-    # random weights are not needed to count parameters: build on the meta device (a 7B model in no memory)
-    data = model_info(build(model, weights, "meta" if weights == "random" else device, "auto", warn=warn))
+    data = model_info(model, weights, device, warn=warn)
     console.print(key_value_table(f"{data['model']} ({data['weights']} weights)", [
         ("source", data["model_source"]), ("architecture", data["architecture"]),
         ("tokenizer", data["tokenizer"]), ("d_v (vision width)", data["d_v"]), ("d_q (LM width)", data["d_q"]),
@@ -78,15 +76,13 @@ def ask(
     out: Optional[Path] = typer.Option(None, help="Also write the result as JSON to this file."),
 ):
     """Answer one question about one image with one pipeline; show tokens, selection and latency."""
-    from qgsa_bench.ask import ask as run_ask
-    from qgsa_bench.build import build
     from qgsa_bench.config import AskConfig
+    from qgsa_bench.experiments.ask import ask as run_ask
 
     cfg = AskConfig(image=str(image), question=question, model=model, pipeline=pipeline, weights=weights,
                     checkpoint=text_or_none(checkpoint), resolution=resolution, k=k, max_new_tokens=max_new_tokens,
                     device=device, dtype=dtype, seed=seed)
-    built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
-    result = run_ask(built, cfg.image, cfg.question, cfg.spec, cfg.resolution, cfg.k, cfg.max_new_tokens)
+    result = run_ask(cfg, warn=warn)
     console.print(key_value_table(f"qgsa ask: {pipeline}", [(key, value) for key, value in result.items()
                                                              if value is not None]))
     write_json(out, result)

@@ -46,7 +46,7 @@ def sweep_resolution(
 ):
     """FLOPs by stage (fvcore) and latency by stage for each pipeline at each resolution (Table 4)."""
     from qgsa_bench.config import SweepConfig
-    from qgsa_bench.efficiency.sweep import run_sweep
+    from qgsa_bench.experiments.sweep import run_sweep
 
     batches = ints("--batch", batch)
     measure = measure_config(timing, model=model, batch=batches[0], k=k, checkpoint=text_or_none(checkpoint),
@@ -83,7 +83,7 @@ def sweep_budget(
 ):
     """Every selector at several budgets: FLOPs by stage, latency with intervals, accuracy (with --dataset)."""
     from qgsa_bench.config import SelectorCheckpoints
-    from qgsa_bench.efficiency.budget import DEFAULT_SHARES, BudgetConfig, run_budget
+    from qgsa_bench.experiments.budget import DEFAULT_SHARES, BudgetConfig, run_budget
 
     checkpoints = SelectorCheckpoints(tuple(checkpoint))
     measure = measure_config(timing, model=model, batch=batch, checkpoint=checkpoints.default)
@@ -113,7 +113,7 @@ def count_flops_command(
     """FLOPs by stage for every pipeline at every budget, counted (no timing).
 
     Cross-checks: a published vision-tower count and the analytic LM prefill."""
-    from qgsa_bench.efficiency.count import CountConfig, run_count
+    from qgsa_bench.experiments.count import CountConfig, run_count
 
     cfg = CountConfig(model=model, resolution=resolution, pipelines=pipeline_list(pipelines),
                       budgets=ints("--budgets", budgets), batch=batch, decode_tokens=decode_tokens, by_depth=by_depth,
@@ -144,7 +144,7 @@ def ablate(
 ):
     """Latency of dense, fixed-k, adaptive-k, +L_cs, +L_align and full QGSA (Table 5 / Fig. 5)."""
     from qgsa_bench.config import AblateConfig
-    from qgsa_bench.efficiency.ablate import parse_checkpoints, run_ablate
+    from qgsa_bench.experiments.ablate import parse_checkpoints, run_ablate
 
     measure = measure_config(timing, model=model, batch=batch, k=k)
     cfg = AblateConfig(measure, resolution, parse_checkpoints(checkpoint), str(out), train_dataset=train_dataset,

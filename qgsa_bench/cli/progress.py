@@ -4,6 +4,7 @@ wrote: `run_and_show` is the one way every long command calls the library."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from qgsa_bench.cli.app import console, err_console, show_markdown
 
@@ -51,6 +52,10 @@ def run_and_show(run, *args, table: str | None = None, files: tuple[str, ...] = 
     that Markdown file of the folder it returns; with `files` (names or glob patterns), say which it wrote."""
     with RichProgress() as progress:
         result = run(*args, progress=progress, **kwargs)
+    if isinstance(result, Path):  # a results folder: its tables and figures, made by the report from its files
+        from qgsa_bench.report.render import render_folder
+
+        render_folder(result)
     if table:
         show_markdown(result / table)
     if files:

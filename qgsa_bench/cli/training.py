@@ -71,7 +71,7 @@ def train(
 ):
     """Train the QGSA module on a frozen base with the paper's objective (Algorithm 1)."""
     from qgsa_bench.config import TrainConfig
-    from qgsa_bench.train import run_train
+    from qgsa_bench.experiments.train import run_train
 
     cfg = TrainConfig(
         model=model, dataset=dataset, data_dir=data_dir, split=split, limit=limit,
@@ -117,7 +117,7 @@ def base_train(
     seed: Seed = 0,
 ):
     """Train a small Idefics3 (every weight) on the shapes set so QGSA has a base model that can answer."""
-    from qgsa_bench.basetrain import BaseTrainConfig, run_base_train
+    from qgsa_bench.experiments.basetrain import BaseTrainConfig, run_base_train
 
     if dataset != "shapes":  # BaseTrainConfig (basetrain.py) has no data set: it generates shapes
         raise QGSAError(f"base-train supports --dataset shapes only (got '{dataset}'): it needs unlimited labelled data")

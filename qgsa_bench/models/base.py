@@ -33,15 +33,13 @@ class LMInputs:
     n_visual: torch.Tensor  # (B,) visual tokens per sample (padding excluded)
     visual_index: torch.Tensor | None = None  # (B, n) position in L of each visual token (0 where invalid)
     visual_valid: torch.Tensor | None = None  # (B, n) bool
-    plan: object | None = None  # run.LMPlan: selection inside the LM (None: every layer sees every token)
 
     def rows(self, b: int, n: int) -> "LMInputs":
         """Sample b's inputs repeated n times (multiple-choice scoring)."""
         def rep(t):
             return None if t is None else t[b:b + 1].expand(n, *t.shape[1:])
         return LMInputs(rep(self.inputs_embeds), rep(self.attention_mask), rep(self.position_ids),
-                        rep(self.n_visual), rep(self.visual_index), rep(self.visual_valid),
-                        None if self.plan is None else self.plan.for_rows(b, n))
+                        rep(self.n_visual), rep(self.visual_index), rep(self.visual_valid))
 
 
 def positions_of(mask: torch.Tensor) -> torch.Tensor:
@@ -238,21 +236,19 @@ class VLMAdapter:
     def new_cache(self):
         return self.lm.new_cache()
 
-    def lm_forward(self, embeds, mask, positions, cache=None, plan=None):
-        """Normed last hidden states (B, L', d_q) (L' = L without in-LM selection)."""
-        return self.lm.run(embeds, mask, positions, cache, plan)[0]
+    def lm_forward(self, embeds, mask, positions, cache=None):
+        """Normed last hidden states (B, L, d_q) of every LM layer on the whole sequence."""
+        return self.lm.run(embeds, mask, positions, cache)[0]
 
     def logits(self, inputs: LMInputs) -> torch.Tensor:
         """Full-sequence logits (B, L, vocab) of the dense LM (no in-LM selection); tests, teacher forcing."""
         return self.lm_head(self.lm_forward(inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids))
 
-    def _plan(self, inputs: LMInputs):
-        return None if inputs.plan is None else inputs.plan.start(inputs)
-
     def prefill(self, inputs: LMInputs) -> tuple[torch.Tensor, LMState]:
-        """Run the prompt once (with its in-LM selection, if any): (next-token logits (B, vocab), state)."""
+        """Run the prompt once through every layer: (next-token logits (B, vocab), state for decoding).
+        Selection inside the LM (insertion point lm:K) runs the layers itself: run/lm.py."""
         hidden, state = self.lm.run(inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
-                                    self.new_cache(), self._plan(inputs))
+                                    self.new_cache())
         return self.lm_head(hidden[:, -1]), state
 
     def decode_step(self, token_ids: torch.Tensor, state: LMState) -> torch.Tensor:
@@ -315,12 +311,18 @@ class VLMAdapter:
         """log P(answer | prompt) by teacher forcing, summed over the answer tokens: (B,).
 
         The answer is tokenised as `answer_prefix + answer`; the end token is not part of it. In-LM
-        selection ranks visual tokens by the last prompt token, which the appended answer cannot
-        change (causal attention), so the kept tokens are those of `prefill`. Differentiable w.r.t.
-        inputs.inputs_embeds."""
+        selection (run/lm.py) ranks visual tokens by the last prompt token, which the appended answer
+        cannot change (causal attention), so the kept tokens are those of `prefill`. Differentiable
+        w.r.t. inputs.inputs_embeds."""
+        embeds, mask, ids, amask = self.teacher_forcing(inputs, answers)
+        return self.answer_scores(self.lm_forward(embeds, mask, positions_of(mask)), ids, amask)
+
+    def teacher_forcing(self, inputs: LMInputs, answers: list[str]):
+        """The prompt with each answer appended: (embeds (B, L + A, d_q), mask (B, L + A), answer ids (B, A),
+        answer mask (B, A))."""
         ans = [self.tokenize(self.answer_prefix + a) or [self.pad_id] for a in answers]
         A = max(len(a) for a in ans)
-        B, L = inputs.attention_mask.shape
+        B = inputs.attention_mask.shape[0]
         ids = torch.full((B, A), self.pad_id, dtype=torch.long, device=self.device)
         amask = torch.zeros(B, A, dtype=torch.long, device=self.device)
         for b, a in enumerate(ans):
@@ -328,8 +330,11 @@ class VLMAdapter:
             amask[b, : len(a)] = 1
         embeds = torch.cat([inputs.inputs_embeds, self.embed(ids).to(inputs.inputs_embeds.dtype)], dim=1)
         mask = torch.cat([inputs.attention_mask, amask], dim=1)
-        plan = None if inputs.plan is None else inputs.plan.start(inputs, query=L - 1)
-        hidden = self.lm_forward(embeds, mask, positions_of(mask), plan=plan)
+        return embeds, mask, ids, amask
+
+    def answer_scores(self, hidden: torch.Tensor, ids: torch.Tensor, amask: torch.Tensor) -> torch.Tensor:
+        """log P(answer) (B,) from the normed hidden states (B, L', d_q) of a teacher-forced pass."""
+        A = ids.shape[1]
         logits = self.lm_head(hidden[:, -A - 1: -1]).float()  # predicts answer tokens
         logp = torch.log_softmax(logits, dim=-1).gather(-1, ids[..., None]).squeeze(-1)
         return (logp * amask).sum(dim=1)

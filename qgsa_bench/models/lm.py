@@ -2,9 +2,9 @@
 
 Both families here (SmolVLM's SmolLM2, LLaVA-1.5's Vicuna) have a Llama-architecture LM: embeddings,
 `layers` (LlamaDecoderLayer), a final RMS norm, rotary position embeddings and a head. `run_layers`
-executes them one by one; a `plan` (run.py's in-LM selection) may shrink the sequence between two layers.
-After shrinking, the later layers - and their KV cache - hold only the kept tokens, which keep their
-original position ids. Every layer runs the model's own attention (SDPA or eager); only a selector that
+executes them one by one (`run_layers`); selection inside the LM (run/lm.py) runs them a layer at a time and
+shrinks the sequence between two layers. After shrinking, the later layers - and their KV cache - hold only
+the kept tokens, which keep their original position ids. Every layer runs the model's own attention (SDPA or eager); only a selector that
 needs attention weights computes them, for the one layer and the few query rows it needs
 (`attention_probs`).
 
@@ -117,24 +117,24 @@ class LlamaRunner:
         full = causal_mask(key_mask, L, torch.float32, sdpa=False)  # (B, 1, L, L)
         return torch.softmax(scores + full[:, :, rows], dim=-1)
 
-    def run(self, embeds, mask, positions, cache=None, plan=None) -> tuple[torch.Tensor, LMState]:
-        """All layers on embeds (B, L, d); `plan` (run.LMPlan) may prune visual tokens between layers.
-        Returns the normed hidden states of the LAST segment (B, L', d) and the state for decoding."""
-        h, key_mask, pos = embeds, mask, positions
+    def run(self, embeds, mask, positions, cache=None) -> tuple[torch.Tensor, LMState]:
+        """All layers on embeds (B, L, d): the normed hidden states (B, L, d) and the state for decoding."""
         state = LMState(cache, mask)
-        pos_emb = None
-        for i in range(self.depth):
-            if plan is not None:
-                pruned = plan.before_layer(self, i, h, key_mask, pos)
-                if pruned is not None:
-                    h, key_mask, pos = pruned
-                    pos_emb = None
-            if pos_emb is None:
-                pos_emb = self.rotary(h, pos)
-            h = self.layer(i, h, key_mask, pos, cache, pos_emb)
-            state.key_masks.append(key_mask)
-            state.visual_per_layer.append(plan.visual_now() if plan is not None else float("nan"))
+        h, _ = self.run_layers(embeds, mask, positions, range(self.depth), state)
         return self.norm(h), state
+
+    def run_layers(self, h, key_mask, positions, layers: range, state: LMState, pos_emb=None,
+                   visual: float = float("nan")):
+        """`layers` in order on h (B, L, d) with keys valid where key_mask (B, Lk); each layer's key mask and
+        `visual` (the visual tokens it sees, NaN: all) are appended to `state`. -> (h, the rotary
+        embeddings of `positions`, for the next layers of the same sequence)."""
+        if pos_emb is None:
+            pos_emb = self.rotary(h, positions)
+        for i in layers:
+            h = self.layer(i, h, key_mask, positions, state.cache, pos_emb)
+            state.key_masks.append(key_mask)
+            state.visual_per_layer.append(visual)
+        return h, pos_emb
 
     def decode(self, embeds, state: LMState) -> torch.Tensor:
         """One cached step for embeds (B, 1, d); updates `state`; returns the normed hidden (B, 1, d)."""

@@ -17,12 +17,12 @@ SEARCHED = ("results", "runs")  # where `qgsa report` without --results looks
 def schemas() -> dict[str, list[str]]:
     """Each CSV's columns as its writer declares them. Imported here, not at module level: the writers
     import the tables of this package when they finish."""
-    from qgsa_bench.efficiency.ablate import ABLATE_COLUMNS
-    from qgsa_bench.efficiency.budget import ACCURACY_COLUMNS, BUDGET_COLUMNS
-    from qgsa_bench.efficiency.count import COLUMNS as COUNT_COLUMNS
-    from qgsa_bench.efficiency.sweep import SWEEP_COLUMNS
-    from qgsa_bench.evaluate import EVAL_COLUMNS
-    from qgsa_bench.grounding import GROUNDING_COLUMNS, PAIR_COLUMNS
+    from qgsa_bench.experiments.ablate import ABLATE_COLUMNS
+    from qgsa_bench.experiments.budget import ACCURACY_COLUMNS, BUDGET_COLUMNS
+    from qgsa_bench.experiments.count import COLUMNS as COUNT_COLUMNS
+    from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
+    from qgsa_bench.experiments.evaluate import EVAL_COLUMNS
+    from qgsa_bench.experiments.grounding import GROUNDING_COLUMNS, PAIR_COLUMNS
 
     return {"sweep": SWEEP_COLUMNS, "ablate": ABLATE_COLUMNS, "eval": EVAL_COLUMNS, "grounding": GROUNDING_COLUMNS,
             "budget": BUDGET_COLUMNS, "flops": COUNT_COLUMNS, "accuracy": ACCURACY_COLUMNS, "pairs": PAIR_COLUMNS}
@@ -31,7 +31,7 @@ def schemas() -> dict[str, list[str]]:
 def added_later() -> dict[str, tuple[str, ...]]:
     """The columns each writer added after its format's first release: folders written before them still
     make tables (their cells show "–"), so a CSV need not hold them."""
-    from qgsa_bench.efficiency.runner import PEER_COLUMNS, STAT_COLUMNS, THROUGHPUT_COLUMNS
+    from qgsa_bench.experiments.runner import PEER_COLUMNS, STAT_COLUMNS, THROUGHPUT_COLUMNS
 
     timing = (*STAT_COLUMNS, *THROUGHPUT_COLUMNS)
     return {"sweep": ("case", *timing, *PEER_COLUMNS), "ablate": ("accuracy", "accuracy_n", *timing),

@@ -161,19 +161,54 @@ class PlanPass:
         return h2, new_valid.long(), pos.gather(1, index)
 
 
-def kept_visual(inputs, selection: Selection | None) -> torch.Tensor | None:
+def prefill(adapter, inputs, plan: "LMPlan | None"):
+    """The prompt through the LM, pruned as `plan` says between its layers: (next-token logits (B, vocab),
+    the state for cached decoding). Without a plan, the model's own prefill."""
+    if plan is None:
+        return adapter.prefill(inputs)
+    hidden, state = run_planned(adapter.lm, inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids,
+                                adapter.new_cache(), plan.start(inputs))
+    return adapter.lm_head(hidden[:, -1]), state
+
+
+def answer_logprob(adapter, inputs, plan: "LMPlan | None", answers: list[str]) -> torch.Tensor:
+    """log P(answer | prompt) (B,) by teacher forcing, the LM pruned as in prefill (the kept tokens are ranked
+    by the last prompt token, which the appended answer cannot change)."""
+    if plan is None:
+        return adapter.answer_logprob(inputs, answers)
+    embeds, mask, ids, amask = adapter.teacher_forcing(inputs, answers)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    query = inputs.attention_mask.shape[1] - 1
+    hidden, _ = run_planned(adapter.lm, embeds, mask, positions, None, plan.start(inputs, query=query))
+    return adapter.answer_scores(hidden, ids, amask)
+
+
+def run_planned(runner, embeds, mask, positions, cache, plan_pass: "PlanPass"):
+    """The LM (models/lm.LlamaRunner) a layer at a time, `plan_pass` pruning the visual tokens before the
+    layers of its plan: (normed hidden states of the last segment (B, L', d), LMState)."""
+    from qgsa_bench.models.lm import LMState
+
+    h, key_mask, pos, pos_emb = embeds, mask, positions, None
+    state = LMState(cache, mask)
+    for i in range(runner.depth):
+        pruned = plan_pass.before_layer(runner, i, h, key_mask, pos)
+        if pruned is not None:
+            (h, key_mask, pos), pos_emb = pruned, None
+        h, pos_emb = runner.run_layers(h, key_mask, pos, range(i, i + 1), state, pos_emb, plan_pass.visual_now())
+    return runner.norm(h), state
+
+
+def kept_visual(plan: "LMPlan | None", selection: Selection | None) -> torch.Tensor | None:
     """(B,) visual tokens kept by the selector: after its last in-LM cut, else what reaches the LM; None
     for a run without selection."""
-    plan = inputs.plan
     if plan is not None:
         return plan.budgets[-1]
     return None if selection is None else selection.k
 
 
-def layer_average(inputs, lm_depth: int) -> float:
+def layer_average(inputs, plan: "LMPlan | None", lm_depth: int) -> float:
     """Visual tokens averaged over the LM's layers (the papers' "retained tokens" for in-LM methods)."""
     n0 = float(inputs.n_visual.float().mean())
-    plan = inputs.plan
     if plan is None:
         return n0
     per_layer, now = [], n0

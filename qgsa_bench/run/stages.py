@@ -20,7 +20,7 @@ import torch
 
 from qgsa_bench import QGSAError
 from qgsa_bench.models.base import LMInputs
-from qgsa_bench.run.lm import as_budget, kept_visual, lm_plan
+from qgsa_bench.run.lm import LMPlan, answer_logprob, as_budget, kept_visual, lm_plan, prefill
 from qgsa_bench.run.observers import Observer
 from qgsa_bench.run.post_vision import Visual, visual_tokens
 from qgsa_bench.run.spec import Spec, parse_spec
@@ -70,6 +70,7 @@ class Result:
     n_patches: int  # N
     inputs: LMInputs
     selection: Selection | None
+    plan: LMPlan | None = None  # selection inside the LM (lm:K); its `records`: what the last pass kept
     units: torch.Tensor | None = None  # (n, s^2) patches of each visual token (whole-token selectors)
     generated: list[list[int]] | None = None
     state: object | None = None  # the LM state after prefill (and decoding)
@@ -84,14 +85,14 @@ class Result:
         """Visual tokens the selector kept for sample b (after its last in-LM cut); None without selection."""
         if self.spec.selector.keeps_all:
             return None
-        k = kept_visual(self.inputs, self.selection)
+        k = kept_visual(self.plan, self.selection)
         return None if k is None else int(k[b])
 
     def selected_patches(self, b: int) -> list[int] | None:
         """The patches (indices in [0, N)) behind sample b's kept visual tokens; None without selection."""
         if self.spec.selector.keeps_all:
             return None
-        plan = self.inputs.plan
+        plan = self.plan
         selection = plan.records[-1] if plan is not None and plan.records else self.selection
         if selection is None:
             return None
@@ -176,14 +177,22 @@ class Run:
                budget_grad: bool = True) -> Visual:
         return visual_tokens(self, enc, q, k, tau, budget_grad)
 
-    def lm_inputs(self, visual: Visual, questions: list[str], q: torch.Tensor | None, k=None) -> LMInputs:
-        """The prompt around the visual tokens, with the in-LM selection plan where the point is lm:K."""
+    def lm_inputs(self, visual: Visual, questions: list[str], q: torch.Tensor | None, k=None):
+        """(the prompt around the visual tokens, the in-LM selection plan where the point is lm:K, else None)."""
         inputs = self.adapter.build_inputs(visual.tokens, questions, visual.valid)
-        if self.spec.point.kind == "lm":
-            n = int(inputs.n_visual.min())
-            inputs.plan = lm_plan(self.spec, inputs.n_visual, self.default_budget(q, n) if k is None else k,
-                                  self.generator)
-        return inputs
+        if self.spec.point.kind != "lm":
+            return inputs, None
+        n = int(inputs.n_visual.min())
+        return inputs, lm_plan(self.spec, inputs.n_visual, self.default_budget(q, n) if k is None else k,
+                               self.generator)
+
+    def prefill(self, inputs: LMInputs, plan: LMPlan | None):
+        """(next-token logits (B, vocab), LM state): the prompt through the LM, pruned where `plan` says."""
+        return prefill(self.adapter, inputs, plan)
+
+    def answer_logprob(self, inputs: LMInputs, plan: LMPlan | None, answers: list[str]) -> torch.Tensor:
+        """log P(answer | prompt) (B,), teacher-forced through the same pruned LM (multiple choice, training)."""
+        return answer_logprob(self.adapter, inputs, plan, answers)
 
     def execute(self, pixel_values: torch.Tensor, questions: list[str], k=None, new_tokens: int = 0,
                 stop: bool = True, observer: Observer | None = None) -> Result:
@@ -201,9 +210,9 @@ class Run:
             visual = obs.stage("select", lambda q_: self.select(enc, q_, k), q)
         else:
             visual = obs.stage("select", lambda _: self.select(enc, None, k), pixel_values)
-        inputs = self.lm_inputs(visual, questions, q, k)
-        logits, state = obs.stage("prefill", lambda e, m, p: self.adapter.prefill(
-            replace(inputs, inputs_embeds=e, attention_mask=m, position_ids=p)),
+        inputs, plan = self.lm_inputs(visual, questions, q, k)
+        logits, state = obs.stage("prefill", lambda e, m, p: self.prefill(
+            replace(inputs, inputs_embeds=e, attention_mask=m, position_ids=p), plan),
             inputs.inputs_embeds, inputs.attention_mask, inputs.position_ids)
         layer_tokens = tuple(mask.shape[1] for mask in state.key_masks)  # before decoding grows them
         generated = obs.decode(self.adapter, logits, state, new_tokens, stop) if new_tokens else None
@@ -212,11 +221,11 @@ class Run:
             generated = generated.tolist()
         N = self.adapter.n_patches(pixel_values.shape[-1])
         units = None if self.spec.patches else self.adapter.unit_patches(N)
-        result = Result(self.spec, pixel_values.shape[-1], N, inputs, visual.selection, units, generated, state,
-                        layer_tokens)
+        result = Result(self.spec, pixel_values.shape[-1], N, inputs, visual.selection, plan, units, generated,
+                        state, layer_tokens)
         result.trace = [("vision", enc.kept()), ("select", visual.valid.sum(1).tolist()),
-                        ("prefill", [int(x) for x in kept_visual(inputs, visual.selection)]
-                         if inputs.plan is not None else inputs.n_visual.tolist())]
+                        ("prefill", [int(x) for x in kept_visual(plan, visual.selection)]
+                         if plan is not None else inputs.n_visual.tolist())]
         if new_tokens:  # the KV cache holds the visual tokens prefill kept
             result.trace.append(("decode", result.trace[-1][1]))
         return result

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.build import Built
+from qgsa_bench.build import Built, build
+from qgsa_bench.config import AskConfig
 from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.models.images import load_image
 from qgsa_bench.run.lm import layer_average
@@ -13,10 +14,17 @@ from qgsa_bench.runtime import device_name, dtype_name
 RANDOM_NOTE = "random weights: this answer is noise, not a model prediction"
 
 
+def ask(cfg: AskConfig, warn=None, warmup: int = 1) -> dict:
+    """`qgsa ask` as configured: the model built, one answer with everything `answer` reports."""
+    built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
+    return answer(built, cfg.image, cfg.question, cfg.spec, cfg.resolution, cfg.k, cfg.max_new_tokens, warmup)
+
+
 @torch.no_grad()
-def ask(built: Built, image_path: str, question: str, pipeline="dense", resolution: int | None = None,
-        k: int | None = None, max_new_tokens: int = 16, warmup: int = 1) -> dict:
-    """`pipeline`: a spec (`NAME[@POINT]` or a parsed run.spec.Spec). Raises QGSAError for bad input."""
+def answer(built: Built, image_path: str, question: str, pipeline="dense", resolution: int | None = None,
+           k: int | None = None, max_new_tokens: int = 16, warmup: int = 1) -> dict:
+    """One answer, its visual tokens, selection and latency (one timed run after `warmup` untimed ones).
+    `pipeline`: a spec (`NAME[@POINT]` or a parsed run.spec.Spec). Raises QGSAError for bad input."""
     image = load_image(image_path)
     resolution = resolution or built.adapter.image_size
     run = built.run(pipeline)
@@ -43,7 +51,7 @@ def ask(built: Built, image_path: str, question: str, pipeline="dense", resoluti
         "insertion_point": run.spec.where() if run.spec.patches or run.spec.is_dense else str(run.spec.point),
         "n_visual_tokens": int(prepared.inputs.n_visual[0]),  # entering the LM
         "k": prepared.kept(0),  # kept by the selector (in the LM: after its last cut)
-        "visual_tokens_layer_avg": round(layer_average(prepared.inputs, built.adapter.lm_depth), 2),
+        "visual_tokens_layer_avg": round(layer_average(prepared.inputs, prepared.plan, built.adapter.lm_depth), 2),
         "selected_patches": prepared.selected_patches(0),
         "prompt_tokens": int(prepared.inputs.attention_mask[0].sum()),
         "answer": built.adapter.decode_text(generated[0]),

@@ -17,8 +17,8 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import EvalConfig
 from qgsa_bench.data import load_dataset
-from qgsa_bench.driver import Results, Table
-from qgsa_bench.evaluate import batches
+from qgsa_bench.experiments.driver import Results, Table
+from qgsa_bench.experiments.evaluate import batches
 from qgsa_bench.metrics import hull_iou, oracle_patches
 from qgsa_bench.results import run_meta
 
@@ -49,20 +49,27 @@ def select_all(built, images, questions, resolution: int, k, boxes, sizes) -> di
     return out
 
 
-def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int = 4) -> Path:
+def box_samples(cfg: EvalConfig):
+    """(the data set, its first `cfg.limit` samples with a box): the samples a grounding run reads, the same
+    for `qgsa report` drawing them again. Raises QGSAError where none has a box."""
+    # shapes: about half the questions have a box, so generate enough; file data sets: boxes on all
+    limit = None if cfg.limit is None else (4 * cfg.limit if cfg.dataset == "shapes" else cfg.limit)
+    data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, limit, cfg.skip_bad, cfg.seed)
+    samples = [s for s in data.samples if s.box is not None][: cfg.limit]
+    if not samples:
+        raise QGSAError(f"{cfg.dataset} split '{data.split}' has no samples with a box to ground")
+    return data, samples
+
+
+def run_grounding(cfg: EvalConfig, progress=None, warn=None) -> Path:
     with Results(cfg.out, "grounding", cfg.settings()) as res:
-        # shapes: about half the questions have a box, so generate enough; file data sets: boxes on all
-        limit = None if cfg.limit is None else (4 * cfg.limit if cfg.dataset == "shapes" else cfg.limit)
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, limit, cfg.skip_bad, cfg.seed)
-        samples = [s for s in data.samples if s.box is not None][: cfg.limit]
-        if not samples:
-            raise QGSAError(f"{cfg.dataset} split '{data.split}' has no samples with a box to ground")
+        data, samples = box_samples(cfg)
         built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
         resolution = cfg.resolution or built.adapter.image_size
         grid = int(built.adapter.n_patches(resolution) ** 0.5)
         note = "RANDOM base weights: the selections mean nothing" if built.loaded.weights == "random" else ""
         meta = res.write_meta(run_meta(
-            built, **{**data.meta(), "n_samples": len(samples)}, resolution=resolution, note=note,
+            built, **{**data.meta(), "n_samples": len(samples)}, resolution=resolution, grid=grid, note=note,
             oracle="best IoU over selections of <= k patches whose hull is a grid-aligned rectangle"))
         if progress:
             progress(f"{data.name}: {len(samples)} boxes", -len(samples))
@@ -74,11 +81,9 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None, figure_samples: int
         with res.path("grounding.jsonl").open("w") as handle:
             for record in records:
                 handle.write(json.dumps(record) + "\n")
-        pairs, pair_records = question_pairs(records, grid)
+        pairs, _ = question_pairs(records, grid)
         if pairs:
             res.replace(PAIR_TABLE, [{**base, **row} for row in pairs])
-        _figures(res, samples, records, pair_records, grid, f"{cfg.model} ({built.loaded.weights} weights)",
-                 figure_samples)
     return res.out
 
 
@@ -119,23 +124,6 @@ def summary_rows(records: list[dict], base: dict) -> list[dict]:
                          "acc_iou_0_5": 100 * float(np.mean([iou >= 0.5 for iou in ious])),
                          "k_mean": float(np.mean([r["k"] for r in part]))})
     return rows
-
-
-def _figures(res, samples, records, pair_records, grid: int, title: str, figure_samples: int) -> None:
-    """table3.md (grounding, plus question pairs), pair.png and selections.png."""
-    from qgsa_bench.report import figure_pair, figure_selections, grounding_markdown, pairs_markdown
-
-    def table(grounding, pairs, meta):
-        return grounding_markdown(grounding, meta) + ("" if pairs is None else "\n" + pairs_markdown(pairs))
-
-    res.render("table3.md", table, GROUNDING_TABLE, PAIR_TABLE)  # pairs: None where no pair was found
-    if pair_records:
-        first = pair_records[0]
-        figure_pair(samples[first[0]].open_image(), records[first[0]], records[first[1]], grid,
-                    res.path("pair.png"), title=f"{title}: two questions, one image")
-    shown = list(zip(samples, records))[:figure_samples]
-    figure_selections([(s.open_image(), r) for s, r in shown], grid, res.path("selections.png"),
-                      title=f"{title}: qgsa (cyan) vs box (green)")
 
 
 def _centers_inside(indices, grid: int, width: float, height: float, box) -> float:

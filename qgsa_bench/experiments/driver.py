@@ -5,7 +5,7 @@
         res.write_meta(meta)                     # meta.json: environment, provenance, settings, notes
         done = res.done(TABLE)                   # rows already written (resume)
         res.append(TABLE, rows) / res.replace(TABLE, rows)
-        res.render("table.md", builder, TABLE)   # the table, rendered by the report from the files written
+                                                 # tables and figures: report.render_folder(out), from the files
 
 A `Table` (a CSV's file name, columns and the columns that name a row) is declared once, beside the
 command that writes it; `qgsa report` reads the same declaration. Raises QGSAError (one line) for a folder
@@ -99,13 +99,6 @@ class Results:
 
     def read(self, table: Table):
         return read_rows(self.path(table.file), table.key)
-
-    def render(self, name: str, builder, *tables: Table) -> Path:
-        """`name` = builder(frames of `tables` as written, meta.json): the table comes from the files."""
-        frames = [self.read(t) if self.path(t.file).exists() else None for t in tables]
-        path = self.path(name)
-        path.write_text(builder(*frames, read_meta(self.out)))
-        return path
 
 
 __all__ = ["META", "Results", "Table"]

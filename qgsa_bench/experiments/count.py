@@ -22,10 +22,10 @@ from pathlib import Path
 import torch
 
 from qgsa_bench import QGSAError
-from qgsa_bench.driver import Results, Table
-from qgsa_bench.efficiency.depth import build_at_depth, count_scaled, plan_for
 from qgsa_bench.efficiency.flops import count_flops
-from qgsa_bench.efficiency.runner import FLOP_CONVENTION
+from qgsa_bench.experiments.depth import build_at_depth, count_scaled, plan_for
+from qgsa_bench.experiments.driver import Results, Table
+from qgsa_bench.experiments.runner import FLOP_CONVENTION
 from qgsa_bench.results import run_meta
 from qgsa_bench.run.lm import tokens_for_layer_average
 from qgsa_bench.run.spec import parse_specs
@@ -136,7 +136,7 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
         vision = vision_crosscheck(probe, resolution)
         meta = {**run_meta(probe), "model": cfg.model, "model_source": preset.get("hub_id") or f"preset:{cfg.model}",
                 "weights": "random", "dense_visual_tokens": n_dense,
-                "counting": ("LM counted on depth-reduced copies and scaled exactly (efficiency/depth.py)" if scale
+                "counting": ("LM counted on depth-reduced copies and scaled exactly (experiments/depth.py)" if scale
                              else "LM counted at its full depth"), "flop_convention": FLOP_CONVENTION}
         meta.pop("architecture_hash", None)
         meta = res.write_meta(meta)
@@ -160,10 +160,7 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
             checks["lm_prefill"] = prefill_crosscheck(build_text_config(cfg.model), dense, cfg.batch)
         res.replace(FLOPS_TABLE, rows)
         res.path("crosscheck.json").write_text(json.dumps(checks, indent=1) + "\n")
-        meta = res.write_meta({**meta, "crosscheck": checks})
-        from qgsa_bench.report import count_markdown
-
-        res.path("table.md").write_text(count_markdown(rows, meta))
+        res.write_meta({**meta, "crosscheck": checks})
     return res.out
 
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from qgsa_bench import QGSAError
-from qgsa_bench.efficiency.measure import Case, count_stage_flops
+from qgsa_bench.experiments.measure import Case, count_stage_flops
 from qgsa_bench.run.spec import Spec, parse_spec
 from qgsa_bench.selectors.base import Point
 
@@ -153,9 +153,9 @@ def _shape(plan: Plan, run, images, questions, resolution: int, full: int) -> di
         prepared = run.prepare(images, questions, resolution, plan.k)
     n_vis = float(prepared.inputs.n_visual.float().mean())
     if plan.cuts:  # the full model's schedule: segment lengths times the tokens each segment holds
-        kept = [n_vis] + [float(b.float().mean()) for b in prepared.inputs.plan.budgets]
+        kept = [n_vis] + [float(b.float().mean()) for b in prepared.plan.budgets]
         avg = sum(s * v for s, v in zip(plan.segments(full), kept)) / full
     else:
-        avg = layer_average(prepared.inputs, full)
+        avg = layer_average(prepared.inputs, prepared.plan, full)
     return {"n_visual_tokens": n_vis, "visual_tokens_layer_avg": avg,
             "prompt_tokens": int(prepared.inputs.attention_mask.shape[1])}

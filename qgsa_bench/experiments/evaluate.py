@@ -21,10 +21,9 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import EvalConfig
 from qgsa_bench.data import load_dataset
-from qgsa_bench.driver import Results, Table
 from qgsa_bench.efficiency.timing import Stopwatch
+from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.metrics import SCORING, multiple_choice_score, score
-from qgsa_bench.models.base import LMInputs
 from qgsa_bench.results import run_meta
 
 EVAL_COLUMNS = [
@@ -43,14 +42,14 @@ def batches(items: list, size: int):
 
 
 @torch.no_grad()
-def _multiple_choice(adapter, inputs: LMInputs, samples) -> list[int]:
+def _multiple_choice(run, result, samples) -> list[int]:
     """Index of the most probable choice per sample, scored on the same LM inputs (and so the same
     selected patches) as the generated answer: each sample's row repeated once per choice."""
     picks = []
     for b, sample in enumerate(samples):
         n = len(sample.choices)
-        rows = inputs.rows(b, n)
-        picks.append(int(adapter.answer_logprob(rows, list(sample.choices)).argmax()))
+        plan = None if result.plan is None else result.plan.for_rows(b, n)
+        picks.append(int(run.answer_logprob(result.inputs.rows(b, n), plan, list(sample.choices)).argmax()))
     return picks
 
 
@@ -77,7 +76,7 @@ def _batch_records(run, chunk, images, resolution: int, cfg: EvalConfig) -> list
     with Stopwatch(adapter.device) as sw:
         prepared = run.answer(images, questions, resolution, cfg.k, cfg.max_new_tokens)
     generated = prepared.generated
-    mc = (_multiple_choice(adapter, prepared.inputs, chunk)
+    mc = (_multiple_choice(run, prepared, chunk)
           if all(s.choices for s in chunk) else [None] * len(chunk))
     records = []
     for b, sample in enumerate(chunk):
@@ -172,9 +171,6 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
                 handle.write(json.dumps({**record, "weights": built.loaded.weights}) + "\n")
         # again: images skipped under --skip-bad are known only now
         res.write_meta({**meta, **data.meta(), "submission_files": [p.name for p in written]})
-        from qgsa_bench.report import eval_markdown
-
-        res.render("table.md", eval_markdown, EVAL_TABLE)
     return res.out
 
 

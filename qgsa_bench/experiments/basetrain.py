@@ -24,12 +24,12 @@ import torch
 
 from qgsa_bench import QGSAError
 from qgsa_bench.data import shapes
+from qgsa_bench.experiments.train import lr_factor
 from qgsa_bench.metrics import exact_match
 from qgsa_bench.models.idefics3 import PROMPT_PREFIX, PROMPT_SUFFIX, Idefics3Adapter
 from qgsa_bench.models.registry import LoadedModel
 from qgsa_bench.models.tokenizer import WORD_LEVEL_KIND, build_word_tokenizer
 from qgsa_bench.runtime import resolve_device
-from qgsa_bench.train import lr_factor
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<global-img>", "<fake_token_around_image>",
                   "<image>", "<end_of_utterance>"]

@@ -29,7 +29,7 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import TrainConfig
 from qgsa_bench.data import load_dataset
-from qgsa_bench.driver import Results
+from qgsa_bench.experiments.driver import Results
 from qgsa_bench.qgsa import losses
 from qgsa_bench.qgsa.checkpoint import load_checkpoint, save_checkpoint
 from qgsa_bench.qgsa.config import QGSAConfig
@@ -168,7 +168,8 @@ class Trainer:
 
     def answer_logprob(self, visual: Visual, x: StepInputs) -> torch.Tensor:
         """log P(answer | the prompt around `visual`) (B,), through the run's LM inputs."""
-        return self.adapter.answer_logprob(self.run.lm_inputs(visual, x.questions, x.q), x.answers)
+        inputs, plan = self.run.lm_inputs(visual, x.questions, x.q)
+        return self.run.answer_logprob(inputs, plan, x.answers)
 
     def losses(self, x: StepInputs, tau: float) -> dict[str, torch.Tensor]:
         cfg = self.cfg

@@ -15,11 +15,11 @@ from typing import Callable
 import numpy as np
 import torch
 
-from qgsa_bench.driver import Table
 from qgsa_bench.efficiency import stats
 from qgsa_bench.efficiency.compiled import compilations
-from qgsa_bench.efficiency.measure import Case, count_stage_flops, peer_formulas, time_once
 from qgsa_bench.efficiency.timing import now as timing_clock
+from qgsa_bench.experiments.driver import Table
+from qgsa_bench.experiments.measure import Case, count_stage_flops, peer_formulas, time_once
 
 # the timing statistics every results CSV carries beside its own columns (see stats and measure_cases)
 PEER_COLUMNS = ["formula_fastv_prefill", "formula_ffn3_prefill", "visual_tokens_layer_avg"]

@@ -18,17 +18,11 @@ from pathlib import Path
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import EvalConfig, MeasureConfig
-from qgsa_bench.driver import Results, Table
-from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import (
-    COMPARISONS_TABLE,
-    Progress,
-    measure_cases,
-    measure_meta,
-    steps_per_resolution,
-    warn_unstable,
-)
-from qgsa_bench.efficiency.sweep import SWEEP_COLUMNS
+from qgsa_bench.experiments.driver import Results, Table
+from qgsa_bench.experiments.measure import Case
+from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_cases, measure_meta,
+                                           steps_per_resolution, warn_unstable)
+from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.results import run_meta
 from qgsa_bench.run.spec import parse_specs
@@ -168,7 +162,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                                        **(data.meta() if data else {}), **measure_meta(built, m)))
         if progress:
             steps = steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops)
-            progress(f"{len(cases)} cases at {resolution}px", -(steps + (len(cases) * len(data.samples) if data else 0)))
+            steps += len(cases) * len(data.samples) if data else 0
+            progress(f"{len(cases)} cases at {resolution}px", -steps)
         image = load_image(m.image) if m.image else demo_image()
         rows, pairs = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, resolution, m.reps, m.warmup,
                                     m.decode_tokens, m.count_flops, progress)
@@ -183,10 +178,6 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
         unstable = [r["case"] for r in rows if r.get("unstable")]
         res.write_meta({**meta, "unstable_cases": unstable, "reps_stopped": rows[0].get("reps_stopped")})
         warn_unstable(warn, unstable)
-        from qgsa_bench.report import budget_markdown
-
-        res.render("table.md", lambda budget, accuracy, meta: budget_markdown(
-            budget, meta, accuracy if accuracy_rows else None), BUDGET_TABLE, ACCURACY_TABLE)
     return res.out
 
 
@@ -213,7 +204,7 @@ def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: di
 
 def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress) -> list[dict]:
     """Every case evaluated on the data set (per-sample scoring of evaluate.py), summarised per scope."""
-    from qgsa_bench.evaluate import evaluate_run, summary_rows, warm_up
+    from qgsa_bench.experiments.evaluate import evaluate_run, summary_rows, warm_up
 
     m = cfg.measure
     ecfg = EvalConfig(model=m.model, dataset=data.name, batch=cfg.eval_batch, max_new_tokens=cfg.max_new_tokens,

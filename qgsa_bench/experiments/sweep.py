@@ -12,23 +12,12 @@ from pathlib import Path
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import SweepConfig
-from qgsa_bench.driver import Results, Table
 from qgsa_bench.efficiency.compiled import compiled_engine
-from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import (
-    COMPARISONS_TABLE,
-    PEER_COLUMNS,
-    STAT_COLUMNS,
-    THROUGHPUT_COLUMNS,
-    Progress,
-    case_labels,
-    measure_cases,
-    measure_meta,
-    steps_per_resolution,
-    timing_clock,
-    timing_deadline,
-    warn_unstable,
-)
+from qgsa_bench.experiments.driver import Results, Table
+from qgsa_bench.experiments.measure import Case
+from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, PEER_COLUMNS, STAT_COLUMNS, THROUGHPUT_COLUMNS, Progress,
+                                           case_labels, measure_cases, measure_meta, steps_per_resolution,
+                                           timing_clock, timing_deadline, warn_unstable)
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.results import run_meta
 from qgsa_bench.runtime import device_name, dtype_name, resolve_device
@@ -97,9 +86,6 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
         if todo:
             res.write_meta({**meta, "unstable_cases": unstable, "reps_stopped": stopping})
         warn_unstable(warn, unstable)
-        from qgsa_bench.report import table4_markdown
-
-        res.render("table4.md", table4_markdown, SWEEP_TABLE)
     return res.out
 
 

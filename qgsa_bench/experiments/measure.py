@@ -69,7 +69,7 @@ def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], deco
     ms = clock.intervals_ms()
     vision, select, prefill, decode = ms if stages else [float("nan")] * 4
     inputs = result.inputs
-    kept = None if run.spec.selector.keeps_all else kept_visual(inputs, result.selection)
+    kept = None if run.spec.selector.keeps_all else kept_visual(result.plan, result.selection)
     return {
         "vision_ms": vision,
         **_stage_names(run, {"select": select}, "select_ms", "connector_ms", 0.0),
@@ -78,7 +78,7 @@ def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], deco
         "latency_ms": sum(ms),
         "n_visual_tokens": float(inputs.n_visual.float().mean()),
         "k": None if kept is None else float(kept.float().mean()),
-        "visual_tokens_layer_avg": layer_average(inputs, run.adapter.lm_depth),
+        "visual_tokens_layer_avg": layer_average(inputs, result.plan, run.adapter.lm_depth),
         "prompt_tokens": int(inputs.attention_mask.shape[1]),
         "layer_tokens": result.layer_tokens,  # each LM layer's sequence length in prefill
         "trace": result.trace,

@@ -15,19 +15,11 @@ from pathlib import Path
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import AblateConfig
-from qgsa_bench.driver import Results, Table
-from qgsa_bench.efficiency.measure import Case
-from qgsa_bench.efficiency.runner import (
-    STAT_COLUMNS,
-    THROUGHPUT_COLUMNS,
-    Progress,
-    measure_cases,
-    measure_meta,
-    steps_per_resolution,
-    timing_deadline,
-    warn_unstable,
-)
-from qgsa_bench.efficiency.sweep import PAPER_K, check_k_fits
+from qgsa_bench.experiments.driver import Results, Table
+from qgsa_bench.experiments.measure import Case
+from qgsa_bench.experiments.runner import (STAT_COLUMNS, THROUGHPUT_COLUMNS, Progress, measure_cases, measure_meta,
+                                           steps_per_resolution, timing_deadline, warn_unstable)
+from qgsa_bench.experiments.sweep import PAPER_K, check_k_fits
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.qgsa.checkpoint import load_checkpoint
 from qgsa_bench.results import run_meta
@@ -110,9 +102,6 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
             unstable = [row["config"] for row in rows if row["unstable"]]
             res.write_meta({**meta, "unstable_cases": unstable, "reps_stopped": rows[0]["reps_stopped"]})
             warn_unstable(warn, unstable)
-        from qgsa_bench.report import table5_markdown
-
-        res.render("table5.md", table5_markdown, ABLATE_TABLE)
     return res.out
 
 
@@ -133,7 +122,7 @@ def _cases(built, checkpoints: dict, fixed_k: int) -> tuple[list[Case], dict]:
 def train_configurations(cfg: AblateConfig, fixed_k: int, progress=None, warn=None) -> dict[str, str]:
     """Train each QGSA configuration that has no checkpoint (or reuse OUT/train/NAME), return the paths."""
     from qgsa_bench.config import TrainConfig
-    from qgsa_bench.train import CHECKPOINT, run_train
+    from qgsa_bench.experiments.train import CHECKPOINT, run_train
 
     m, paths = cfg.measure, {}
     for name, flags in TRAIN_FLAGS.items():
@@ -156,7 +145,7 @@ def ablation_accuracy(cfg: AblateConfig, cases: list[Case]) -> dict[str, dict]:
 
     from qgsa_bench.config import EvalConfig
     from qgsa_bench.data import load_dataset
-    from qgsa_bench.evaluate import evaluate_run
+    from qgsa_bench.experiments.evaluate import evaluate_run
 
     data = load_dataset(cfg.train_dataset or "shapes", cfg.train_data_dir, None, cfg.eval_limit)
     ecfg = EvalConfig(batch=8, seed=cfg.measure.seed)

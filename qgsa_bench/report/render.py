@@ -1,0 +1,77 @@
+"""A results folder's own tables and figures, made from its files once the command that wrote them is done.
+
+    sweep.csv -> table4.md         ablate.csv -> table5.md        eval.csv -> table.md
+    budget.csv (+ accuracy.csv) -> table.md                       flops.csv -> table.md
+    grounding.csv (+ pairs.csv) -> table3.md, selections.png, pair.png (the images read again from the data
+    set the run names in meta.json: the same samples, found by id)
+The commands write rows and meta.json only (experiments/); the CLI calls `render_folder` after them, and
+anyone can call it again on a folder. Raises QGSAError for a folder that is not a results folder or holds a
+damaged file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from qgsa_bench.report.discover import is_results_folder, load_folder
+from qgsa_bench.report.tables import (budget_markdown, count_markdown, eval_markdown, grounding_markdown,
+                                      pairs_markdown, table4_markdown, table5_markdown)
+
+FIGURE_SAMPLES = 4  # images in selections.png
+
+
+def render_folder(folder) -> list[Path]:
+    """Write the tables (and grounding figures) of `folder` from its CSVs and meta.json; the paths written."""
+    folder = Path(folder)
+    if not is_results_folder(folder):
+        return []
+    meta, tables = load_folder(folder)
+    texts = {}
+    if "sweep" in tables:
+        texts["table4.md"] = table4_markdown(tables["sweep"], meta)
+    if "ablate" in tables:
+        texts["table5.md"] = table5_markdown(tables["ablate"], meta)
+    if "eval" in tables:
+        texts["table.md"] = eval_markdown(tables["eval"], meta)
+    if "budget" in tables:
+        texts["table.md"] = budget_markdown(tables["budget"], meta, tables.get("accuracy"))
+    if "flops" in tables:
+        records = tables["flops"].astype(object).where(tables["flops"].notna(), None).to_dict("records")
+        texts["table.md"] = count_markdown(records, meta)
+    if "grounding" in tables:
+        pairs = tables.get("pairs")
+        texts["table3.md"] = grounding_markdown(tables["grounding"], meta) + (
+            "" if pairs is None else "\n" + pairs_markdown(pairs))
+    written = []
+    for name, text in texts.items():
+        (folder / name).write_text(text)
+        written.append(folder / name)
+    if "grounding" in tables:
+        written += grounding_figures(folder, meta)
+    return written
+
+
+def grounding_figures(folder: Path, meta: dict, shown: int = FIGURE_SAMPLES) -> list[Path]:
+    """selections.png (the first `shown` samples: QGSA's patches and the box) and pair.png (the first two
+    questions about different objects of one image), on the images of the data set the run read."""
+    from qgsa_bench.config import EvalConfig
+    from qgsa_bench.experiments.grounding import box_samples, question_pairs
+    from qgsa_bench.report.figures import figure_pair, figure_selections
+
+    grid = meta.get("grid")
+    path = folder / "grounding.jsonl"
+    if grid is None or not path.is_file():  # folders from before meta.json named the patch grid
+        return []
+    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    _, samples = box_samples(EvalConfig(**meta["settings"]))
+    by_id = {s.id: s for s in samples}
+    title = f"{meta.get('model', '?')} ({meta.get('weights', '?')} weights)"
+    items = [(by_id[r["id"]].open_image(), r) for r in records[:shown] if r["id"] in by_id]
+    written = [figure_selections(items, grid, folder / "selections.png", title=f"{title}: qgsa (cyan) vs box (green)")]
+    _, pairs = question_pairs(records, grid)
+    if pairs:
+        first, second = records[pairs[0][0]], records[pairs[0][1]]
+        written.append(figure_pair(by_id[first["id"]].open_image(), first, second, grid, folder / "pair.png",
+                                   title=f"{title}: two questions, one image"))
+    return written
