@@ -1,6 +1,6 @@
-"""The regression harness in quick mode: the CLI's FLOPs, accuracy and selections equal the reference
-generated with the code before the refactor (benchmarks/regression/quick-reference.json). About two
-minutes on the 2-core CPU machine (CPU, offline)."""
+"""The regression harness in quick mode: the CLI's FLOPs, accuracy and selections equal the committed
+reference (benchmarks/regression/quick-reference.json; its README says how it was made and what the one-run
+refactor changed). About two minutes on the 2-core CPU machine (CPU, offline)."""
 
 import os
 import subprocess
