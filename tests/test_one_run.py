@@ -50,6 +50,9 @@ def test_a_spec_is_parsed_once_into_an_object():
         parse_spec("sparse")
     with pytest.raises(QGSAError, match="unknown selector 'sparse'"):
         parse_spec("sparse@lm:2")
+    for keeps_all in ("dense@post-vision", "dense-bypass@post-vision"):  # nothing to place: refused, not relabelled
+        with pytest.raises(QGSAError, match="selects nothing, so it has no insertion point"):
+            parse_spec(keeps_all)
 
 
 def test_every_selector_is_registered_where_it_is_defined():
@@ -57,3 +60,23 @@ def test_every_selector_is_registered_where_it_is_defined():
         assert cls.name == name and cls.paper and cls.points
         module = cls.__module__
         assert module.startswith("qgsa_bench.selectors.") or module == "qgsa_bench.qgsa.selectors", module
+
+
+@pytest.mark.parametrize("spec", ["visionzip", "visionzip@vision:1"])
+@torch.no_grad()
+def test_visionzip_reports_its_merged_tokens_as_kept_at_every_point(tiny, images, spec):
+    result = tiny.run(spec).prepare(images, QUESTIONS, 64, k=4)
+    assert [result.kept(b) for b in range(2)] == result.inputs.n_visual.tolist() == [4, 4]
+
+
+def test_count_flops_without_a_dense_case_renders_its_table(tmp_path):
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    out = tmp_path / "count"
+    result = CliRunner().invoke(app, ["count-flops", "--model", "tiny", "--pipelines", "random,fastv", "--budgets", "4",
+                                      "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    table = (out / "table.md").read_text()
+    assert "| random | 4 |" in table and "| fastv | 4 |" in table

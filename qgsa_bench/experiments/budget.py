@@ -191,7 +191,7 @@ def budget_rule(unit: str) -> str:
 
 def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: dict) -> None:
     """Each case's row gains its budget, share, selector description, weights and FLOPs share of dense."""
-    dense_flops = next((r.get("flops_total") for r in rows if r["pipeline"] == "dense"), None)
+    dense_flops = next((r.get("flops_total") for c, r in zip(cases, rows) if c.run.spec.is_dense), None)
     for case, row in zip(cases, rows):
         own = cfg.checkpoints.get(case.run.spec.selector.name)
         budget = n_dense if case.k is None else int(case.label.rpartition("k=")[2])
@@ -217,7 +217,7 @@ def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress)
             records = evaluate_run(case.run, data, resolution, ecfg, progress)
         for summary in summary_rows(records, case.pipeline):
             key = (summary["scope"], summary["question_type"])
-            if case.pipeline == "dense":
+            if case.run.spec.is_dense:
                 dense[key] = summary["accuracy"]
             out.append({"budget": row["budget"], "budget_share": row["budget_share"], "case": case.label,
                         "selector": row["selector"], "point": row["point"], "flops_total": row.get("flops_total"),

@@ -147,7 +147,7 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
             progress(f"{len(cases)} cases, {copies} counts", -copies)
         rows = count_scaled(cfg.model, cases, resolution, cfg.batch, cfg.question, cfg.decode_tokens,
                             progress=progress, direct=not scale, vision_depth=vdepth)
-        dense = next((r for r in rows if r["pipeline"] == "dense"), None)
+        dense = next((r for r, (spec, _) in zip(rows, given) if spec.is_dense), None)
         for row, (_, budget) in zip(rows, given):
             row.update({"budget": budget, "budget_unit": cfg.budget_unit, "model": cfg.model,
                         "weights": "random (counted: FLOPs do not depend on weight values)",

@@ -158,7 +158,7 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         for run in runs:
             records = evaluate_run(run, data, resolution, cfg, progress)
             all_records += records
-            rows += summary_rows(records, run.label)
+            rows += [{**row, "dense": run.spec.is_dense} for row in summary_rows(records, run.label)]
             if data.name == "aokvqa":
                 written.append(write_aokvqa_submission(records, res.path(f"predictions_{data.split}-{run.label}.json")))
         if not all_records:
@@ -175,8 +175,9 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
 
 
 def with_delta_vs_dense(rows: list[dict]) -> list[dict]:
-    """Each summary row with its accuracy difference to the dense row of the same scope (points)."""
-    dense = {(r["scope"], r["question_type"]): r["accuracy"] for r in rows if r["pipeline"] == "dense"}
+    """Each summary row (its "dense": from the dense run) with its accuracy difference to the dense row of the
+    same scope (points)."""
+    dense = {(r["scope"], r["question_type"]): r["accuracy"] for r in rows if r["dense"]}
     for row in rows:
         ref = dense.get((row["scope"], row["question_type"]))
         row["delta_vs_dense_points"] = None if ref is None or row["accuracy"] is None else row["accuracy"] - ref

@@ -37,7 +37,7 @@ def render_folder(folder) -> list[Path]:
     if "budget" in tables:
         texts["table.md"] = budget_markdown(tables["budget"], meta, tables.get("accuracy"))
     if "flops" in tables:
-        records = tables["flops"].astype(object).where(tables["flops"].notna(), None).to_dict("records")
+        records = [{k: v for k, v in row.items() if v == v} for row in tables["flops"].to_dict("records")]  # no NaN
         texts["table.md"] = count_markdown(records, meta)
     if "grounding" in tables:
         pairs = tables.get("pairs")

@@ -75,6 +75,8 @@ def parse_spec(text: str) -> Spec:
         selector = REGISTRY[name]()
         return Spec(text, selector, Point("post-vision") if selector.patch_form else None, selector.patch_form)
     selector = selector_class(name)()
+    if selector.keeps_all:
+        raise QGSAError(f"'{name}' selects nothing, so it has no insertion point: give --pipelines {name}")
     point = parse_point(where)
     selector.check_point(point)
     return Spec(text, selector, point)

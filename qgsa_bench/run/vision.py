@@ -82,6 +82,8 @@ def vision_from(run, h: torch.Tensor, h_in: torch.Tensor | None, q, k=None, tau=
     selection = sel.select(state, k)
     check_budget(selection.k, n, f"at {point} ({n} visual tokens there)")
     X_kept, valid = kept_units(X, selection)  # (B, k_max', g, d_v), (B, k_max')
+    if selection.merged is not None:  # VisionZip: the merged units are kept visual tokens too (as at post-vision)
+        selection.k = valid.sum(1)
     g, d = X_kept.shape[2], X_kept.shape[3]
     h = torch.cat([h[:, :P], X_kept.reshape(B, -1, d)], dim=1)
     key_valid = torch.cat([torch.ones(B, P, dtype=torch.bool, device=h.device),
