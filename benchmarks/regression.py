@@ -23,11 +23,14 @@ quick (CI, about 2 minutes on 2 CPU cores): random-weight tiny and llava-tiny mo
 shapes base (results/shapes/base-model) with a random-init QGSA module for accuracy and selections
 on 8 questions. full (by hand, about an hour): LLaVA-1.5-7B's count and SmolVLM-256M's 576 px sweep
 against the committed results/cpu-llava/flops.csv and results/cpu-selectors-576/budget.csv, the
-committed results/shapes/budget command (two QGSA checkpoints) against its accuracy.csv (or
---accuracy-reference), and the selections of every selector on 20 questions against --reference.
+committed results/shapes/budget command with two QGSA checkpoints retrained by results/selectors/run.sh
+against regression/full-accuracy-baseline.csv (the code before the refactor with those checkpoints:
+training is not bit-for-bit reproducible, so the committed accuracy.csv differs in the qgsa and
+qgsa-vision rows), and the selections of every selector on 20 questions against --reference.
 
   python3 benchmarks/regression.py quick --reference benchmarks/regression/quick-reference.json
-  python3 benchmarks/regression.py full --parts a,b --reference benchmarks/regression/full-reference.json
+  python3 benchmarks/regression.py full --reference benchmarks/regression/full-reference.json \
+      --checkpoint runs/shapes/qgsa-attr/checkpoint.pt --vision-checkpoint runs/shapes/qgsa-vision2/checkpoint.pt
 """
 
 from __future__ import annotations
