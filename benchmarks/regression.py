@@ -25,8 +25,9 @@ on 8 questions. full (by hand, about an hour): LLaVA-1.5-7B's count and SmolVLM-
 against the committed results/cpu-llava/flops.csv and results/cpu-selectors-576/budget.csv, the
 committed results/shapes/budget command with two QGSA checkpoints retrained by results/selectors/run.sh
 against regression/full-accuracy-baseline.csv (the code before the refactor with those checkpoints:
-training is not bit-for-bit reproducible, so the committed accuracy.csv differs in the qgsa and
-qgsa-vision rows), and the selections of every selector on 20 questions against --reference.
+training repeats itself bit for bit here but not the committed checkpoints, so the committed
+accuracy.csv differs in the qgsa and qgsa-vision rows), and the selections of every selector on 20
+questions against --reference.
 
   python3 benchmarks/regression.py quick --reference benchmarks/regression/quick-reference.json
   python3 benchmarks/regression.py full --reference benchmarks/regression/full-reference.json \
@@ -147,19 +148,20 @@ def fact_columns(name: str, columns) -> list[str]:
     return [c for c in wanted if not TIMING.search(c)]
 
 
-def read_facts(path: Path) -> dict:
-    """{row key: {column: value}} of one results file."""
+def read_facts(path: Path, kind: str | None = None) -> dict:
+    """{row key: {column: value}} of one results file, read as `kind` (default: its name)."""
+    kind = kind or path.name
     if path.suffix == ".jsonl":
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
         columns = PREDICTION_FIELDS
     else:
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
-        columns = fact_columns(path.name, rows[0].keys() if rows else [])
+        columns = fact_columns(kind, rows[0].keys() if rows else [])
         rows = [{c: cell(v) for c, v in row.items()} for row in rows]
     facts = {}
     for row in rows:
-        key = " | ".join(str(row.get(k)) for k in ROW_KEYS[path.name])
+        key = " | ".join(str(row.get(k)) for k in ROW_KEYS[kind])
         while key in facts:
             key += " (again)"
         facts[key] = {c: row.get(c) for c in columns}
@@ -227,7 +229,7 @@ def committed_checks(facts: dict, args) -> list[str]:
     for part, (key, path) in targets.items():
         if part in args.parts:
             print(f"  {part}: {key} against {path}")
-            old = read_facts(Path(path))
+            old = read_facts(Path(path), key.split("/")[1])
             columns = {c for row in old.values() for c in row}  # the committed file's (an older one has fewer)
             new = {r: {c: v for c, v in row.items() if c in columns} for r, row in facts.get(key, {}).items()}
             lines += differences({key: old}, {key: new}, f"[{Path(path).name}] ")
@@ -247,7 +249,7 @@ def parse(argv=None):
     p.add_argument("--vision-checkpoint", type=Path, help="full c, d: the qgsa-vision2 checkpoint (vision:2)")
     p.add_argument("--accuracy-reference", type=Path, help="full c: accuracy.csv to compare with (default: "
                    f"{ACCURACY_BASELINE.relative_to(REPO)}, the baseline code's with the checkpoints retrained by "
-                   "results/selectors/run.sh; training is not bit-for-bit reproducible, so the committed "
+                   "results/selectors/run.sh; they are not the committed run's, so the committed "
                    "results/shapes/budget/accuracy.csv differs in the qgsa and qgsa-vision rows)")
     p.add_argument("--parts", default="a,b,c,d", help="full: which of a,b,c,d to run")
     p.add_argument("--jobs", type=int, help="CLI runs at a time (default: 2 in quick mode, 1 in full)")
