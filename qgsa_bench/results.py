@@ -103,6 +103,13 @@ def _clean(value):
     return "" if value is None else value
 
 
+def check_whole(path: Path) -> None:
+    """QGSAError naming the fix when the CSV at `path` was cut off in the middle of a row."""
+    if ends_mid_row(path):
+        raise QGSAError(f"{path} ends in the middle of a row (a crash or a full disk while it was written): "
+                        f"delete its last line, or the file, and rerun the command that made it")
+
+
 def read_rows(path: Path, required: list[str] | tuple[str, ...] = ()):
     """A results CSV as a pandas DataFrame; one clear error for a missing file or column."""
     import pandas as pd
@@ -110,9 +117,7 @@ def read_rows(path: Path, required: list[str] | tuple[str, ...] = ()):
     path = Path(path)
     if not path.is_file():
         raise QGSAError(f"results file not found: {path}")
-    if ends_mid_row(path):
-        raise QGSAError(f"{path} ends in the middle of a row (a crash or a full disk while it was written): "
-                        f"delete its last line, or the file, and rerun the command that made it")
+    check_whole(path)
     try:
         frame = pd.read_csv(path)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from qgsa_bench import QGSAError
-from qgsa_bench.results import META, append_rows, ends_mid_row, locked, read_meta, read_rows, replace_rows, write_meta
+from qgsa_bench.results import META, append_rows, check_whole, locked, read_meta, read_rows, replace_rows, write_meta
 
 
 @dataclass(frozen=True)
@@ -65,9 +65,7 @@ class Results:
                 raise QGSAError(f"{self.out} holds results made with other settings ({', '.join(differs)} differ): "
                                 f"use another --out, or delete that folder to start over")
         for path in sorted(self.out.glob("*.csv")):
-            if ends_mid_row(path):
-                raise QGSAError(f"{path} ends in the middle of a row (a crash or a full disk while it was written): "
-                                f"delete its last line, or the file, and rerun the command that made it")
+            check_whole(path)
 
     def path(self, name: str) -> Path:
         return self.out / name
@@ -77,9 +75,6 @@ class Results:
         meta = {**meta, "kind": self.kind, "settings": self.settings}
         write_meta(self.out, meta)
         return meta
-
-    def meta(self) -> dict | None:
-        return read_meta(self.out)
 
     def done(self, table: Table) -> set[tuple]:
         """The `table.key` of every row already written (empty when the file does not exist yet)."""
@@ -96,9 +91,6 @@ class Results:
     def replace(self, table: Table, rows: list[dict]) -> None:
         """The whole file, atomically."""
         replace_rows(self.path(table.file), rows, list(table.columns))
-
-    def read(self, table: Table):
-        return read_rows(self.path(table.file), table.key)
 
 
 __all__ = ["META", "Results", "Table"]
