@@ -61,7 +61,10 @@ def _parameters_table(data: dict) -> Table:
 
 @command()
 def ask(
-    image: Path = typer.Option(..., "--image", "-i", help="Image file (PNG, JPEG, ...)."),
+    image: Path = typer.Option(..., "--image", "-i", help=(
+        "Image file (PNG, JPEG, TIFF, ...; 16-bit grey shown by its top byte, transparency on white). At most "
+        "QGSA_MAX_IMAGE_PIXELS pixels (environment variable; default 178956970, Pillow's decompression-bomb "
+        "limit; 'none': no limit).")),
     question: str = typer.Option(..., "--question", "-q", help="The question about the image."),
     model: Model = "smolvlm-256m",
     pipeline: str = typer.Option("dense", "--pipeline", "-p", help=PIPELINE_HELP),

@@ -42,7 +42,8 @@ MaxTime = Annotated[Optional[float], typer.Option(help="With --reps auto: second
 Warmup = Annotated[int, typer.Option(help="Untimed warm-up runs per pipeline.")]
 DecodeTokens = Annotated[int, typer.Option(help="Generated tokens per run (end to end = prefill + these).")]
 Image = Annotated[Optional[Path], typer.Option(help="Image to run on (default: a generated picture; content does "
-                                                    "not change cost).")]
+                                                    "not change cost). At most QGSA_MAX_IMAGE_PIXELS pixels "
+                                                    "(environment; default 178956970, 'none': no limit).")]
 # unset: the configuration's question (MeasureConfig.question; importing the configs here would slow --help)
 Question = Annotated[Optional[str], typer.Option(help="Question to run with (default: 'What color is the circle?').")]
 NoFlops = Annotated[bool, typer.Option("--no-flops", help="Skip fvcore FLOP counting (timing only).")]
@@ -66,7 +67,9 @@ DataDir = Annotated[Optional[str], typer.Option(
          "refcoco: lmms-lab/RefCOCO), downloaded once into the HF cache, offline from the cache. Not used by shapes.")]
 Split = Annotated[Optional[str], typer.Option(help="Split (default: vqa-rad test, aokvqa val, refcoco val, shapes test).")]
 Limit = Annotated[Optional[int], typer.Option(help="Use at most this many samples.")]
-SkipBad = Annotated[bool, typer.Option("--skip-bad", help="Skip and count unreadable images instead of stopping.")]
+SkipBad = Annotated[bool, typer.Option("--skip-bad", help=(
+    "Skip and count unreadable images instead of stopping (any decode error, or more pixels than "
+    "QGSA_MAX_IMAGE_PIXELS, default 178956970; set it to a larger number or 'none' to read such images)."))]
 
 
 class OptionBlock:

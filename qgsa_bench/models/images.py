@@ -1,6 +1,7 @@
 """Image loading and preprocessing, and the resolution rules of the dense and sparse paths.
 
-Preprocessing (documented choice): the image is converted to RGB, resized to a square R x R with
+Preprocessing (documented choice): the image is rendered as 8-bit RGB (`data.types.to_rgb`: transparency on
+white, 16-bit grey by its top byte, the rule for every PIL mode in data/types.py), resized to a square R x R with
 bicubic interpolation, scaled to [0, 1] and normalised with the model's image processor mean/std
 (the preset's, SmolVLM's 0.5/0.5, when the model ships no processor). We do not call SmolVLM's own
 image processor because it always resizes to multiples of 512 px and splits large images into
@@ -27,8 +28,11 @@ from qgsa_bench.data.types import to_rgb
 
 
 def load_image(path: str | Path):
-    """Open an image file as RGB the way the model's processor converts it (transparency on white),
-    with one clear error for a missing or unreadable file."""
+    """An image file (--image) -> RGB PIL image, by the one code path every image takes
+    (`data.types.open_image`: the same rendering of every PIL mode, the same size limit).
+
+    Raises QGSAError (one line naming the file) when it is missing, above QGSA_MAX_IMAGE_PIXELS pixels,
+    or cannot be decoded for any reason."""
     from qgsa_bench.data.types import open_image
 
     return open_image(Path(path))
