@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from qgsa_bench import QGSAError
-from qgsa_bench.run.spec import parse_spec, parse_specs
+from qgsa_bench.run.spec import check_options, parse_spec, parse_specs
 from qgsa_bench.qgsa.config import FILLS, PROJECTIONS, SOFT_MASK_SPACES
 
 DEFAULT_QUESTION = "What color is the circle?"
@@ -77,6 +77,7 @@ class SweepConfig:
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one pipeline")
         self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field: settings() skip it)
+        check_options(self.specs, self.measure.k, self.measure.checkpoint)
 
 
 @dataclass
@@ -129,6 +130,7 @@ class EvalConfig:
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one pipeline")
         self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field: settings() skip it)
+        check_options(self.specs, self.k, self.checkpoint)
 
     def settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("out", "device")}
@@ -259,6 +261,7 @@ class AskConfig:
             raise QGSAError(f"--k must be at least 1, got {self.k}")
         if self.max_new_tokens < 1:
             raise QGSAError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
+        check_options((self.spec,), self.k, self.checkpoint)
 
 
 @dataclass

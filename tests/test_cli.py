@@ -34,8 +34,9 @@ def test_info_tiny(tmp_path):
 @pytest.mark.parametrize("pipeline", PIPELINES)
 def test_ask_every_pipeline(tmp_path, image_path, pipeline):
     out = tmp_path / "ask.json"
+    budget = [] if pipeline in ("dense", "dense-bypass") else ["--k", 6]  # --k on a dense path is refused
     result = invoke("ask", "--model", "tiny", "--image", image_path, "--question", "what color is the circle?",
-                    "--pipeline", pipeline, "--k", 6, "--max-new-tokens", 3, "--device", "cpu", "--out", out)
+                    "--pipeline", pipeline, *budget, "--max-new-tokens", 3, "--device", "cpu", "--out", out)
     assert result.exit_code == 0, result.output
     data = json.loads(out.read_text())
     assert data["weights"] == "random" and "noise" in data["note"]
@@ -75,6 +76,7 @@ def test_bad_input_gives_one_clear_line(tmp_path, image_path):
     _one_line_error(invoke(*base, "-i", image_path, "--resolution", 70), "not a positive multiple of the patch size")
     _one_line_error(invoke(*base, "-i", image_path, "-p", "sparse"), "unknown pipeline 'sparse'")
     _one_line_error(invoke(*base, "-i", image_path, "--weights", "pretrained"), "has no pretrained weights")
-    _one_line_error(invoke(*base, "-i", image_path, "--checkpoint", tmp_path / "nope.pt"), "checkpoint not found")
+    _one_line_error(invoke(*base, "-i", image_path, "-p", "qgsa", "--checkpoint", tmp_path / "nope.pt"),
+                    "checkpoint not found")
     _one_line_error(invoke(*base, "-i", image_path, "--k", 0), "--k must be at least 1")
     _one_line_error(invoke(*base, "-i", image_path, "-p", "qgsa", "--k", 65), "k=65 is impossible")

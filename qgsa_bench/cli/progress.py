@@ -26,14 +26,16 @@ class RichProgress:
         self.last_line = time.monotonic()
 
     def __enter__(self):
-        self.bar.__enter__()
-        return self
+        return self  # the bar starts at the first report: a command refused before any work prints nothing else
 
     def __exit__(self, *exc):
-        return self.bar.__exit__(*exc)
+        if self.task is not None:
+            self.bar.stop()
+        return False
 
     def __call__(self, description: str, steps: int) -> None:
         if self.task is None:
+            self.bar.start()
             self.task = self.bar.add_task(description, total=None)
         if steps < 0:  # the library announces the total as a negative step count
             self.bar.update(self.task, total=-steps, completed=0, description=description)

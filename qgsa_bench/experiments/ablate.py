@@ -74,7 +74,7 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
         built = build(m.model, m.weights, m.device, m.dtype, None, m.seed,
                       attn_implementation=m.attn_implementation, warn=warn)
         fixed_k = m.k or PAPER_K
-        check_k_fits(built.adapter.n_patches(cfg.resolution), cfg.resolution, fixed_k)
+        check_k_fits(built.run("qgsa"), cfg.resolution, fixed_k)
         if cfg.train_dataset:
             checkpoints = {**train_configurations(cfg, fixed_k, progress, warn), **checkpoints}
         cases, qgsa_weights = _cases(built, checkpoints, fixed_k)

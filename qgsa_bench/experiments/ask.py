@@ -52,7 +52,7 @@ def answer(built: Built, image_path: str, question: str, pipeline="dense", resol
         "n_visual_tokens": int(prepared.inputs.n_visual[0]),  # entering the LM
         "k": prepared.kept(0),  # kept by the selector (in the LM: after its last cut)
         "visual_tokens_layer_avg": round(layer_average(prepared.inputs, prepared.plan, built.adapter.lm_depth), 2),
-        "selected_patches": prepared.selected_patches(0),
+        **prepared.patch_fields(0),
         "prompt_tokens": int(prepared.inputs.attention_mask[0].sum()),
         "answer": built.adapter.decode_text(generated[0]),
         "answer_token_ids": generated[0],

@@ -43,8 +43,9 @@ def batches(items: list, size: int):
 
 @torch.no_grad()
 def _multiple_choice(run, result, samples) -> list[int]:
-    """Index of the most probable choice per sample, scored on the same LM inputs (and so the same
-    selected patches) as the generated answer: each sample's row repeated once per choice."""
+    """Index of the most probable choice per sample, scored on the same LM inputs and the same selection as
+    the generated answer: each sample's row repeated once per choice, an in-LM selection replayed
+    (LMPlan.for_rows), never drawn again."""
     picks = []
     for b, sample in enumerate(samples):
         n = len(sample.choices)
@@ -70,11 +71,21 @@ def evaluate_run(run, data, resolution: int, cfg: EvalConfig,
 
 
 def _batch_records(run, chunk, images, resolution: int, cfg: EvalConfig) -> list[dict]:
-    """One timed batch (selection, prefill, decode) and its per-sample records."""
+    """One timed batch (selection, prefill, decode) and its per-sample records, in the chunk's order. A batch
+    that cannot run at once (downsampling at each question's own f_comp budget) runs in groups of one budget
+    (`Run.budget_groups`), each timed as its own batch."""
     questions = [s.question for s in chunk]
+    groups = run.budget_groups(questions, resolution, cfg.k)
+    if len(groups) > 1:
+        by_index = {}
+        for group in groups:
+            part = _batch_records(run, [chunk[i] for i in group], [images[i] for i in group], resolution, cfg)
+            by_index.update(zip(group, part))
+        return [by_index[i] for i in range(len(chunk))]
     adapter = run.adapter
+    seeds = run.sample_seeds(s.id for s in chunk)  # one sample, one selection, in any batch or shard
     with Stopwatch(adapter.device) as sw:
-        prepared = run.answer(images, questions, resolution, cfg.k, cfg.max_new_tokens)
+        prepared = run.answer(images, questions, resolution, cfg.k, cfg.max_new_tokens, seeds)
     generated = prepared.generated
     mc = (_multiple_choice(run, prepared, chunk)
           if all(s.choices for s in chunk) else [None] * len(chunk))
@@ -90,7 +101,7 @@ def _batch_records(run, chunk, images, resolution: int, cfg: EvalConfig) -> list
             "k": prepared.kept(b),
             "n_visual_tokens": int(prepared.inputs.n_visual[b]),
             "latency_ms": sw.ms / len(chunk),
-            "selected_patches": prepared.selected_patches(b),
+            **prepared.patch_fields(b),
         })
     return records
 
@@ -109,7 +120,9 @@ def warm_up(runs, data, resolution: int, cfg: EvalConfig) -> int:
             chunk, images = data.open_images(data.samples[start:start + cfg.batch])
             if chunk:
                 for run in runs:
-                    run.answer(images, [s.question for s in chunk], resolution, cfg.k, cfg.max_new_tokens)
+                    group = run.budget_groups([s.question for s in chunk], resolution, cfg.k)[0]
+                    run.answer([images[i] for i in group], [chunk[i].question for i in group], resolution, cfg.k,
+                               cfg.max_new_tokens, run.sample_seeds(chunk[i].id for i in group))
                 return len(chunk)
     return 0
 

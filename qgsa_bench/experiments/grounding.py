@@ -32,17 +32,18 @@ PAIR_TABLE = Table("pairs.csv", tuple(PAIR_COLUMNS), ("selector",))
 
 
 @torch.no_grad()
-def select_all(built, images, questions, resolution: int, k, boxes, sizes) -> dict[str, list[list[int]]]:
+def select_all(built, images, questions, resolution: int, k, boxes, sizes, ids) -> dict[str, list[list[int]]]:
     """Selected patch indices per selector for a batch, through the run's own vision and select stages on one
-    encoding of the batch; random and norm use QGSA's k per sample."""
+    encoding of the batch; random and norm use QGSA's k per sample; random draws per sample (`ids`)."""
     a = built.adapter
     runs = {name: built.run(name) for name in SELECTORS[:3]}
     q = runs["qgsa"].question(questions)
     enc = runs["qgsa"].encode(a.pixel_values(images, resolution), q)  # V (B, N, d_v), shared
     qgsa = runs["qgsa"].select(enc, q, k).selection
     ks = qgsa.k
-    picks = {"qgsa": qgsa, "random": runs["random"].select(enc, q, ks).selection,
-             "norm": runs["norm"].select(enc, q, ks).selection}
+    with runs["random"].draws(runs["random"].sample_seeds(ids)):
+        picks = {"qgsa": qgsa, "random": runs["random"].select(enc, q, ks).selection,
+                 "norm": runs["norm"].select(enc, q, ks).selection}
     out = {name: [sel.indices[b][sel.valid[b]].tolist() for b in range(len(images))] for name, sel in picks.items()}
     grid = resolution // a.patch_size
     out["oracle"] = [oracle_patches(grid, w, h, box, int(kb)) for (w, h), box, kb in zip(sizes, boxes, ks)]
@@ -95,7 +96,7 @@ def ground(built, data, samples, resolution: int, grid: int, cfg: EvalConfig, pr
         kept += chunk
         sizes = [img.size for img in images]
         picks = select_all(built, images, [s.question for s in chunk], resolution, cfg.k,
-                           [s.box for s in chunk], sizes) if chunk else {}
+                           [s.box for s in chunk], sizes, [s.id for s in chunk]) if chunk else {}
         for b, sample in enumerate(chunk):
             w, h = sizes[b]
             record = {"id": sample.id, "question": sample.question, "question_type": sample.question_type,

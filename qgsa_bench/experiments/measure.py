@@ -25,7 +25,7 @@ import torch
 
 from qgsa_bench.efficiency.flops import count_flops
 from qgsa_bench.efficiency.timing import StageClock
-from qgsa_bench.run.lm import kept_visual, layer_average
+from qgsa_bench.run.lm import layer_average
 from qgsa_bench.run.observers import Clock, FlopCounter
 from qgsa_bench.run.stages import Run
 
@@ -69,7 +69,7 @@ def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], deco
     ms = clock.intervals_ms()
     vision, select, prefill, decode = ms if stages else [float("nan")] * 4
     inputs = result.inputs
-    kept = None if run.spec.selector.keeps_all else kept_visual(result.plan, result.selection)
+    kept = [result.kept(b) for b in range(len(questions))]
     return {
         "vision_ms": vision,
         **_stage_names(run, {"select": select}, "select_ms", "connector_ms", 0.0),
@@ -77,7 +77,7 @@ def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], deco
         "decode_ms_per_token": decode / max(decode_tokens - 1, 1),
         "latency_ms": sum(ms),
         "n_visual_tokens": float(inputs.n_visual.float().mean()),
-        "k": None if kept is None else float(kept.float().mean()),
+        "k": None if None in kept else sum(kept) / len(kept),  # the budget it ran at (kept visual tokens)
         "visual_tokens_layer_avg": layer_average(inputs, result.plan, run.adapter.lm_depth),
         "prompt_tokens": int(inputs.attention_mask.shape[1]),
         "layer_tokens": result.layer_tokens,  # each LM layer's sequence length in prefill

@@ -38,7 +38,9 @@ SWEEP_TABLE = Table(SWEEP_CSV, tuple(SWEEP_COLUMNS), ("batch", "resolution", "ca
 
 
 def resolve_k(k: int | None, checkpoint: str | None) -> tuple[int | None, str]:
-    """Fixed k if given; with a checkpoint and no k, the trained f_comp decides; else the paper's 17."""
+    """The budget of every selector (each spec that does not keep all): fixed k if given; with a checkpoint
+    and no k, the trained f_comp decides per question; else the paper's 17. The same rule for every selector,
+    patch-level or whole-token, so the table's budget line holds for each of its rows."""
     if k is not None:
         return k, f"fixed k={k}"
     if checkpoint:
@@ -54,10 +56,10 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
         built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
                       attn_implementation=m.attn_implementation, warn=warn)
         k, k_note = resolve_k(m.k, m.checkpoint)
-        sparse = any(patch_sparse(s) for s in cfg.specs)
-        for size in cfg.sizes:
-            check_k_fits(built.adapter.n_patches(size), size, k if sparse else None)
         variants, engines = _variants(cfg, built)
+        for size in cfg.sizes:  # every budget at every size, before any work
+            for spec, mode in variants.values():
+                check_k_fits(engines[mode].run(spec), size, budget_of(spec, k))
         batches = cfg.batches or (m.batch,)
         done = {(int(b), int(r), c) for b, r, c in res.done(SWEEP_TABLE)}
         meta = res.write_meta(run_meta(built, sizes=list(cfg.sizes), batches=list(batches),
@@ -71,8 +73,8 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
         image = load_image(m.image) if m.image else demo_image()
         started, unstable, stopping, flop_memo = timing_clock(), [], {}, {}
         for index, (batch, size, todo_cases) in enumerate(todo):
-            cases = [Case(c, engines[variants[c][1]].run(variants[c][0]),
-                          k if patch_sparse(variants[c][0]) else None, variants[c][1]) for c in todo_cases]
+            cases = [Case(c, engines[variants[c][1]].run(variants[c][0]), budget_of(variants[c][0], k),
+                          variants[c][1]) for c in todo_cases]
             rows, pairs = measure_cases(cases, [image] * batch, [m.question] * batch, size, m.reps, m.warmup,
                                         m.decode_tokens, m.count_flops, progress,
                                         timing_deadline(m, len(todo), index, started), flop_memo)
@@ -102,12 +104,18 @@ def _variants(cfg: SweepConfig, built) -> tuple[dict, dict]:
     return variants, engines
 
 
-def patch_sparse(spec) -> bool:
-    """The seed paper's sparse pipelines (qgsa, random, norm without @): the ones `--k` fixes here."""
-    return spec.patches and not spec.selector.keeps_all
+def budget_of(spec, k: int | None) -> int | None:
+    """The sweep's budget for one spec: k for every selector, None for the paths that keep every token."""
+    return None if spec.selector.keeps_all else k
 
 
-def check_k_fits(n_patches: int, resolution: int, k: int | None) -> None:
-    if k is not None and k > n_patches:
-        raise QGSAError(f"k={k} is impossible at {resolution}px, which has only N={n_patches} patches: "
-                        f"use a larger size or a smaller --k")
+def check_k_fits(run, resolution: int, k: int | None) -> None:
+    """k within the units `run`'s selector picks from at `resolution` (Run.units): raises QGSAError."""
+    if k is None or run.spec.selector.keeps_all:
+        return
+    res = run.resolution(resolution, k)
+    n, unit = run.units(res)
+    if k > n:
+        raise QGSAError(f"k={k} is impossible at {resolution}px for {run.label}, which has only {n} {unit} "
+                        f"there: use a larger size or a smaller --k")
+    run.check(resolution, k)

@@ -79,7 +79,22 @@ class LMPlan:
         return PlanPass(self, inputs.visual_index, inputs.visual_valid, query, L - 1 - query)
 
     def for_rows(self, b: int, n: int) -> "LMPlan":
-        return LMPlan(self.selector, self.layers, [k[b:b + 1].expand(n) for k in self.budgets], self.generator)
+        """Sample b's plan for n rows of its inputs (`LMInputs.rows`: one per multiple-choice option): after a
+        pass, each row replays what that pass kept for b, so every option is scored on one selection."""
+        fixed = [record.rows(b, n) for record in self.records] if self.records else None
+        return LMPlan(self.selector, self.layers, [k[b:b + 1].expand(n) for k in self.budgets], self.generator,
+                      fixed=fixed)
+
+    def kept(self) -> Selection | None:
+        """What the last pass kept after its last cut, as indices (B, k_max) into the visual tokens that
+        entered the LM (the image's frame): each stage's record picks among the previous stage's survivors,
+        so the records are composed (Selection.within). None before a pass."""
+        if not self.records:
+            return None
+        kept = self.records[0]
+        for record in self.records[1:]:
+            kept = record.within(kept)
+        return kept
 
     def replay(self) -> "LMPlan":
         """The same plan, forced to keep what the last pass kept (a recompute with the same pruning)."""

@@ -42,6 +42,12 @@ class Spec:
         """The model's own path (nothing selected, every token through the connector)."""
         return self.selector.keeps_all and not self.patches
 
+    def reads_checkpoint(self, k) -> bool:
+        """Whether a QGSA checkpoint changes this spec's run: it scores with the module, its patches go
+        through the module's projection (the paper's patch-level form), or, without a fixed k, f_comp(q)
+        gives its budget."""
+        return self.selector.uses_module or self.patches or (k is None and not self.selector.keeps_all)
+
     def bind(self, vision_depth: int, lm_depth: int) -> "Spec":
         """This spec with its insertion point resolved and checked against a model's depths."""
         point = self.point or self.selector.default_point(vision_depth, lm_depth)
@@ -85,3 +91,17 @@ def parse_spec(text: str) -> Spec:
 def parse_specs(texts) -> tuple[Spec, ...]:
     """Several specs, each parsed once (the first bad one raises)."""
     return tuple(parse_spec(t) for t in texts)
+
+
+def check_options(specs, k=None, checkpoint=None) -> None:
+    """An option is applied to a pipeline or refused, never dropped: raises QGSAError (one line saying what
+    to drop or add) for a budget `k` when every spec keeps all tokens, or a `checkpoint` that no spec reads
+    (`Spec.reads_checkpoint`)."""
+    names = ", ".join(s.text for s in specs)
+    if k is not None and all(s.selector.keeps_all for s in specs):
+        raise QGSAError(f"--k is a selector's budget, but {names} keep{'s' if len(specs) == 1 else ''} every "
+                        f"visual token: drop --k, or add a selector pipeline")
+    if checkpoint and not any(s.reads_checkpoint(k) for s in specs):
+        raise QGSAError(f"--checkpoint is read by QGSA's pipelines and, without --k, by f_comp for every "
+                        f"selector's budget; {names} at --k {k} never read{'s' if len(specs) == 1 else ''} it: "
+                        f"drop --checkpoint, or drop --k, or add a qgsa pipeline")

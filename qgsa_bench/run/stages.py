@@ -26,7 +26,7 @@ from qgsa_bench.run.post_vision import Visual, visual_tokens
 from qgsa_bench.run.spec import Spec, parse_spec
 from qgsa_bench.run.vision import Encoded, encode
 from qgsa_bench.selectors.base import check_budget
-from qgsa_bench.selectors.selection import Selection
+from qgsa_bench.selectors.selection import SampleDraws, Selection, sample_seed
 
 STAGES = ("vision", "select", "prefill", "decode")
 
@@ -82,24 +82,52 @@ class Result:
         return self.spec.text
 
     def kept(self, b: int) -> int | None:
-        """Visual tokens the selector kept for sample b (after its last in-LM cut); None without selection."""
+        """Visual tokens the selector kept for sample b (after its last in-LM cut; downsampling: the tokens of
+        its smaller image); None without selection."""
         if self.spec.selector.keeps_all:
             return None
+        if self.spec.point.kind == "input":
+            return int(self.inputs.n_visual[b])
         k = kept_visual(self.plan, self.selection)
         return None if k is None else int(k[b])
 
-    def selected_patches(self, b: int) -> list[int] | None:
-        """The patches (indices in [0, N)) behind sample b's kept visual tokens; None without selection."""
+    def kept_selection(self) -> Selection | None:
+        """The selector's final choice in the image's frame: indices (B, k_max) into the N patches (the
+        paper's patch-level form) or the n dense visual tokens (every other selector), whatever stage
+        made it; None without selection."""
         if self.spec.selector.keeps_all:
             return None
-        plan = self.plan
-        selection = plan.records[-1] if plan is not None and plan.records else self.selection
+        if self.plan is not None and self.plan.records:
+            return self.plan.kept()
+        return self.selection
+
+    def selected_patches(self, b: int) -> list[int] | None:
+        """The patches (indices in [0, N), the image's raster order) behind sample b's kept visual tokens;
+        None without selection. VisionZip's merged tokens are in `merged_patches`."""
+        selection = self.kept_selection()
         if selection is None:
             return None
-        picked = selection.indices[b][selection.valid[b]]
+        return self._patches(selection.indices[b][selection.valid[b]])
+
+    def merged_patches(self, b: int) -> list[list[int]] | None:
+        """For a selector that merges the unselected (VisionZip): the patches each merged visual token of
+        sample b averages, in the image's frame; None otherwise."""
+        selection = self.kept_selection()
+        if selection is None or selection.merged_from is None:
+            return None
+        k_ctx = int(selection.k_ctx[b]) if selection.k_ctx is not None else selection.merged_from.shape[1]
+        return [self._patches(row.nonzero().flatten()) for row in selection.merged_from[b][:k_ctx]]
+
+    def patch_fields(self, b: int) -> dict:
+        """The record fields of sample b's selection, in the image's frame: `selected_patches`, and
+        `merged_patches` for a merging selector."""
+        groups = self.merged_patches(b)
+        return {"selected_patches": self.selected_patches(b), **({} if groups is None else {"merged_patches": groups})}
+
+    def _patches(self, items: torch.Tensor) -> list[int]:
         if self.units is None:
-            return picked.tolist()
-        return sorted(self.units[picked].flatten().tolist())
+            return sorted(items.tolist())
+        return sorted(self.units.to(items.device)[items].flatten().tolist())
 
 
 class Run:
@@ -115,6 +143,23 @@ class Run:
     @property
     def label(self) -> str:
         return self.spec.text
+
+    def sample_seeds(self, keys) -> list[int]:
+        """Each sample's own seed from its key (e.g. its id) and the engine's seed (`sample_seed`)."""
+        return [sample_seed(self.engine.seed, str(key)) for key in keys]
+
+    @contextmanager
+    def draws(self, seeds=None):
+        """Within it, random selectors draw per sample from `seeds` (B,) (SampleDraws): one sample, one
+        selection, in any batch, shard or pass. None: from the engine's generator (one draw per batch)."""
+        if seeds is None:
+            yield
+            return
+        self.generator = SampleDraws(seeds)
+        try:
+            yield
+        finally:
+            self.generator = self.engine.generator
 
     # ---- before any work ---------------------------------------------------------------------
     def resolution(self, requested: int, k=None) -> int:
@@ -137,15 +182,28 @@ class Run:
         return a.dense_resolution(requested)
 
     def check(self, requested: int, k=None) -> int:
-        """`resolution`, plus a patch-level budget within 1..N: raises QGSAError before any work."""
+        """`resolution`, plus a budget within 1..n (`units`). Raises QGSAError before any work."""
         res = self.resolution(requested, k)
-        if k is not None and self.spec.patches and not self.spec.selector.keeps_all:
-            n = self.adapter.n_patches(res)
+        if k is None or self.spec.selector.keeps_all or self.spec.point.kind == "input":
+            return res
+        n, unit = self.units(res)
+        if self.spec.patches:
             k_list = torch.as_tensor(k).reshape(-1).tolist()
             if min(k_list) < 1 or max(k_list) > n:
                 raise QGSAError(f"k={max(k_list) if max(k_list) > n else min(k_list)} is impossible: "
-                                f"pick 1 <= k <= N = {n} patches at resolution {res}")
+                                f"pick 1 <= k <= N = {n} {unit} at resolution {res}")
+        else:
+            there = "enter the LM" if self.spec.point.kind == "lm" else "there"
+            check_budget(torch.as_tensor(k).reshape(-1), n, f"at {self.spec.point} ({n} {unit} {there})")
         return res
+
+    def units(self, res: int) -> tuple[int, str]:
+        """(n, what they are): the units a budget counts at encoder resolution `res`: N patches for the
+        paper's patch-level pipelines, the dense visual tokens for whole-token selectors (vision:L,
+        post-vision, lm:K) and downsampling."""
+        if self.spec.patches:
+            return self.adapter.n_patches(res), "patches"
+        return self.adapter.n_dense_tokens(res), "visual tokens"
 
     def needs_question(self, k=None) -> bool:
         """q is computed when the selector reads the question or f_comp(q) must give the budget."""
@@ -161,6 +219,23 @@ class Run:
             k = as_budget(k, B, device)
             check_budget(k, n, where)
         return k
+
+    def adaptive_budgets(self, questions: list[str], requested: int) -> torch.Tensor:
+        """f_comp(q)'s budget (B,) for each question, counted in the dense visual tokens at `requested` px: what
+        an input-level selector (downsampling) runs at without a fixed k, as every other selector does."""
+        a = self.adapter
+        return self.default_budget(self.question(questions), a.n_dense_tokens(a.dense_resolution(requested)))
+
+    def budget_groups(self, questions: list[str], requested: int, k=None) -> list[list[int]]:
+        """Sample indices grouped so that each group can run as one batch: one group, except for an
+        input-level selector without a fixed k, whose samples are grouped by their f_comp budget (an image
+        is encoded at the one resolution that gives its budget)."""
+        if k is not None or self.spec.point.kind != "input":
+            return [list(range(len(questions)))]
+        groups: dict[int, list[int]] = {}
+        for b, budget in enumerate(self.adaptive_budgets(questions, requested).tolist()):
+            groups.setdefault(budget, []).append(b)
+        return list(groups.values())
 
     def default_budget(self, q: torch.Tensor, n: int) -> torch.Tensor:
         """f_comp(q)'s k (Eq. 2), as QGSA would choose, counted in the items selected here, at most n."""
@@ -195,9 +270,14 @@ class Run:
         return answer_logprob(self.adapter, inputs, plan, answers)
 
     def execute(self, pixel_values: torch.Tensor, questions: list[str], k=None, new_tokens: int = 0,
-                stop: bool = True, observer: Observer | None = None) -> Result:
+                stop: bool = True, observer: Observer | None = None, seeds=None) -> Result:
         """Every stage once, in order, under `observer`. `new_tokens`: tokens to generate after prefill (0:
-        stop after prefill); `stop`: at each sample's end token (answering) or never (timing)."""
+        stop after prefill); `stop`: at each sample's end token (answering) or never (timing); `seeds`: each
+        sample's seed for the random selectors (`draws`)."""
+        with self.draws(seeds):
+            return self._execute(pixel_values, questions, k, new_tokens, stop, observer)
+
+    def _execute(self, pixel_values, questions, k, new_tokens, stop, observer) -> Result:
         obs = observer or Observer()
         early = self.spec.point.kind == "vision"
         wants_q = self.needs_question(k)
@@ -231,17 +311,26 @@ class Run:
         return result
 
     # ---- whole runs ------------------------------------------------------------------------------
-    def prepare(self, images, questions: list[str], resolution: int, k=None, new_tokens: int = 0) -> Result:
+    def prepare(self, images, questions: list[str], resolution: int, k=None, new_tokens: int = 0,
+                seeds=None) -> Result:
         """Check the inputs, make the pixel values and execute (answering: `new_tokens` > 0)."""
         if len(images) != len(questions):
             raise QGSAError(f"{len(images)} images but {len(questions)} questions")
         for question in questions:
             if not question or not question.strip():
                 raise QGSAError("empty question: pass a non-empty --question")
+        if k is None and self.spec.point.kind == "input":
+            k = self.adaptive_budgets(questions, resolution)
+            if len(set(k.tolist())) > 1:
+                raise QGSAError(f"{self.label} encodes a batch at one resolution, and f_comp gives these questions "
+                                f"budgets {sorted(set(k.tolist()))}: answer them in groups of one budget "
+                                f"(`budget_groups`), or give --k")
+            k = int(k[0])
         res = self.check(resolution, k)
         pixel_values = self.adapter.pixel_values(images, res)
-        return self.execute(pixel_values, questions, k, new_tokens)
+        return self.execute(pixel_values, questions, k, new_tokens, seeds=seeds)
 
-    def answer(self, images, questions: list[str], resolution: int, k=None, max_new_tokens: int = 16) -> Result:
+    def answer(self, images, questions: list[str], resolution: int, k=None, max_new_tokens: int = 16,
+               seeds=None) -> Result:
         """Greedy answers (stopping at each sample's end token) with everything `prepare` gives."""
-        return self.prepare(images, questions, resolution, k, new_tokens=max_new_tokens)
+        return self.prepare(images, questions, resolution, k, new_tokens=max_new_tokens, seeds=seeds)

@@ -9,6 +9,7 @@ numbered in the image's frame. Selectors depend on this module; the QGSA method 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import torch
@@ -25,6 +26,22 @@ class Selection:
     c: torch.Tensor | None = None  # (B,) sigma(f_comp(q)) when the budget was predicted
     merged: torch.Tensor | None = None  # (B, k_c, s^2, d_v) units merged from the unselected (VisionZip)
     k_ctx: torch.Tensor | None = None  # (B,) how many of `merged` are real per sample
+    merged_from: torch.Tensor | None = None  # (B, k_c, n) bool: the items each merged unit averages (VisionZip)
+
+    def rows(self, b: int, n: int) -> "Selection":
+        """Sample b's selection repeated n times (each of a sample's scoring passes on one selection)."""
+        def rep(t):
+            return None if t is None else t[b:b + 1].expand(n, *t.shape[1:])
+        return Selection(rep(self.indices), rep(self.valid), rep(self.k), merged=rep(self.merged),
+                         k_ctx=rep(self.k_ctx), merged_from=rep(self.merged_from))
+
+    def within(self, outer: "Selection") -> "Selection":
+        """This selection, made among `outer`'s kept items (indices into outer's k_max slots), in outer's
+        frame: indices (B, k_max) of the items outer numbered. A later in-LM stage picks among the previous
+        stage's survivors; composed stage by stage, every reported index is in the image's frame."""
+        indices = outer.indices.gather(1, self.indices)
+        return Selection(indices.masked_fill(~self.valid, 0), self.valid, self.k, merged=self.merged,
+                         k_ctx=self.k_ctx)
 
 
 def as_budget(k, B: int, N: int, device) -> torch.Tensor:
@@ -56,12 +73,41 @@ def topk_selection(scores: torch.Tensor, k) -> Selection:
     return Selection(indices, valid, k, scores=scores)
 
 
-def random_selection(B: int, N: int, k, device, generator: torch.Generator | None = None,
+def sample_seed(seed: int, key: str) -> int:
+    """A sample's own seed: a stable hash (SHA-256, 63 bits) of the run's seed and the sample's key (its id)."""
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:15], 16)
+
+
+class SampleDraws:
+    """Random draws seeded per sample, in place of one generator for a batch: row b of every draw comes
+    from a CPU generator seeded with `seeds[b]` (`sample_seed`), so a sample gets the same random items
+    whatever batch, batch size, shard or pass (warm-up, retry, each multiple-choice option) it is in, on
+    any device. Drawing n values gives the first n of a longer draw (padding changes nothing)."""
+
+    def __init__(self, seeds):
+        self.seeds = [int(s) for s in seeds]
+
+    def uniform(self, B: int, n: int, device) -> torch.Tensor:
+        """(B, n) uniforms in [0, 1). Raises ValueError when B is not the number of seeds."""
+        if B != len(self.seeds):
+            raise ValueError(f"{len(self.seeds)} sample seeds for a batch of {B}")
+        rows = [torch.rand(n, generator=torch.Generator().manual_seed(s)) for s in self.seeds]
+        return torch.stack(rows).to(device)
+
+
+def uniform(B: int, n: int, device, generator) -> torch.Tensor:
+    """(B, n) uniforms in [0, 1) from a torch.Generator (one draw for the batch), SampleDraws or None."""
+    if isinstance(generator, SampleDraws):
+        return generator.uniform(B, n, device)
+    return torch.rand(B, n, generator=generator, device=device)
+
+
+def random_selection(B: int, N: int, k, device, generator: "torch.Generator | SampleDraws | None" = None,
                      valid: torch.Tensor | None = None) -> Selection:
     """k of N items drawn uniformly without replacement: one uniform draw u (B, N) per item, the k
     smallest kept (items not `valid` (B, N) never). The image- and question-blind baseline."""
     k = as_budget(k, B, N, device)
-    u = torch.rand(B, N, generator=generator, device=device)
+    u = uniform(B, N, device, generator)
     if valid is not None:
         u = u.masked_fill(~valid, float("inf"))
     indices, valid = pack(u.argsort(dim=1), k)

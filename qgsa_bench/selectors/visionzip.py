@@ -38,14 +38,16 @@ class VisionZip(Selector):
         k_ctx = torch.tensor([contextual_count(int(x)) for x in k], device=k.device)
         scores = state.attention.float().masked_fill(~state.valid, float("-inf"))
         dominant = topk_selection(scores, k - k_ctx)
-        dominant.merged = self.merge(state, dominant, k_ctx)
+        dominant.merged, dominant.merged_from = self.merge(state, dominant, k_ctx)
         dominant.k_ctx = k_ctx
         return dominant
 
-    def merge(self, state: SelectState, dominant: Selection, k_ctx: torch.Tensor) -> torch.Tensor:
-        """(B, max k_c, s^2, d_v) contextual units (zeros where a sample has fewer)."""
+    def merge(self, state: SelectState, dominant: Selection, k_ctx: torch.Tensor):
+        """((B, max k_c, s^2, d_v) contextual units (zeros where a sample has fewer), (B, max k_c, n) bool: the
+        units each one averages, numbered in the image's frame)."""
         B, n, g, d = state.patches.shape
         out = state.patches.new_zeros(B, int(k_ctx.max()), g, d)
+        members_of = torch.zeros(B, out.shape[1], n, dtype=torch.bool, device=state.valid.device)
         kept = torch.zeros(B, n, dtype=torch.bool, device=state.valid.device)
         kept.scatter_(1, dominant.indices, dominant.valid)
         for b in range(B):
@@ -60,4 +62,5 @@ class VisionZip(Selector):
                 members = rest[assign == j]
                 group = torch.cat([members, targets[j:j + 1]]).unique()
                 out[b, j] = state.patches[b, group].mean(dim=0)
-        return out
+                members_of[b, j, group] = True
+        return out, members_of
