@@ -29,7 +29,7 @@ def measure_config(timing: dict, **more):
 
 
 @command("sweep-resolution", **MULTI_VALUE_COMMAND)
-@TIMING
+@TIMING.with_defaults(reps="auto")  # the main job: enough rounds for its own intervals (runner.measure_cases)
 def sweep_resolution(
     model: Model = "smolvlm-256m",
     sizes: Sizes = ["224", "336", "384", "448", "576"],

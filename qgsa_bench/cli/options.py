@@ -35,8 +35,10 @@ QuestionBatch = Annotated[int, typer.Option("--batch", help="Questions per batch
 # ---- measuring
 Batch = Annotated[int, typer.Option(help="Batch size (the same image and question repeated).")]
 Attn = Annotated[str, typer.Option("--attn", help="Attention implementation: sdpa | eager (| flash_attention_2).")]
-Reps = Annotated[str, typer.Option(help="Timed rounds (every pipeline once per round, alternating), or 'auto': rounds "
-                                        "until every speedup interval is within 5 % (or --max-time is spent).")]
+Reps = Annotated[str, typer.Option(help="Timed rounds (every pipeline once per round, alternating), or 'auto': at least "
+                                        "10 rounds, until every speedup interval is within 5 % and every verdict is "
+                                        "settled (or --max-time is spent). Fewer than 10 rounds claim no speedup "
+                                        "that a distribution-free interval does not confirm.")]
 MaxTime = Annotated[Optional[float], typer.Option(help="With --reps auto: seconds of timing at most, whole command "
                                                        "(default 600).")]
 Warmup = Annotated[int, typer.Option(help="Untimed warm-up runs per pipeline.")]
@@ -99,6 +101,11 @@ class OptionBlock:
         wrapper.__signature__ = signature.replace(parameters=params)
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
         return wrapper
+
+    def with_defaults(self, **defaults) -> OptionBlock:
+        """The same options, some with a command's own default (sweep-resolution: --reps auto)."""
+        return OptionBlock(self.name, **{name: (kind, defaults.get(name, default))
+                                         for name, (kind, default) in self.options.items()})
 
 
 # how sweep-resolution, sweep-budget and ablate time a run (see measure.measure_config)

@@ -29,10 +29,13 @@ STAT_COLUMNS = ["latency_dispersion", "latency_outliers", "unstable", "speedup_v
 THROUGHPUT_COLUMNS = ["throughput_images_per_s", "throughput_tokens_per_s"]
 COMPARISON_COLUMNS = ["batch", "resolution", "case_a", "case_b", "ratio", "ci_low", "ci_high", "verdict"]
 COMPARISONS_TABLE = Table("comparisons.csv", tuple(COMPARISON_COLUMNS), ("batch", "resolution", "case_a", "case_b"))
-STATISTICS_NOTE = ("latency: median, p10, p90 over the timed rounds; dispersion = 1.4826 MAD / median; unstable = "
-                   "dispersion > 10 % or > 10 % outliers (modified z > 3.5); speedup vs dense = ratio of medians "
-                   "with a 95 % percentile-bootstrap interval over paired rounds (2,000 resamples); comparisons.csv: "
-                   "every pair of cases")
+STATISTICS_NOTE = ("latency: median, p10, p90 over the timed rounds; dispersion = 1.4826 MAD / median; outliers = "
+                   "rounds further from the median than 10 x 1.4826 MAD (hyperfine's threshold) and than 50 % "
+                   "of it (pyperf's); unstable = dispersion > 10 % (pyperf's limit) or > 10 % outliers; speedup vs "
+                   "dense = ratio of medians with a 95 % percentile-bootstrap interval over paired rounds (2,000 "
+                   "resamples), claimed where that interval excludes 1, neither case is unstable and n >= 10, else "
+                   "only where a distribution-free interval (order statistics, Bonferroni) excludes 1 too (the "
+                   "verdict names the caveat), else 'not enough evidence'; comparisons.csv: every pair of cases")
 FLOP_CONVENTION = "fvcore: one multiply-add = one FLOP; attention counted over the full Lq x Lk"
 TIMED = ("latency_ms", "vision_ms", "select_ms", "connector_ms", "prefill_ms", "decode_ms_per_token")
 Progress = Callable[[str, int], None]  # (description, steps just finished)
@@ -55,8 +58,9 @@ def warn_unstable(warn, unstable: list[str]) -> None:
     """One warning naming the cases timed unstably (flagged in the tables too)."""
     if unstable and warn:
         warn(f"{len(unstable)} case(s) timed unstably ({', '.join(unstable[:4])}{', ...' if len(unstable) > 4 else ''}"
-             f": dispersion above 10 % or over 10 % outliers; flagged in the table): rerun with more --reps or "
-             f"--reps auto, on a quieter machine")
+             f": dispersion above 10 % or over 10 % of the rounds far off the median (10 robust standard "
+             f"deviations and 50 %); flagged in the table, their speedups claimed only where a distribution-free "
+             f"interval agrees): rerun with more --reps or --reps auto, on a quieter machine")
 
 
 def paper_metrics(spec, n_patches: int, k: float | None) -> dict:
@@ -70,7 +74,8 @@ def paper_metrics(spec, n_patches: int, k: float | None) -> dict:
 
 MIN_AUTO_ROUNDS = stats.FEW_ROUNDS  # --reps auto: at least this many timed rounds before judging intervals
 MAX_AUTO_ROUNDS = 500
-AUTO_PRECISION = 0.05  # --reps auto stops when every interval's half-width is within 5 % of its ratio
+AUTO_PRECISION = 0.05  # --reps auto stops when every interval's half-width is within 5 % of its ratio (and no
+# verdict is "not enough evidence")
 
 
 def timing_deadline(measure, parts: int, index: int, started: float | None = None) -> float | None:
@@ -101,8 +106,10 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
     """(one row per case: FLOPs by stage, latency statistics by stage, tokens, k, peak memory, speedup vs
     the first dense case with its interval; one row per pair of cases: their latency ratio and interval).
 
-    `reps`: timed rounds, or "auto": rounds until every pairwise interval is within 5 % (at least
-    MIN_AUTO_ROUNDS, at most MAX_AUTO_ROUNDS) or the clock (`timing.now`) passes `deadline`.
+    `reps`: timed rounds, or "auto": rounds until every pairwise interval is within 5 % and no pair's
+    verdict lacks evidence (`stats.compare`: an unstable pair needs its distribution-free interval to
+    settle), at least MIN_AUTO_ROUNDS, at most MAX_AUTO_ROUNDS, or until the clock (`timing.now`) passes
+    `deadline`.
     `flop_memo`: FLOPs already counted (see `stage_flops`), shared across calls by the caller."""
     adapter = cases[0].run.adapter
     pixels, rows = {}, []
@@ -129,9 +136,9 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
         row.update(peer_formulas(adapter, row["prompt_tokens"], row["n_visual_tokens"], len(questions),
                                  row.pop("layer_tokens"), row["visual_tokens_layer_avg"]))
         if reference is not None and i != reference and row["n"] >= 2:
-            ratio, low, high = stats.ratio_interval(rounds.latencies(reference), rounds.latencies(i))
-            row.update({"speedup_vs_dense": ratio, "speedup_ci_low": low, "speedup_ci_high": high,
-                        "speedup_verdict": stats.verdict(low, high), "speedup_reference": cases[reference].label})
+            c = stats.compare(rounds.latencies(reference), rounds.latencies(i))
+            row.update({"speedup_vs_dense": c["ratio"], "speedup_ci_low": c["ci_low"], "speedup_ci_high": c["ci_high"],
+                        "speedup_verdict": c["verdict"], "speedup_reference": cases[reference].label})
     pairs = [{"resolution": resolution, **c} for c in compare(cases, rounds.samples)]
     return rows, pairs
 
@@ -153,8 +160,9 @@ class Rounds:
 def _timing_rounds(cases: list[Case], pixels: list, questions: list[str], reps: int | str, warmup: int,
                    decode_tokens: int, deadline: float | None, progress) -> Rounds:
     """Warm-up, then rounds in which every case runs once (order rotating), until `reps` rounds or, with
-    "auto", until the intervals are precise enough, the deadline passes or MAX_AUTO_ROUNDS, judged only
-    after whole rotations (a multiple of the number of cases), so that no case ran first more often."""
+    "auto", until the intervals are precise enough and every verdict settled, the deadline passes or
+    MAX_AUTO_ROUNDS, judged only after whole rotations (a multiple of the number of cases), so that no case
+    ran first more often."""
     device = cases[0].run.adapter.device
     cuda = device.type == "cuda"
     out = Rounds([[] for _ in cases], [0.0] * len(cases), [0] * len(cases), cuda=cuda)
@@ -182,17 +190,25 @@ def _timing_rounds(cases: list[Case], pixels: list, questions: list[str], reps: 
             continue
         if timed < MIN_AUTO_ROUNDS or timed % len(cases):
             continue  # judge only after whole rotations: every case has held every position equally often
-        wide = f"intervals wider than {AUTO_PRECISION:.0%} remain"
-        if all(stats.half_width(c["ratio"], c["ci_low"], c["ci_high"]) <= AUTO_PRECISION
-               for c in compare(cases, out.samples)):
+        pairs = compare(cases, out.samples)
+        wide = any(stats.half_width(c["ratio"], c["ci_low"], c["ci_high"]) > AUTO_PRECISION for c in pairs)
+        short = any(c["verdict"].startswith(stats.NOT_ENOUGH) for c in pairs)  # unstable, and not yet settled
+        if not (wide or short):
             out.stopped = f"precision: every interval within {AUTO_PRECISION:.0%} after {timed} rounds"
         elif deadline is not None and timing_clock() >= deadline:
-            out.stopped = f"--max-time spent after {timed} rounds ({wide})"
+            out.stopped = f"--max-time spent after {timed} rounds ({_unsettled(wide, short)})"
         elif timed >= MAX_AUTO_ROUNDS:
-            out.stopped = f"{MAX_AUTO_ROUNDS} rounds ({wide})"
+            out.stopped = f"{MAX_AUTO_ROUNDS} rounds ({_unsettled(wide, short)})"
         else:
             continue
         return out
+
+
+def _unsettled(wide: bool, short: bool) -> str:
+    """Why --reps auto would have gone on: intervals still wide, verdicts still without enough evidence."""
+    reasons = ([f"intervals wider than {AUTO_PRECISION:.0%}"] if wide else []) + \
+        (["verdicts without enough evidence"] if short else [])
+    return " and ".join(reasons) + " remain"
 
 
 def _case_statistics(case: Case, rounds: Rounds, i: int, batch: int, decode_tokens: int) -> dict:
@@ -254,7 +270,8 @@ def time_run(case: Case, pixel_values, questions: list[str], decode_tokens: int,
 
 
 def compare(cases: list[Case], samples: list[list[dict]]) -> list[dict]:
-    """Every pair (a, b), a before b: median latency of a / of b (b's speedup over a) with its interval."""
+    """Every pair (a, b), a before b: median latency of a / of b (b's speedup over a) with its interval and
+    verdict (`stats.compare`)."""
     out = []
     for i in range(len(cases)):
         for j in range(i + 1, len(cases)):
@@ -262,9 +279,7 @@ def compare(cases: list[Case], samples: list[list[dict]]) -> list[dict]:
             b = [r["latency_ms"] for r in samples[j]]
             if len(a) < 2:
                 continue
-            ratio, low, high = stats.ratio_interval(a, b)
-            out.append({"case_a": cases[i].label, "case_b": cases[j].label, "ratio": ratio, "ci_low": low,
-                        "ci_high": high, "verdict": stats.verdict(low, high)})
+            out.append({"case_a": cases[i].label, "case_b": cases[j].label, **stats.compare(a, b)})
     return out
 
 

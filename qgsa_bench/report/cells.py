@@ -46,22 +46,34 @@ def header(meta: dict | None, title: str) -> list[str]:
 
 
 def speedup_cell(row) -> str:
-    """The measured speedup with its 95 % interval; none is claimed where the interval holds 1 (or where a
-    results file from before intervals has none); an unstable case is flagged."""
-    from qgsa_bench.efficiency.stats import FEW_ROUNDS, NO_DIFFERENCE  # here: loading the report loads no efficiency
+    """The measured speedup with its 95 % interval, read off the row's `speedup_verdict` (`stats.compare`):
+    none is claimed where the interval holds 1 ("no measurable difference") or where the row is unstable
+    or timed fewer than FEW_ROUNDS rounds and the distribution-free interval does not agree ("not enough
+    evidence", the ratio beside it); a claim made despite such a caveat shows the distribution-free bounds.
+    A bare claim on an unstable or short row (a results file from before these caveats) reads as not enough
+    evidence too; a results file from before intervals reads "– (no interval)"."""
+    from qgsa_bench.efficiency.stats import CLAIMS, FEW_ROUNDS, NO_DIFFERENCE, NOT_ENOUGH  # loads no efficiency
 
-    flag = " ⚠ unstable" if str(row.get("unstable")).lower() == "true" else ""
+    unstable = str(row.get("unstable")).lower() == "true"
+    flag = " ⚠ unstable" if unstable else ""
     n = row.get("n")
-    if n == n and n is not None and n < FEW_ROUNDS:
+    few = n == n and n is not None and n < FEW_ROUNDS
+    if few:
         flag += f" (n={int(n)} < {FEW_ROUNDS}: optimistic)"
+    if str(row.get("speedup_equal_inputs")).lower() == "false":  # downsampling: a smaller image is its method
+        flag += f" (other input: {int(row['effective_resolution'])} px)"
     low, high, ratio = row.get("speedup_ci_low"), row.get("speedup_ci_high"), row.get("speedup_vs_dense")
     if ratio is None or ratio != ratio or low != low:
         reference = row.get("pipeline") == "dense" and row.get("case", "dense") in ("dense", "dense#1")
         return ("reference" if reference else "– (no interval)") + flag
     interval = f"[{low:.2f}–{high:.2f}]"
-    if row.get("speedup_verdict") == NO_DIFFERENCE:
+    said = str(row.get("speedup_verdict"))
+    if said == NO_DIFFERENCE:
         return f"no measurable difference {interval}{flag}"
-    return f"{ratio:.2f}× {interval}{flag}"
+    if said.startswith(NOT_ENOUGH) or (said in CLAIMS and (unstable or few)):
+        return f"not enough evidence: {ratio:.2f}× {interval}{flag}"
+    held = said.partition("distribution-free ")[2].rstrip(")")
+    return f"{ratio:.2f}× {interval}{flag}" + (f", distribution-free [{held}]" if held else "")
 
 
 def case_label(row) -> str:

@@ -20,8 +20,12 @@ TABLE4_NOTE = (
     "a 95 % percentile-bootstrap interval over the paired, alternating rounds; where the interval "
     "holds 1 no speedup is claimed; from fewer than 10 rounds the interval is optimistic (simulated "
     "A/A pairs: 7.7 % called different at 5 rounds, 2.5 % at 10: benchmarks/aa_coverage.py). "
-    "⚠ unstable: robust dispersion above 10 % or over 10 % outliers (rerun with more --reps or "
-    "--reps auto on a quieter machine).")
+    "⚠ unstable: robust dispersion (1.4826 MAD / median) above 10 % (pyperf's limit) or over 10 % of "
+    "the rounds off the median by more than 10 robust standard deviations (hyperfine's outlier threshold) "
+    "and more than 50 %. "
+    "An unstable or short (< 10 rounds) row claims a speedup only where a distribution-free interval "
+    "(order statistics of each median) excludes 1 too, shown beside it; else it reads \"not enough "
+    "evidence\" (rerun with more --reps or --reps auto, on a quieter machine).")
 PEER_NOTE = (
     "Formulas per LM layer, summed over layers, times the batch: FastV (Chen et al., ECCV 2024) "
     "4nd² + 2n²d + 2ndm; with a gated 3-matrix FFN as LLaMA-family LMs have, 4nd² + 2n²d + 3ndm "
@@ -90,7 +94,7 @@ def table5_markdown(frame, meta: dict | None) -> str:
          for _, r in frame.iterrows()))
     lines += ["", "Configurations without a checkpoint use the randomly initialised module (labelled "
               "`random-init`): their latencies differ only by noise and by k, not by training. Speedup: "
-              "ratio of median latencies with a 95 % paired-bootstrap interval (as in Table 4)."]
+              "ratio of median latencies with a 95 % paired-bootstrap interval, claimed as in Table 4."]
     if meta and isinstance(meta.get("reps_stopped"), str):
         lines.append(f"Repetitions: {meta['reps_stopped']}.")
     return "\n".join(lines) + "\n"
