@@ -147,9 +147,9 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
         raise QGSAError(f"--checkpoint {unknown[0]}=...: no pipeline '{unknown[0]}' in --pipelines")
     cases = _cases(cfg, built, budgets, n_dense, resolution, _engines(cfg, built))
     for case in cases:  # every bad point or budget is found before any work starts
-        case.run.resolution(resolution, case.k)
-        if case.k is not None and case.run.spec.patches and case.k > a.n_patches(resolution):
-            raise QGSAError(f"budget {case.k} is above N = {a.n_patches(resolution)} patches for {case.pipeline}")
+        res = case.run.resolution(resolution, case.k)
+        if case.k is not None and case.run.spec.patches and case.k > a.n_patches(res):
+            raise QGSAError(f"budget {case.k} is above N = {a.n_patches(res)} patches for {case.pipeline}")
     data = None
     if cfg.dataset:
         from qgsa_bench.data import load_dataset

@@ -66,11 +66,13 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None) -> Path:
     with Results(cfg.out, "grounding", cfg.settings()) as res:
         data, samples = box_samples(cfg)
         built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
-        resolution = cfg.resolution or built.adapter.image_size
+        requested = cfg.resolution or built.adapter.image_size
+        resolution = built.run("qgsa").check(requested, cfg.k)  # every pipeline's (the dense path's) size
         grid = int(built.adapter.n_patches(resolution) ** 0.5)
         note = "RANDOM base weights: the selections mean nothing" if built.loaded.weights == "random" else ""
         meta = res.write_meta(run_meta(
-            built, **{**data.meta(), "n_samples": len(samples)}, resolution=resolution, grid=grid, note=note,
+            built, **{**data.meta(), "n_samples": len(samples)}, requested_resolution=requested,
+            resolution=resolution, grid=grid, note=note,
             oracle="best IoU over selections of <= k patches whose hull is a grid-aligned rectangle"))
         if progress:
             progress(f"{data.name}: {len(samples)} boxes", -len(samples))

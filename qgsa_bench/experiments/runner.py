@@ -15,6 +15,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from qgsa_bench import QGSAError
 from qgsa_bench.efficiency import stats
 from qgsa_bench.efficiency.compiled import compilations
 from qgsa_bench.efficiency.timing import now as timing_clock
@@ -25,9 +26,11 @@ from qgsa_bench.experiments.measure import Case, count_stage_flops, peer_formula
 PEER_COLUMNS = ["formula_fastv_prefill", "formula_ffn3_prefill", "visual_tokens_layer_avg"]
 STAT_COLUMNS = ["latency_dispersion", "latency_outliers", "unstable", "speedup_vs_dense", "speedup_ci_low",
                 "speedup_ci_high", "speedup_verdict", "speedup_reference", "reps_stopped",
-                "staged_latency_ms_median", "observation_cost_ms", "compile", "recompilations_timed"]
+                "staged_latency_ms_median", "observation_cost_ms", "compile", "recompilations_timed",
+                "speedup_equal_inputs"]
 THROUGHPUT_COLUMNS = ["throughput_images_per_s", "throughput_tokens_per_s"]
-COMPARISON_COLUMNS = ["batch", "resolution", "case_a", "case_b", "ratio", "ci_low", "ci_high", "verdict"]
+COMPARISON_COLUMNS = ["batch", "resolution", "case_a", "case_b", "ratio", "ci_low", "ci_high", "verdict",
+                      "equal_inputs"]
 COMPARISONS_TABLE = Table("comparisons.csv", tuple(COMPARISON_COLUMNS), ("batch", "resolution", "case_a", "case_b"))
 STATISTICS_NOTE = ("latency: median, p10, p90 over the timed rounds; dispersion = 1.4826 MAD / median; outliers = "
                    "rounds further from the median than 10 x 1.4826 MAD (hyperfine's threshold) and than 50 % "
@@ -114,6 +117,12 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
     adapter = cases[0].run.adapter
     pixels, rows = {}, []
     for case in cases:
+        if case.k is None and case.run.spec.point.kind == "input":  # downsampling at f_comp's budget
+            budgets = sorted(set(case.run.adaptive_budgets(questions, resolution).tolist()))
+            if len(budgets) > 1:
+                raise QGSAError(f"{case.label} encodes a batch at one resolution, but f_comp gives the batch's "
+                                f"questions budgets {budgets}: give --k, or one question")
+            case.k = budgets[0]
         res = case.run.resolution(resolution, case.k)
         if res not in pixels:
             pixels[res] = adapter.pixel_values(images, res)
@@ -138,8 +147,12 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
         if reference is not None and i != reference and row["n"] >= 2:
             c = stats.compare(rounds.latencies(reference), rounds.latencies(i))
             row.update({"speedup_vs_dense": c["ratio"], "speedup_ci_low": c["ci_low"], "speedup_ci_high": c["ci_high"],
-                        "speedup_verdict": c["verdict"], "speedup_reference": cases[reference].label})
-    pairs = [{"resolution": resolution, **c} for c in compare(cases, rounds.samples)]
+                        "speedup_verdict": c["verdict"], "speedup_reference": cases[reference].label,
+                        # the same pixels as the reference (only downsampling, whose method is a smaller image, not)
+                        "speedup_equal_inputs": row["effective_resolution"] == rows[reference]["effective_resolution"]})
+    size = {case.label: row["effective_resolution"] for case, row in zip(cases, rows)}
+    pairs = [{"resolution": resolution, **c, "equal_inputs": size[c["case_a"]] == size[c["case_b"]]}
+             for c in compare(cases, rounds.samples)]
     return rows, pairs
 
 

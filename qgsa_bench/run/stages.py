@@ -163,9 +163,10 @@ class Run:
 
     # ---- before any work ---------------------------------------------------------------------
     def resolution(self, requested: int, k=None) -> int:
-        """The resolution the encoder runs at for `requested` px: whole connector units for whole-token
-        selectors and the dense path, the requested size for patch-level pipelines through W_vis, the size
-        giving k tokens for downsampling. Raises QGSAError for an impossible size or budget."""
+        """The resolution the encoder runs at for `requested` px: the dense path's (R rounded up to whole
+        connector units) for every pipeline, so that a selector and the dense reference always see the same
+        pixels; downsampling alone runs at the size giving k tokens (its method). Raises QGSAError for an
+        impossible size or budget."""
         a, spec = self.adapter, self.spec
         a.n_patches(requested)  # validates R for every pipeline
         if spec.point.kind == "input":
@@ -177,8 +178,6 @@ class Run:
                 raise QGSAError(f"budget {k} visual tokens is impossible for downsample: pick 1 <= budget <= {n} "
                                 f"(the dense tokens at {a.dense_resolution(requested)} px)")
             return a.resolution_for_tokens(k)
-        if spec.patches and (spec.selector.keeps_all or self.module.config.projection != "connector"):
-            return requested
         return a.dense_resolution(requested)
 
     def check(self, requested: int, k=None) -> int:
