@@ -34,7 +34,7 @@ def test_resolution_rules(tiny):
     a = tiny.adapter  # patch 8, scale factor 2: the dense path needs multiples of 16
     assert a.dense_resolution(72) == 80 and a.dense_resolution(64) == 64
     assert a.n_dense_tokens(72) == 25
-    assert tiny.run("qgsa").resolution(72) == 72
+    assert tiny.run("qgsa").resolution(72) == 80  # every pipeline at the dense path's size: equal inputs
     assert tiny.run("dense").resolution(72) == 80
     with pytest.raises(QGSAError, match="not a positive multiple of the patch size 8"):
         tiny.run("qgsa").resolution(70)

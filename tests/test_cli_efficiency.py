@@ -35,7 +35,7 @@ def test_sweep_resume_settings_guard_and_report(tmp_path):
     assert meta["weights"] == "random" and meta["settings"]["k"] == 5 and "torch" in meta
     assert meta["command"].startswith("qgsa sweep-resolution")
     table = (out / "table4.md").read_text()
-    assert "Random weights" in table and "| 64px | qgsa | 64 | 5 |" in table
+    assert "Random weights" in table and "| 64px | qgsa † | 64 | 5 |" in table  # † untrained module
 
     # interrupted-and-rerun: the finished rows are kept, only the new size is measured
     result = invoke("sweep-resolution", *FAST, "--sizes", "40", "64", "80", "--pipelines", "dense,qgsa,random",
@@ -46,7 +46,8 @@ def test_sweep_resume_settings_guard_and_report(tmp_path):
     assert sorted(again.resolution.unique()) == [40, 64, 80]
 
     # other settings into the same folder: refused, nothing lost (a batch size is not one: rows carry it)
-    result = invoke("sweep-resolution", *FAST[:-2], "--device", "cpu", "--dtype", "bf16", "--sizes", "48", "--out", out)
+    result = invoke("sweep-resolution", *FAST[:-2], "--device", "cpu", "--dtype", "bf16", "--sizes", "48",
+                    "--pipelines", "dense,qgsa,random", "--out", out)
     assert result.exit_code == 2 and "holds results made with other settings (dtype differ)" in result.stderr
     assert pd.read_csv(out / "sweep.csv").equals(again)
 

@@ -4,6 +4,7 @@ errors the user can act on (`QGSAError`) as one line on stderr with exit status 
 from __future__ import annotations
 
 import json
+import signal
 from functools import wraps
 from pathlib import Path
 from typing import Optional
@@ -13,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from qgsa_bench import QGSAError
+from qgsa_bench import NothingToDo, QGSAError
 from qgsa_bench.cli.multivalue import command_line, current_context, no_stray_arguments
 
 app = typer.Typer(
@@ -27,7 +28,7 @@ err_console = Console(stderr=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}")
+    err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)  # one line, for logs too
 
 
 def friendly(func):
@@ -37,6 +38,10 @@ def friendly(func):
     def wrapper(*args, **kwargs):
         from qgsa_bench.runtime import set_command_line
 
+        try:  # SIGTERM ends a run as Ctrl-C does (only the main thread may set handlers)
+            previous = signal.signal(signal.SIGTERM, _terminate)
+        except ValueError:
+            previous = None
         try:
             ctx = current_context()
             set_command_line(command_line(ctx))
@@ -45,8 +50,25 @@ def friendly(func):
         except QGSAError as err:
             err_console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
             raise typer.Exit(2) from None
+        except NothingToDo as done:
+            console.print(escape(str(done)), soft_wrap=True)
+            raise typer.Exit(0) from None
+        except KeyboardInterrupt:
+            out = kwargs.get("out")
+            folder = out is not None and Path(out).is_dir()  # a results folder (ask --out is a file)
+            said = f"interrupted: what finished is kept in {out}; rerun the same command to resume" if folder \
+                else "interrupted"
+            err_console.print(said, soft_wrap=True, markup=False, highlight=False)
+            raise typer.Exit(130) from None
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _terminate(signum, frame):
+    raise KeyboardInterrupt
 
 
 def command(name: Optional[str] = None, group: typer.Typer = app, **settings):

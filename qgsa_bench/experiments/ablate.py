@@ -70,7 +70,7 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
     checkpoints = cfg.checkpoints or {}
     settings = {**m.settings(), **cfg.settings(), "device": device_name(resolve_device(m.device)),
                 "checkpoints": checkpoints}
-    with Results(cfg.out, "ablate", settings) as res:
+    with Results(cfg.out, "ablate", settings, cfg.overwrite) as res:
         built = build(m.model, m.weights, m.device, m.dtype, None, m.seed,
                       attn_implementation=m.attn_implementation, warn=warn)
         fixed_k = m.k or PAPER_K
@@ -80,6 +80,8 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
         cases, qgsa_weights = _cases(built, checkpoints, fixed_k)
         done = {c for c, in res.done(ABLATE_TABLE)}
         cases = [c for c in cases if c.label not in done]
+        if not cases:
+            res.finished("every ablation configuration")
         meta = res.write_meta(run_meta(built, **{
             **measure_meta(built, m), "k_rule": f"fixed-k uses k={fixed_k}; the others use f_comp(q)",
             "note": ("RANDOM base weights: latency is the architecture's; any accuracy is meaningless"

@@ -58,6 +58,7 @@ class BudgetConfig:
     eval_batch: int = 8
     max_new_tokens: int = 10
     out: str = "results/budget"
+    overwrite: bool = False
     # QGSA checkpoints by selector name ("qgsa", "qgsa-vision"), for the pipelines whose selector uses the
     # QGSA module; measure.checkpoint, if given, serves the others.
     checkpoints: dict = field(default_factory=dict)
@@ -155,30 +156,68 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
         from qgsa_bench.data import load_dataset
 
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, False, m.seed)
-    with Results(cfg.out, "sweep-budget", {**m.settings(), "resolution": resolution}) as res:
+    settings = {**m.settings(), "resolution": resolution, "pipelines": list(cfg.pipelines), "budgets": budgets,
+                "budget_unit": cfg.budget_unit, "checkpoints": dict(cfg.checkpoints), "dataset": cfg.dataset,
+                "data_dir": cfg.data_dir, "split": cfg.split, "limit": cfg.limit, "eval_batch": cfg.eval_batch,
+                "max_new_tokens": cfg.max_new_tokens, "compile": m.compile}
+    with Results(cfg.out, "sweep-budget", settings, cfg.overwrite) as res:
+        # resuming: the timing is one measurement of every case (alternating rounds), kept once written; the
+        # accuracy runs keep every finished batch (predictions.jsonl)
+        timed = {row["case"]: row for row in _read_rows(res, BUDGET_TABLE)}
+        timed = timed if all(c.label in timed for c in cases) else {}
+        done = _done_predictions(res) if data else {}
+        left = sum(1 for c in cases for s in data.samples if s.id not in done.get(c.label, {})) if data else 0
+        if timed and not left and (not data or res.path(ACCURACY_CSV).exists()):
+            res.finished(f"this sweep ({len(cases)} cases{f' on {len(data.samples)} samples' if data else ''})")
         meta = res.write_meta(run_meta(built, budgets=budgets, budget_unit=cfg.budget_unit,
                                        qgsa_checkpoints=dict(cfg.checkpoints), dense_visual_tokens=n_dense,
                                        pipelines=list(cfg.pipelines), budget_rule=budget_rule(cfg.budget_unit),
                                        **(data.meta() if data else {}), **measure_meta(built, m)))
         if progress:
-            steps = steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops)
-            steps += len(cases) * len(data.samples) if data else 0
-            progress(f"{len(cases)} cases at {resolution}px", -steps)
-        image = load_image(m.image) if m.image else demo_image()
-        rows, pairs = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, resolution, m.reps, m.warmup,
-                                    m.decode_tokens, m.count_flops, progress)
-        base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
-                "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
-        _describe_rows(cfg, built, cases, rows, n_dense, base)
-        accuracy_rows = _accuracy(built, cases, rows, data, resolution, cfg, progress) if data else []
-        res.replace(BUDGET_TABLE, rows)
-        res.replace(COMPARISONS_TABLE, pairs)
-        if accuracy_rows:
+            steps = 0 if timed else steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops)
+            progress(f"{len(cases)} cases at {resolution}px", -(steps + left))
+        if timed:
+            rows = [timed[c.label] for c in cases]
+        else:
+            image = load_image(m.image) if m.image else demo_image()
+            rows, pairs = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, resolution, m.reps,
+                                        m.warmup, m.decode_tokens, m.count_flops, progress)
+            base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
+                    "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
+            _describe_rows(cfg, built, cases, rows, n_dense, base)
+            res.replace(BUDGET_TABLE, rows)  # at once: an interrupted accuracy run does not time again
+            res.replace(COMPARISONS_TABLE, pairs)
+            unstable = [r["case"] for r in rows if r.get("unstable")]
+            meta = res.write_meta({**meta, "unstable_cases": unstable, "reps_stopped": rows[0].get("reps_stopped")})
+            warn_unstable(warn, unstable)
+        if data:
+            accuracy_rows = _accuracy(built, cases, rows, data, resolution, cfg, progress, done,
+                                      lambda new: res.append_records(PREDICTIONS, new))
             res.replace(ACCURACY_TABLE, accuracy_rows)
-        unstable = [r["case"] for r in rows if r.get("unstable")]
-        res.write_meta({**meta, "unstable_cases": unstable, "reps_stopped": rows[0].get("reps_stopped")})
-        warn_unstable(warn, unstable)
+            res.replace(BUDGET_TABLE, rows)  # with each case's accuracy
     return res.out
+
+
+PREDICTIONS = "predictions.jsonl"  # the accuracy runs' per-sample records, with their case
+
+
+def _read_rows(res, table: Table) -> list[dict]:
+    """The rows of `table` in the folder (none when absent), None where a cell is empty."""
+    import pandas as pd
+
+    path = res.path(table.file)
+    if not path.exists():
+        return []
+    frame = pd.read_csv(path)
+    return [{k: (None if v != v else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
+
+def _done_predictions(res) -> dict[str, dict[str, dict]]:
+    """case -> sample id -> record: the accuracy runs an interrupted sweep finished."""
+    done: dict[str, dict[str, dict]] = {}
+    for record in res.read_records(PREDICTIONS):
+        done.setdefault(record["case"], {})[record["id"]] = record
+    return done
 
 
 def budget_rule(unit: str) -> str:
@@ -202,19 +241,23 @@ def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: di
             row["flops_share_of_dense"] = row["flops_total"] / dense_flops
 
 
-def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress) -> list[dict]:
-    """Every case evaluated on the data set (per-sample scoring of evaluate.py), summarised per scope."""
+def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress, done=None, save=None) -> list[dict]:
+    """Every case evaluated on the data set (per-sample scoring of evaluate.py), summarised per scope. `done`
+    (case -> id -> record): finished by an interrupted run; `save`: each batch's new records, with their case."""
     from qgsa_bench.experiments.evaluate import evaluate_run, summary_rows, warm_up
 
     m = cfg.measure
     ecfg = EvalConfig(model=m.model, dataset=data.name, batch=cfg.eval_batch, max_new_tokens=cfg.max_new_tokens,
                       seed=m.seed)
-    warm_up([built.run("dense")], data, resolution, ecfg)
+    done = done or {}
+    if any(s.id not in done.get(c.label, {}) for c in cases for s in data.samples):
+        warm_up([built.run("dense")], data, resolution, ecfg)
     out, dense = [], {}
     for case, row in zip(cases, rows):
         ecfg.k = case.k
+        keep = (lambda new, label=case.label: save([{**r, "case": label} for r in new])) if save else None
         with case.run.engine.same_draws():
-            records = evaluate_run(case.run, data, resolution, ecfg, progress)
+            records = evaluate_run(case.run, data, resolution, ecfg, progress, done.get(case.label, {}), keep)
         for summary in summary_rows(records, case.pipeline):
             key = (summary["scope"], summary["question_type"])
             if case.run.spec.is_dense:

@@ -1,15 +1,21 @@
 """The one results driver: the life cycle of a results folder, the same for every command that writes one.
 
-    with Results(out, kind, settings) as res:   # lock the folder; refuse another kind of run or other
-        ...                                      # settings; find a damaged file before any work starts
+    with Results(out, kind, settings, overwrite) as res:
+        ...                                      # lock the folder; refuse another kind of run or other
+                                                 # settings (or, with overwrite, empty it); find a damaged
+                                                 # file before any work starts
         res.write_meta(meta)                     # meta.json: environment, provenance, settings, notes
         done = res.done(TABLE)                   # rows already written (resume)
         res.append(TABLE, rows) / res.replace(TABLE, rows)
+        res.append_records(LOG, records)         # per-sample records (JSON lines), as each batch finishes
+        res.finished("...")                      # nothing left to do: raises NothingToDo
                                                  # tables and figures: report.render_folder(out), from the files
 
 A `Table` (a CSV's file name, columns and the columns that name a row) is declared once, beside the
 command that writes it; `qgsa report` reads the same declaration. Raises QGSAError (one line) for a folder
-in use, of another kind or settings, or holding a damaged file.
+in use, of another kind or settings, or holding a damaged file. A run that ends in an error or an
+interruption before it wrote any row leaves the folder as it found it (its meta.json undone), so the
+corrected command is never refused for settings it did not run with.
 """
 
 from __future__ import annotations
@@ -18,8 +24,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from qgsa_bench import QGSAError
-from qgsa_bench.results import META, append_rows, check_whole, locked, read_meta, read_rows, replace_rows, write_meta
+from qgsa_bench import NothingToDo, QGSAError
+from qgsa_bench.results import (HOLDER, LOCK, META, append_rows, check_whole, locked, read_meta, read_rows,
+                                replace_rows, write_meta)
 
 
 @dataclass(frozen=True)
@@ -35,46 +42,103 @@ class Table:
 class Results:
     """One results folder for one run of one command (`kind`, e.g. "eval"), tied to `settings`."""
 
-    def __init__(self, out, kind: str, settings: dict):
+    def __init__(self, out, kind: str, settings: dict, overwrite: bool = False):
         self.out = Path(out)
         self.kind = kind
         self.settings = json.loads(json.dumps(settings, default=str))  # as meta.json holds them
+        self.overwrite = overwrite
         self._lock = None
+        self._meta_before: str | None = None
+        self._rows_written = False
+        self._entries_before: set[str] = set()
 
     def __enter__(self) -> "Results":
         self._lock = locked(self.out)
         self._lock.__enter__()
         try:
+            if self.overwrite:
+                self.clear()
             self.check()
+            meta = self.path(META)
+            self._meta_before = meta.read_text() if meta.is_file() else None
+            self._entries_before = self._entries()
         except BaseException:
             self._lock.__exit__(None, None, None)
             raise
         return self
 
-    def __exit__(self, *exc):
-        return self._lock.__exit__(*exc)
+    def __exit__(self, kind, value, traceback):
+        try:
+            if kind is not None and not self._rows_written and self._entries() <= self._entries_before:
+                # refused or interrupted before it wrote anything but meta.json: as it found the folder
+                meta = self.path(META)
+                if self._meta_before is None:
+                    meta.unlink(missing_ok=True)
+                else:
+                    meta.write_text(self._meta_before)
+        finally:
+            return self._lock.__exit__(kind, value, traceback)
+
+    def _entries(self) -> set[str]:
+        return {p.name for p in self.out.iterdir()} - {LOCK, HOLDER, META, META + ".tmp"}
+
+    def clear(self) -> None:
+        """--overwrite: empty the folder of an earlier run (only a qgsa-bench results folder: one holding
+        meta.json, or nothing). Raises QGSAError for a folder holding other files."""
+        entries = [p for p in self.out.iterdir() if p.name not in (LOCK, HOLDER)]
+        if entries and not self.path(META).is_file():
+            raise QGSAError(f"--overwrite empties a results folder, and {self.out} holds files but no meta.json: "
+                            f"it is not one; choose another --out")
+        for entry in entries:
+            if entry.is_dir():
+                import shutil
+
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
 
     def check(self) -> None:
-        """Refuse a folder that holds another kind of run, other settings or a damaged file."""
+        """Refuse a folder that holds another kind of run, other settings, files of no run or a damaged file."""
         meta = read_meta(self.out)
+        if meta is None and [p for p in self.out.iterdir() if p.name not in (LOCK, HOLDER)]:
+            raise QGSAError(f"{self.out} holds files but no meta.json (not a results folder, or a run's results "
+                            f"without their provenance): use another --out, or --overwrite to empty it")
         if meta is not None and meta.get("kind") not in (None, self.kind):
-            raise QGSAError(f"{self.out} holds a `{meta['kind']}` run, not `{self.kind}`: use another --out")
+            raise QGSAError(f"{self.out} holds a `{meta['kind']}` run, not `{self.kind}`: use another --out, "
+                            f"or --overwrite to replace it")
         if meta is not None and "settings" in meta:
             differs = [k for k, v in self.settings.items() if meta["settings"].get(k) != v]
             if differs:
                 raise QGSAError(f"{self.out} holds results made with other settings ({', '.join(differs)} differ): "
-                                f"use another --out, or delete that folder to start over")
+                                f"use another --out, or --overwrite to replace them")
         for path in sorted(self.out.glob("*.csv")):
             check_whole(path)
 
     def path(self, name: str) -> Path:
+        """A file of this folder (a file written through `path` rather than append/replace/append_records is
+        listed with `claim`)."""
         return self.out / name
 
+    def claim(self, *names: str) -> None:
+        """Files this run wrote itself (a checkpoint, a JSON cross-check): listed in meta.json's `files`."""
+        for name in names:
+            self._wrote(name)
+
     def write_meta(self, meta: dict) -> dict:
-        """meta.json (atomically), with this run's kind and settings; returns what was written."""
-        meta = {**meta, "kind": self.kind, "settings": self.settings}
+        """meta.json (atomically), with this run's kind, settings and `files` (every file its runs wrote, which
+        `qgsa report` reads and nothing else); returns what was written."""
+        before = read_meta(self.out) or {}
+        meta = {**meta, "kind": self.kind, "settings": self.settings,
+                "files": sorted(set(before.get("files", [])) | set(meta.get("files", [])))}
         write_meta(self.out, meta)
         return meta
+
+    def _wrote(self, name: str) -> None:
+        """`name` is this run's: listed in meta.json's `files` (at once, so an interrupted run lists it too)."""
+        self._rows_written = True
+        meta = read_meta(self.out)
+        if meta is not None and name not in meta.get("files", []):
+            write_meta(self.out, {**meta, "files": sorted({*meta.get("files", []), name})})
 
     def done(self, table: Table) -> set[tuple]:
         """The `table.key` of every row already written (empty when the file does not exist yet)."""
@@ -86,11 +150,48 @@ class Results:
 
     def append(self, table: Table, rows: list[dict]) -> None:
         """Rows added as they are measured: an interrupted run keeps what it finished."""
+        self._wrote(table.file)
         append_rows(self.path(table.file), rows, list(table.columns))
 
     def replace(self, table: Table, rows: list[dict]) -> None:
         """The whole file, atomically."""
+        self._wrote(table.file)
         replace_rows(self.path(table.file), rows, list(table.columns))
+
+    def append_records(self, name: str, records: list[dict]) -> None:
+        """Per-sample records added to the JSON-lines file `name` as each batch finishes (flushed and synced:
+        an interrupted run keeps every whole line)."""
+        import os
+
+        self._wrote(name)
+        with self.path(name).open("a") as handle:
+            for record in records:
+                handle.write(json.dumps(record, default=str) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def read_records(self, name: str) -> list[dict]:
+        """The whole lines of JSON-lines file `name` (none when it does not exist). A last line cut off by a
+        crash is dropped from the file: its batch runs again."""
+        path = self.path(name)
+        if not path.is_file():
+            return []
+        text = path.read_text()
+        whole, _, torn = text.rpartition("\n")
+        if torn:
+            path.write_text(whole + "\n" if whole else "")
+        records = []
+        for number, line in enumerate(whole.splitlines(), 1):
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise QGSAError(f"{path} line {number} is not JSON: repair the file, or --overwrite to start "
+                                f"over") from None
+        return records
+
+    def finished(self, what: str) -> None:
+        """Nothing is left to do for this run: raises NothingToDo naming the folder and `what` it holds."""
+        raise NothingToDo(f"{self.out} already holds {what}, finished: nothing to do (--overwrite runs it again)")
 
 
 __all__ = ["META", "Results", "Table"]

@@ -24,7 +24,7 @@ from qgsa_bench.data import load_dataset
 from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.metrics import SCORING, multiple_choice_score, score
-from qgsa_bench.results import run_meta
+from qgsa_bench.results import read_meta, run_meta
 
 EVAL_COLUMNS = [
     "model", "weights", "qgsa_weights", "dataset", "split", "pipeline", "scope", "question_type", "n",
@@ -56,18 +56,25 @@ def _multiple_choice(run, result, samples) -> list[int]:
 
 @torch.no_grad()
 def evaluate_run(run, data, resolution: int, cfg: EvalConfig,
-                 progress: Callable[[str, int], None] | None = None) -> list[dict]:
+                 progress: Callable[[str, int], None] | None = None, done: dict | None = None,
+                 save: Callable[[list[dict]], None] | None = None) -> list[dict]:
     """Per-sample records of `data` (LoadedData) answered by `run` (run.stages.Run): prediction, score, k,
-    visual tokens, latency share, selected patches. Samples whose image cannot be read are dropped under
-    --skip-bad."""
-    records = []
-    for batch in batches(data.samples, cfg.batch):
+    visual tokens, latency share, selected patches, in the data set's order. Samples whose image cannot be
+    read are dropped under --skip-bad. Resuming: `done` (sample id -> record) are kept as they are and not
+    run again; `save` receives each batch's new records as soon as the batch finishes."""
+    done = done or {}
+    new = {}
+    todo = [s for s in data.samples if s.id not in done]
+    for batch in batches(todo, cfg.batch):
         chunk, images = data.open_images(batch)
         if chunk:
-            records += _batch_records(run, chunk, images, resolution, cfg)
+            records = _batch_records(run, chunk, images, resolution, cfg)
+            new.update((r["id"], r) for r in records)
+            if save:
+                save(records)
         if progress:
-            progress(f"{run.label}: {len(records)}/{len(data.samples)}", len(batch))
-    return records
+            progress(f"{run.label}: {len(done) + len(new)}/{len(data.samples)}", len(batch))
+    return [done.get(s.id) or new[s.id] for s in data.samples if s.id in done or s.id in new]
 
 
 def _batch_records(run, chunk, images, resolution: int, cfg: EvalConfig) -> list[dict]:
@@ -150,12 +157,24 @@ def summary_rows(records: list[dict], pipeline: str) -> list[dict]:
     return rows
 
 
+PREDICTIONS = "predictions.jsonl"
+
+
 def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
-    with Results(cfg.out, "eval", cfg.settings()) as res:  # never mixes two evaluations
+    with Results(cfg.out, "eval", cfg.settings(), cfg.overwrite) as res:  # never mixes two evaluations
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
+        done = _done_records(res, data)
+        labels = [spec.text for spec in cfg.specs]
+        skipped = set((read_meta(res.out) or {}).get("skipped_bad_ids", []))
+        left = sum(1 for label in labels for s in data.samples if s.id not in done.get(label, {})
+                   and s.id not in skipped)
+        if not left and res.path(EVAL_TABLE.file).exists():
+            res.finished(f"this evaluation ({len(data.samples)} samples x {len(labels)} pipelines)")
         built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
         resolution = cfg.resolution or built.adapter.image_size
         runs = [built.run(spec) for spec in cfg.specs]  # every point checked against the model before any work
+        for run in runs:  # every resolution and budget too: a refused run writes nothing
+            run.check(resolution, cfg.k)
         random_weights = built.loaded.weights == "random"
         private = not any(s.answers or s.correct_choice is not None for s in data.samples)
         note = PRIVATE_NOTE if private else (RANDOM_NOTE if random_weights else "")
@@ -165,26 +184,57 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
             latency="mean per query over the batches (selection, prefill and decode), after one untimed warm-up "
                     "batch of every pipeline"))
         if progress:
-            progress(f"{data.name}: {len(data.samples)} samples", -len(data.samples) * len(runs))
-        warm_up(runs, data, resolution, cfg)
+            total = len(data.samples) * len(runs)
+            progress(f"{data.name}: {left} of {total} (sample, pipeline) left", -total)
+            if left < total:
+                progress("resumed", total - left)
+        if left:
+            warm_up(runs, data, resolution, cfg)
+
+        def save(records):
+            res.append_records(PREDICTIONS, [{**r, "weights": built.loaded.weights} for r in records])
+
         rows, all_records, written = [], [], []
         for run in runs:
-            records = evaluate_run(run, data, resolution, cfg, progress)
+            records = evaluate_run(run, data, resolution, cfg, progress, done.get(run.label, {}), save)
             all_records += records
             rows += [{**row, "dense": run.spec.is_dense} for row in summary_rows(records, run.label)]
             if data.name == "aokvqa":
                 written.append(write_aokvqa_submission(records, res.path(f"predictions_{data.split}-{run.label}.json")))
+                res.claim(written[-1].name)
         if not all_records:
             raise QGSAError(f"{data.name} split '{data.split}': no image could be read ({data.skipped} skipped)")
         base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
                 "dataset": data.name, "split": data.split, "resolution": resolution, "note": note}
         res.replace(EVAL_TABLE, [{**base, **r} for r in with_delta_vs_dense(rows)])
-        with res.path("predictions.jsonl").open("w") as handle:
-            for record in all_records:
-                handle.write(json.dumps({**record, "weights": built.loaded.weights}) + "\n")
+        unequal = unequal_tokens(rows)
+        if unequal and warn:
+            warn(unequal)
         # again: images skipped under --skip-bad are known only now
-        res.write_meta({**meta, **data.meta(), "submission_files": [p.name for p in written]})
+        res.write_meta({**meta, **data.meta(), "submission_files": [p.name for p in written],
+                        "unequal_visual_tokens": unequal})
     return res.out
+
+
+def unequal_tokens(rows: list[dict]) -> str:
+    """The line saying that the selectors did not get the same visual tokens into the LM (e.g. k patches
+    through the connector give as many tokens as the 2 x 2 units they touch: clustered patches fewer), so
+    accuracy differences are not at equal budget; "" when every selector's mean agrees within half a token."""
+    means = {r["pipeline"]: r["n_visual_tokens_mean"] for r in rows
+             if r["scope"] == "all" and not r["dense"] and r["k_mean"] is not None}
+    if len(means) < 2 or max(means.values()) - min(means.values()) <= 0.5:
+        return ""
+    listed = ", ".join(f"{p} {v:.1f}" for p, v in means.items())
+    return (f"not an equal-budget comparison: the visual tokens reaching the LM differ ({listed} on average); "
+            f"`qgsa sweep-budget` compares selectors at equal visual tokens")
+
+
+def _done_records(res, data) -> dict[str, dict[str, dict]]:
+    """pipeline -> sample id -> record: what an interrupted run of this folder finished (predictions.jsonl)."""
+    done: dict[str, dict[str, dict]] = {}
+    for record in res.read_records(PREDICTIONS):
+        done.setdefault(record["pipeline"], {})[record["id"]] = record
+    return done
 
 
 def with_delta_vs_dense(rows: list[dict]) -> list[dict]:

@@ -7,7 +7,6 @@ random, norm, and the oracle (the best rectangular hull of k patches: the ceilin
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +26,7 @@ PAIR_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selecto
                 "share_in_own_box", "share_in_other_box", "resolution", "note"]
 GROUNDING_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "question_type", "n",
                      "mean_iou", "median_iou", "acc_iou_0_5", "k_mean", "resolution", "note"]
+GROUNDED = "grounding.jsonl"  # one record per sample, appended as each batch finishes
 GROUNDING_TABLE = Table("grounding.csv", tuple(GROUNDING_COLUMNS), ("selector", "question_type"))
 PAIR_TABLE = Table("pairs.csv", tuple(PAIR_COLUMNS), ("selector",))
 
@@ -63,8 +63,11 @@ def box_samples(cfg: EvalConfig):
 
 
 def run_grounding(cfg: EvalConfig, progress=None, warn=None) -> Path:
-    with Results(cfg.out, "grounding", cfg.settings()) as res:
+    with Results(cfg.out, "grounding", cfg.settings(), cfg.overwrite) as res:
         data, samples = box_samples(cfg)
+        done = {r["id"]: r for r in res.read_records(GROUNDED)}  # an interrupted run's finished batches
+        if all(s.id in done for s in samples) and res.path(GROUNDING_TABLE.file).exists():
+            res.finished(f"the grounding of {len(samples)} boxes")
         built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
         requested = cfg.resolution or built.adapter.image_size
         resolution = built.run("qgsa").check(requested, cfg.k)  # every pipeline's (the dense path's) size
@@ -76,26 +79,30 @@ def run_grounding(cfg: EvalConfig, progress=None, warn=None) -> Path:
             oracle="best IoU over selections of <= k patches whose hull is a grid-aligned rectangle"))
         if progress:
             progress(f"{data.name}: {len(samples)} boxes", -len(samples))
-        records, samples = ground(built, data, samples, resolution, grid, cfg, progress)
+            if done:
+                progress("resumed", sum(s.id in done for s in samples))
+        records, samples = ground(built, data, samples, resolution, grid, cfg, progress, done,
+                                  lambda new: res.append_records(GROUNDED, new))
         res.write_meta({**meta, **data.meta(), "n_samples": len(samples)})
         base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
                 "dataset": data.name, "split": data.split, "resolution": resolution, "note": note}
         res.replace(GROUNDING_TABLE, summary_rows(records, base))
-        with res.path("grounding.jsonl").open("w") as handle:
-            for record in records:
-                handle.write(json.dumps(record) + "\n")
         pairs, _ = question_pairs(records, grid)
         if pairs:
             res.replace(PAIR_TABLE, [{**base, **row} for row in pairs])
     return res.out
 
 
-def ground(built, data, samples, resolution: int, grid: int, cfg: EvalConfig, progress=None):
-    """(one record per readable sample: every selector's patches and IoU, the samples behind them)."""
-    records, kept = [], []
-    for batch in batches(samples, cfg.batch):
+def ground(built, data, samples, resolution: int, grid: int, cfg: EvalConfig, progress=None, done=None,
+           save=None):
+    """(one record per readable sample: every selector's patches and IoU, the samples behind them), in the
+    samples' order. `done` (id -> record): finished by an interrupted run, kept; `save`: receives each batch's
+    new records when the batch finishes."""
+    done = done or {}
+    new = {}
+    for batch in batches([s for s in samples if s.id not in done], cfg.batch):
         chunk, images = data.open_images(batch)
-        kept += chunk
+        records = []
         sizes = [img.size for img in images]
         picks = select_all(built, images, [s.question for s in chunk], resolution, cfg.k,
                            [s.box for s in chunk], sizes, [s.id for s in chunk]) if chunk else {}
@@ -108,11 +115,15 @@ def ground(built, data, samples, resolution: int, grid: int, cfg: EvalConfig, pr
                 record[f"{name}_patches"] = picks[name][b]
                 record[f"{name}_iou"] = hull_iou(picks[name][b], grid, w, h, sample.box)
             records.append(record)
+        new.update((r["id"], r) for r in records)
+        if save and records:
+            save(records)
         if progress:
-            progress(f"grounding {len(records)}/{len(samples)}", len(batch))
-    if not records:
+            progress(f"grounding {len(done) + len(new)}/{len(samples)}", len(batch))
+    kept = [s for s in samples if s.id in done or s.id in new]
+    if not kept:
         raise QGSAError(f"{data.name} split '{data.split}': no image could be read ({data.skipped} skipped)")
-    return records, kept
+    return [done.get(s.id) or new[s.id] for s in kept], kept
 
 
 def summary_rows(records: list[dict], base: dict) -> list[dict]:

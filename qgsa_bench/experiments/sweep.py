@@ -50,9 +50,11 @@ def resolve_k(k: int | None, checkpoint: str | None) -> tuple[int | None, str]:
 
 def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> Path:
     m = cfg.measure
-    settings = {**m.settings(), "device": device_name(resolve_device(m.device))}
+    # the run's identity: a later run may add sizes and batch sizes to the folder, nothing else
+    settings = {**m.settings(), "device": device_name(resolve_device(m.device)), "pipelines": list(cfg.pipelines),
+                "compile": m.compile}
     settings.pop("batch")  # rows carry their batch size: a later run may add sizes to the folder
-    with Results(cfg.out, "sweep-resolution", settings) as res:
+    with Results(cfg.out, "sweep-resolution", settings, cfg.overwrite) as res:
         built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
                       attn_implementation=m.attn_implementation, warn=warn)
         k, k_note = resolve_k(m.k, m.checkpoint)
@@ -67,6 +69,8 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
                                        **measure_meta(built, m)))
         todo = [(b, s, [c for c in variants if (b, s, c) not in done]) for b in batches for s in cfg.sizes]
         todo = [(b, s, cs) for b, s, cs in todo if cs]
+        if not todo:
+            res.finished(f"every (batch, size, pipeline) asked for ({len(batches)} x {len(cfg.sizes)} x {len(variants)})")
         if progress:
             total = sum(steps_per_resolution(len(cs), m.reps, m.warmup, m.count_flops) for _, _, cs in todo)
             progress(f"{len(todo)} (batch, resolution) pair(s) to measure", -total)  # negative: announce the total
