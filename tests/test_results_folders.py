@@ -164,3 +164,24 @@ def test_eval_says_when_selectors_reach_the_lm_with_different_visual_tokens():
     assert line == ("not an equal-budget comparison: the visual tokens reaching the LM differ (qgsa 9.8, random "
                     "15.6 on average); `qgsa sweep-budget` compares selectors at equal visual tokens")
     assert unequal_tokens([row("dense", 49, True), row("qgsa", 18), row("fastv@lm:1", 18.0)]) == ""
+
+
+def test_the_time_left_is_estimated_from_steps_of_the_phase_running(monkeypatch):
+    """sweep-budget times its cases (slow steps), then scores samples (fast steps): one bar over both said
+    13:51 left for a run of a minute. Each phase now has its own bar and estimate."""
+    from qgsa_bench.cli.progress import RichProgress
+
+    now = {"t": 0.0}
+    progress = RichProgress(get_time=lambda: now["t"])
+    with progress:
+        progress("timing", -10)
+        for _ in range(10):  # 10 timed runs of 2 s
+            now["t"] += 2.0
+            progress("timing", 1)
+        progress("scoring", -1000)
+        for _ in range(100):  # then 1000 samples of 10 ms each: 100 done, 9 s left
+            now["t"] += 0.01
+            progress("scoring", 1)
+        left = progress.bar.tasks[-1].time_remaining
+    assert len(progress.bar.tasks) == 2 and progress.bar.tasks[0].completed == 10
+    assert 9 <= left <= 10  # Rich rounds up to whole seconds

@@ -12,12 +12,13 @@ from qgsa_bench.cli.app import console, err_console, show_markdown
 class RichProgress:
     """Adapts the library's progress callback (description, steps) to a Rich progress bar."""
 
-    def __init__(self):
+    def __init__(self, get_time=None):
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, \
             TimeRemainingColumn
 
         self.bar = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console)
+                            TimeElapsedColumn(), TimeRemainingColumn(), console=err_console,
+                            **({"get_time": get_time} if get_time else {}))  # tests: a fake clock
         self.task = None
         # Rich draws no bar when stderr is not a terminal (a log file): then print a plain line at each
         # phase and at most once a minute, so that a 30-minute run written to a log shows its progress.
@@ -38,6 +39,10 @@ class RichProgress:
             self.bar.start()
             self.task = self.bar.add_task(description, total=None)
         if steps < 0:  # the library announces the total as a negative step count
+            if self.done:  # a new phase (timing, then accuracy): its own bar, so that the time left is
+                # estimated from steps of its own kind, not from a phase whose steps take 100x longer
+                self.bar.update(self.task, completed=self.total)
+                self.task = self.bar.add_task(description, total=-steps)
             self.bar.update(self.task, total=-steps, completed=0, description=description)
             self.done, self.total = 0, -steps
         else:

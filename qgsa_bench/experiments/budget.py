@@ -173,9 +173,9 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                                        qgsa_checkpoints=dict(cfg.checkpoints), dense_visual_tokens=n_dense,
                                        pipelines=list(cfg.pipelines), budget_rule=budget_rule(cfg.budget_unit),
                                        **(data.meta() if data else {}), **measure_meta(built, m)))
-        if progress:
-            steps = 0 if timed else steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops)
-            progress(f"{len(cases)} cases at {resolution}px", -(steps + left))
+        if progress and not timed:  # one phase each: a timed step takes far longer than a scored sample
+            progress(f"timing {len(cases)} cases at {resolution}px",
+                     -steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops))
         if timed:
             rows = [timed[c.label] for c in cases]
         else:
@@ -191,6 +191,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
             meta = res.write_meta({**meta, "unstable_cases": unstable, "reps_stopped": rows[0].get("reps_stopped")})
             warn_unstable(warn, unstable)
         if data:
+            if progress:
+                progress(f"scoring {len(cases)} cases on {len(data.samples)} samples", -max(left, 1))
             accuracy_rows = _accuracy(built, cases, rows, data, resolution, cfg, progress, done,
                                       lambda new: res.append_records(PREDICTIONS, new))
             res.replace(ACCURACY_TABLE, accuracy_rows)
