@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -25,6 +26,7 @@ from qgsa_bench import QGSAError
 from qgsa_bench.efficiency.flops import count_flops
 from qgsa_bench.experiments.depth import build_at_depth, count_scaled, plan_for
 from qgsa_bench.experiments.driver import Results, Table
+from qgsa_bench.experiments.measure import peer_formulas
 from qgsa_bench.experiments.runner import FLOP_CONVENTION
 from qgsa_bench.results import run_meta
 from qgsa_bench.run.lm import tokens_for_layer_average
@@ -42,7 +44,7 @@ COLUMNS = ["model", "weights", "resolution", "pipeline", "budget", "budget_unit"
            "visual_tokens_layer_avg", "prompt_tokens", "flops_vision", "flops_select", "flops_connector",
            "flops_prefill", "flops_decode_per_token", "flops_lm_head", "flops_prefill_attention",
            "attn_visual_flops", "flops_total", "flops_share_of_dense", "flops_saved_pct", "lm_depth", "copies",
-           "unsupported_ops"]
+           "unsupported_ops", "formula_fastv_prefill", "formula_ffn3_prefill"]  # the peers' formulas (measure.py)
 FLOPS_TABLE = Table(FLOPS_CSV, tuple(COLUMNS), ("pipeline", "budget"))
 
 
@@ -148,7 +150,10 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
         rows = count_scaled(cfg.model, cases, resolution, cfg.batch, cfg.question, cfg.decode_tokens,
                             progress=progress, direct=not scale, vision_depth=vdepth)
         dense = next((r for r, (spec, _) in zip(rows, given) if spec.is_dense), None)
+        text = SimpleNamespace(text_config=build_text_config(cfg.model))
         for row, (_, budget) in zip(rows, given):
+            row.update(peer_formulas(text, row["prompt_tokens"], row["n_visual_tokens"], cfg.batch,
+                                     row.pop("layer_tokens"), row["visual_tokens_layer_avg"]))
             row.update({"budget": budget, "budget_unit": cfg.budget_unit, "model": cfg.model,
                         "weights": "random (counted: FLOPs do not depend on weight values)",
                         "resolution": resolution, "budget_share": (budget or n_dense) / n_dense})
@@ -157,7 +162,7 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
                 row["flops_saved_pct"] = 100 * (1 - row["flops_share_of_dense"])
         checks = {"vision": vision}
         if dense:
-            checks["lm_prefill"] = prefill_crosscheck(build_text_config(cfg.model), dense, cfg.batch)
+            checks["lm_prefill"] = prefill_crosscheck(text.text_config, dense, cfg.batch)
         res.replace(FLOPS_TABLE, rows)
         res.path("crosscheck.json").write_text(json.dumps(checks, indent=1) + "\n")
         res.write_meta({**meta, "crosscheck": checks})

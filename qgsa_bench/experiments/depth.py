@@ -146,16 +146,20 @@ def count_scaled(name: str, cases: list[tuple[Spec, int | None]], resolution: in
 
 
 def _shape(plan: Plan, run, images, questions, resolution: int, full: int) -> dict:
-    """Visual tokens entering the LM, their average over the full model's layers, and the prompt length."""
+    """Visual tokens entering the LM, their average over the full model's layers, the prompt length and each
+    full-model layer's sequence in prefill (`layer_tokens`, for the peers' formulas)."""
     from qgsa_bench.run.lm import layer_average
 
     with run.engine.same_draws():
         prepared = run.prepare(images, questions, resolution, plan.k)
     n_vis = float(prepared.inputs.n_visual.float().mean())
+    prompt = int(prepared.inputs.attention_mask.shape[1])
     if plan.cuts:  # the full model's schedule: segment lengths times the tokens each segment holds
         kept = [n_vis] + [float(b.float().mean()) for b in prepared.plan.budgets]
         avg = sum(s * v for s, v in zip(plan.segments(full), kept)) / full
+        layers = [prompt - n_vis + v for s, v in zip(plan.segments(full), kept) for _ in range(s)]
     else:
         avg = layer_average(prepared.inputs, prepared.plan, full)
-    return {"n_visual_tokens": n_vis, "visual_tokens_layer_avg": avg,
-            "prompt_tokens": int(prepared.inputs.attention_mask.shape[1])}
+        layers = [prompt] * full
+    return {"n_visual_tokens": n_vis, "visual_tokens_layer_avg": avg, "prompt_tokens": prompt,
+            "layer_tokens": layers}

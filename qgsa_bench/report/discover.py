@@ -1,5 +1,6 @@
 """Finding results folders and reading them whole, each CSV checked against its writer's schema before
-any table is made (a damaged file stops the report with one error, or leaves its folder out)."""
+any table is made (a damaged file stops the report with one error, or leaves its folder out), and each file
+checked against the run's own list (meta.json `files`): a file the run did not write is not its output."""
 
 from __future__ import annotations
 
@@ -35,8 +36,8 @@ def added_later() -> dict[str, tuple[str, ...]]:
 
     timing = (*STAT_COLUMNS, *THROUGHPUT_COLUMNS)
     return {"sweep": ("case", *timing, *PEER_COLUMNS), "ablate": ("accuracy", "accuracy_n", *timing),
-            "eval": ("n_scored",), "grounding": ("acc_iou_0_5",), "budget": ("budget_unit",),
-            "flops": ("budget", "budget_unit")}
+            "eval": ("n_scored",), "grounding": ("acc_iou_0_5",), "budget": ("budget_unit", "speedup_equal_inputs"),
+            "flops": ("budget", "budget_unit", "formula_fastv_prefill", "formula_ffn3_prefill")}
 
 
 def required_columns() -> dict[str, list[str]]:
@@ -45,18 +46,36 @@ def required_columns() -> dict[str, list[str]]:
     return {name: [c for c in columns if c not in later.get(name, ())] for name, columns in schemas().items()}
 
 
-def load_folder(folder: Path):
-    """(meta, {result name: frame}) of one results folder, its companion files (accuracy.csv, pairs.csv) included."""
+def belongs(folder: Path, meta: dict, name: str, warn=None) -> bool:
+    """Whether file `name` of `folder` is the run's own output: listed in meta.json's `files` (every file the
+    run wrote, kept by the results driver), or any file of a folder from before that list. An unlisted file
+    raises QGSAError (one line) when `warn` is None, else is warned about and left out (False)."""
+    if "files" not in meta or name in meta["files"]:
+        return True
+    problem = (f"{folder / name} is not among the files its meta.json lists as the run's own (a file copied in or "
+               f"left by another run?): move it out of {folder}, or rerun the command in its meta.json")
+    if warn is None:
+        raise QGSAError(problem)
+    warn(f"left out of the report: {problem}")
+    return False
+
+
+def load_folder(folder: Path, warn=None):
+    """(meta, {result name: frame}) of one results folder, its companion files (accuracy.csv, pairs.csv) included.
+    A CSV that meta.json's `files` does not list raises QGSAError, or with `warn` is left out (`belongs`)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise QGSAError(f"results folder not found: {folder}")
     meta = read_meta(folder)
     if meta is None:
         raise QGSAError(f"{folder} has no meta.json: is it a qgsa-bench results folder?")
-    present = [name for name in RESULT_NAMES if (folder / f"{name}.csv").exists()]
+    present = [name for name in RESULT_NAMES if (folder / f"{name}.csv").exists()
+               and belongs(folder, meta, f"{name}.csv", warn)]
     if not present:
-        raise QGSAError(f"{folder} holds none of {', '.join(f'{n}.csv' for n in RESULT_NAMES)}")
-    present += [name for name, beside in COMPANIONS.items() if beside in present and (folder / f"{name}.csv").is_file()]
+        raise QGSAError(f"{folder} holds none of {', '.join(f'{n}.csv' for n in RESULT_NAMES)}"
+                        + (" listed in its meta.json's files" if "files" in meta else ""))
+    present += [name for name, beside in COMPANIONS.items() if beside in present and (folder / f"{name}.csv").is_file()
+                and belongs(folder, meta, f"{name}.csv", warn)]
     required = required_columns()
     return meta, {name: read_rows(folder / f"{name}.csv", required[name]) for name in present}
 

@@ -9,6 +9,7 @@ from qgsa_bench.report.cells import per_batch
 from qgsa_bench.report.discover import RESULT_NAMES, SEARCHED, find_results, load_folder, slugs
 from qgsa_bench.report.figures import (figure_ablation, figure_batch_scaling, figure_flops_reduction, figure_latency,
                                        figure_pareto, figure_speedup, figure_stages)
+from qgsa_bench.report.render import grounding_figures
 from qgsa_bench.report.tables import (budget_markdown, count_markdown, eval_markdown, grounding_markdown,
                                       pairs_markdown, table4_markdown, table5_markdown)
 
@@ -18,7 +19,9 @@ def make_report(folders: list[Path] | None, out: Path, warn=None) -> list[Path]:
 
     `folders`: results folders, or folders to search for them. None: search results/ and runs/ of the
     current directory; a damaged folder found by searching is left out with a warning (one named
-    explicitly stops the report with one error)."""
+    explicitly stops the report with one error). A results file that the folder's meta.json does not list
+    among the run's `files` is not its output: named explicitly, one error; found by searching, it is left
+    out with a warning and the rest of its folder is reported."""
     searched = folders is None
     roots = [Path(r) for r in (SEARCHED if searched else folders)]
     for root in roots:
@@ -33,7 +36,7 @@ def make_report(folders: list[Path] | None, out: Path, warn=None) -> list[Path]:
     loaded = []
     for folder in found:
         try:
-            loaded.append((folder, *load_folder(folder)))
+            loaded.append((folder, *load_folder(folder, (warn or (lambda message: None)) if searched else None)))
         except QGSAError as err:
             if not searched:
                 raise
@@ -47,7 +50,7 @@ def make_report(folders: list[Path] | None, out: Path, warn=None) -> list[Path]:
     written, sections, sweeps = [], ["# qgsa-bench report", ""], []
     for folder, meta, tables in loaded:
         try:
-            text, files = folder_section(folder, meta, tables, out, names[folder])
+            text, files = folder_section(folder, meta, tables, out, names[folder], warn)
         except (ValueError, TypeError, KeyError, AttributeError, IndexError) as err:
             problem = QGSAError(f"{folder}: its files do not make a table ({err.__class__.__name__}: {err}); "
                                 f"a damaged or hand-edited file? rerun the command in its meta.json")
@@ -70,7 +73,8 @@ def make_report(folders: list[Path] | None, out: Path, warn=None) -> list[Path]:
     return [out / "report.md", *written]
 
 
-def folder_section(folder: Path, meta: dict, tables: dict, out: Path, slug: str) -> tuple[str, list[Path]]:
+def folder_section(folder: Path, meta: dict, tables: dict, out: Path, slug: str,
+                   warn=None) -> tuple[str, list[Path]]:
     """One results folder's tables (and its own figures) as Markdown."""
     parts, written = [f"# {folder}\n"], []
     if "sweep" in tables:
@@ -97,5 +101,8 @@ def folder_section(folder: Path, meta: dict, tables: dict, out: Path, slug: str)
     if "grounding" in tables:
         parts.append(grounding_markdown(tables["grounding"], meta))
         if "pairs" in tables:
-            parts.append(pairs_markdown(tables["pairs"]))
+            parts.append(pairs_markdown(tables["pairs"], meta))
+        figures = grounding_figures(folder, meta, out=out, suffix=f"_{slug}", warn=warn)
+        written += figures
+        parts += [f"![{path.stem.rpartition('_' + slug)[0]}]({path.name})\n" for path in figures]
     return "\n".join(parts), written

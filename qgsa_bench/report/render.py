@@ -6,7 +6,7 @@
     set the run names in meta.json: the same samples, found by id)
 The commands write rows and meta.json only (experiments/); the CLI calls `render_folder` after them, and
 anyone can call it again on a folder. Raises QGSAError for a folder that is not a results folder or holds a
-damaged file.
+damaged file; a file that meta.json's `files` does not list is not the run's and is left out (`warn` says so).
 """
 
 from __future__ import annotations
@@ -14,19 +14,21 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from qgsa_bench.report.discover import is_results_folder, load_folder
+from qgsa_bench import QGSAError
+from qgsa_bench.report.discover import belongs, is_results_folder, load_folder
 from qgsa_bench.report.tables import (budget_markdown, count_markdown, eval_markdown, grounding_markdown,
                                       pairs_markdown, table4_markdown, table5_markdown)
 
 FIGURE_SAMPLES = 4  # images in selections.png
 
 
-def render_folder(folder) -> list[Path]:
+def render_folder(folder, warn=None) -> list[Path]:
     """Write the tables (and grounding figures) of `folder` from its CSVs and meta.json; the paths written."""
     folder = Path(folder)
     if not is_results_folder(folder):
         return []
-    meta, tables = load_folder(folder)
+    warn = warn or (lambda message: None)
+    meta, tables = load_folder(folder, warn)
     texts = {}
     if "sweep" in tables:
         texts["table4.md"] = table4_markdown(tables["sweep"], meta)
@@ -42,36 +44,66 @@ def render_folder(folder) -> list[Path]:
     if "grounding" in tables:
         pairs = tables.get("pairs")
         texts["table3.md"] = grounding_markdown(tables["grounding"], meta) + (
-            "" if pairs is None else "\n" + pairs_markdown(pairs))
+            "" if pairs is None else "\n" + pairs_markdown(pairs, meta))
     written = []
     for name, text in texts.items():
         (folder / name).write_text(text)
         written.append(folder / name)
     if "grounding" in tables:
-        written += grounding_figures(folder, meta)
+        written += grounding_figures(folder, meta, warn=warn)
     return written
 
 
-def grounding_figures(folder: Path, meta: dict, shown: int = FIGURE_SAMPLES) -> list[Path]:
+GROUNDED = "grounding.jsonl"  # the per-sample selections the figures draw (experiments/grounding.py)
+
+
+def grounding_figures(folder: Path, meta: dict, shown: int = FIGURE_SAMPLES, out: Path | None = None,
+                      suffix: str = "", warn=None) -> list[Path]:
     """selections.png (the first `shown` samples: QGSA's patches and the box) and pair.png (the first two
-    questions about different objects of one image), on the images of the data set the run read."""
+    questions about different objects of one image), on the images of the data set the run read, written
+    into `out` (default: the folder) as selections{suffix}.png and pair{suffix}.png. A folder from before
+    meta.json named the patch grid gives the figures it holds; none where its grounding.jsonl is not the
+    run's (`belongs`) or the data set cannot be read here (`warn` says which)."""
     from qgsa_bench.config import EvalConfig
     from qgsa_bench.experiments.grounding import box_samples, question_pairs
-    from qgsa_bench.report.figures import figure_pair, figure_selections
+    from qgsa_bench.report.cells import UNTRAINED, untrained
+    from qgsa_bench.report.figures import figure_pair, figure_selections, model_name
 
     grid = meta.get("grid")
-    path = folder / "grounding.jsonl"
-    if grid is None or not path.is_file():  # folders from before meta.json named the patch grid
+    path = folder / GROUNDED
+    out = Path(out or folder)
+    if grid is None:  # a folder from before meta.json named the patch grid: the figures its run drew, if any
+        return _copied(folder, out, suffix)
+    if not path.is_file() or not belongs(folder, meta, GROUNDED, warn):
         return []
     records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    _, samples = box_samples(EvalConfig(**meta["settings"]))
+    try:
+        _, samples = box_samples(EvalConfig(**meta["settings"]))
+    except (QGSAError, OSError, TypeError) as err:
+        if warn:
+            warn(f"{folder}: no grounding figures, the data set its run read cannot be read here ({err})")
+        return []
     by_id = {s.id: s for s in samples}
-    title = f"{meta.get('model', '?')} ({meta.get('weights', '?')} weights)"
+    title = f"{model_name(meta)} ({meta.get('weights', '?')} weights)"
+    flagged = untrained({"selector": "qgsa"}, meta)
+    qgsa, note = ((f"qgsa {UNTRAINED}", f"\n{UNTRAINED} untrained QGSA module (random-init, no checkpoint): not a result")
+                  if flagged else ("qgsa", ""))
     items = [(by_id[r["id"]].open_image(), r) for r in records[:shown] if r["id"] in by_id]
-    written = [figure_selections(items, grid, folder / "selections.png", title=f"{title}: qgsa (cyan) vs box (green)")]
+    written = [figure_selections(items, grid, out / f"selections{suffix}.png",
+                                 title=f"{title}: {qgsa} (cyan) vs box (green){note}")]
     _, pairs = question_pairs(records, grid)
     if pairs:
         first, second = records[pairs[0][0]], records[pairs[0][1]]
-        written.append(figure_pair(by_id[first["id"]].open_image(), first, second, grid, folder / "pair.png",
-                                   title=f"{title}: two questions, one image"))
+        written.append(figure_pair(by_id[first["id"]].open_image(), first, second, grid, out / f"pair{suffix}.png",
+                                   title=f"{title}: two questions, one image, {qgsa} (cyan){note}"))
     return written
+
+
+def _copied(folder: Path, out: Path, suffix: str) -> list[Path]:
+    """selections.png and pair.png of an old grounding folder, copied into `out` (nothing to do in place)."""
+    import shutil
+
+    if out.resolve() == folder.resolve():
+        return []
+    return [Path(shutil.copyfile(folder / f"{name}.png", out / f"{name}{suffix}.png"))
+            for name in ("selections", "pair") if (folder / f"{name}.png").is_file()]

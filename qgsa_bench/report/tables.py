@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from qgsa_bench.report.cells import (case_label, fmt, header, markdown_rows, short_commit, speedup_cell,
-                                     with_dense_comparison)
+from qgsa_bench.report.cells import (UNTRAINED_COST, UNTRAINED_COUNT, WILSON_NOTE, Notes, accuracy_with_ci,
+                                     case_label, dense_first, flag_untrained, fmt, header, markdown_rows, scored_n,
+                                     short_commit, speedup_cell, with_dense_comparison)
 
 TABLE4_NOTE = (
     "FLOPs: fvcore's convention, one multiply-add = one FLOP; attention counted over the full "
@@ -26,6 +27,12 @@ TABLE4_NOTE = (
     "An unstable or short (< 10 rounds) row claims a speedup only where a distribution-free interval "
     "(order statistics of each median) excludes 1 too, shown beside it; else it reads \"not enough "
     "evidence\" (rerun with more --reps or --reps auto, on a quieter machine).")
+FFN_NOTE = (
+    "Where counted and formula prefill differ: FastV's formula (Chen et al., ECCV 2024; per LM layer "
+    "4nd² + 2n²d + 2ndm, summed over layers, n prompt tokens, d LM width, m MLP width) counts a 2-matrix FFN "
+    "where LLaMA-family LMs have 3 (gate, up, down: 3ndm, the second formula), ndm per layer more; both formulas "
+    "are prefill-only with full-width K/V and no LM head, while the counted prefill has grouped-query K/V and "
+    "the head on the last position, and end to end adds the vision encoder, connector and decode.")
 PEER_NOTE = (
     "Formulas per LM layer, summed over layers, times the batch: FastV (Chen et al., ECCV 2024) "
     "4nd² + 2n²d + 2ndm; with a gated 3-matrix FFN as LLaMA-family LMs have, 4nd² + 2n²d + 3ndm "
@@ -38,7 +45,9 @@ def table4_markdown(frame, meta: dict | None) -> str:
     frame = with_dense_comparison(frame)
     if "batch" not in frame:
         frame = frame.assign(batch=(meta or {}).get("settings", {}).get("batch", 1))
-    frame = frame.assign(_case=[case_label(r) for _, r in frame.iterrows()]).sort_values(["batch", "resolution", "_case"])
+    notes = Notes()
+    frame = frame.assign(_case=[flag_untrained(case_label(r), r, meta, notes, UNTRAINED_COST) for _, r in frame.iterrows()],
+                         _dense=frame["pipeline"] != "dense").sort_values(["batch", "resolution", "_dense", "_case"])
     lines = header(meta, "Efficiency by resolution (cf. the paper's Table 4)")
     lines += markdown_rows(
         ["Batch", "Resolution", "Pipeline", "N patches", "visual tokens to LM", "latency ms median [p10–p90]",
@@ -48,11 +57,11 @@ def table4_markdown(frame, meta: dict | None) -> str:
         ([int(r["batch"]), f"{int(r['resolution'])}px", r["_case"], int(r["n_patches"]),
           fmt(r["n_visual_tokens"], ".0f"),
           f"{fmt(r['latency_ms_median'])} [{fmt(r.get('latency_ms_p10'))}–{fmt(r.get('latency_ms_p90'))}]",
-          speedup_cell(r), fmt(r.get("throughput_images_per_s"), ".2f"), fmt(r.get("throughput_tokens_per_s"), ".1f"),
+          speedup_cell(r, notes), fmt(r.get("throughput_images_per_s"), ".2f"), fmt(r.get("throughput_tokens_per_s"), ".1f"),
           fmt(100 * r["paper_flops_reduction"], ".1f", "%"), fmt(r["paper_theoretical_speedup"], ".1f", "×"),
           fmt(r["flops_total"] / 1e9, ".2f"), fmt(100 * r["measured_flops_reduction"], ".1f", "%"),
           fmt(100 * r["attn_visual_reduction"], ".1f", "%")] for _, r in frame.iterrows()))
-    lines += ["", TABLE4_NOTE]
+    lines += notes.lines() + ["", TABLE4_NOTE]
     if "formula_fastv_prefill" in frame:
         lines += ["", "The peers' accounting (formulas, not counts; for mapping these rows onto published tables):", ""]
         lines += markdown_rows(
@@ -84,17 +93,23 @@ def write_table4(frame, path: Path, meta: dict | None) -> Path:
 
 
 def table5_markdown(frame, meta: dict | None) -> str:
+    notes = Notes()
     lines = header(meta, "Component ablation latency (cf. the paper's Table 5)")
+    has_acc = "accuracy" in frame and frame["accuracy"].notna().any()
     lines += markdown_rows(
         ["Configuration", "QGSA weights", "mean k", "latency ms median [p10–p90]", "speedup vs dense [95 % CI]",
-         "end-to-end GFLOPs", "accuracy (%)"],
-        ([f"{r.get('label', r['config'])} (`{r['config']}`)", r.get("qgsa_weights", "–"), fmt(r.get("k"), ".1f"),
+         "end-to-end GFLOPs"] + (["n", "accuracy (%) [95 % CI]"] if has_acc else []),
+        ([flag_untrained(f"{r.get('label', r['config'])} (`{r['config']}`)", r, meta, notes, UNTRAINED_COST),
+          r.get("qgsa_weights", "–"), fmt(r.get("k"), ".1f"),
           f"{fmt(r['latency_ms_median'])} [{fmt(r['latency_ms_p10'])}–{fmt(r['latency_ms_p90'])}]",
-          speedup_cell(r), fmt(r.get("flops_total", float("nan")) / 1e9, ".2f"), fmt(r.get("accuracy"))]
-         for _, r in frame.iterrows()))
+          speedup_cell(r, notes), fmt(r.get("flops_total", float("nan")) / 1e9, ".2f")]
+         + ([fmt(r.get("accuracy_n"), ".0f"), accuracy_with_ci(r.get("accuracy"), r.get("accuracy_n"))] if has_acc else [])
+         for _, r in dense_first(frame).iterrows()))
+    lines += notes.lines()
     lines += ["", "Configurations without a checkpoint use the randomly initialised module (labelled "
               "`random-init`): their latencies differ only by noise and by k, not by training. Speedup: "
-              "ratio of median latencies with a 95 % paired-bootstrap interval, claimed as in Table 4."]
+              "ratio of median latencies with a 95 % paired-bootstrap interval, claimed as in Table 4."
+              + (f" {WILSON_NOTE}" if has_acc else "")]
     if meta and isinstance(meta.get("reps_stopped"), str):
         lines.append(f"Repetitions: {meta['reps_stopped']}.")
     return "\n".join(lines) + "\n"
@@ -105,93 +120,145 @@ def eval_markdown(frame, meta: dict | None) -> str:
     lines = header(meta, f"Accuracy on {meta.get('dataset', '?')} ({meta.get('split', '?')}) (cf. the paper's Tables 1-2)")
     if meta.get("weights") == "random":
         lines.append("**Accuracy with random weights is meaningless**: these rows test the plumbing only.\n")
+    notes = Notes()
+    frame = dense_first(frame)
     lines += markdown_rows(
-        ["Pipeline", "n", "Accuracy (%)", "Δ vs dense (points)", "MC accuracy (%)", "mean k (± std)", "visual tokens",
-         "latency ms / query"],
-        ([r["pipeline"], int(r["n"]), accuracy_cell(r), fmt(r["delta_vs_dense_points"], "+.2f"),
-          fmt(r.get("mc_accuracy")), f"{fmt(r['k_mean'], '.1f')} ± {fmt(r['k_std'], '.1f')}",
-          fmt(r["n_visual_tokens_mean"], ".1f"), fmt(r["latency_ms_per_query"])]
+        ["Pipeline", "n", "Accuracy (%) [95 % CI]", "Δ vs dense (points)", "MC accuracy (%)", "mean k (± std)",
+         "visual tokens", "latency ms / query"],
+        ([flag_untrained(r["pipeline"], r, meta, notes), _n(r), accuracy_cell(r, notes),
+          fmt(r["delta_vs_dense_points"], "+.2f"), fmt(r.get("mc_accuracy")),
+          f"{fmt(r['k_mean'], '.1f')} ± {fmt(r['k_std'], '.1f')}", fmt(r["n_visual_tokens_mean"], ".1f"),
+          fmt(r["latency_ms_per_query"])]
          for _, r in frame[frame["scope"] == "all"].iterrows()))
     types = frame[frame["scope"].isin(["type", "answer_type"])]
     if len(types):
         lines += ["", "Per question type (the paper's section 4.7 / A.1 analysis; VQA-RAD also per answer type):", ""]
         lines += markdown_rows(
-            ["Question type", "Pipeline", "n", "Accuracy (%)", "Δ vs dense", "mean k"],
+            ["Question type", "Pipeline", "n", "Accuracy (%) [95 % CI]", "Δ vs dense", "mean k"],
             ([f"answer type {r['question_type']}" if r["scope"] == "answer_type" else r["question_type"],
-              r["pipeline"], int(r["n"]), accuracy_cell(r), fmt(r["delta_vs_dense_points"], "+.2f"),
-              fmt(r["k_mean"], ".1f")]
-             for _, r in types.sort_values(["scope", "question_type", "pipeline"]).iterrows()))
+              flag_untrained(r["pipeline"], r, meta, notes), _n(r), accuracy_cell(r, notes),
+              fmt(r["delta_vs_dense_points"], "+.2f"), fmt(r["k_mean"], ".1f")]
+             for _, r in types.sort_values(["scope", "question_type"], kind="stable").iterrows()))
+    lines += notes.lines() + ["", WILSON_NOTE]
     if meta.get("scoring"):
         lines += ["", f"Scoring ({meta.get('dataset')}): {meta['scoring']}."]
     return "\n".join(lines) + "\n"
 
 
-def accuracy_cell(row) -> str:
-    """The accuracy cell: '–' with the reason where no sample of the row has public references."""
+def _n(row) -> str:
+    """The row's questions, and how many of them were scored where that is fewer (no public answers)."""
+    n, scored = int(row["n"]), scored_n(row)
+    return str(n) if scored == n or scored != scored else f"{n} ({int(scored)} scored)"
+
+
+def accuracy_cell(row, notes: Notes | None = None) -> str:
+    """The accuracy cell with its 95 % Wilson interval: '–' with the reason where no sample of the row has
+    public references (a mark whose text `notes` states once)."""
     if row.get("n_scored") == 0:
-        return "– (no public answers)"
-    return fmt(row["accuracy"])
+        return "– " + (notes.mark("*", "no public answers: the split's references are not published, so "
+                                       "nothing was scored (predictions are in the folder).") if notes is not None
+                       else "(no public answers)")
+    return accuracy_with_ci(row["accuracy"], scored_n(row))
 
 
 def grounding_markdown(frame, meta: dict | None) -> str:
     meta = meta or {}
     lines = header(meta, f"Grounding IoU on {meta.get('dataset', '?')} ({meta.get('split', '?')}) (cf. the paper's Table 3)")
+    notes = Notes()
     lines += markdown_rows(
-        ["Question type", "Selector", "n", "mean IoU (%)", "median IoU (%)", "IoU ≥ 0.5 (%)", "mean k"],
-        ([r["question_type"], r["selector"], int(r["n"]), fmt(r["mean_iou"]), fmt(r["median_iou"]),
-          fmt(r.get("acc_iou_0_5")), fmt(r["k_mean"], ".1f")] for _, r in frame.iterrows()))
+        ["Question type", "Selector", "n", "mean IoU (%)", "median IoU (%)", "IoU ≥ 0.5 (%) [95 % CI]", "mean k"],
+        ([r["question_type"], flag_untrained(r["selector"], r, meta, notes), int(r["n"]), fmt(r["mean_iou"]),
+          fmt(r["median_iou"]), accuracy_with_ci(r.get("acc_iou_0_5"), r["n"]), fmt(r["k_mean"], ".1f")]
+         for _, r in frame.iterrows()))
+    lines += notes.lines()
     lines += ["", "IoU between the convex hull of the selected patches (in the original image's pixels) and "
               "the ground-truth box. All selectors use QGSA's k per sample; the oracle is the best "
               "rectangular hull of at most k patches (the ceiling). IoU ≥ 0.5: the share of boxes found, "
-              "RefCOCO's comprehension accuracy rule (MAttNet's evaluation, with the hull as the predicted region)."]
+              "RefCOCO's comprehension accuracy rule (MAttNet's evaluation, with the hull as the predicted region), "
+              "with its 95 % Wilson score interval over the n boxes."]
     return "\n".join(lines) + "\n"
 
 
-def pairs_markdown(frame) -> str:
+def pairs_markdown(frame, meta: dict | None = None) -> str:
+    notes = Notes()
     lines = ["### Question dependence: two questions about different objects of one image", ""]
     lines += markdown_rows(
         ["Selector", "pairs", "mean Jaccard of the two selections", "share inside own object's box",
          "share inside the other object's box"],
-        ([r["selector"], int(r["n_pairs"]), fmt(r["mean_jaccard"], ".3f"), fmt(100 * r["share_in_own_box"], ".1f", "%"),
+        ([flag_untrained(r["selector"], r, meta, notes), int(r["n_pairs"]), fmt(r["mean_jaccard"], ".3f"),
+          fmt(100 * r["share_in_own_box"], ".1f", "%"),
           fmt(100 * r["share_in_other_box"], ".1f", "%")] for _, r in frame.iterrows()))
-    lines += ["", "For `random` the two selections are independent draws (chance overlap). `norm` ignores the "
+    lines += notes.lines() + ["", "For `random` the two selections are independent draws (chance overlap). `norm` ignores the "
               "question, so its two selections are identical (Jaccard 1) whenever k is the same."]
     return "\n".join(lines) + "\n"
 
 
 def budget_markdown(frame, meta: dict | None, accuracy=None) -> str:
-    """Every selector at every budget: where it sits, tokens, FLOPs by stage, latency, accuracy."""
+    """Every selector at every budget (dense first): where it sits, tokens, FLOPs by stage, latency, accuracy
+    with its n and 95 % interval; per question type, each type's n beside it."""
     meta = meta or {}
+    notes = Notes()
     lines = header(meta, f"Selectors at equal budgets, {meta.get('settings', {}).get('resolution', '?')} px "
                          f"({meta.get('dense_visual_tokens', '?')} dense visual tokens)")
     lines += [f"Budget: {meta.get('budget_rule', 'visual tokens reaching the LM')}. FLOPs: multiply-adds (fvcore), "
               "G = 10^9, for the whole batch end to end.  ", ""]
     has_acc = "accuracy" in frame and frame["accuracy"].notna().any()
+    n_eval = sorted({int(n) for n in frame.get("n_eval", []) if n == n}) if has_acc else []
+    same_n = len(n_eval) == 1
     head = ["selector", "insertion point", "budget", "kept after the last cut", "visual tokens (LM in / layer avg)",
             "vision GFLOPs", "select GFLOPs", "prefill GFLOPs", "end-to-end GFLOPs", "share of dense",
-            "latency ms (p10–p90)", "speedup vs dense"] + (["accuracy %", "Δ vs dense"] if has_acc else [])
+            "latency ms (p10–p90)", "speedup vs dense"] + (
+        [f"accuracy % [95 % CI]{f' (n={n_eval[0]})' if same_n else ''}", "Δ vs dense"] if has_acc else [])
+    frame = frame.assign(_dense=frame["selector"] != "dense").sort_values(["_dense", "budget", "selector"], kind="stable")
     rows = []
-    for _, r in frame.sort_values(["budget", "selector"], kind="stable").iterrows():
-        rows.append([case_label(r), str(r["point"]), str(int(r["budget"])), fmt(r.get("k"), ".0f"),
+    for _, r in frame.iterrows():
+        acc = accuracy_with_ci(r.get("accuracy"), r.get("n_eval"))
+        if has_acc and not same_n and r.get("n_eval") == r.get("n_eval"):
+            acc += f" (n={fmt(r.get('n_eval'), '.0f')})"
+        rows.append([flag_untrained(case_label(r), r, meta, notes, UNTRAINED_COST), str(r["point"]),
+                     str(int(r["budget"])), fmt(r.get("k"), ".0f"),
                      f"{fmt(r['n_visual_tokens'], '.0f')} / {fmt(r['visual_tokens_layer_avg'], '.1f')}",
                      fmt(r.get("flops_vision", float("nan")) / 1e9, ".3f"),
                      fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"),
                      fmt(r.get("flops_prefill", float("nan")) / 1e9, ".3f"), fmt(r["flops_total"] / 1e9, ".3f"),
                      fmt(100 * r.get("flops_share_of_dense", float("nan")), ".1f", " %"),
                      f"{fmt(r['latency_ms_median'], '.1f')} ({fmt(r.get('latency_ms_p10'), '.1f')}–"
-                     f"{fmt(r.get('latency_ms_p90'), '.1f')})", speedup_cell(r)]
-                    + ([fmt(r.get("accuracy"), ".2f"), fmt(r.get("delta_vs_dense_points"), "+.2f")] if has_acc else []))
-    lines += markdown_rows(head, rows) + [""]
+                     f"{fmt(r.get('latency_ms_p90'), '.1f')})", speedup_cell(r, notes)]
+                    + ([acc, fmt(r.get("delta_vs_dense_points"), "+.2f")] if has_acc else []))
+    lines += markdown_rows(head, rows)
     types = accuracy[accuracy["scope"] != "all"] if accuracy is not None and len(accuracy) else []
     if len(types):
-        qtypes = sorted(types["question_type"].unique())
-        lines += ["### Accuracy per question type (%)", ""]
-        rows = []
-        for case, part in types.groupby("case", sort=False):
-            by = dict(zip(part["question_type"], part["accuracy"]))
-            rows.append([case, int(part["budget"].iloc[0]), *(fmt(by.get(t), ".1f") for t in qtypes)])
-        lines += markdown_rows(["case", "budget", *qtypes], rows) + [""]
-    return "\n".join(lines)
+        lines += ["", "### Accuracy per question type (%, [95 % CI]; n: the type's questions)", ""]
+        lines += markdown_rows(*per_type_rows(types, frame, meta, notes))
+    lines += notes.lines()
+    if has_acc or len(types):
+        lines += ["", WILSON_NOTE]
+    if frame.get("unstable") is not None and frame["unstable"].astype(str).str.lower().eq("true").any():
+        lines += ["", "⚠ unstable: robust dispersion above 10 % or over 10 % of the rounds far off the median "
+                      "(as in Table 4); such a row claims a speedup only where a distribution-free interval agrees."]
+    return "\n".join(lines) + "\n"
+
+
+def per_type_rows(types, frame, meta: dict, notes: Notes) -> tuple[list[str], list[list[str]]]:
+    """The per-type accuracy table of a budget sweep: one row per case (dense first), one column per type,
+    headed by the type's n where every case scored the same questions (else n in each cell)."""
+    weights = dict(zip(frame["case"], frame["qgsa_weights"])) if {"case", "qgsa_weights"} <= set(frame) else {}
+    types = types.assign(_n=[scored_n(r) for _, r in types.iterrows()])
+    qtypes = sorted(types["question_type"].unique())
+    ns = {t: sorted({int(n) for n in types.loc[types["question_type"] == t, "_n"] if n == n}) for t in qtypes}
+    head = ["case", "budget", *(f"{t} (n={ns[t][0]})" if len(ns[t]) == 1 else t for t in qtypes)]
+    rows = []
+    order = types.assign(_dense=types["selector"] != "dense").sort_values("_dense", kind="stable")
+    for case, part in order.groupby("case", sort=False):
+        first = {**part.iloc[0].to_dict(), "qgsa_weights": weights.get(case)}
+        by = {r["question_type"]: r for _, r in part.iterrows()}
+        cells = []
+        for t in qtypes:
+            r = by.get(t)
+            cell = "–" if r is None else accuracy_with_ci(r["accuracy"], r["_n"], ".1f")
+            cells.append(cell + (f" (n={fmt(r['_n'], '.0f')})" if r is not None and len(ns[t]) > 1 else ""))
+        rows.append([flag_untrained(case, first, meta, notes), int(part["budget"].iloc[0]), *cells])
+    return head, rows
 
 
 def count_markdown(rows: list[dict], meta: dict) -> str:
@@ -204,16 +271,27 @@ def count_markdown(rows: list[dict], meta: dict) -> str:
              f"{meta.get('counting', '')}. Budget: {unit}. Multiply-adds (fvcore), G = 10^9. Weights play no part in "
              f"a count (random weights). Command: `{meta.get('command', '?')}` (commit "
              f"{short_commit(meta.get('git_commit', '?'))}).", ""]
+    notes = Notes()
+    formulas = any(_given(r.get("formula_fastv_prefill")) for r in rows)
     lines += markdown_rows(
         ["pipeline", "budget", "kept after the last cut", "visual tokens (LM in / layer avg)", "prompt", "vision G",
-         "select + connector G", "prefill G", "decode G/token", "end-to-end G", "share of dense", "saved"],
-        ([str(r["pipeline"]), _count(r.get("budget", r.get("k"))), _count(r.get("k")),
+         "select + connector G", "prefill G (counted)"]
+        + (["prefill G, FastV formula (2-matrix FFN)", "prefill G, 3-matrix FFN formula"] if formulas else [])
+        + ["decode G/token", "end-to-end G", "share of dense", "saved"],
+        ([flag_untrained(r["pipeline"], {**r, "qgsa_weights": meta.get("qgsa_weights")}, meta, notes, UNTRAINED_COUNT),
+          _count(r.get("budget", r.get("k"))), _count(r.get("k")),
           f"{fmt(r['n_visual_tokens'], '.0f')} / {fmt(r['visual_tokens_layer_avg'], '.1f')}",
           fmt(r.get("prompt_tokens"), ".0f"), fmt(r["flops_vision"] / 1e9, ".2f"),
-          fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"),
-          fmt(r["flops_prefill"] / 1e9, ".1f"), fmt(r.get("flops_decode_per_token", float("nan")) / 1e9, ".2f"),
-          fmt(r["flops_total"] / 1e9, ".1f"), fmt(100 * r.get("flops_share_of_dense", float("nan")), ".1f", " %"),
-          fmt(r.get("flops_saved_pct"), ".1f", " %")] for r in rows))
+          fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"), fmt(r["flops_prefill"] / 1e9, ".1f")]
+         + ([fmt(r.get("formula_fastv_prefill", float("nan")) / 1e9, ".1f"),
+             fmt(r.get("formula_ffn3_prefill", float("nan")) / 1e9, ".1f")] if formulas else [])
+         + [fmt(r.get("flops_decode_per_token", float("nan")) / 1e9, ".2f"),
+            fmt(r["flops_total"] / 1e9, ".1f"), fmt(100 * r.get("flops_share_of_dense", float("nan")), ".1f", " %"),
+            fmt(r.get("flops_saved_pct"), ".1f", " %")] for r in rows))
+    lines += notes.lines()
+    lines += ["", FFN_NOTE if formulas else
+              "The peers' formula columns are absent: this folder was counted before count-flops wrote them "
+              "(rerun the command in meta.json for them)."]
     checks = meta.get("crosscheck") or {}
     vision, lm = checks.get("vision"), checks.get("lm_prefill")
     if vision:
@@ -230,6 +308,10 @@ def count_markdown(rows: list[dict], meta: dict) -> str:
                      f"analytic {lm['analytic'] / 1e9:.3f} G (difference {lm['difference']:,} multiply-adds"
                      + (f": {lm['explained']}" if lm.get("explained") not in (None, "exact") else "") + ").")
     return "\n".join(lines) + "\n"
+
+
+def _given(value) -> bool:
+    return value is not None and value == value
 
 
 def _count(value) -> str:
