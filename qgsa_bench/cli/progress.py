@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from qgsa_bench.cli.app import console, err_console, show_markdown
+from qgsa_bench.cli.app import console, err_console, show_markdown, warn
 
 
 class RichProgress:
@@ -62,7 +62,7 @@ def run_and_show(run, *args, table: str | None = None, files: tuple[str, ...] = 
     if isinstance(result, Path):  # a results folder: its tables and figures, made by the report from its files
         from qgsa_bench.report.render import render_folder
 
-        render_folder(result)
+        render_folder(result, warn=warn)
     if table:
         show_markdown(result / table)
     if files:
