@@ -70,6 +70,7 @@ class SweepConfig:
     pipelines: tuple[str, ...] = ("dense", "dense-bypass", "qgsa", "random")
     out: str = "results/sweep"
     batches: tuple[int, ...] = ()  # several batch sizes (--batch 1 8 32); empty: measure.batch
+    overwrite: bool = False  # empty a results folder of an earlier run first (driver.Results)
 
     def __post_init__(self):
         if not self.sizes:
@@ -92,6 +93,7 @@ class AblateConfig:
     train_steps: int | None = None
     align_encoder: str = "lm"  # for the trained configurations that use L_align
     eval_limit: int | None = None  # with trained checkpoints: accuracy on this many questions of the data set
+    overwrite: bool = False
 
     def settings(self) -> dict:
         return {k: getattr(self, k) for k in ("resolution", "train_dataset", "train_data_dir", "train_limit",
@@ -114,11 +116,12 @@ class EvalConfig:
     k: int | None = None  # None: f_comp(q) per question
     batch: int = 4
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "fp32"  # as TrainConfig: the numerics a checkpoint was trained in
     resolution: int | None = None  # None: the model's native size
     max_new_tokens: int = 10
     seed: int = 0
     out: str = "results/eval"
+    overwrite: bool = False
 
     def __post_init__(self):
         if self.batch < 1:
@@ -133,15 +136,18 @@ class EvalConfig:
         check_options(self.specs, self.k, self.checkpoint)
 
     def settings(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "device")}
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "device", "overwrite")}
 
 
 @dataclass
 class TrainConfig:
-    """`qgsa train`: Algorithm 1 of the seed paper, with its defaults (section 3.5)."""
+    """`qgsa train`: Algorithm 1 of the seed paper. The objective's defaults here are the paper's (section 3.5)
+    except the encoder for L_align; `qgsa train`'s own defaults are the recipe that works on the shapes base
+    (cli/training.py: connector projection, Eq. 4 on logits, L_answer, L_attr, lr 1e-3, 20 warm-up steps, 6
+    epochs; README). Model, data set and dtype: as EvalConfig's (the paper: smolvlm-256m on vqa-rad)."""
 
-    model: str = "smolvlm-500m"
-    dataset: str = "vqa-rad"
+    model: str = "smolvlm-256m"
+    dataset: str = "shapes"
     data_dir: str | None = None
     split: str = "train"
     limit: int | None = None
@@ -170,7 +176,7 @@ class TrainConfig:
     no_cs: bool = False
     no_align: bool = False
     fixed_k: int | None = None
-    align_encoder: str = "clip"
+    align_encoder: str = "lm"  # the paper: "clip" (open_clip ViT-B/32), whose weights are often not there
     clip_checkpoint: str | None = None
     spacy_model: str | None = None
     soft_mask_space: str = "softmax"
@@ -184,9 +190,10 @@ class TrainConfig:
     # go on through the encoder's remaining layers; the `qgsa-vision@vision:L` pipeline).
     insert: str = "post-vision"
     device: str = "auto"
-    dtype: str = "auto"
+    dtype: str = "fp32"  # the module trains in the base's dtype (bf16 on a GPU would train it in bf16)
     seed: int = 0
     out: str = "runs/train"
+    overwrite: bool = False
 
     def __post_init__(self):
         for name in ("epochs", "batch", "save_every"):
@@ -194,6 +201,8 @@ class TrainConfig:
                 raise QGSAError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.max_steps is not None and self.max_steps < 1:
             raise QGSAError(f"--max-steps must be at least 1, got {self.max_steps}")
+        if self.warmup_steps < 0:
+            raise QGSAError(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
         if self.lr <= 0 or self.tau_start <= 0 or self.tau_end <= 0:
             raise QGSAError("--lr, --tau-start and --tau-end must be positive")
         if self.insert != "post-vision":
@@ -233,7 +242,7 @@ class TrainConfig:
     def run_identity(self) -> dict:
         """What a resumed run must share with the run it continues (length and output may change)."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("max_steps", "epochs", "out", "device", "save_every", "cache_features")}
+                if k not in ("max_steps", "epochs", "out", "device", "save_every", "cache_features", "overwrite")}
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from qgsa_bench.cli.app import app, command, console, text_or_none, warn
-from qgsa_bench.cli.options import EVALUATION, MaxNewTokens, Model, Pipelines, QuestionBatch, pipeline_list
+from qgsa_bench.cli.options import EVALUATION, MaxNewTokens, Model, Overwrite, Pipelines, QuestionBatch, pipeline_list
 from qgsa_bench.cli.progress import run_and_show
 
 data_app = typer.Typer(help="Data set utilities.", no_args_is_help=True)
@@ -24,6 +24,41 @@ def eval_config(**kwargs):
                          for key, value in kwargs.items()})
 
 
+def untrained(specs, k=None, checkpoint_of=lambda spec: None, option: str = "--checkpoint FILE") -> str | None:
+    """The warning for pipelines that read the QGSA checkpoint (`Spec.reads_checkpoint`) but have none: their
+    module is then random-init, and what they select (or, without --k, every budget f_comp gives) is an
+    untrained module's. `checkpoint_of(spec)`: the checkpoint that spec's run would read, or None."""
+    names = [spec.text for spec in specs if spec.reads_checkpoint(k) and not checkpoint_of(spec)]
+    if not names:
+        return None
+    budget = "" if k is not None else ", or f_comp's budget without --k"
+    return (f"{', '.join(names)} read{'s' if len(names) == 1 else ''} the QGSA module (its scorer, its W_vis "
+            f"projection{budget}), which without a checkpoint is random-init: those results are an untrained "
+            f"selector's; pass {option} from `qgsa train` (for results/shapes/base-model: "
+            f"results/shapes/checkpoints/)")
+
+
+def warned_when_started(run, message: str | None):
+    """`run`, saying `message` in one warning line at its first progress report: after its own checks, so that a
+    refused command still prints its one error line only."""
+    if not message:
+        return run
+
+    def started(*args, progress=None, **kwargs):
+        said = []
+
+        def report(description, steps):
+            if not said:
+                said.append(message)
+                warn(message)
+            if progress:
+                progress(description, steps)
+
+        return run(*args, progress=report, **kwargs)
+
+    return started
+
+
 @command("eval")
 @EVALUATION
 def eval_command(
@@ -36,13 +71,15 @@ def eval_command(
     max_new_tokens: MaxNewTokens = 10,
     out: Path = typer.Option(Path("results/eval"), help="Results folder (eval.csv, predictions.jsonl, meta.json, "
                                                         "table.md)."),
+    overwrite: Overwrite = False,
 ):
     """Accuracy per pipeline and per question type, with Δ vs dense, k and latency (Tables 1-2)."""
     from qgsa_bench.experiments.evaluate import run_eval
 
     cfg = eval_config(model=model, dataset=dataset, **evaluation, pipelines=pipeline_list(pipelines), k=k, batch=batch,
-                      max_new_tokens=max_new_tokens, out=out)
-    run_and_show(run_eval, cfg, warn=warn, table="table.md",
+                      max_new_tokens=max_new_tokens, out=out, overwrite=overwrite)
+    run = warned_when_started(run_eval, untrained(cfg.specs, cfg.k, lambda spec: cfg.checkpoint))
+    run_and_show(run, cfg, warn=warn, table="table.md",
                  files=("eval.csv", "predictions.jsonl", "predictions_*.json", "table.md", "meta.json"))
 
 
@@ -56,12 +93,15 @@ def grounding(
     batch: QuestionBatch = 8,
     out: Path = typer.Option(Path("results/grounding"), help="Results folder (grounding.csv, .jsonl, table3.md, "
                                                              "selections.png)."),
+    overwrite: Overwrite = False,
 ):
     """IoU of the selected patches' convex hull with the referent's box: qgsa, random, norm, oracle (Table 3)."""
     from qgsa_bench.experiments.grounding import run_grounding
 
-    cfg = eval_config(model=model, dataset=dataset, **evaluation, pipelines=("qgsa",), k=k, batch=batch, out=out)
-    run_and_show(run_grounding, cfg, warn=warn, table="table3.md",
+    cfg = eval_config(model=model, dataset=dataset, **evaluation, pipelines=("qgsa",), k=k, batch=batch, out=out,
+                      overwrite=overwrite)
+    run = warned_when_started(run_grounding, untrained(cfg.specs, cfg.k, lambda spec: cfg.checkpoint))
+    run_and_show(run, cfg, warn=warn, table="table3.md",
                  files=("grounding.csv", "grounding.jsonl", "selections.png"))
 
 

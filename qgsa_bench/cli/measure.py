@@ -9,9 +9,10 @@ from typing import Optional
 import typer
 
 from qgsa_bench.cli.app import command, text_or_none, warn
+from qgsa_bench.cli.data import untrained, warned_when_started
 from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, floats, ints
 from qgsa_bench.cli.options import (PIPELINE_HELP, TIMING, Batch, Batches, BudgetUnit, Budgets, Checkpoint,
-                                    DecodeTokens, Model, Pipelines, Resolution, Shares, Sizes, pipeline_list)
+                                    DecodeTokens, Model, Overwrite, Pipelines, Resolution, Shares, Sizes, pipeline_list)
 from qgsa_bench.cli.progress import run_and_show
 
 
@@ -43,6 +44,7 @@ def sweep_resolution(
                                 "LM under torch.compile: none | default | reduce-overhead (CUDA graphs on a GPU) "
                                 "| max-autotune; eager and compiled side by side."),
     out: Path = typer.Option(Path("results/sweep"), help="Results folder (sweep.csv, meta.json, table4.md)."),
+    overwrite: Overwrite = False,
 ):
     """FLOPs by stage (fvcore) and latency by stage for each pipeline at each resolution (Table 4)."""
     from qgsa_bench.config import SweepConfig
@@ -51,7 +53,7 @@ def sweep_resolution(
     batches = ints("--batch", batch)
     measure = measure_config(timing, model=model, batch=batches[0], k=k, checkpoint=text_or_none(checkpoint),
                              compile=compile)
-    cfg = SweepConfig(measure, ints("--sizes", sizes), pipeline_list(pipelines), str(out), batches)
+    cfg = SweepConfig(measure, ints("--sizes", sizes), pipeline_list(pipelines), str(out), batches, overwrite)
     run_and_show(run_sweep, cfg, warn=warn, table="table4.md", files=("sweep.csv", "meta.json", "table4.md"))
 
 
@@ -80,6 +82,7 @@ def sweep_budget(
                                          "qgsa-vision=runs/v.pt); repeatable."),
     out: Path = typer.Option(Path("results/budget"), help="Results folder (budget.csv, accuracy.csv with --dataset, "
                                                           "comparisons.csv, meta.json, table.md)."),
+    overwrite: Overwrite = False,
 ):
     """Every selector at several budgets: FLOPs by stage, latency with intervals, accuracy (with --dataset)."""
     from qgsa_bench.config import SelectorCheckpoints
@@ -91,8 +94,11 @@ def sweep_budget(
                        budgets=ints("--budgets", budgets) if budgets else (),
                        shares=floats("--shares", shares) or DEFAULT_SHARES, dataset=dataset, data_dir=data_dir,
                        split=split, limit=limit, eval_batch=eval_batch, out=str(out),
-                       checkpoints=checkpoints.by_selector, budget_unit=budget_unit)
-    run_and_show(run_budget, cfg, warn=warn, table="table.md",
+                       checkpoints=checkpoints.by_selector, budget_unit=budget_unit, overwrite=overwrite)
+    # with --dataset only: accuracy is an untrained selector's (FLOPs and latency do not depend on the weights)
+    message = dataset and untrained(cfg.specs, 0, lambda spec: cfg.checkpoints.get(spec.selector.name)
+                                    or measure.checkpoint, "--checkpoint [SELECTOR=]PATH")
+    run_and_show(warned_when_started(run_budget, message), cfg, warn=warn, table="table.md",
                  files=("budget.csv", "accuracy.csv", "comparisons.csv", "meta.json", "table.md"))
 
 
@@ -141,6 +147,7 @@ def ablate(
     eval_limit: Optional[int] = typer.Option(None, help="With checkpoints: accuracy on this many questions of the "
                                                         "data set."),
     out: Path = typer.Option(Path("results/ablate"), help="Results folder (ablate.csv, meta.json, table5.md)."),
+    overwrite: Overwrite = False,
 ):
     """Latency of dense, fixed-k, adaptive-k, +L_cs, +L_align and full QGSA (Table 5 / Fig. 5)."""
     from qgsa_bench.config import AblateConfig
@@ -149,5 +156,5 @@ def ablate(
     measure = measure_config(timing, model=model, batch=batch, k=k)
     cfg = AblateConfig(measure, resolution, parse_checkpoints(checkpoint), str(out), train_dataset=train_dataset,
                        train_data_dir=train_data_dir, train_limit=train_limit, train_steps=train_steps,
-                       align_encoder=align_encoder, eval_limit=eval_limit)
+                       align_encoder=align_encoder, eval_limit=eval_limit, overwrite=overwrite)
     run_and_show(run_ablate, cfg, warn=warn, table="table5.md", files=("ablate.csv", "meta.json", "table5.md"))

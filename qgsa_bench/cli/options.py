@@ -27,7 +27,11 @@ Device = Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")]
 Dtype = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16.")]
 Seed = Annotated[int, typer.Option(help="Seed for random weights, random init and the random baseline.")]
 Resolution = Annotated[Optional[int], typer.Option(help="Square input size in px (default: the model's native).")]
-Checkpoint = Annotated[Optional[Path], typer.Option(help="QGSA checkpoint (else random init).")]
+Checkpoint = Annotated[Optional[Path], typer.Option(help="QGSA checkpoint from `qgsa train` (else a random-init "
+                                                         "module; trained ones for results/shapes/base-model are "
+                                                         "in results/shapes/checkpoints/).")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Empty --out of an earlier run first (else: the same "
+                                         "run resumes, another run is refused).")]
 Pipelines = Annotated[str, typer.Option(help="Comma-separated: " + PIPELINE_HELP)]
 MaxNewTokens = Annotated[int, typer.Option(help="Greedy decoding length limit.")]
 QuestionBatch = Annotated[int, typer.Option("--batch", help="Questions per batch.")]
@@ -113,10 +117,11 @@ TIMING = OptionBlock("timing", device=(Device, "auto"), dtype=(Dtype, "auto"), a
                      weights=(Weights, "auto"), reps=(Reps, "5"), max_time=(MaxTime, None), warmup=(Warmup, 1),
                      decode_tokens=(DecodeTokens, 8), seed=(Seed, 0), image=(Image, None), question=(Question, None),
                      no_flops=(NoFlops, False))
-# where eval and grounding read their data set, and how they run the model
+# where eval and grounding read their data set, and how they run the model (dtype fp32, as `qgsa train`
+# trains: a checkpoint is scored in the numerics it was trained in; --dtype auto or bf16 for speed on a GPU)
 EVALUATION = OptionBlock("evaluation", data_dir=(DataDir, None), split=(Split, None), limit=(Limit, None),
                          skip_bad=(SkipBad, False), weights=(Weights, "auto"), checkpoint=(Checkpoint, None),
-                         device=(Device, "auto"), dtype=(Dtype, "auto"), resolution=(Resolution, None), seed=(Seed, 0))
+                         device=(Device, "auto"), dtype=(Dtype, "fp32"), resolution=(Resolution, None), seed=(Seed, 0))
 
 
 def pipeline_list(text: str) -> tuple[str, ...]:

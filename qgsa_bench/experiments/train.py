@@ -252,6 +252,9 @@ class Trainer:
     def resume_from(self, ckpt: Path) -> None:
         """Continue the run saved in `ckpt`; QGSAError where it was made with other settings."""
         _, payload = load_checkpoint(ckpt, self.built.loaded.provenance())
+        if "optimizer" not in payload:
+            raise QGSAError(f"{ckpt} holds the module's weights only (a shipped copy, no trainer state): it can be "
+                            f"read with --checkpoint but not resumed; start a new --out")
         saved = TrainConfig(**payload["train_config"]).run_identity()
         differs = [k for k, v in self.cfg.run_identity().items() if saved.get(k) != v]
         if differs:
@@ -282,7 +285,7 @@ def _budget_by_type(trainer: Trainer) -> dict:
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) -> dict:
-    with Results(cfg.out, "train", cfg.run_identity()) as res:
+    with Results(cfg.out, "train", cfg.run_identity(), cfg.overwrite) as res:
         ckpt = res.path(CHECKPOINT)
         if ckpt.exists() and not resume:
             raise QGSAError(f"{res.out} already holds a checkpoint: pass --resume to continue it, or choose another "
@@ -293,6 +296,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
         trainer = _trainer(cfg, data, warn)
         if resume:
             trainer.resume_from(ckpt)
+        if warn and 0 < trainer.total_steps <= cfg.warmup_steps:
+            warn(warmup_warning(cfg, trainer.total_steps))
         res.path("config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         built = trainer.built
         meta = res.write_meta(run_meta(
@@ -301,10 +306,12 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
             spacy_model=None if trainer.nouns is None else trainer.nouns.model,
             note="RANDOM base weights: a smoke test, not a trained selector" if built.loaded.weights == "random"
             else ""))
+        res.claim("config.json")
         if progress:
             progress(f"training {cfg.model} on {data.name}", -(trainer.total_steps - trainer.step))
         started = time.perf_counter()
         last = _train_loop(trainer, res.path("train_log.csv"), ckpt, progress)
+        res.claim(*[name for name in ("train_log.csv", CHECKPOINT) if res.path(name).exists()])
         summary = {
             "steps": trainer.step, "total_steps": trainer.total_steps, "wall_s": time.perf_counter() - started,
             "weights": built.loaded.weights, "final": last, "k_by_question_type": _budget_by_type(trainer),
@@ -315,7 +322,17 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
             log = np.genfromtxt(res.path("train_log.csv"), delimiter=",", names=True)
             summary["step_s_median"] = float(np.median(np.atleast_1d(log["step_s"])))
         res.path("summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        res.claim("summary.json")
     return summary
+
+
+def warmup_warning(cfg: TrainConfig, total_steps: int) -> str:
+    """What a warm-up as long as the run means: the learning rate only rises, to this share of --lr."""
+    why = f"--max-steps {cfg.max_steps}" if cfg.max_steps == total_steps else f"--epochs {cfg.epochs}"
+    peak = lr_factor(total_steps - 1, total_steps, cfg.warmup_steps)
+    return (f"--warmup-steps {cfg.warmup_steps} is not shorter than the run's {total_steps} steps ({why}): the "
+            f"learning rate never leaves warm-up (it rises to {peak:.0%} of --lr {cfg.lr:g} and never decays); "
+            f"lower --warmup-steps")
 
 
 def _trainer(cfg: TrainConfig, data, warn=None) -> Trainer:

@@ -20,10 +20,14 @@ BASE=$RUNS/base
 mkdir -p "$OUT/base-model" "$OUT/models"
 cp "$BASE"/*.json "$BASE"/*.csv "$BASE"/model.safetensors "$OUT/base-model/"
 
+# qgsa train's defaults are qgsa-attr's recipe (issue 24): every run starts from the paper's objective and
+# settings (PAPER; epochs and warm-up as these runs had them), and its own options, given after, win.
+PAPER="--soft-mask-space softmax --projection w_vis --lambda-answer 0 --lambda-attr 0 --lr 3e-4"
 train() {  # name, extra options
   local name=$1; shift
   [ -f "$RUNS/$name/summary.json" ] || qgsa train --model "$BASE" --dataset shapes --split train --limit 1600 \
-      --epochs 2 --batch 8 --warmup-steps 20 --align-encoder lm --cache-features --device cpu --out "$RUNS/$name" "$@"
+      --epochs 2 --batch 8 --warmup-steps 20 --align-encoder lm --cache-features --device cpu $PAPER \
+      --out "$RUNS/$name" "$@"
   cp "$RUNS/$name/summary.json" "$OUT/models/$name-summary.json"
   qgsa eval --model "$BASE" --dataset shapes --split test --limit 400 --pipelines dense,qgsa,random,norm \
       --checkpoint "$RUNS/$name/checkpoint.pt" --device cpu --out "$OUT/eval-$name"
