@@ -115,6 +115,7 @@ def count_flops_command(
                                  "the model does not fit in free memory) | yes | no."),
     budget_unit: BudgetUnit = "tokens",
     out: Path = typer.Option(Path("results/count"), help="Results folder (flops.csv, crosscheck.json, table.md)."),
+    overwrite: Overwrite = False,
 ):
     """FLOPs by stage for every pipeline at every budget, counted (no timing).
 
@@ -123,7 +124,7 @@ def count_flops_command(
 
     cfg = CountConfig(model=model, resolution=resolution, pipelines=pipeline_list(pipelines),
                       budgets=ints("--budgets", budgets), batch=batch, decode_tokens=decode_tokens, by_depth=by_depth,
-                      budget_unit=budget_unit, out=str(out))
+                      budget_unit=budget_unit, out=str(out), overwrite=overwrite)
     run_and_show(run_count, cfg, warn=warn, table="table.md",
                  files=("flops.csv", "crosscheck.json", "meta.json", "table.md"))
 

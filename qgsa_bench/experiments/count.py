@@ -61,6 +61,7 @@ class CountConfig:
     by_depth: str = "auto"  # auto | yes | no
     budget_unit: str = "tokens"  # or "layer-avg": in-LM selectors' budgets averaged over the LM's layers
     out: str = "results/count"
+    overwrite: bool = False
 
     def __post_init__(self):
         if self.by_depth not in ("auto", "yes", "no"):
@@ -134,7 +135,9 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
     settings = {"model": cfg.model, "resolution": resolution, "batch": cfg.batch, "decode_tokens": cfg.decode_tokens,
                 "question": cfg.question, "budgets": list(cfg.budgets), "budget_unit": cfg.budget_unit,
                 "pipelines": list(cfg.pipelines)}
-    with Results(cfg.out, "count-flops", settings) as res:
+    with Results(cfg.out, "count-flops", settings, cfg.overwrite) as res:
+        if res.path(FLOPS_TABLE.file).exists():  # written once, when every count is done
+            res.finished(f"the counts of {len(cases)} cases")
         vision = vision_crosscheck(probe, resolution)
         meta = {**run_meta(probe), "model": cfg.model, "model_source": preset.get("hub_id") or f"preset:{cfg.model}",
                 "weights": "random", "dense_visual_tokens": n_dense,
@@ -165,6 +168,7 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
             checks["lm_prefill"] = prefill_crosscheck(text.text_config, dense, cfg.batch)
         res.replace(FLOPS_TABLE, rows)
         res.path("crosscheck.json").write_text(json.dumps(checks, indent=1) + "\n")
+        res.claim("crosscheck.json")
         res.write_meta({**meta, "crosscheck": checks})
     return res.out
 
