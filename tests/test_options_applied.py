@@ -105,3 +105,15 @@ def test_a_batch_of_mixed_downsampling_budgets_gives_each_sample_its_solo_result
         assert (solo["prediction"], solo["k"]) == (record["prediction"], record["k"])
     with pytest.raises(QGSAError, match=r"budgets \[4, 9\]: answer them in groups"):
         run.prepare(pictures[:2], list(budgets)[:2], 64)
+
+
+def test_a_checkpoint_is_refused_at_an_insertion_point_it_was_not_trained_at(tmp_path):
+    out = tmp_path / "e"
+    result = invoke("eval", "--model", "results/shapes/base-model", "--checkpoint",
+                    "results/shapes/checkpoints/qgsa-vision2.pt", "--pipelines", "dense,qgsa", "--limit", 2,
+                    "--device", "cpu", "--out", out)
+    assert result.exit_code == 2 and not out.exists()
+    assert result.stderr.splitlines()[-1] == (
+        "error: the QGSA checkpoint was trained at vision:2 (qgsa train --insert vision:2) and qgsa selects at "
+        "post-vision: its scores would read other features; use --pipelines qgsa-vision@vision:2 with it, or "
+        "another --checkpoint")

@@ -63,4 +63,5 @@ def load_checkpoint(path: str | Path, base: dict, map_location="cpu") -> tuple[Q
     module = QGSAModule(payload["dims"]["d_v"], payload["dims"]["d_q"],
                         QGSAConfig.from_dict(payload["qgsa_config"]))
     module.load_state_dict(payload["qgsa_state"])
+    module.trained_at = (payload.get("train_config") or {}).get("insert")  # where its scorer was trained
     return module, payload

@@ -139,6 +139,21 @@ class Run:
         self.module = engine.module
         self.generator = engine.generator
         self.spec = spec.bind(self.adapter.vision_depth, self.adapter.lm_depth)
+        self._check_checkpoint_point()
+
+    def _check_checkpoint_point(self) -> None:
+        """A QGSA checkpoint scores the features of the insertion point it was trained at (`qgsa train
+        --insert`): a selector of the module at another point would read other features. Raises QGSAError."""
+        trained = getattr(self.module, "trained_at", None)
+        sel = self.spec.selector
+        if not trained or not sel.uses_module or sel.keeps_all:
+            return
+        here = "post-vision" if self.spec.patches else str(self.spec.point)
+        if here != trained:
+            use = "qgsa" if trained == "post-vision" else f"qgsa-vision@{trained}"
+            raise QGSAError(f"the QGSA checkpoint was trained at {trained} (qgsa train --insert {trained}) and "
+                            f"{self.label} selects at {here}: its scores would read other features; use "
+                            f"--pipelines {use} with it, or another --checkpoint")
 
     @property
     def label(self) -> str:
