@@ -48,7 +48,7 @@ def test_sweep_resume_settings_guard_and_report(tmp_path):
     # other settings into the same folder: refused, nothing lost (a batch size is not one: rows carry it)
     result = invoke("sweep-resolution", *FAST[:-2], "--device", "cpu", "--dtype", "bf16", "--sizes", "48",
                     "--pipelines", "dense,qgsa,random", "--out", out)
-    assert result.exit_code == 2 and "holds results made with other settings (dtype differ)" in result.stderr
+    assert result.exit_code == 2 and "holds results made with other settings (dtype differs)" in result.stderr
     assert pd.read_csv(out / "sweep.csv").equals(again)
 
     result = invoke("report", "--results", out, "--out", tmp_path / "report")

@@ -68,7 +68,7 @@ def test_grounding_and_report(tmp_path):
     again = invoke("grounding", "--model", "tiny", "--dataset", "shapes", "--limit", 5, "--out", out)
     assert again.exit_code == 0, again.output  # the same settings may rerun into the same folder
     other = invoke("grounding", "--model", "tiny", "--dataset", "shapes", "--limit", 6, "--out", out)
-    assert other.exit_code == 2 and "(limit differ)" in other.stderr
+    assert other.exit_code == 2 and "(limit differs)" in other.stderr
 
 
 def test_data_shapes_writes_a_refcoco_layout(tmp_path):

@@ -15,7 +15,8 @@ from typer.testing import CliRunner
 
 from qgsa_bench import QGSAError
 from qgsa_bench.cli import app
-from qgsa_bench.config import AskConfig, EvalConfig
+from qgsa_bench.config import AskConfig, EvalConfig, MeasureConfig
+from qgsa_bench.experiments.budget import BudgetConfig
 
 runner = CliRunner()
 SPECS = "dense,qgsa,random,fastv@lm:1,visionzip,random@vision:1,divprune,norm@post-vision,pdrop@lm:1,downsample"
@@ -52,7 +53,12 @@ def test_sweep_refuses_a_budget_one_selector_cannot_take_before_any_work(tmp_pat
      "--k is a selector's budget, but dense keeps every visual token: drop --k, or add a selector pipeline"),
     (lambda: EvalConfig(pipelines=("dense", "dense-bypass"), k=4), "dense, dense-bypass keep every visual token"),
     (lambda: EvalConfig(pipelines=("dense", "fastv"), k=4, checkpoint="c.pt"),
-     "dense, fastv at --k 4 never read it: drop --checkpoint, or drop --k, or add a qgsa pipeline"),
+     "dense, fastv at the budgets --k fixes never read it: drop --checkpoint, drop --k, or add a qgsa pipeline"),
+    (lambda: AskConfig(image="x.png", question="what?", pipeline="dense", checkpoint="c.pt"),
+     "dense keeps every visual token: drop --checkpoint, or add a selector pipeline"),
+    (lambda: BudgetConfig(MeasureConfig(checkpoint="c.pt"), pipelines=("dense", "fastv", "random@vision:1")),
+     "dense, fastv, random@vision:1 at the budgets --budgets/--shares fixes never read it: drop --checkpoint, or "
+     "add a qgsa pipeline"),
 ])
 def test_options_no_pipeline_reads_are_refused(make, words):
     with pytest.raises(QGSAError, match=words.replace("-", r"\-")):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from qgsa_bench import QGSAError
+from qgsa_bench import NothingToDo, QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.cli import app
 from qgsa_bench.config import TrainConfig
@@ -142,7 +142,7 @@ def test_resume_gives_the_same_next_losses(tmp_path):
         run_train(interrupted, progress=stop_after_three)
     old_log = pd.read_csv(tmp_path / "b" / "train_log.csv").drop(columns=["l_attr", "l_budget"])
     old_log.to_csv(tmp_path / "b" / "train_log.csv", index=False)  # as an older version wrote it
-    run_train(interrupted, resume=True)
+    run_train(interrupted)  # the same command again continues from the checkpoint
     a = pd.read_csv(tmp_path / "a" / "train_log.csv")
     b = pd.read_csv(tmp_path / "b" / "train_log.csv")
     assert list(b.columns) == list(old_log.columns)  # the resumed rows follow the log's own header
@@ -150,9 +150,9 @@ def test_resume_gives_the_same_next_losses(tmp_path):
     cols = ["loss", "l_cs", "l_align", "l_sparse", "l_entropy", "l_kvar", "l_qlen", "k_mean", "tau", "lr"]
     assert list(b.step) == list(a.step) == [1, 2, 3, 4, 5, 6]
     pd.testing.assert_frame_equal(a[cols], b[cols])
-    with pytest.raises(QGSAError, match="already holds a checkpoint: pass --resume"):
-        run_train(interrupted)
-    with pytest.raises(QGSAError, match=r"holds results made with other settings \(lr differ\)"):
+    with pytest.raises(NothingToDo, match=r"already holds this training \(6 of 6 steps\), finished: nothing to do"):
+        run_train(interrupted)  # the same command again: the finished run, untouched
+    with pytest.raises(QGSAError, match=r"holds results made with other settings \(lr differs\)"):
         run_train(tiny_cfg(tmp_path, out=str(tmp_path / "b"), epochs=3, lr=1e-3), resume=True)
 
 

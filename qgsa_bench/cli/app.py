@@ -55,9 +55,12 @@ def friendly(func):
             raise typer.Exit(0) from None
         except KeyboardInterrupt:
             out = kwargs.get("out")
-            folder = out is not None and Path(out).is_dir()  # a results folder (ask --out is a file)
-            said = f"interrupted: what finished is kept in {out}; rerun the same command to resume" if folder \
-                else "interrupted"
+            if func.__name__ not in RESULTS_COMMANDS:  # ask, info: nothing to resume
+                said = "interrupted"
+            elif Path(out).is_dir():
+                said = f"interrupted: what finished is kept in {out}; rerun the same command to resume"
+            else:  # stopped before its first row: the folder was left as it was found
+                said = "interrupted before anything finished: rerun the same command to start again"
             err_console.print(said, soft_wrap=True, markup=False, highlight=False)
             raise typer.Exit(130) from None
         finally:
@@ -65,6 +68,10 @@ def friendly(func):
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+RESULTS_COMMANDS = {"eval_command", "grounding", "sweep_resolution", "sweep_budget", "count_flops_command", "ablate",
+                    "train"}  # the commands writing a results folder (--out), which resume
 
 
 def _terminate(signum, frame):

@@ -102,7 +102,7 @@ def grounding(
                       overwrite=overwrite)
     run = warned_when_started(run_grounding, untrained(cfg.specs, cfg.k, lambda spec: cfg.checkpoint))
     run_and_show(run, cfg, warn=warn, table="table3.md",
-                 files=("grounding.csv", "grounding.jsonl", "selections.png"))
+                 files=("grounding.csv", "grounding.jsonl", "pairs.csv", "table3.md", "selections.png", "meta.json"))
 
 
 @command("shapes", group=data_app)

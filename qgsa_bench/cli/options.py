@@ -24,7 +24,7 @@ Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
 Weights = Annotated[str, typer.Option(help="pretrained | random | auto (pretrained when found locally or on the hub, "
                                            "else random).")]
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")]
-Dtype = Annotated[str, typer.Option(help="auto (bf16 on GPU, fp32 on CPU) | fp32 | bf16 | fp16.")]
+Dtype = Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | auto (auto: bf16 on a GPU, fp32 on the CPU).")]
 Seed = Annotated[int, typer.Option(help="Seed for random weights, random init and the random baseline.")]
 Resolution = Annotated[Optional[int], typer.Option(help="Square input size in px (default: the model's native).")]
 Checkpoint = Annotated[Optional[Path], typer.Option(help="QGSA checkpoint from `qgsa train` (else a random-init "

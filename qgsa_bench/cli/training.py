@@ -75,7 +75,8 @@ def train(
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in all."),
     save_every: int = typer.Option(50, help="Checkpoint every N steps (and at the end)."),
     cache_features: bool = typer.Option(False, "--cache-features", help="Keep frozen patch features in memory across epochs."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt (what the same command does "
+                                "anyway when OUT holds one; with --resume, a missing checkpoint is an error)."),
     device: Device = "auto",
     dtype: Dtype = "fp32",  # the module trains in the base's dtype: fp32 unless asked (eval's default too)
     seed: Seed = 0,

@@ -25,7 +25,7 @@ from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_
 from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.results import run_meta
-from qgsa_bench.run.spec import parse_specs
+from qgsa_bench.run.spec import check_options, parse_specs
 from qgsa_bench.runtime import dtype_name
 
 BUDGET_CSV = "budget.csv"
@@ -70,6 +70,7 @@ class BudgetConfig:
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one selector")
         self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field)
+        check_options(self.specs, 1, self.measure.checkpoint, "--budgets/--shares")  # every budget is fixed
         if any(b < 1 for b in self.budgets):
             raise QGSAError(f"--budgets are visual tokens, at least 1 each, got {list(self.budgets)}")
         if self.budget_unit not in BUDGET_UNITS:

@@ -109,7 +109,8 @@ class Results:
         if meta is not None and "settings" in meta:
             differs = [k for k, v in self.settings.items() if meta["settings"].get(k) != v]
             if differs:
-                raise QGSAError(f"{self.out} holds results made with other settings ({', '.join(differs)} differ): "
+                raise QGSAError(f"{self.out} holds results made with other settings ({', '.join(differs)} "
+                                f"{'differs' if len(differs) == 1 else 'differ'}): "
                                 f"use another --out, or --overwrite to replace them")
         for path in sorted(self.out.glob("*.csv")):
             check_whole(path)

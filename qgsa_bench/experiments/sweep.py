@@ -117,6 +117,9 @@ def check_k_fits(run, resolution: int, k: int | None) -> None:
     """k within the units `run`'s selector picks from at `resolution` (Run.units): raises QGSAError."""
     if k is None or run.spec.selector.keeps_all:
         return
+    if run.spec.point.kind == "input":  # downsampling: k within the dense tokens at the size (its own check)
+        run.resolution(resolution, k)
+        return
     res = run.resolution(resolution, k)
     n, unit = run.units(res)
     if k > n:

@@ -287,15 +287,15 @@ def _budget_by_type(trainer: Trainer) -> dict:
 def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) -> dict:
     with Results(cfg.out, "train", cfg.run_identity(), cfg.overwrite) as res:
         ckpt = res.path(CHECKPOINT)
-        if ckpt.exists() and not resume:
-            raise QGSAError(f"{res.out} already holds a checkpoint: pass --resume to continue it, or choose another "
-                            f"--out")
         if resume and not ckpt.exists():
             raise QGSAError(f"nothing to resume: {ckpt} does not exist")
+        resume = ckpt.exists()  # the same command again continues the run its folder holds
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
         trainer = _trainer(cfg, data, warn)
         if resume:
             trainer.resume_from(ckpt)
+            if trainer.step >= trainer.total_steps:
+                res.finished(f"this training ({trainer.step} of {trainer.total_steps} steps)")
         if warn and 0 < trainer.total_steps <= cfg.warmup_steps:
             warn(warmup_warning(cfg, trainer.total_steps))
         res.path("config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")

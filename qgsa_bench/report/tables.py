@@ -171,8 +171,10 @@ def grounding_markdown(frame, meta: dict | None) -> str:
           fmt(r["median_iou"]), accuracy_with_ci(r.get("acc_iou_0_5"), r["n"]), fmt(r["k_mean"], ".1f")]
          for _, r in frame.iterrows()))
     lines += notes.lines()
+    k = (meta.get("settings") or {}).get("k")
+    budget = f"the fixed k = {k}" if k is not None else "QGSA's k per sample (f_comp)"
     lines += ["", "IoU between the convex hull of the selected patches (in the original image's pixels) and "
-              "the ground-truth box. All selectors use QGSA's k per sample; the oracle is the best "
+              f"the ground-truth box. All selectors use {budget}; the oracle is the best "
               "rectangular hull of at most k patches (the ceiling). IoU ≥ 0.5: the share of boxes found, "
               "RefCOCO's comprehension accuracy rule (MAttNet's evaluation, with the hull as the predicted region), "
               "with its 95 % Wilson score interval over the n boxes."]

@@ -93,15 +93,22 @@ def parse_specs(texts) -> tuple[Spec, ...]:
     return tuple(parse_spec(t) for t in texts)
 
 
-def check_options(specs, k=None, checkpoint=None) -> None:
+def check_options(specs, k=None, checkpoint=None, budget_from: str = "--k") -> None:
     """An option is applied to a pipeline or refused, never dropped: raises QGSAError (one line saying what
     to drop or add) for a budget `k` when every spec keeps all tokens, or a `checkpoint` that no spec reads
-    (`Spec.reads_checkpoint`)."""
+    (`Spec.reads_checkpoint`). `k`: the fixed budget (None: f_comp(q) gives it); `budget_from`: the option
+    that fixed it (sweep-budget: --budgets/--shares)."""
     names = ", ".join(s.text for s in specs)
-    if k is not None and all(s.selector.keeps_all for s in specs):
-        raise QGSAError(f"--k is a selector's budget, but {names} keep{'s' if len(specs) == 1 else ''} every "
+    one = len(specs) == 1
+    if k is not None and budget_from == "--k" and all(s.selector.keeps_all for s in specs):
+        raise QGSAError(f"--k is a selector's budget, but {names} keep{'s' if one else ''} every "
                         f"visual token: drop --k, or add a selector pipeline")
     if checkpoint and not any(s.reads_checkpoint(k) for s in specs):
-        raise QGSAError(f"--checkpoint is read by QGSA's pipelines and, without --k, by f_comp for every "
-                        f"selector's budget; {names} at --k {k} never read{'s' if len(specs) == 1 else ''} it: "
-                        f"drop --checkpoint, or drop --k, or add a qgsa pipeline")
+        if k is None:
+            why = f"{names} keep{'s' if one else ''} every visual token: drop --checkpoint, or add a selector pipeline"
+        else:
+            drop_k = "drop --k, " if budget_from == "--k" else ""
+            why = (f"{names} at the budget{'' if one else 's'} {budget_from} fixes never read{'s' if one else ''} "
+                   f"it: drop --checkpoint, {drop_k}or add a qgsa pipeline")
+        raise QGSAError(f"--checkpoint is read by QGSA's pipelines and, where no budget is fixed, by f_comp for "
+                        f"every selector's budget; {why}")

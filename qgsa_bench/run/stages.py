@@ -196,7 +196,11 @@ class Run:
         return a.dense_resolution(requested)
 
     def check(self, requested: int, k=None) -> int:
-        """`resolution`, plus a budget within 1..n (`units`). Raises QGSAError before any work."""
+        """`resolution`, plus a budget within 1..n (`units`). Raises QGSAError before any work. Downsampling
+        without a budget (f_comp gives one per question, `prepare`): the size is checked, the dense path's
+        resolution returned."""
+        if k is None and self.spec.point.kind == "input":
+            return self.adapter.dense_resolution(requested)
         res = self.resolution(requested, k)
         if k is None or self.spec.selector.keeps_all or self.spec.point.kind == "input":
             return res
