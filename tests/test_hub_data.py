@@ -173,10 +173,11 @@ def test_large_parquet_is_read_lazily_row_group_by_row_group(tmp_path):
 
 
 def test_train_runs_from_the_hub_cache_as_typed(vqa_rad_cache, tmp_path):
-    """`qgsa train --model smolvlm-500m` resolves VQA-RAD's train split from the hub cache; the same command
-    on the tiny model here (the 500M model is run in the closing note; README)."""
+    """`qgsa train --model smolvlm-500m --dataset vqa-rad` resolves VQA-RAD's train split from the hub cache; the
+    same command on the tiny model here (the 500M model is run in the closing note; README)."""
     out = tmp_path / "train"
-    result = CliRunner().invoke(app, ["train", "--model", "tiny", "--weights", "random", "--max-steps", "2",
+    result = CliRunner().invoke(app, ["train", "--model", "tiny", "--weights", "random", "--dataset", "vqa-rad",
+                                      "--max-steps", "2",
                                       "--align-encoder", "lm", "--batch", "4", "--resolution", "64",
                                       "--device", "cpu", "--out", str(out)])
     assert result.exit_code == 0, result.output
@@ -187,10 +188,11 @@ def test_train_runs_from_the_hub_cache_as_typed(vqa_rad_cache, tmp_path):
 
 
 def test_the_card_command_trains_smolvlm_500m_from_the_hub_cache(vqa_rad_cache, tmp_path, monkeypatch):
-    """`qgsa train --model smolvlm-500m --max-steps 2 --align-encoder lm` as typed (random weights offline:
-    about 50 s and 4.4 GB on the 2-core machine), VQA-RAD's train split from the cache."""
+    """`qgsa train --model smolvlm-500m --dataset vqa-rad --max-steps 2` as typed (random weights offline:
+    about 50 s and 4.4 GB on the 2-core machine), VQA-RAD's train split from the cache (the default data set is
+    the generated shapes set, which needs no cache)."""
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, ["train", "--model", "smolvlm-500m", "--max-steps", "2", "--align-encoder", "lm"])
+    result = CliRunner().invoke(app, ["train", "--model", "smolvlm-500m", "--dataset", "vqa-rad", "--max-steps", "2"])
     assert result.exit_code == 0, result.output
     assert "using RANDOM weights" in result.stderr
     meta = json.loads((tmp_path / "runs" / "train" / "meta.json").read_text())
