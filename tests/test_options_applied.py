@@ -123,3 +123,17 @@ def test_a_checkpoint_is_refused_at_an_insertion_point_it_was_not_trained_at(tmp
         "error: the QGSA checkpoint was trained at vision:2 (qgsa train --insert vision:2) and qgsa selects at "
         "post-vision: its scores would read other features; use --pipelines qgsa-vision@vision:2 with it, or "
         "another --checkpoint")
+
+
+def test_eval_and_sweep_run_downsampling_at_its_budget(tmp_path):
+    """Found by a fresh trial: eval refused downsample without --k, and sweep-resolution checked downsample's
+    k against its own smaller grid (k=17 at 128 px: 'only 16 visual tokens')."""
+    result = invoke("eval", "--model", "tiny", "--weights", "random", "--dataset", "shapes", "--limit", 2,
+                    "--pipelines", "downsample", "--max-new-tokens", 1, "--device", "cpu", "--out", tmp_path / "e")
+    assert result.exit_code == 0, result.output
+    result = invoke("sweep-resolution", "--model", "tiny", "--weights", "random", "--sizes", 128, "--pipelines",
+                    "dense,downsample", "--k", 17, "--reps", 1, "--warmup", 0, "--decode-tokens", 2, "--device",
+                    "cpu", "--no-flops", "--out", tmp_path / "s")
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "s" / "sweep.csv").set_index("pipeline").loc["downsample"]
+    assert (row.k, row.effective_resolution) == (16, 64)  # the largest square grid of at most 17 tokens
