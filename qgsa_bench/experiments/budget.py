@@ -164,9 +164,9 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
     with Results(cfg.out, "sweep-budget", settings, cfg.overwrite) as res:
         # resuming: the timing is one measurement of every case (alternating rounds), kept once written; the
         # accuracy runs keep every finished batch (predictions.jsonl)
-        timed = {row["case"]: row for row in _read_rows(res, BUDGET_TABLE)}
+        timed = {row["case"]: row for row in res.rows(BUDGET_TABLE)}
         timed = timed if all(c.label in timed for c in cases) else {}
-        done = _done_predictions(res) if data else {}
+        done = res.records_by(PREDICTIONS, "case") if data else {}
         left = sum(1 for c in cases for s in data.samples if s.id not in done.get(c.label, {})) if data else 0
         if timed and not left and (not data or res.path(ACCURACY_CSV).exists()):
             res.finished(f"this sweep ({len(cases)} cases{f' on {len(data.samples)} samples' if data else ''})")
@@ -202,25 +202,6 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
 
 
 PREDICTIONS = "predictions.jsonl"  # the accuracy runs' per-sample records, with their case
-
-
-def _read_rows(res, table: Table) -> list[dict]:
-    """The rows of `table` in the folder (none when absent), None where a cell is empty."""
-    import pandas as pd
-
-    path = res.path(table.file)
-    if not path.exists():
-        return []
-    frame = pd.read_csv(path)
-    return [{k: (None if v != v else v) for k, v in row.items()} for row in frame.to_dict("records")]
-
-
-def _done_predictions(res) -> dict[str, dict[str, dict]]:
-    """case -> sample id -> record: the accuracy runs an interrupted sweep finished."""
-    done: dict[str, dict[str, dict]] = {}
-    for record in res.read_records(PREDICTIONS):
-        done.setdefault(record["case"], {})[record["id"]] = record
-    return done
 
 
 def budget_rule(unit: str) -> str:

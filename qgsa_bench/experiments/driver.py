@@ -149,6 +149,14 @@ class Results:
         frame = read_rows(path, table.key)
         return set(zip(*(frame[c].tolist() for c in table.key)))
 
+    def rows(self, table: Table) -> list[dict]:
+        """The rows of `table` written so far (none when the file does not exist), None where a cell is empty."""
+        path = self.path(table.file)
+        if not path.exists():
+            return []
+        frame = read_rows(path, table.key)
+        return [{k: (None if v != v else v) for k, v in row.items()} for row in frame.to_dict("records")]
+
     def append(self, table: Table, rows: list[dict]) -> None:
         """Rows added as they are measured: an interrupted run keeps what it finished."""
         self._wrote(table.file)
@@ -189,6 +197,14 @@ class Results:
                 raise QGSAError(f"{path} line {number} is not JSON: repair the file, or --overwrite to start "
                                 f"over") from None
         return records
+
+    def records_by(self, name: str, field: str) -> dict[str, dict[str, dict]]:
+        """The records of JSON-lines file `name` (`read_records`) as {record[field]: {record["id"]: record}}: what
+        an interrupted run finished, per pipeline or case."""
+        grouped: dict[str, dict[str, dict]] = {}
+        for record in self.read_records(name):
+            grouped.setdefault(record[field], {})[record["id"]] = record
+        return grouped
 
     def finished(self, what: str) -> None:
         """Nothing is left to do for this run: raises NothingToDo naming the folder and `what` it holds."""

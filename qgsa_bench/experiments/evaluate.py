@@ -163,7 +163,7 @@ PREDICTIONS = "predictions.jsonl"
 def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
     with Results(cfg.out, "eval", cfg.settings(), cfg.overwrite) as res:  # never mixes two evaluations
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
-        done = _done_records(res, data)
+        done = res.records_by(PREDICTIONS, "pipeline")  # what an interrupted run finished
         labels = [spec.text for spec in cfg.specs]
         skipped = set((read_meta(res.out) or {}).get("skipped_bad_ids", []))
         left = sum(1 for label in labels for s in data.samples if s.id not in done.get(label, {})
@@ -227,14 +227,6 @@ def unequal_tokens(rows: list[dict]) -> str:
     listed = ", ".join(f"{p} {v:.1f}" for p, v in means.items())
     return (f"not an equal-budget comparison: the visual tokens reaching the LM differ ({listed} on average); "
             f"`qgsa sweep-budget` compares selectors at equal visual tokens")
-
-
-def _done_records(res, data) -> dict[str, dict[str, dict]]:
-    """pipeline -> sample id -> record: what an interrupted run of this folder finished (predictions.jsonl)."""
-    done: dict[str, dict[str, dict]] = {}
-    for record in res.read_records(PREDICTIONS):
-        done.setdefault(record["pipeline"], {})[record["id"]] = record
-    return done
 
 
 def with_delta_vs_dense(rows: list[dict]) -> list[dict]:

@@ -15,7 +15,6 @@ from typing import Callable
 import numpy as np
 import torch
 
-from qgsa_bench import QGSAError
 from qgsa_bench.efficiency import stats
 from qgsa_bench.efficiency.compiled import compilations
 from qgsa_bench.efficiency.timing import now as timing_clock
@@ -118,11 +117,7 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
     pixels, rows = {}, []
     for case in cases:
         if case.k is None and case.run.spec.point.kind == "input":  # downsampling at f_comp's budget
-            budgets = sorted(set(case.run.adaptive_budgets(questions, resolution).tolist()))
-            if len(budgets) > 1:
-                raise QGSAError(f"{case.label} encodes a batch at one resolution, but f_comp gives the batch's "
-                                f"questions budgets {budgets}: give --k, or one question")
-            case.k = budgets[0]
+            case.k = case.run.input_budget(questions, resolution)
         res = case.run.resolution(resolution, case.k)
         if res not in pixels:
             pixels[res] = adapter.pixel_values(images, res)

@@ -244,6 +244,15 @@ class Run:
         a = self.adapter
         return self.default_budget(self.question(questions), a.n_dense_tokens(a.dense_resolution(requested)))
 
+    def input_budget(self, questions: list[str], requested: int) -> int:
+        """The one f_comp budget of a batch for an input-level selector (`adaptive_budgets`). Raises QGSAError
+        when the questions get different budgets: an image batch is encoded at one resolution."""
+        budgets = sorted(set(self.adaptive_budgets(questions, requested).tolist()))
+        if len(budgets) > 1:
+            raise QGSAError(f"{self.label} encodes a batch at one resolution, and f_comp gives these questions "
+                            f"budgets {budgets}: answer them in groups of one budget (`budget_groups`), or give --k")
+        return budgets[0]
+
     def budget_groups(self, questions: list[str], requested: int, k=None) -> list[list[int]]:
         """Sample indices grouped so that each group can run as one batch: one group, except for an
         input-level selector without a fixed k, whose samples are grouped by their f_comp budget (an image
@@ -338,12 +347,7 @@ class Run:
             if not question or not question.strip():
                 raise QGSAError("empty question: pass a non-empty --question")
         if k is None and self.spec.point.kind == "input":
-            k = self.adaptive_budgets(questions, resolution)
-            if len(set(k.tolist())) > 1:
-                raise QGSAError(f"{self.label} encodes a batch at one resolution, and f_comp gives these questions "
-                                f"budgets {sorted(set(k.tolist()))}: answer them in groups of one budget "
-                                f"(`budget_groups`), or give --k")
-            k = int(k[0])
+            k = self.input_budget(questions, resolution)
         res = self.check(resolution, k)
         pixel_values = self.adapter.pixel_values(images, res)
         return self.execute(pixel_values, questions, k, new_tokens, seeds=seeds)
