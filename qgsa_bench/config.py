@@ -122,6 +122,12 @@ class EvalConfig:
     seed: int = 0
     out: str = "results/eval"
     overwrite: bool = False
+    # who decides how many (experiments/allocation.py): None (each selector's own budget: --k, else f_comp's),
+    # fixed | fcomp | oracle-type (each at the mean --k) or a budget file
+    allocate: str | None = None
+    fcomp_checkpoint: str | None = None  # the QGSA checkpoint whose f_comp allocates (default: --checkpoint)
+    oracle_split: str | None = None  # oracle-type's held-out split (default: val)
+    oracle_limit: int | None = None  # its samples (default: --limit)
 
     def __post_init__(self):
         if self.batch < 1:
@@ -133,10 +139,47 @@ class EvalConfig:
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one pipeline")
         self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field: settings() skip it)
-        check_options(self.specs, self.k, self.checkpoint)
+        # --allocate fcomp reads --checkpoint's f_comp (unless --fcomp-checkpoint names another)
+        fcomp_reads = self.allocate == "fcomp" and not self.fcomp_checkpoint
+        check_options(self.specs, self.k, None if fcomp_reads else self.checkpoint)
+        check_allocation(self.allocate, self.k, self.checkpoint, self.fcomp_checkpoint, self.oracle_split,
+                         self.oracle_limit)
 
     def settings(self) -> dict:
         return {k: v for k, v in asdict(self).items() if k not in ("out", "device", "overwrite")}
+
+
+def check_allocation(allocate: str | None, mean, checkpoint: str | None, fcomp_checkpoint: str | None,
+                     oracle_split: str | None = None, oracle_limit: int | None = None) -> None:
+    """The allocation options, before any work: a known allocation or an existing budget file; a mean (--k)
+    for fixed, fcomp and oracle-type; a checkpoint for fcomp; oracle options only with oracle-type. Raises
+    QGSAError (one line)."""
+    from pathlib import Path
+
+    from qgsa_bench.experiments.allocation import is_file, parse_allocation
+
+    allocate = parse_allocation(allocate)
+    if allocate is None:
+        for given, option in ((fcomp_checkpoint, "--fcomp-checkpoint"), (oracle_split, "--oracle-split"),
+                              (oracle_limit, "--oracle-limit")):
+            if given is not None:
+                raise QGSAError(f"{option} is read only with --allocate: add --allocate fcomp or oracle-type, "
+                                f"or drop it")
+        return
+    if mean is None and not is_file(allocate):
+        raise QGSAError(f"--allocate {allocate} holds a mean budget: give it with --k (e.g. --k 12)")
+    if allocate == "fcomp" and not (fcomp_checkpoint or checkpoint):
+        raise QGSAError("--allocate fcomp needs a trained QGSA checkpoint whose f_comp gives the budgets: give "
+                        "--checkpoint PATH or --fcomp-checkpoint PATH (results/shapes/checkpoints/qgsa-suff.pt "
+                        "for the shapes base)")
+    if fcomp_checkpoint is not None and allocate != "fcomp":
+        raise QGSAError(f"--fcomp-checkpoint is read only by --allocate fcomp, not {allocate}: drop it")
+    if fcomp_checkpoint is not None and not Path(fcomp_checkpoint).is_file():
+        raise QGSAError(f"--fcomp-checkpoint not found: {fcomp_checkpoint}")
+    if allocate != "oracle-type" and (oracle_split is not None or oracle_limit is not None):
+        raise QGSAError(f"--oracle-split and --oracle-limit are read only by --allocate oracle-type, not {allocate}")
+    if oracle_limit is not None and oracle_limit < 1:
+        raise QGSAError(f"--oracle-limit must be at least 1, got {oracle_limit}")
 
 
 @dataclass

@@ -66,21 +66,35 @@ def eval_command(
     dataset: str = typer.Option("shapes", "--dataset", "-d", help="vqa-rad | aokvqa | refcoco | shapes (generated)."),
     evaluation: dict = None,
     pipelines: Pipelines = "dense,qgsa",
-    k: Optional[int] = typer.Option(None, help="Fixed k for sparse pipelines (default: f_comp per question)."),
+    k: Optional[int] = typer.Option(None, help="Fixed k for sparse pipelines (default: f_comp per question); with "
+                                               "--allocate: the mean budget the allocation holds."),
+    allocate: Optional[str] = typer.Option(None, "--allocate", metavar="fixed|fcomp|oracle-type|PATH",
+                                           help="Who decides how many: every sample --k (fixed), in proportion to "
+                                                "f_comp(q) (fcomp), the best budget per question type learned on "
+                                                "--oracle-split (oracle-type), all at the mean --k; or PATH, a CSV "
+                                                "(id,budget) or JSON of per-sample budgets. Default: each selector's "
+                                                "own budget."),
+    fcomp_checkpoint: Optional[Path] = typer.Option(None, help="The QGSA checkpoint whose f_comp allocates with "
+                                                    "--allocate fcomp (default: --checkpoint)."),
+    oracle_split: Optional[str] = typer.Option(None, help="oracle-type's held-out split (default: val)."),
+    oracle_limit: Optional[int] = typer.Option(None, help="oracle-type's held-out samples (default: --limit)."),
     batch: QuestionBatch = 4,
     max_new_tokens: MaxNewTokens = 10,
     out: Path = typer.Option(Path("results/eval"), help="Results folder (eval.csv, predictions.jsonl, meta.json, "
-                                                        "table.md)."),
+                                                        "table.md; allocation.csv with --allocate)."),
     overwrite: Overwrite = False,
 ):
     """Accuracy per pipeline and per question type, with Δ vs dense, k and latency (Tables 1-2)."""
     from qgsa_bench.experiments.evaluate import run_eval
 
     cfg = eval_config(model=model, dataset=dataset, **evaluation, pipelines=pipeline_list(pipelines), k=k, batch=batch,
-                      max_new_tokens=max_new_tokens, out=out, overwrite=overwrite)
+                      max_new_tokens=max_new_tokens, out=out, overwrite=overwrite, allocate=allocate,
+                      fcomp_checkpoint=text_or_none(fcomp_checkpoint), oracle_split=oracle_split,
+                      oracle_limit=oracle_limit)
     run = warned_when_started(run_eval, untrained(cfg.specs, cfg.k, lambda spec: cfg.checkpoint))
     run_and_show(run, cfg, warn=warn, table="table.md",
-                 files=("eval.csv", "predictions.jsonl", "predictions_*.json", "table.md", "meta.json"))
+                 files=("eval.csv", "predictions.jsonl", "predictions_*.json", "allocation.csv", "heldout.jsonl",
+                        "table.md", "meta.json"))
 
 
 @command()

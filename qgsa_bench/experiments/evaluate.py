@@ -29,7 +29,7 @@ from qgsa_bench.results import read_meta, run_meta
 EVAL_COLUMNS = [
     "model", "weights", "qgsa_weights", "dataset", "split", "pipeline", "scope", "question_type", "n",
     "n_scored", "accuracy", "delta_vs_dense_points", "mc_accuracy", "k_mean", "k_std", "n_visual_tokens_mean",
-    "latency_ms_per_query", "resolution", "note",
+    "latency_ms_per_query", "resolution", "allocation", "requested_mean", "note",
 ]
 EVAL_TABLE = Table("eval.csv", tuple(EVAL_COLUMNS), ("pipeline", "scope", "question_type"))
 RANDOM_NOTE = "RANDOM weights: accuracy is meaningless"
@@ -57,18 +57,20 @@ def _multiple_choice(run, result, samples) -> list[int]:
 @torch.no_grad()
 def evaluate_run(run, data, resolution: int, cfg: EvalConfig,
                  progress: Callable[[str, int], None] | None = None, done: dict | None = None,
-                 save: Callable[[list[dict]], None] | None = None) -> list[dict]:
+                 save: Callable[[list[dict]], None] | None = None, budgets: dict | None = None) -> list[dict]:
     """Per-sample records of `data` (LoadedData) answered by `run` (run.stages.Run): prediction, score, k,
     visual tokens, latency share, selected patches, in the data set's order. Samples whose image cannot be
     read are dropped under --skip-bad. Resuming: `done` (sample id -> record) are kept as they are and not
-    run again; `save` receives each batch's new records as soon as the batch finishes."""
+    run again; `save` receives each batch's new records as soon as the batch finishes. `budgets` (sample id
+    -> budget, an allocation's): each sample's own k instead of cfg.k; a batch of mixed budgets gives each
+    sample its solo result (the selection takes a budget per sample)."""
     done = done or {}
     new = {}
     todo = [s for s in data.samples if s.id not in done]
     for batch in batches(todo, cfg.batch):
         chunk, images = data.open_images(batch)
         if chunk:
-            records = _batch_records(run, chunk, images, resolution, cfg)
+            records = _batch_records(run, chunk, images, resolution, cfg, budgets)
             new.update((r["id"], r) for r in records)
             if save:
                 save(records)
@@ -77,22 +79,33 @@ def evaluate_run(run, data, resolution: int, cfg: EvalConfig,
     return [done.get(s.id) or new[s.id] for s in data.samples if s.id in done or s.id in new]
 
 
-def _batch_records(run, chunk, images, resolution: int, cfg: EvalConfig) -> list[dict]:
+def chunk_budget(budgets: dict | None, chunk, k=None):
+    """The budget argument of one batch: `k` without `budgets`; else the samples' own budgets, one int when
+    they agree, a (B,) tensor when they differ."""
+    if budgets is None:
+        return k
+    values = [int(budgets[s.id]) for s in chunk]
+    return values[0] if len(set(values)) == 1 else torch.tensor(values)
+
+
+def _batch_records(run, chunk, images, resolution: int, cfg: EvalConfig, budgets: dict | None = None) -> list[dict]:
     """One timed batch (selection, prefill, decode) and its per-sample records, in the chunk's order. A batch
-    that cannot run at once (downsampling at each question's own f_comp budget) runs in groups of one budget
-    (`Run.budget_groups`), each timed as its own batch."""
+    that cannot run at once (downsampling at different budgets: f_comp's per question, or an allocation's)
+    runs in groups of one budget (`Run.budget_groups`), each timed as its own batch."""
     questions = [s.question for s in chunk]
-    groups = run.budget_groups(questions, resolution, cfg.k)
+    k = chunk_budget(budgets, chunk, cfg.k)
+    groups = run.budget_groups(questions, resolution, k)
     if len(groups) > 1:
         by_index = {}
         for group in groups:
-            part = _batch_records(run, [chunk[i] for i in group], [images[i] for i in group], resolution, cfg)
+            part = _batch_records(run, [chunk[i] for i in group], [images[i] for i in group], resolution, cfg,
+                                  budgets)
             by_index.update(zip(group, part))
         return [by_index[i] for i in range(len(chunk))]
     adapter = run.adapter
     seeds = run.sample_seeds(s.id for s in chunk)  # one sample, one selection, in any batch or shard
     with Stopwatch(adapter.device) as sw:
-        prepared = run.answer(images, questions, resolution, cfg.k, cfg.max_new_tokens, seeds)
+        prepared = run.answer(images, questions, resolution, k, cfg.max_new_tokens, seeds)
     generated = prepared.generated
     mc = (_multiple_choice(run, prepared, chunk)
           if all(s.choices for s in chunk) else [None] * len(chunk))
@@ -106,6 +119,7 @@ def _batch_records(run, chunk, images, resolution: int, cfg: EvalConfig) -> list
             "prediction": prediction, "score": score(prediction, sample),
             "mc_choice": mc[b], "mc_correct": multiple_choice_score(mc[b], sample),
             "k": prepared.kept(b),
+            **({} if budgets is None else {"budget": int(budgets[sample.id])}),
             "n_visual_tokens": int(prepared.inputs.n_visual[b]),
             "latency_ms": sw.ms / len(chunk),
             **prepared.patch_fields(b),
@@ -183,6 +197,20 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
             note=note or "pretrained weights",
             latency="mean per query over the batches (selection, prefill and decode), after one untimed warm-up "
                     "batch of every pipeline"))
+        allocated = {}
+        if cfg.allocate:  # each sample's budget, before anything is answered (oracle-type: its held-out runs)
+            from qgsa_bench.experiments.allocation import fcomp_source, make_allocator
+
+            allocator = make_allocator(cfg.allocate, cfg, built, data, resolution, res, progress)
+            if progress and allocator.heldout_steps(runs):
+                progress(f"oracle-type: scoring the held-out split '{allocator.heldout.split}'",
+                         -allocator.heldout_steps(runs))
+            allocated = {run.label: allocator.budgets(run, cfg.k) for run in runs if not run.spec.selector.keeps_all}
+            res.replace(ALLOCATION_TABLE, allocation_rows(allocated, data))
+            meta = res.write_meta({**meta, "allocation": cfg.allocate, "fcomp_checkpoint": fcomp_source(cfg, built),
+                                   "allocations": {label: a.summary() for label, a in allocated.items()},
+                                   **({"oracle_split": allocator.heldout.split, "oracle_samples":
+                                       len(allocator.heldout.samples)} if allocator.heldout else {})})
         if progress:
             total = len(data.samples) * len(runs)
             progress(f"{data.name}: {left} of {total} (sample, pipeline) left", -total)
@@ -196,9 +224,12 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
 
         rows, all_records, written = [], [], []
         for run in runs:
-            records = evaluate_run(run, data, resolution, cfg, progress, done.get(run.label, {}), save)
+            own = allocated.get(run.label)
+            records = evaluate_run(run, data, resolution, cfg, progress, done.get(run.label, {}), save,
+                                   own.by_id() if own else None)
             all_records += records
-            rows += [{**row, "dense": run.spec.is_dense} for row in summary_rows(records, run.label)]
+            rows += [{**row, "dense": run.spec.is_dense, **allocation_fields(own)}
+                     for row in summary_rows(records, run.label)]
             if data.name == "aokvqa":
                 written.append(write_aokvqa_submission(records, res.path(f"predictions_{data.split}-{run.label}.json")))
                 res.claim(written[-1].name)
@@ -214,6 +245,25 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         res.write_meta({**meta, **data.meta(), "submission_files": [p.name for p in written],
                         "unequal_visual_tokens": unequal})
     return res.out
+
+
+ALLOCATION_TABLE = Table("allocation.csv", ("pipeline", "allocation", "requested_mean", "id", "question_type", "budget"),
+                         ("pipeline", "requested_mean", "id"))
+
+
+def allocation_rows(allocated: dict, data) -> list[dict]:
+    """allocation.csv: every (pipeline, sample)'s budget; the file `--allocate PATH` reads back."""
+    types = {s.id: s.question_type for s in data.samples}
+    return [{"pipeline": label, "allocation": a.allocation, "requested_mean": a.requested_mean, "id": i,
+             "question_type": types.get(i), "budget": b}
+            for label, a in allocated.items() for i, b in zip(a.ids, a.budgets)]
+
+
+def allocation_fields(allocated) -> dict:
+    """An eval.csv row's allocation columns (empty without --allocate)."""
+    if allocated is None:
+        return {}
+    return {"allocation": allocated.allocation, "requested_mean": allocated.requested_mean}
 
 
 def unequal_tokens(rows: list[dict]) -> str:

@@ -255,12 +255,17 @@ class Run:
 
     def budget_groups(self, questions: list[str], requested: int, k=None) -> list[list[int]]:
         """Sample indices grouped so that each group can run as one batch: one group, except for an
-        input-level selector without a fixed k, whose samples are grouped by their f_comp budget (an image
-        is encoded at the one resolution that gives its budget)."""
-        if k is not None or self.spec.point.kind != "input":
+        input-level selector whose samples have different budgets (f_comp's without a fixed k, or a (B,)
+        budget per sample, an allocation's): grouped by budget, since an image is encoded at the one
+        resolution that gives its budget."""
+        if self.spec.point.kind != "input":
             return [list(range(len(questions)))]
+        if k is None:
+            budgets = self.adaptive_budgets(questions, requested).tolist()
+        else:
+            budgets = torch.as_tensor(k).reshape(-1).expand(len(questions)).tolist()
         groups: dict[int, list[int]] = {}
-        for b, budget in enumerate(self.adaptive_budgets(questions, requested).tolist()):
+        for b, budget in enumerate(budgets):
             groups.setdefault(budget, []).append(b)
         return list(groups.values())
 
