@@ -80,6 +80,15 @@ def sweep_budget(
     checkpoint: list[str] = typer.Option([], "--checkpoint", metavar="[SELECTOR=]PATH", help="QGSA checkpoint: PATH "
                                          "for every pipeline using the QGSA module, or SELECTOR=PATH for one (e.g. "
                                          "qgsa-vision=runs/v.pt); repeatable."),
+    allocate: str = typer.Option("fixed", "--allocate", metavar="fixed,fcomp,oracle-type",
+                                 help="Who decides how many, comma-separated (with --dataset): fixed (every sample "
+                                      "the budget; the timed cases), fcomp (in proportion to f_comp(q), at each "
+                                      "budget as the mean), oracle-type (the best budget per question type at the "
+                                      "mean, learned on --oracle-split)."),
+    fcomp_checkpoint: Optional[Path] = typer.Option(None, help="The QGSA checkpoint whose f_comp allocates with "
+                                                    "--allocate fcomp (default: the qgsa --checkpoint)."),
+    oracle_split: Optional[str] = typer.Option(None, help="oracle-type's held-out split (default: val)."),
+    oracle_limit: Optional[int] = typer.Option(None, help="oracle-type's held-out samples (default: --limit)."),
     out: Path = typer.Option(Path("results/budget"), help="Results folder (budget.csv, accuracy.csv with --dataset, "
                                                           "comparisons.csv, meta.json, table.md)."),
     overwrite: Overwrite = False,
@@ -94,12 +103,15 @@ def sweep_budget(
                        budgets=ints("--budgets", budgets) if budgets else (),
                        shares=floats("--shares", shares) or DEFAULT_SHARES, dataset=dataset, data_dir=data_dir,
                        split=split, limit=limit, eval_batch=eval_batch, out=str(out),
-                       checkpoints=checkpoints.by_selector, budget_unit=budget_unit, overwrite=overwrite)
+                       checkpoints=checkpoints.by_selector, budget_unit=budget_unit, overwrite=overwrite,
+                       allocations=tuple(a.strip() for a in allocate.split(",") if a.strip()),
+                       fcomp_checkpoint=text_or_none(fcomp_checkpoint), oracle_split=oracle_split,
+                       oracle_limit=oracle_limit)
     # with --dataset only: accuracy is an untrained selector's (FLOPs and latency do not depend on the weights)
     message = dataset and untrained(cfg.specs, 0, lambda spec: cfg.checkpoints.get(spec.selector.name)
                                     or measure.checkpoint, "--checkpoint [SELECTOR=]PATH")
     run_and_show(warned_when_started(run_budget, message), cfg, warn=warn, table="table.md",
-                 files=("budget.csv", "accuracy.csv", "comparisons.csv", "meta.json", "table.md"))
+                 files=("budget.csv", "accuracy.csv", "comparisons.csv", "heldout.jsonl", "meta.json", "table.md"))
 
 
 @command("count-flops", **MULTI_VALUE_COMMAND)

@@ -409,6 +409,10 @@ def make_allocator(allocation: str, cfg, built, data, resolution: int, results=N
         split = heldout_split(data.name, cfg.oracle_split, data.split)
         heldout = load_dataset(data.name, cfg.data_dir, split, cfg.oracle_limit or cfg.limit, cfg.skip_bad, cfg.seed)
         check_types(heldout.samples, f"{data.name} split '{split}'")
+        missing = sorted({s.question_type for s in data.samples} - {s.question_type for s in heldout.samples})
+        if missing:
+            raise QGSAError(f"oracle-type: the held-out split '{split}' ({len(heldout.samples)} samples) has no "
+                            f"'{missing[0]}' question: raise --oracle-limit so that it holds every question type")
     return Allocator(allocation, data, resolution, cfg, module, heldout, results, progress)
 
 

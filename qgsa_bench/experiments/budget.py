@@ -24,7 +24,7 @@ from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_
                                            steps_per_resolution, warn_unstable)
 from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import demo_image, load_image
-from qgsa_bench.results import run_meta
+from qgsa_bench.results import read_meta, run_meta
 from qgsa_bench.run.spec import check_options, parse_specs
 from qgsa_bench.runtime import dtype_name
 
@@ -35,11 +35,11 @@ BUDGET_UNITS = ("tokens", "layer-avg")
 DEFAULT_SELECTORS = ("dense", "qgsa", "random", "norm", "fastv", "pdrop", "sparsevlm", "visionzip", "divprune",
                      "downsample", "qgsa-vision")
 BUDGET_COLUMNS = ["budget", "budget_unit", "budget_share", "selector", "point", "question_guided", "training",
-                  "flops_share_of_dense", *SWEEP_COLUMNS, "accuracy",
-                  "delta_vs_dense_points", "n_eval"]
-ACCURACY_COLUMNS = ["budget", "budget_share", "case", "pipeline", "selector", "point", "scope", "question_type",
-                    "n", "n_scored", "accuracy", "delta_vs_dense_points", "k_mean", "n_visual_tokens_mean",
-                    "flops_total", "flops_share_of_dense"]
+                  "allocation", "budget_mean_realised", "budget_std", "flops_share_of_dense", *SWEEP_COLUMNS,
+                  "accuracy", "delta_vs_dense_points", "n_eval", "latency_ms_per_query_eval"]
+ACCURACY_COLUMNS = ["budget", "budget_share", "case", "pipeline", "selector", "point", "allocation", "scope",
+                    "question_type", "n", "n_scored", "accuracy", "delta_vs_dense_points", "k_mean", "k_std",
+                    "n_visual_tokens_mean", "flops_total", "flops_share_of_dense", "latency_ms_per_query"]
 BUDGET_TABLE = Table(BUDGET_CSV, tuple(BUDGET_COLUMNS), ("case",))
 ACCURACY_TABLE = Table(ACCURACY_CSV, tuple(ACCURACY_COLUMNS), ("case", "scope", "question_type"))
 
@@ -65,18 +65,53 @@ class BudgetConfig:
     # "tokens": visual tokens after the last cut; "layer-avg": for in-LM selectors, averaged over the LM's
     # layers (as FastV, SparseVLM and PyramidDrop are quoted); the same thing for every other selector
     budget_unit: str = "tokens"
+    # who decides how many (experiments/allocation.py): each budget is then the mean the allocation holds over
+    # the data set; fixed = every sample the budget (the timed cases)
+    allocations: tuple[str, ...] = ("fixed",)
+    fcomp_checkpoint: str | None = None  # f_comp of this checkpoint allocates (default: the qgsa checkpoint)
+    oracle_split: str | None = None
+    oracle_limit: int | None = None
 
     def __post_init__(self):
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one selector")
         self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field)
-        check_options(self.specs, 1, self.measure.checkpoint, "--budgets/--shares")  # every budget is fixed
+        # every budget is fixed; --allocate fcomp reads the checkpoint's f_comp (unless --fcomp-checkpoint)
+        fcomp_reads = "fcomp" in self.allocations and not self.fcomp_checkpoint
+        check_options(self.specs, 1, None if fcomp_reads else self.measure.checkpoint, "--budgets/--shares")
         if any(b < 1 for b in self.budgets):
             raise QGSAError(f"--budgets are visual tokens, at least 1 each, got {list(self.budgets)}")
         if self.budget_unit not in BUDGET_UNITS:
             raise QGSAError(f"--budget-unit must be one of {', '.join(BUDGET_UNITS)}, got '{self.budget_unit}'")
         if not self.budgets and (not self.shares or any(not 0 < s <= 1 for s in self.shares)):
             raise QGSAError(f"--shares are fractions of the dense visual tokens in (0, 1], got {list(self.shares)}")
+        self._check_allocations()
+
+    def _check_allocations(self) -> None:
+        from qgsa_bench.config import check_allocation
+        from qgsa_bench.experiments.allocation import ALLOCATIONS
+
+        bad = [a for a in self.allocations if a not in ALLOCATIONS]
+        if not self.allocations or bad:
+            raise QGSAError(f"--allocate takes {', '.join(ALLOCATIONS)} here (a budget file fixes its own mean: "
+                            f"evaluate it with qgsa eval --allocate PATH), got {bad[0] if bad else 'nothing'}")
+        if len(set(self.allocations)) != len(self.allocations):
+            raise QGSAError("--allocate: give each allocation once")
+        adaptive = [a for a in self.allocations if a != "fixed"]
+        if adaptive and not self.dataset:
+            raise QGSAError(f"--allocate {adaptive[0]} gives each question its own budget: it needs --dataset (the "
+                            f"questions whose budgets it allocates)")
+        if adaptive and self.budget_unit != "tokens":
+            raise QGSAError("--allocate other than fixed counts budgets in visual tokens: drop --budget-unit layer-avg")
+        for a in adaptive or [None]:
+            check_allocation(a, 1, self.measure.checkpoint or self.checkpoints.get("qgsa"),
+                             self.fcomp_checkpoint if a in (None, "fcomp") else None,
+                             self.oracle_split if a in (None, "oracle-type") else None,
+                             self.oracle_limit if a in (None, "oracle-type") else None)
+        if "oracle-type" not in self.allocations and (self.oracle_split or self.oracle_limit):
+            raise QGSAError("--oracle-split and --oracle-limit are read only by --allocate oracle-type")
+        if "fcomp" not in self.allocations and self.fcomp_checkpoint:
+            raise QGSAError("--fcomp-checkpoint is read only by --allocate fcomp")
 
 
 def describe(run) -> dict:
@@ -160,16 +195,22 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
     settings = {**m.settings(), "resolution": resolution, "pipelines": list(cfg.pipelines), "budgets": budgets,
                 "budget_unit": cfg.budget_unit, "checkpoints": dict(cfg.checkpoints), "dataset": cfg.dataset,
                 "data_dir": cfg.data_dir, "split": cfg.split, "limit": cfg.limit, "eval_batch": cfg.eval_batch,
-                "max_new_tokens": cfg.max_new_tokens, "compile": m.compile}
+                "max_new_tokens": cfg.max_new_tokens, "compile": m.compile,
+                **({"allocations": list(cfg.allocations), "fcomp_checkpoint": cfg.fcomp_checkpoint,
+                    "oracle_split": cfg.oracle_split, "oracle_limit": cfg.oracle_limit}
+                   if cfg.allocations != ("fixed",) else {})}
     with Results(cfg.out, "sweep-budget", settings, cfg.overwrite) as res:
         # resuming: the timing is one measurement of every case (alternating rounds), kept once written; the
         # accuracy runs keep every finished batch (predictions.jsonl)
         timed = {row["case"]: row for row in res.rows(BUDGET_TABLE)}
         timed = timed if all(c.label in timed for c in cases) else {}
         done = res.records_by(PREDICTIONS, "case") if data else {}
-        left = sum(1 for c in cases for s in data.samples if s.id not in done.get(c.label, {})) if data else 0
+        adaptive = allocated_cases(cfg, cases)
+        left = sum(1 for c in [*cases, *adaptive] for s in data.samples
+                   if s.id not in done.get(c.label, {})) if data else 0
         if timed and not left and (not data or res.path(ACCURACY_CSV).exists()):
-            res.finished(f"this sweep ({len(cases)} cases{f' on {len(data.samples)} samples' if data else ''})")
+            res.finished(f"this sweep ({len(cases) + len(adaptive)} cases"
+                         f"{f' on {len(data.samples)} samples' if data else ''})")
         meta = res.write_meta(run_meta(built, budgets=budgets, budget_unit=cfg.budget_unit,
                                        qgsa_checkpoints=dict(cfg.checkpoints), dense_visual_tokens=n_dense,
                                        pipelines=list(cfg.pipelines), budget_rule=budget_rule(cfg.budget_unit),
@@ -177,12 +218,13 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
         if progress and not timed:  # one phase each: a timed step takes far longer than a scored sample
             progress(f"timing {len(cases)} cases at {resolution}px",
                      -steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops))
+        image = load_image(m.image) if m.image else demo_image()
+        flop_memo: dict = {}  # FLOPs counted per (pipeline, budget, resolution): the allocations' reuse them
         if timed:
             rows = [timed[c.label] for c in cases]
         else:
-            image = load_image(m.image) if m.image else demo_image()
             rows, pairs = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, resolution, m.reps,
-                                        m.warmup, m.decode_tokens, m.count_flops, progress)
+                                        m.warmup, m.decode_tokens, m.count_flops, progress, flop_memo=flop_memo)
             base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
                     "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
             _describe_rows(cfg, built, cases, rows, n_dense, base)
@@ -192,13 +234,164 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
             meta = res.write_meta({**meta, "unstable_cases": unstable, "reps_stopped": rows[0].get("reps_stopped")})
             warn_unstable(warn, unstable)
         if data:
+            save = lambda new: res.append_records(PREDICTIONS, new)  # noqa: E731
+            allocated = {}
+            if adaptive:
+                allocated = _allocate(cfg, built, data, resolution, adaptive, res, progress)
+                meta = res.write_meta({**(read_meta(res.out) or meta),
+                                       "allocations": {c.label: a.summary() for c, a in allocated.items()}})
             if progress:
-                progress(f"scoring {len(cases)} cases on {len(data.samples)} samples", -max(left, 1))
-            accuracy_rows = _accuracy(built, cases, rows, data, resolution, cfg, progress, done,
-                                      lambda new: res.append_records(PREDICTIONS, new))
+                progress(f"scoring {len(cases) + len(adaptive)} cases on {len(data.samples)} samples", -max(left, 1))
+            accuracy_rows = _accuracy(built, cases, rows, data, resolution, cfg, progress, done, save)
+            if adaptive:
+                flops_at = _flops_at(built, image, resolution, m, flop_memo) if m.count_flops else None
+                more_rows, more_accuracy = _allocated_accuracy(built, allocated, rows, data, resolution, cfg,
+                                                               progress, done, save, flops_at, cases)
+                rows, accuracy_rows = rows + more_rows, accuracy_rows + more_accuracy
+                _delta_vs_dense(rows, accuracy_rows)
             res.replace(ACCURACY_TABLE, accuracy_rows)
             res.replace(BUDGET_TABLE, rows)  # with each case's accuracy
     return res.out
+
+
+@dataclass(eq=False)  # a case is itself (a dict key), not its fields
+class AllocatedCase:
+    """A selector at a mean budget given out by an allocation (fcomp, oracle-type): answered, counted, never
+    timed (each sample has its own budget; its latency is the answering runs' per query)."""
+
+    label: str
+    run: object
+    mean: int
+    allocation: str
+    fixed: Case  # the fixed-budget case at the same mean (its row describes the selector)
+
+
+def allocated_cases(cfg: BudgetConfig, cases: list[Case]) -> list[AllocatedCase]:
+    """Every selector case with a budget, once per allocation other than fixed, at the same mean budget."""
+    return [AllocatedCase(f"{c.label} {a}", c.run, c.k, a, c) for a in cfg.allocations if a != "fixed"
+            for c in cases if c.k is not None and not c.run.spec.selector.keeps_all]
+
+
+def _allocate(cfg: BudgetConfig, built, data, resolution: int, adaptive, res, progress) -> dict:
+    """Each allocated case's budgets (experiments/allocation.py), before any of them is answered."""
+    from qgsa_bench.experiments.allocation import make_allocator
+
+    ecfg = _eval_config(cfg, data)
+    allocators = {a: make_allocator(a, ecfg, built, data, resolution, res, progress)
+                  for a in dict.fromkeys(c.allocation for c in adaptive)}
+    if "fcomp" in allocators:
+        res.write_meta({**(read_meta(res.out) or {}), "fcomp_checkpoint": ecfg.fcomp_checkpoint,
+                        "fcomp_by_type": fcomp_by_type(allocators["fcomp"], data, built.adapter)})
+    if "oracle-type" in allocators:
+        held = allocators["oracle-type"].heldout
+        res.write_meta({**(read_meta(res.out) or {}), "oracle_split": held.split, "oracle_samples": len(held.samples)})
+    oracle = allocators.get("oracle-type")
+    if oracle is not None and progress:
+        runs = list({c.run.label: c.run for c in adaptive if c.allocation == "oracle-type"}.values())
+        steps = oracle.heldout_steps(runs)
+        if steps:
+            progress(f"oracle-type: scoring the held-out split '{oracle.heldout.split}'", -steps)
+    return {c: allocators[c.allocation].budgets(c.run, c.mean) for c in adaptive}
+
+
+def fcomp_by_type(allocator, data, adapter) -> list[dict]:
+    """f_comp's continuous budget k_cont (Eq. 2, in its own units k_min..k_max) per question type of `data`:
+    what the fcomp allocation is proportional to, the learned budget per type (meta.json)."""
+    import numpy as np
+
+    weights = allocator.weights(adapter)
+    types = [s.question_type or "all" for s in data.samples]
+    return [{"question_type": t, "n": types.count(t),
+             "k_cont_mean": float(np.mean([w for w, tt in zip(weights, types) if tt == t])),
+             "k_cont_std": float(np.std([w for w, tt in zip(weights, types) if tt == t]))}
+            for t in sorted(set(types))]
+
+
+def _eval_config(cfg: BudgetConfig, data) -> EvalConfig:
+    """The answering settings of the accuracy runs (and the allocation's held-out runs)."""
+    m = cfg.measure
+    ecfg = EvalConfig(model=m.model, dataset=data.name, batch=cfg.eval_batch, max_new_tokens=cfg.max_new_tokens,
+                      seed=m.seed, data_dir=cfg.data_dir, limit=cfg.limit)
+    ecfg.fcomp_checkpoint = cfg.fcomp_checkpoint or (m.checkpoint or cfg.checkpoints.get("qgsa"))
+    ecfg.oracle_split, ecfg.oracle_limit = cfg.oracle_split, cfg.oracle_limit
+    return ecfg
+
+
+def _flops_at(built, image, resolution: int, m, memo: dict):
+    """budget -> the end-to-end FLOPs of a run at that fixed budget on the timing batch (counted once per
+    (pipeline, budget, resolution), shared with the timed cases)."""
+    from qgsa_bench.experiments.runner import stage_flops
+
+    pixels: dict[int, object] = {}
+
+    def flops(run, budget: int) -> float:
+        res = run.resolution(resolution, budget)
+        if res not in pixels:
+            pixels[res] = built.adapter.pixel_values([image] * m.batch, res)
+        counted = stage_flops(Case(run.label, run, budget), pixels[res], [m.question] * m.batch, m.decode_tokens,
+                              res, memo)
+        return counted["flops_total"]
+    return flops
+
+
+def _allocated_accuracy(built, allocated: dict, rows, data, resolution, cfg: BudgetConfig, progress, done, save,
+                        flops_at, cases) -> tuple[list[dict], list[dict]]:
+    """(a budget.csv row and accuracy.csv rows per allocated case): accuracy per scope, the realised budgets,
+    end-to-end FLOPs = the mean over the samples of the FLOPs at each one's budget, latency per query of the
+    answering runs."""
+    from qgsa_bench.experiments.evaluate import evaluate_run, summary_rows
+
+    ecfg = _eval_config(cfg, data)
+    fixed_rows = {c.label: r for c, r in zip(cases, rows)}
+    dense_flops = next((r.get("flops_total") for c, r in zip(cases, rows) if c.run.spec.is_dense), None)
+    budget_rows, accuracy_rows = [], []
+    for case, alloc in allocated.items():
+        keep = (lambda new, label=case.label: save([{**r, "case": label} for r in new])) if save else None
+        with case.run.engine.same_draws():
+            records = evaluate_run(case.run, data, resolution, ecfg, progress, done.get(case.label, {}), keep,
+                                   alloc.by_id())
+        own = alloc.by_id()
+        flops = {}
+        if flops_at is not None:
+            for b in sorted(set(alloc.budgets)):
+                flops[b] = flops_at(case.run, b)
+        summary = alloc.summary()
+        base = fixed_rows[case.fixed.label]
+        row = {key: base.get(key) for key in ("budget", "budget_unit", "budget_share", "selector", "point",
+                                                "question_guided", "training", "model", "weights", "device",
+                                                "dtype", "batch", "decode_tokens", "qgsa_weights", "resolution",
+                                                "effective_resolution", "n_patches")}
+        row.update({"case": case.label, "pipeline": case.run.label, "allocation": case.allocation,
+                    "budget_mean_realised": summary["realised_mean"], "budget_std": summary["budget_std"]})
+        for scope_row in summary_rows(records, case.run.label):
+            part = [r for r in records if scope_row["scope"] == "all"
+                    or r.get("question_type" if scope_row["scope"] == "type" else "answer_type")
+                    == scope_row["question_type"]]
+            mean_flops = (sum(flops[own[r["id"]]] for r in part) / len(part)) if flops and part else None
+            accuracy_rows.append({"budget": row["budget"], "budget_share": row["budget_share"], "case": case.label,
+                                  "selector": row["selector"], "point": row["point"], "allocation": case.allocation,
+                                  "flops_total": mean_flops,
+                                  "flops_share_of_dense": mean_flops / dense_flops if mean_flops and dense_flops
+                                  else None, **scope_row})
+            if scope_row["scope"] == "all":
+                row.update({"accuracy": scope_row["accuracy"], "n_eval": scope_row["n"], "flops_total": mean_flops,
+                            "flops_share_of_dense": accuracy_rows[-1]["flops_share_of_dense"],
+                            "k": scope_row["k_mean"], "n_visual_tokens": scope_row["n_visual_tokens_mean"],
+                            "latency_ms_per_query_eval": scope_row["latency_ms_per_query"]})
+        budget_rows.append(row)
+    return budget_rows, accuracy_rows
+
+
+def _delta_vs_dense(rows: list[dict], accuracy_rows: list[dict]) -> None:
+    """Every row's accuracy difference to dense's of the same scope (points), allocated cases included."""
+    dense = {(r["scope"], r["question_type"]): r["accuracy"] for r in accuracy_rows if r["selector"] == "dense"}
+    for r in accuracy_rows:
+        ref = dense.get((r["scope"], r["question_type"]))
+        r["delta_vs_dense_points"] = None if ref is None or r["accuracy"] is None else r["accuracy"] - ref
+    ref_all = dense.get(("all", "all"))
+    for row in rows:
+        if row.get("accuracy") is not None and ref_all is not None:
+            row["delta_vs_dense_points"] = row["accuracy"] - ref_all
 
 
 PREDICTIONS = "predictions.jsonl"  # the accuracy runs' per-sample records, with their case
@@ -219,7 +412,7 @@ def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: di
         own = cfg.checkpoints.get(case.run.spec.selector.name)
         budget = n_dense if case.k is None else int(case.label.rpartition("k=")[2])
         row.update({"budget": budget, "budget_share": budget / n_dense, "budget_unit": cfg.budget_unit,
-                    **describe(case.run), **base,
+                    **describe(case.run), **base, "allocation": None if case.k is None else "fixed",
                     "qgsa_weights": f"checkpoint:{own}" if own else built.qgsa_weights})
         if dense_flops and row.get("flops_total") is not None:
             row["flops_share_of_dense"] = row["flops_total"] / dense_flops
@@ -248,9 +441,11 @@ def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress,
                 dense[key] = summary["accuracy"]
             out.append({"budget": row["budget"], "budget_share": row["budget_share"], "case": case.label,
                         "selector": row["selector"], "point": row["point"], "flops_total": row.get("flops_total"),
-                        "flops_share_of_dense": row.get("flops_share_of_dense"), **summary})
+                        "flops_share_of_dense": row.get("flops_share_of_dense"), "allocation": row.get("allocation"),
+                        **summary})
         overall = next(s for s in summary_rows(records, case.pipeline) if s["scope"] == "all")
-        row.update({"accuracy": overall["accuracy"], "n_eval": overall["n"]})
+        row.update({"accuracy": overall["accuracy"], "n_eval": overall["n"],
+                    "latency_ms_per_query_eval": overall["latency_ms_per_query"]})
     for r in out:
         ref = dense.get((r["scope"], r["question_type"]))
         r["delta_vs_dense_points"] = None if ref is None or r["accuracy"] is None else r["accuracy"] - ref
