@@ -222,6 +222,16 @@ def series_label(pipeline: str, point: str) -> str:
     return f"{pipeline}@{point}"
 
 
+ALLOCATION_LINES = {"fixed": "-", "fcomp": "--", "oracle-type": ":"}  # who decided how many (sweep-budget)
+
+
+def allocation_of(frame) -> list[str]:
+    """Each row's allocation (sweep-budget --allocate), "fixed" where none is named (dense, older results)."""
+    if "allocation" not in frame:
+        return ["fixed"] * len(frame)
+    return [a if isinstance(a, str) and a else "fixed" for a in frame["allocation"]]
+
+
 def pareto_grid(panels: int) -> tuple[int, int]:
     """(rows, columns) of the Pareto figure: PANEL_COLUMNS to a row; fewer panels, one row with a cell to spare
     for the legend."""
@@ -250,13 +260,14 @@ def pareto_figure(meta: dict, frame, accuracy=None):
     flagged = {r["pipeline"] for _, r in frame.iterrows() if untrained(r, meta)}
     dense = set(frame.loc[frame["selector"] == "dense", "pipeline"])
     series = [p for p in dict.fromkeys(frame["pipeline"]) if p not in dense]
+    panels = [(title, part.assign(_allocation=allocation_of(part))) for title, part in panels]
     colours = palette(len(series))
     style = {p: (colours[i], MARKERS[i % len(MARKERS)]) for i, p in enumerate(series)}
     rows, columns = pareto_grid(len(panels))
     fig, axes = plt.subplots(rows, columns, figsize=(4.3 * columns, 3.5 * rows + 0.6), squeeze=False)
     handles = {}
     for ax, (title, part) in zip(axes.flat, panels):
-        for pipeline, points in part.groupby("pipeline", sort=False):
+        for (pipeline, allocation), points in part.groupby(["pipeline", "_allocation"], sort=False):
             points = points.sort_values(x_col)
             x, y = points[x_col] * scale, points["accuracy" if accuracy_y else "latency_ms_median"]
             if accuracy_y:
@@ -269,9 +280,11 @@ def pareto_figure(meta: dict, frame, accuracy=None):
             dense = (points["selector"] == "dense").all()
             first = points.iloc[0]
             label = "dense" if dense else series_label(pipeline, first.get("point", ""))
+            label += f" · {allocation}" if allocation != "fixed" and not dense else ""
             label += f" {UNTRAINED}" if pipeline in flagged else ""
             colour, marker = ("black", "*") if dense else style.get(pipeline, ("grey", "o"))
-            drawn = ax.errorbar(x, y, yerr=err, linestyle="none" if dense else "-", marker=marker, color=colour,
+            line = "none" if dense else ALLOCATION_LINES.get(allocation, "-")
+            drawn = ax.errorbar(x, y, yerr=err, linestyle=line, marker=marker, color=colour,
                                 ms=11 if dense else 5, lw=1.2, elinewidth=0.8, capsize=2, alpha=0.9, label=label,
                                 zorder=3 if dense else 2)
             handles.setdefault(label, drawn)
@@ -286,7 +299,10 @@ def pareto_figure(meta: dict, frame, accuracy=None):
     spare = list(axes.flat)[len(panels):]
     for ax in spare:
         ax.axis("off")
-    legend = dict(fontsize=7, frameon=False, title="selector (numbers: budget)", title_fontsize=7)
+    allocated = any(set(part["_allocation"]) - {"fixed"} for _, part in panels)
+    legend = dict(fontsize=7, frameon=False, title_fontsize=7,
+                  title="selector · allocation (numbers: mean budget; solid fixed, dashed fcomp, dotted oracle-type)"
+                  if allocated else "selector (numbers: budget)")
     if spare:
         spare[0].legend(handles.values(), handles.keys(), loc="center", ncol=2 if len(handles) > 12 else 1, **legend)
     else:
