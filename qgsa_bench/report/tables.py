@@ -217,21 +217,26 @@ def budget_markdown(frame, meta: dict | None, accuracy=None) -> str:
         acc = accuracy_with_ci(r.get("accuracy"), r.get("n_eval"))
         if has_acc and not same_n and r.get("n_eval") == r.get("n_eval"):
             acc += f" (n={fmt(r.get('n_eval'), '.0f')})"
+        allocated = _allocated(r)
         rows.append([flag_untrained(case_label(r), r, meta, notes, UNTRAINED_COST), str(r["point"]),
-                     str(int(r["budget"])), fmt(r.get("k"), ".0f"),
+                     f"{int(r['budget'])} mean (± {fmt(r.get('budget_std'), '.1f')})" if allocated
+                     else str(int(r["budget"])), fmt(r.get("k"), ".1f" if allocated else ".0f"),
                      f"{fmt(r['n_visual_tokens'], '.0f')} / {fmt(r['visual_tokens_layer_avg'], '.1f')}",
                      fmt(r.get("flops_vision", float("nan")) / 1e9, ".3f"),
                      fmt((r.get("flops_select", 0) + r.get("flops_connector", 0)) / 1e9, ".3f"),
                      fmt(r.get("flops_prefill", float("nan")) / 1e9, ".3f"), fmt(r["flops_total"] / 1e9, ".3f"),
                      fmt(100 * r.get("flops_share_of_dense", float("nan")), ".1f", " %"),
+                     f"{fmt(r.get('latency_ms_per_query_eval'), '.1f')} per query answering ¶" if allocated else
                      f"{fmt(r['latency_ms_median'], '.1f')} ({fmt(r.get('latency_ms_p10'), '.1f')}–"
-                     f"{fmt(r.get('latency_ms_p90'), '.1f')})", speedup_cell(r, notes)]
+                     f"{fmt(r.get('latency_ms_p90'), '.1f')})", "– (not timed ¶)" if allocated else speedup_cell(r, notes)]
                     + ([acc, fmt(r.get("delta_vs_dense_points"), "+.2f")] if has_acc else []))
     lines += markdown_rows(head, rows)
     types = accuracy[accuracy["scope"] != "all"] if accuracy is not None and len(accuracy) else []
     if len(types):
         lines += ["", "### Accuracy per question type (%, [95 % CI]; n: the type's questions)", ""]
         lines += markdown_rows(*per_type_rows(types, frame, meta, notes))
+    if any(_allocated(r) for _, r in frame.iterrows()):
+        lines += allocation_lines(frame, types, meta)
     lines += notes.lines()
     if has_acc or len(types):
         lines += ["", WILSON_NOTE]
@@ -239,6 +244,49 @@ def budget_markdown(frame, meta: dict | None, accuracy=None) -> str:
         lines += ["", "⚠ unstable: robust dispersion above 10 % or over 10 % of the rounds far off the median "
                       "(as in Table 4); such a row claims a speedup only where a distribution-free interval agrees."]
     return "\n".join(lines) + "\n"
+
+
+def _allocated(row) -> bool:
+    """A sweep-budget row whose budgets an allocation gave per sample (fcomp, oracle-type): a mean budget."""
+    allocation = row.get("allocation")
+    return isinstance(allocation, str) and allocation not in ("", "fixed")
+
+
+ALLOCATION_NOTE = ("¶ an allocation (`--allocate`) gives each question its own budget, holding the row's mean over the "
+                   "evaluated set: fcomp in proportion to f_comp(q)'s k_cont (Eq. 2) of {fcomp}, oracle-type the "
+                   "budgets per question type that score best on the held-out split {oracle} (an upper bound for "
+                   "any allocation that reads only the question's type). Such rows are answered and counted (FLOPs: "
+                   "the mean over the questions of the FLOPs at each one's budget) but not timed; their latency is "
+                   "the answering runs' per query, batches padded to their largest budget, as "
+                   "latency_ms_per_query_eval is for every row in budget.csv.")
+
+
+def allocation_lines(frame, types, meta: dict) -> list[str]:
+    """The mean budget each question type received, per allocated case (the learned k per type), and the note."""
+    lines = ["", "### Budget per question type (mean visual tokens kept; who decides how many)", ""]
+    fcomp = meta.get("fcomp_by_type") or []
+    if fcomp:
+        lines += ["f_comp's own budget k_cont per type (Eq. 2, its units " 
+                  f"{meta.get('qgsa_config', {}).get('k_min', '?')}..{meta.get('qgsa_config', {}).get('k_max', '?')}): "
+                  + ", ".join(f"{r['question_type']} {r['k_cont_mean']:.1f} (± {r['k_cont_std']:.1f})" for r in fcomp)
+                  + ".", ""]
+    if not len(types):
+        return lines
+    qtypes = sorted(types["question_type"].unique())
+    rows = []
+    for case, part in types[types["scope"] == "type"].groupby("case", sort=False):
+        first = part.iloc[0]
+        if not _allocated(first) and first.get("allocation") != "fixed":
+            continue
+        by = dict(zip(part["question_type"], part["k_mean"]))
+        rows.append([str(case), str(first.get("allocation")), *(fmt(by.get(t), ".1f") for t in qtypes)])
+    lines += markdown_rows(["case", "allocation", *qtypes], rows)
+    oracle = meta.get("oracle_split")
+    lines += ["", ALLOCATION_NOTE.format(fcomp=f"`{meta.get('fcomp_checkpoint')}`" if meta.get("fcomp_checkpoint")
+                                         else "the QGSA checkpoint",
+                                         oracle=f"'{oracle}' ({meta.get('oracle_samples', '?')} questions)" if oracle
+                                         else "(none here)")]
+    return lines
 
 
 def per_type_rows(types, frame, meta: dict, notes: Notes) -> tuple[list[str], list[list[str]]]:
