@@ -17,7 +17,9 @@ depending on its neighbours, a period that is not a decimal point removed, then 
 words to digits, articles dropped and apostrophe-less contractions restored. (A-OKVQA's script
 compares the strings as given; a model's generated text needs the normalisation to be comparable.)
 Grounding IoU is computed with shapely between the convex hull of the selected patches (in the
-original image's pixels) and the ground-truth box.
+original image's pixels) and the ground-truth box; beside it, the pointing game (`pointing_hit`: the kept
+patch nearest the kept patches' centroid, a hit when its centre is in the box) and the share of the kept
+patches whose centre is in the box (`share_in_box`).
 """
 
 from __future__ import annotations
@@ -181,3 +183,39 @@ def oracle_patches(grid: int, width: float, height: float, box, k: int) -> list[
                     if iou > best_iou:
                         best, best_iou = corners, iou
     return best
+
+
+def patch_centers(indices, grid: int, width: float, height: float) -> list[tuple[float, float]]:
+    """Patch indices (raster order on a grid x grid layout) -> their centres (x, y) in original pixels."""
+    cw, ch = width / grid, height / grid
+    return [((i % grid + 0.5) * cw, (i // grid + 0.5) * ch) for i in indices]
+
+
+def _inside(point: tuple[float, float], box) -> bool:
+    x, y, w, h = box
+    return x <= point[0] <= x + w and y <= point[1] <= y + h
+
+
+def share_in_box(indices, grid: int, width: float, height: float, box) -> float:
+    """The share (0..1) of the patches whose centre lies inside box [x, y, w, h] (original pixels, edges
+    included); 0.0 for no patches."""
+    centers = patch_centers(indices, grid, width, height)
+    return sum(_inside(c, box) for c in centers) / len(centers) if centers else 0.0
+
+
+def pointing_hit(indices, grid: int, width: float, height: float, box) -> bool:
+    """The pointing game for a set of kept patches: the one point a selection "points at" is the kept patch
+    nearest (Euclidean, original pixels) the centroid of the kept patches' centres (ties: the lowest index);
+    a hit when that patch's centre lies inside box [x, y, w, h] (edges included). No patches: a miss.
+
+    Defined on the kept set alone, so it applies alike to every selector (no scores or saliency map needed),
+    and the point is always a kept patch: a selection split between two objects points at one of them, not
+    at the empty space between them."""
+    indices = sorted(indices)
+    centers = patch_centers(indices, grid, width, height)
+    if not centers:
+        return False
+    mx = sum(c[0] for c in centers) / len(centers)
+    my = sum(c[1] for c in centers) / len(centers)
+    nearest = min(range(len(centers)), key=lambda j: ((centers[j][0] - mx) ** 2 + (centers[j][1] - my) ** 2, j))
+    return _inside(centers[nearest], box)
