@@ -213,13 +213,13 @@ def test_refer_toolkit_layout_from_its_root_or_its_refcoco_folder(tmp_path):
                         "--k", 4, "--resolution", 64, "--out", out)
         assert result.exit_code == 0, result.output
         records = [json.loads(line) for line in (out / "grounding.jsonl").read_text().splitlines()]
-        assert [(r["width"], r["height"], r["box"], r["oracle_iou"]) for r in records] == \
+        assert [(r["width"], r["height"], r["box"], r["iou"]) for r in records if r["pipeline"] == "oracle"] == \
                [(200, 100, [50.0, 25.0, 50.0, 25.0], 1.0)] * 2
         import pandas as pd
 
         rows = pd.read_csv(out / "grounding.csv").set_index(["question_type", "selector"])
         assert rows.loc[("all", "oracle"), "acc_iou_0_5"] == 100.0  # RefCOCO's IoU >= 0.5 rule
-        share = np.mean([r["qgsa_iou"] >= 0.5 for r in records]) * 100
+        share = np.mean([r["iou"] >= 0.5 for r in records if r["pipeline"] == "qgsa"]) * 100
         assert rows.loc[("all", "qgsa"), "acc_iou_0_5"] == pytest.approx(share)
     for path in images.iterdir():
         path.unlink()

@@ -162,8 +162,12 @@ def test_an_untrained_qgsa_module_is_one_warning_line(tmp_path):
     assert result.exit_code == 0, result.output
     assert warnings(result.stderr, "QGSA module") == []  # random inside the encoder at a fixed k never reads it
     result = invoke("grounding", "-m", "tiny", "--limit", 2, "--device", "cpu", "--out", tmp_path / "g")
-    assert result.exit_code == 0, result.output
-    assert [w[:31] for w in warnings(result.stderr, "QGSA module")] == ["warning: qgsa reads the QGSA mo"]
+    assert result.exit_code == 0, result.output  # every selector at f_comp's budget: all read the module
+    assert [w[:40] for w in warnings(result.stderr, "QGSA module")] == ["warning: qgsa, random, norm, random@post"]
+    result = invoke("grounding", "-m", "tiny", "--limit", 2, "--budgets", 2, "--device", "cpu", "--out", tmp_path / "h")
+    assert result.exit_code == 0, result.output  # at a fixed budget only QGSA's scorers choose with the module
+    assert [w[:48] for w in warnings(result.stderr, "QGSA module")] == [
+        "warning: qgsa, qgsa@post-vision, qgsa-vision rea"]
 
 
 def test_sweep_budget_warns_for_an_untrained_selector_it_scores():

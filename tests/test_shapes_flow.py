@@ -61,7 +61,7 @@ def test_shapes_flow(tmp_path):
     assert set(frame.weights) == {"pretrained"} and set(frame[frame.scope == "all"].n) == {4}
     assert frame[(frame.scope == "all") & (frame.pipeline == "dense")].n_visual_tokens_mean.iloc[0] == 49
 
-    result = invoke("grounding", "-m", base, "-d", "shapes", "--limit", 30, "--k", 8,
+    result = invoke("grounding", "-m", base, "-d", "shapes", "--limit", 30, "--k", 8, "--pipelines", "qgsa,random,norm",
                     "--checkpoint", qgsa / "checkpoint.pt", "--out", tmp_path / "g")
     assert result.exit_code == 0, result.output
     pairs = pd.read_csv(tmp_path / "g" / "pairs.csv").set_index("selector")

@@ -9,7 +9,9 @@ from typing import Optional
 import typer
 
 from qgsa_bench.cli.app import app, command, console, text_or_none, warn
-from qgsa_bench.cli.options import EVALUATION, MaxNewTokens, Model, Overwrite, Pipelines, QuestionBatch, pipeline_list
+from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, ints, multi_value_option
+from qgsa_bench.cli.options import (EVALUATION, PIPELINE_HELP, MaxNewTokens, Model, Overwrite, Pipelines, QuestionBatch,
+                                    SelectorCheckpoints, pipeline_list)
 from qgsa_bench.cli.progress import run_and_show
 
 data_app = typer.Typer(help="Data set utilities.", no_args_is_help=True)
@@ -97,26 +99,47 @@ def eval_command(
                         "table.md", "meta.json"))
 
 
-@command()
-@EVALUATION
+GroundingBudgets = multi_value_option(
+    "--budgets", "INT", "Budgets, each in its pipeline's own units: patches for the paper's patch-level qgsa, random "
+    "and norm, visual tokens for every other selector (e.g. --budgets 4 8 12 24); default: --k, else f_comp(q)'s "
+    "budget per question.")
+
+
+@command(**MULTI_VALUE_COMMAND)
+@EVALUATION.with_options(checkpoint=(SelectorCheckpoints, []))
 def grounding(
     model: Model = "smolvlm-256m",
     dataset: str = typer.Option("shapes", "--dataset", "-d", help="refcoco | shapes (samples with a box)."),
     evaluation: dict = None,
-    k: Optional[int] = typer.Option(None, help="Fixed k (default: f_comp per question)."),
+    pipelines: Optional[str] = typer.Option(
+        None, help="Comma-separated selectors, as qgsa eval takes them (NAME or NAME@POINT). Default: the paper's "
+                   "patch-level qgsa, random, norm and every registered selector at its default insertion point "
+                   "(downsample is left out: it keeps the whole image at a lower resolution, no patches to ground). "
+                   + PIPELINE_HELP),
+    budgets: GroundingBudgets = [],
+    k: Optional[int] = typer.Option(None, help="One budget (as --budgets K); default: f_comp per question."),
     batch: QuestionBatch = 8,
-    out: Path = typer.Option(Path("results/grounding"), help="Results folder (grounding.csv, .jsonl, table3.md, "
-                                                             "selections.png)."),
+    out: Path = typer.Option(Path("results/grounding"), help="Results folder (grounding.csv, .jsonl, pairs.csv, "
+                                                             "table3.md, selections.png)."),
     overwrite: Overwrite = False,
 ):
-    """IoU of the selected patches' convex hull with the referent's box: qgsa, random, norm, oracle (Table 3)."""
-    from qgsa_bench.experiments.grounding import run_grounding
+    """Where each selector looks: IoU of its kept patches' hull with the referent's box, pointing game, share of
+    the kept patches in the box, for every selector at every budget, beside the oracle (Table 3)."""
+    from qgsa_bench.config import SelectorCheckpoints as Checkpoints
+    from qgsa_bench.experiments.grounding import GroundingConfig, run_grounding
 
-    cfg = eval_config(model=model, dataset=dataset, **evaluation, pipelines=("qgsa",), k=k, batch=batch, out=out,
-                      overwrite=overwrite)
-    run = warned_when_started(run_grounding, untrained(cfg.specs, cfg.k, lambda spec: cfg.checkpoint))
-    run_and_show(run, cfg, warn=warn, table="table3.md",
-                 files=("grounding.csv", "grounding.jsonl", "pairs.csv", "table3.md", "selections.png", "meta.json"))
+    options = {key: text_or_none(value) if isinstance(value, Path) else value for key, value in evaluation.items()}
+    checkpoints = Checkpoints(tuple(options.pop("checkpoint") or ()))
+    cfg = GroundingConfig(model=model, dataset=dataset, **options, pipelines=pipeline_list(pipelines or ""),
+                          budgets=ints("--budgets", budgets) if budgets else (), k=k, checkpoint=checkpoints.default,
+                          checkpoints=checkpoints.by_selector, batch=batch, out=str(out), overwrite=overwrite)
+    fixed = cfg.budget_list != (None,)
+    reading = [spec for spec in cfg.specs if spec.selector.uses_module or not fixed]  # whose selection the module makes
+    message = untrained(reading, 1 if fixed else None, lambda spec: cfg.checkpoints.get(spec.selector.name)
+                        or cfg.checkpoint, "--checkpoint [SELECTOR=]PATH")
+    run_and_show(warned_when_started(run_grounding, message), cfg, warn=warn, table="table3.md",
+                 files=("grounding.csv", "grounding.jsonl", "pairs.csv", "table3.md", "selections.png", "pair.png",
+                        "meta.json"))
 
 
 @command("shapes", group=data_app)

@@ -30,6 +30,10 @@ Resolution = Annotated[Optional[int], typer.Option(help="Square input size in px
 Checkpoint = Annotated[Optional[Path], typer.Option(help="QGSA checkpoint from `qgsa train` (else a random-init "
                                                          "module; trained ones for results/shapes/base-model are "
                                                          "in results/shapes/checkpoints/).")]
+SelectorCheckpoints = Annotated[list[str], typer.Option(
+    "--checkpoint", metavar="[SELECTOR=]PATH", help="QGSA checkpoint from `qgsa train`: PATH for every pipeline using "
+    "the QGSA module, or SELECTOR=PATH for one (e.g. qgsa-vision=runs/v.pt); repeatable. Trained ones for "
+    "results/shapes/base-model are in results/shapes/checkpoints/.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Empty --out of an earlier run first (else: the same "
                                          "run resumes, another run is refused).")]
 Pipelines = Annotated[str, typer.Option(help="Comma-separated: " + PIPELINE_HELP)]
@@ -110,6 +114,10 @@ class OptionBlock:
         """The same options, some with a command's own default (sweep-resolution: --reps auto)."""
         return OptionBlock(self.name, **{name: (kind, defaults.get(name, default))
                                          for name, (kind, default) in self.options.items()})
+
+    def with_options(self, **options: tuple[object, object]) -> OptionBlock:
+        """The same options, some declared otherwise for one command (grounding: a repeatable --checkpoint)."""
+        return OptionBlock(self.name, **{**self.options, **options})
 
 
 # how sweep-resolution, sweep-budget and ablate time a run (see measure.measure_config)

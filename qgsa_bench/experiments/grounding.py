@@ -1,58 +1,157 @@
-"""`qgsa grounding`: does the selection land on the referred object? (the paper's Table 3)
+"""`qgsa grounding`: does a selection land on the object the question asks about? (the paper's Table 3, for
+every selector)
 
-For every sample with a box: the convex hull of the selected patches, mapped back to the original
-image's pixels, against the ground-truth box (IoU). Selectors at the same k per sample: qgsa,
-random, norm, and the oracle (the best rectangular hull of k patches: the ceiling).
+For every sample with a box, every pipeline (`NAME[@POINT]`, as `qgsa eval` takes them) runs the one stage
+sequence (`Run.prepare`, no decoding) at every budget, and the patches behind its kept visual tokens
+(`Result.selected_patches`: indices in the image's raster frame, whatever stage chose them, in-LM selectors
+included) are compared with the referent's box, in the original image's pixels:
+
+    IoU            of the kept patches' convex hull with the box (`metrics.hull_iou`)
+    pointing game  the kept patch nearest the centroid of the kept patches points; a hit when its centre lies
+                   in the box (`metrics.pointing_hit`); defined on the kept set alone, so alike for every selector
+    share in box   the share of the kept patches whose centre lies in the box (`metrics.share_in_box`)
+
+A budget counts what the pipeline's budget counts (`Run.units`): patches for the seed paper's patch-level
+`qgsa`, `random`, `norm`, visual tokens (s x s patches each) for every other selector; without --budgets or
+--k each pipeline takes f_comp(q)'s budget per question. VisionZip's merged contextual tokens average patches
+from all over the image: only its selected (dominant) tokens are grounded. Random selectors draw per sample
+(`Run.sample_seeds`): a sample has one selection in any batch. Beside them at every budget, the oracle: the
+best selection of at most k patches whose hull is a grid-aligned rectangle (`metrics.oracle_patches`, the
+IoU ceiling): `oracle` at k = b patches, `oracle@tokens` at k = b x s^2 patches (b visual tokens).
+
+Writes grounding.jsonl (one record per (sample, pipeline, budget), appended as each batch finishes; a rerun
+resumes), grounding.csv (one row per pipeline x budget x question type), pairs.csv (two questions about
+different objects of one image: do the two selections differ?) and meta.json (pipelines, budgets, units).
 """
 
 from __future__ import annotations
 
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
 
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
-from qgsa_bench.config import EvalConfig
 from qgsa_bench.data import load_dataset
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.evaluate import batches
-from qgsa_bench.metrics import hull_iou, oracle_patches
-from qgsa_bench.results import run_meta
+from qgsa_bench.metrics import hull_iou, oracle_patches, pointing_hit, share_in_box
+from qgsa_bench.results import read_meta, run_meta
+from qgsa_bench.run.spec import check_options, parse_spec, parse_specs
 
-SELECTORS = ("qgsa", "random", "norm", "oracle")
-PAIR_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "n_pairs", "mean_jaccard",
-                "share_in_own_box", "share_in_other_box", "resolution", "note"]
-GROUNDING_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "question_type", "n",
-                     "mean_iou", "median_iou", "acc_iou_0_5", "k_mean", "resolution", "note"]
-GROUNDED = "grounding.jsonl"  # one record per sample, appended as each batch finishes
-GROUNDING_TABLE = Table("grounding.csv", tuple(GROUNDING_COLUMNS), ("selector", "question_type"))
-PAIR_TABLE = Table("pairs.csv", tuple(PAIR_COLUMNS), ("selector",))
-
-
-@torch.no_grad()
-def select_all(built, images, questions, resolution: int, k, boxes, sizes, ids) -> dict[str, list[list[int]]]:
-    """Selected patch indices per selector for a batch, through the run's own vision and select stages on one
-    encoding of the batch; random and norm use QGSA's k per sample; random draws per sample (`ids`)."""
-    a = built.adapter
-    runs = {name: built.run(name) for name in SELECTORS[:3]}
-    q = runs["qgsa"].question(questions)
-    enc = runs["qgsa"].encode(a.pixel_values(images, resolution), q)  # V (B, N, d_v), shared
-    qgsa = runs["qgsa"].select(enc, q, k).selection
-    ks = qgsa.k
-    with runs["random"].draws(runs["random"].sample_seeds(ids)):
-        picks = {"qgsa": qgsa, "random": runs["random"].select(enc, q, ks).selection,
-                 "norm": runs["norm"].select(enc, q, ks).selection}
-    out = {name: [sel.indices[b][sel.valid[b]].tolist() for b in range(len(images))] for name, sel in picks.items()}
-    grid = resolution // a.patch_size
-    out["oracle"] = [oracle_patches(grid, w, h, box, int(kb)) for (w, h), box, kb in zip(sizes, boxes, ks)]
-    return out
+ORACLE = "oracle"  # at k = b patches (beside the patch-level pipelines)
+ORACLE_TOKENS = "oracle@tokens"  # at k = b x s^2 patches: b visual tokens' worth (beside every other selector)
+PATCH_LEVEL = ("qgsa", "random", "norm")  # the seed paper's pipelines, typed without @
+PAIR_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "budget", "budget_unit",
+                "n_pairs", "mean_jaccard", "share_in_own_box", "share_in_other_box", "resolution", "note"]
+GROUNDING_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "point", "question_guided",
+                     "budget", "budget_unit", "question_type", "n", "mean_iou", "median_iou", "acc_iou_0_5",
+                     "pointing", "share_in_box", "kept_patches_mean", "k_mean", "resolution", "note"]
+GROUNDED = "grounding.jsonl"  # one record per (sample, pipeline, budget), appended as each batch finishes
+GROUNDING_TABLE = Table("grounding.csv", tuple(GROUNDING_COLUMNS), ("selector", "budget", "question_type"))
+PAIR_TABLE = Table("pairs.csv", tuple(PAIR_COLUMNS), ("selector", "budget"))
+DATA_FIELDS = {"dataset": "shapes", "data_dir": None, "split": None, "limit": None, "skip_bad": False, "seed": 0}
+POINTING_RULE = ("the kept patch nearest the centroid of the kept patches' centres points; a hit when its centre "
+                 "lies in the box")
 
 
-def box_samples(cfg: EvalConfig):
-    """(the data set, its first `cfg.limit` samples with a box): the samples a grounding run reads, the same
-    for `qgsa report` drawing them again. Raises QGSAError where none has a box."""
+def default_pipelines() -> tuple[str, ...]:
+    """The seed paper's patch-level `qgsa`, `random`, `norm`, then every registered selector that keeps a subset
+    of the patches, at its default insertion point (`random@post-vision`, `fastv`, `qgsa-vision`, ...). Left
+    out: `dense` and `dense-bypass` (they keep every patch) and `downsample` (it keeps the whole image at a
+    lower resolution: no patch of the image is chosen, so there is nothing to ground)."""
+    from qgsa_bench.selectors.registry import REGISTRY
+
+    names = list(PATCH_LEVEL)
+    for name, cls in REGISTRY.items():
+        selector = cls()
+        if selector.keeps_all or "input" in selector.points:
+            continue
+        names.append(f"{name}@{selector.points[0]}" if selector.patch_form else name)
+    return tuple(names)
+
+
+@dataclass
+class GroundingConfig:
+    """`qgsa grounding`: a model, a data set with boxes, pipelines and budgets. `budgets` count each pipeline's
+    units (`Run.units`); empty: `k` as the one budget, or without it f_comp(q)'s budget per question.
+    `pipelines` empty: `default_pipelines()`. `checkpoints`: a selector's own QGSA checkpoint by selector name
+    (`qgsa-vision=PATH`, as sweep-budget takes them); `checkpoint` serves every other QGSA pipeline. Raises
+    QGSAError (one line) for a pipeline that selects nothing to ground, a budget below 1, --k with --budgets,
+    a checkpoint no pipeline reads."""
+
+    model: str = "smolvlm-256m"
+    dataset: str = "shapes"
+    data_dir: str | None = None
+    split: str | None = None
+    limit: int | None = None
+    skip_bad: bool = False
+    pipelines: tuple[str, ...] = ()  # empty: default_pipelines()
+    budgets: tuple[int, ...] = ()
+    k: int | None = None
+    weights: str = "auto"
+    checkpoint: str | None = None
+    checkpoints: dict = field(default_factory=dict)
+    batch: int = 8
+    device: str = "auto"
+    dtype: str = "fp32"
+    resolution: int | None = None
+    seed: int = 0
+    out: str = "results/grounding"
+    overwrite: bool = False
+
+    def __post_init__(self):
+        if self.batch < 1:
+            raise QGSAError(f"--batch must be at least 1, got {self.batch}")
+        if self.limit is not None and self.limit < 1:
+            raise QGSAError(f"--limit must be at least 1, got {self.limit}")
+        if self.k is not None and self.budgets:
+            raise QGSAError("give the budgets once: --k B (one budget) or --budgets B1 B2 ..., not both")
+        if self.k is not None and self.k < 1:
+            raise QGSAError(f"--k must be at least 1, got {self.k}")
+        if any(b < 1 for b in self.budgets):
+            raise QGSAError(f"--budgets need positive integers (patches or visual tokens), got {list(self.budgets)}")
+        self.budgets = tuple(sorted(set(self.budgets)))
+        self.pipelines = tuple(self.pipelines)
+        self.specs = parse_specs(self.pipelines or default_pipelines())  # parsed once (not a field)
+        labels = [s.text for s in self.specs]
+        if len(set(labels)) < len(labels):
+            raise QGSAError(f"--pipelines names {next(x for x in labels if labels.count(x) > 1)} twice: give it once")
+        for spec in self.specs:
+            grounded(spec)
+        fixed = "--budgets" if self.budgets else "--k"
+        check_options(self.specs, None if self.budget_list == (None,) else 1, self.checkpoint, fixed)
+        unknown = [n for n in self.checkpoints if n not in {s.selector.name for s in self.specs}]
+        if unknown:
+            raise QGSAError(f"--checkpoint {unknown[0]}=...: no pipeline '{unknown[0]}' in --pipelines")
+
+    @property
+    def budget_list(self) -> tuple[int | None, ...]:
+        """The budgets every pipeline runs at: --budgets, else (--k,), else (None,): f_comp(q)'s per question."""
+        return self.budgets or (self.k,)
+
+    def settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "device", "overwrite")}
+
+
+def grounded(spec) -> None:
+    """Raises QGSAError (one line saying what to do) for a pipeline with no patches to ground: one that keeps
+    every patch, or downsampling, which keeps the whole image at a lower resolution."""
+    if spec.selector.keeps_all:
+        raise QGSAError(f"{spec.text} keeps every patch, so there is no selection to ground: drop it from --pipelines")
+    if "input" in spec.selector.points:
+        raise QGSAError(f"{spec.text} keeps the whole image at a lower resolution: it chooses no patches, so there "
+                        f"is nothing to ground; drop it from --pipelines")
+
+
+def box_samples(cfg):
+    """(the data set, its first `cfg.limit` samples with a box): the samples a grounding run reads, the same for
+    `qgsa report` drawing them again. `cfg`: anything with the DATA_FIELDS attributes (GroundingConfig,
+    EvalConfig, `settings_samples`). Raises QGSAError where none has a box."""
     # shapes: about half the questions have a box, so generate enough; file data sets: boxes on all
     limit = None if cfg.limit is None else (4 * cfg.limit if cfg.dataset == "shapes" else cfg.limit)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, limit, cfg.skip_bad, cfg.seed)
@@ -62,117 +161,291 @@ def box_samples(cfg: EvalConfig):
     return data, samples
 
 
-def run_grounding(cfg: EvalConfig, progress=None, warn=None) -> Path:
+def settings_samples(settings: dict):
+    """`box_samples` of the data a grounding run's meta.json `settings` name (either format)."""
+    return box_samples(SimpleNamespace(**{k: settings.get(k, default) for k, default in DATA_FIELDS.items()}))
+
+
+def _key(record: dict) -> tuple:
+    return record["id"], record["pipeline"], record.get("budget")
+
+
+def _runs(cfg: GroundingConfig, built, warn=None) -> dict:
+    """label -> Run, each on the engine of its own checkpoint (`--checkpoint SELECTOR=PATH`). Of the default
+    pipelines, a QGSA selector whose checkpoint was trained at another insertion point sits where it was trained
+    (`qgsa-vision@vision:2`) when it can, else is left out (`warn` says why); a pipeline the user named is
+    refused instead (QGSAError)."""
+    from qgsa_bench.experiments.budget import _engines
+
+    engines = _engines(cfg, built)
+    runs = {}
+    for spec in cfg.specs:
+        engine = engines.get(spec.selector.name, built.engine)
+        try:
+            run = engine.run(spec)
+        except QGSAError as err:
+            trained = getattr(engine.module, "trained_at", None)
+            if cfg.pipelines or not trained:
+                raise
+            if spec.point is None and not spec.patches and trained.partition(":")[0] in spec.selector.points:
+                run = engine.run(parse_spec(f"{spec.text}@{trained}"))
+            else:
+                if warn:
+                    warn(f"{spec.text} left out: {err}")
+                continue
+        runs[run.label] = run
+    if not runs:
+        raise QGSAError("no pipeline is left to ground: give --pipelines, or a --checkpoint trained where they sit")
+    return runs
+
+
+def run_grounding(cfg: GroundingConfig, progress=None, warn=None) -> Path:
+    """Ground every pipeline at every budget into `cfg.out` (module docstring); the folder. Resumes an
+    interrupted run of the same settings. Raises QGSAError before any work for bad input (a budget outside a
+    pipeline's 1..n, a checkpoint trained elsewhere, data without boxes)."""
     with Results(cfg.out, "grounding", cfg.settings(), cfg.overwrite) as res:
         data, samples = box_samples(cfg)
-        done = {r["id"]: r for r in res.read_records(GROUNDED)}  # an interrupted run's finished batches
-        if all(s.id in done for s in samples) and res.path(GROUNDING_TABLE.file).exists():
+        done = {_key(r): r for r in res.read_records(GROUNDED)}  # an interrupted run's finished batches
+        before = read_meta(res.out) or {}
+        if before.get("pipelines") and res.path(GROUNDING_TABLE.file).exists() and all(
+                (s.id, p, b) in done for s in samples for p in before["pipelines"] for b in cfg.budget_list):
             res.finished(f"the grounding of {len(samples)} boxes")
         built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
-        requested = cfg.resolution or built.adapter.image_size
-        resolution = built.run("qgsa").check(requested, cfg.k)  # every pipeline's (the dense path's) size
-        grid = int(built.adapter.n_patches(resolution) ** 0.5)
+        runs = _runs(cfg, built, warn)
+        a = built.adapter
+        requested = cfg.resolution or a.image_size
+        resolution = next(iter(runs.values())).check(requested)
+        for run in runs.values():  # every (pipeline, budget) checked before any work
+            for b in cfg.budget_list:
+                run.check(requested, b)
+        N = a.n_patches(resolution)
+        grid = int(N ** 0.5)
+        s2 = a.unit_patches(N).shape[1]
+        units = {label: run.units(resolution)[1] for label, run in runs.items()}
+        oracles = [name for name, unit in ((ORACLE, "patches"), (ORACLE_TOKENS, "visual tokens"))
+                   if unit in units.values()]
+        units.update({ORACLE: "patches", ORACLE_TOKENS: "visual tokens"})
+        labels = [*runs, *oracles]
         note = "RANDOM base weights: the selections mean nothing" if built.loaded.weights == "random" else ""
+        own = {label: f"checkpoint:{cfg.checkpoints[run.spec.selector.name]}"
+               for label, run in runs.items() if run.spec.selector.name in cfg.checkpoints}
         meta = res.write_meta(run_meta(
             built, **{**data.meta(), "n_samples": len(samples)}, requested_resolution=requested,
-            resolution=resolution, grid=grid, note=note,
-            oracle="best IoU over selections of <= k patches whose hull is a grid-aligned rectangle"))
+            resolution=resolution, grid=grid, unit_patches=s2, pipelines=labels,
+            budgets=[b if b is not None else "f_comp" for b in cfg.budget_list],
+            budget_units={label: units[label] for label in labels}, qgsa_checkpoints=dict(cfg.checkpoints),
+            note=note, pointing=POINTING_RULE,
+            oracle="best IoU over selections of <= k patches whose hull is a grid-aligned rectangle; k = b patches "
+                   f"(oracle) or b x {s2} patches (oracle@tokens, b visual tokens)",
+            visionzip="only the selected (dominant) tokens are grounded; the merged contextual tokens are not"))
         if progress:
-            progress(f"{data.name}: {len(samples)} boxes", -len(samples))
-            if done:
-                progress("resumed", sum(s.id in done for s in samples))
-        records, samples = ground(built, data, samples, resolution, grid, cfg, progress, done,
+            progress(f"{data.name}: {len(samples)} boxes x {len(runs)} pipelines x {len(cfg.budget_list)} budgets",
+                     -len(samples))
+            finished = sum(all((s.id, p, b) in done for p in labels for b in cfg.budget_list) for s in samples)
+            if finished:
+                progress("resumed", finished)
+        plan = Plan(runs, oracles, cfg.budget_list, resolution, grid, s2)
+        records, samples = ground(built, data, samples, plan, cfg.batch, progress, done,
                                   lambda new: res.append_records(GROUNDED, new))
         res.write_meta({**meta, **data.meta(), "n_samples": len(samples)})
         base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
                 "dataset": data.name, "split": data.split, "resolution": resolution, "note": note}
-        res.replace(GROUNDING_TABLE, summary_rows(records, base))
-        pairs, _ = question_pairs(records, grid)
+        info = {label: describe_pipeline(run, own.get(label)) for label, run in runs.items()}
+        info.update({name: {"point": "–", "question_guided": False} for name in oracles})
+        order = [(label, b) for label in labels for b in cfg.budget_list]
+        res.replace(GROUNDING_TABLE, summary_rows(records, base, info, order, units))
+        pairs = question_pairs(records, grid)
         if pairs:
-            res.replace(PAIR_TABLE, [{**base, **row} for row in pairs])
+            res.replace(PAIR_TABLE, [{**base, **({"qgsa_weights": own[r["selector"]]} if r["selector"] in own else {}),
+                                      **r} for r in pairs])
     return res.out
 
 
-def ground(built, data, samples, resolution: int, grid: int, cfg: EvalConfig, progress=None, done=None,
-           save=None):
-    """(one record per readable sample: every selector's patches and IoU, the samples behind them), in the
-    samples' order. `done` (id -> record): finished by an interrupted run, kept; `save`: receives each batch's
-    new records when the batch finishes."""
+def describe_pipeline(run, checkpoint: str | None = None) -> dict:
+    """Where a pipeline's selection sits, whether it reads the question, and the QGSA weights it reads where it
+    has its own checkpoint (`checkpoint`, `--checkpoint SELECTOR=PATH`)."""
+    from qgsa_bench.experiments.budget import describe
+
+    described = describe(run)
+    return {"point": described["point"], "question_guided": described["question_guided"],
+            **({"qgsa_weights": checkpoint} if checkpoint else {})}
+
+
+@dataclass
+class Plan:
+    """What a grounding run selects: `runs` (label -> Run), the oracle labels, the budgets (None: f_comp's per
+    question), the encoder resolution, the patch grid (grid x grid = N patches) and s^2, the patches of a
+    visual token."""
+
+    runs: dict
+    oracles: list
+    budgets: tuple
+    resolution: int
+    grid: int
+    s2: int
+
+
+@torch.no_grad()
+def select_batch(plan: Plan, built, images, samples, todo) -> list[dict]:
+    """The records of one batch: for every pipeline and budget `todo(sample_id, label, budget)` holds, the kept
+    patches of each sample (`Result.selected_patches`, indices in [0, N)) and their metrics (`record`), from one
+    `Run.prepare` over the samples that need it; random selectors draw per sample (`Run.sample_seeds`). The
+    oracle's k: b patches (`oracle`), b x s^2 (`oracle@tokens`); without a budget, f_comp(q)'s per question."""
+    questions = [s.question for s in samples]
+    sizes = [img.size for img in images]
+    out = []
+    for label, run in plan.runs.items():
+        unit = run.units(plan.resolution)[1]
+        for budget in plan.budgets:
+            need = [i for i, s in enumerate(samples) if todo(s.id, label, budget)]
+            if not need:
+                continue
+            result = run.prepare([images[i] for i in need], [questions[i] for i in need], plan.resolution, budget,
+                                 new_tokens=0, seeds=run.sample_seeds([samples[i].id for i in need]))
+            for j, i in enumerate(need):
+                merged = result.merged_patches(j)
+                extra = {} if merged is None else {"merged_tokens": len(merged)}
+                out.append(record(samples[i], sizes[i], label, budget, unit, result.kept(j),
+                                  result.selected_patches(j), plan.grid, extra))
+    for label in plan.oracles:
+        tokens = label == ORACLE_TOKENS
+        for budget in plan.budgets:
+            need = [i for i, s in enumerate(samples) if todo(s.id, label, budget)]
+            if not need:
+                continue
+            ks = oracle_budgets(plan, built, [questions[i] for i in need], budget, tokens)
+            for j, i in enumerate(need):
+                (w, h), box = sizes[i], samples[i].box
+                patches = _oracle(plan.grid, w, h, box, ks[j])
+                out.append(record(samples[i], sizes[i], label, budget, "visual tokens" if tokens else "patches",
+                                  ks[j] // plan.s2 if tokens else ks[j], patches, plan.grid))
+    return out
+
+
+def oracle_budgets(plan: Plan, built, questions: list[str], budget, tokens: bool) -> list[int]:
+    """The oracle's k in patches per question: `budget` patches, or `budget` x s^2 for a token budget; None:
+    f_comp(q)'s budget (the default QGSA module's, counted in patches or in visual tokens x s^2)."""
+    if budget is not None:
+        return [budget * plan.s2 if tokens else budget] * len(questions)
+    run = built.run("random")  # reads the module's f_comp only (no scorer, so no insertion point to check)
+    n = run.adapter.n_patches(plan.resolution) // (plan.s2 if tokens else 1)
+    ks = run.default_budget(run.question(questions), n).tolist()
+    return [int(k) * (plan.s2 if tokens else 1) for k in ks]
+
+
+def _oracle(grid: int, width: float, height: float, box, k: int) -> list[int]:
+    # its selection holds at most 4 patches (a rectangle's corners), so every k >= 4 gives the same one
+    return list(_oracle_cached(grid, float(width), float(height), tuple(box), min(int(k), 4)))
+
+
+@lru_cache(maxsize=4096)
+def _oracle_cached(grid: int, width: float, height: float, box: tuple, k: int) -> tuple[int, ...]:
+    return tuple(oracle_patches(grid, width, height, list(box), k))
+
+
+def record(sample, size, label: str, budget, unit: str, kept, patches: list[int], grid: int,
+           extra: dict | None = None) -> dict:
+    """One (sample, pipeline, budget) record: the sample's question and box (original pixels [x, y, w, h]),
+    `k` (units kept: patches or visual tokens), the kept `patches` (indices in [0, grid^2)), and the
+    three metrics on them: `iou` (0..1), `pointing` (0 or 1), `share_in_box` (0..1)."""
+    w, h = size
+    return {"id": sample.id, "pipeline": label, "budget": budget, "unit": unit, "question": sample.question,
+            "question_type": sample.question_type, "box": list(sample.box), "width": w, "height": h,
+            "image_index": sample.extra.get("image_index"), "referent": sample.extra.get("referent"),
+            "k": None if kept is None else int(kept), "n_patches": len(patches), "patches": patches,
+            "iou": round(hull_iou(patches, grid, w, h, sample.box), 6),
+            "pointing": int(pointing_hit(patches, grid, w, h, sample.box)),
+            "share_in_box": round(share_in_box(patches, grid, w, h, sample.box), 6), **(extra or {})}
+
+
+def ground(built, data, samples, plan: Plan, batch: int, progress=None, done=None, save=None):
+    """(every record of the readable samples, those samples), in the samples' order. `done` ((id, pipeline,
+    budget) -> record): finished by an interrupted run, kept; `save`: receives each batch's new records when
+    the batch finishes. Raises QGSAError when no image could be read."""
     done = done or {}
-    new = {}
-    for batch in batches([s for s in samples if s.id not in done], cfg.batch):
-        chunk, images = data.open_images(batch)
-        records = []
-        sizes = [img.size for img in images]
-        picks = select_all(built, images, [s.question for s in chunk], resolution, cfg.k,
-                           [s.box for s in chunk], sizes, [s.id for s in chunk]) if chunk else {}
-        for b, sample in enumerate(chunk):
-            w, h = sizes[b]
-            record = {"id": sample.id, "question": sample.question, "question_type": sample.question_type,
-                      "box": list(sample.box), "width": w, "height": h, "k": len(picks["qgsa"][b]),
-                      "image_index": sample.extra.get("image_index"), "referent": sample.extra.get("referent")}
-            for name in SELECTORS:
-                record[f"{name}_patches"] = picks[name][b]
-                record[f"{name}_iou"] = hull_iou(picks[name][b], grid, w, h, sample.box)
-            records.append(record)
-        new.update((r["id"], r) for r in records)
+    labels = [*plan.runs, *plan.oracles]
+    keys = [(label, b) for label in labels for b in plan.budgets]
+    new: dict[tuple, dict] = {}
+    complete = lambda sid: all((sid, label, b) in done for label, b in keys)  # noqa: E731
+    todo = [s for s in samples if not complete(s.id)]
+    for part in batches(todo, batch):
+        chunk, images = data.open_images(part)
+        records = select_batch(plan, built, images, chunk, lambda sid, label, b: (sid, label, b) not in done) \
+            if chunk else []
+        new.update((_key(r), r) for r in records)
         if save and records:
             save(records)
         if progress:
-            progress(f"grounding {len(done) + len(new)}/{len(samples)}", len(batch))
-    kept = [s for s in samples if s.id in done or s.id in new]
+            progress(f"grounding {len(samples) - len(todo) + len({r['id'] for r in new.values()})}/{len(samples)}",
+                     len(part))
+    everything = {**done, **new}
+    kept = [s for s in samples if all((s.id, label, b) in everything for label, b in keys)]
     if not kept:
         raise QGSAError(f"{data.name} split '{data.split}': no image could be read ({data.skipped} skipped)")
-    return [done.get(s.id) or new[s.id] for s in kept], kept
+    return [everything[(s.id, label, b)] for s in kept for label, b in keys], kept
 
 
-def summary_rows(records: list[dict], base: dict) -> list[dict]:
-    """IoU per selector, overall and per question type (percent)."""
+def summary_rows(records: list[dict], base: dict, info: dict, order: list[tuple], units: dict) -> list[dict]:
+    """One row per (pipeline, budget) of `order` and question type ('all' first): n, IoU (mean, median, share
+    >= 0.5), pointing hit rate and share of kept patches in the box, all in percent; the mean kept patches and
+    the mean budget in the pipeline's units (`k_mean`). `info`: label -> point, question_guided (and its own
+    qgsa_weights); `units`: label -> 'patches' or 'visual tokens'."""
     rows = []
-    for qtype in ["all", *sorted({r["question_type"] for r in records} - {""})]:
-        part = [r for r in records if qtype == "all" or r["question_type"] == qtype]
-        for name in SELECTORS:
-            ious = [r[f"{name}_iou"] for r in part]
-            rows.append({**base, "selector": name, "question_type": qtype, "n": len(part),
-                         "mean_iou": 100 * float(np.mean(ious)), "median_iou": 100 * float(np.median(ious)),
+    types = ["all", *sorted({r["question_type"] for r in records} - {"", None})]
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["pipeline"], r.get("budget")), []).append(r)
+    for label, budget in order:
+        for qtype in types:
+            part = [r for r in groups.get((label, budget), []) if qtype == "all" or r["question_type"] == qtype]
+            if not part:
+                continue
+            ious = [r["iou"] for r in part]
+            rows.append({**base, **info[label], "selector": label, "budget": budget, "budget_unit": units[label],
+                         "question_type": qtype, "n": len(part), "mean_iou": 100 * float(np.mean(ious)),
+                         "median_iou": 100 * float(np.median(ious)),
                          "acc_iou_0_5": 100 * float(np.mean([iou >= 0.5 for iou in ious])),
-                         "k_mean": float(np.mean([r["k"] for r in part]))})
+                         "pointing": 100 * float(np.mean([r["pointing"] for r in part])),
+                         "share_in_box": 100 * float(np.mean([r["share_in_box"] for r in part])),
+                         "kept_patches_mean": float(np.mean([r["n_patches"] for r in part])),
+                         "k_mean": float(np.mean([r["k"] for r in part if r["k"] is not None] or [np.nan]))})
     return rows
 
 
-def _centers_inside(indices, grid: int, width: float, height: float, box) -> float:
-    """Share of the patches whose centre lies inside box [x, y, w, h] (original pixels)."""
-    if not indices:
-        return 0.0
-    x, y, w, h = box
-    inside = 0
-    for i in indices:
-        cx, cy = (i % grid + 0.5) * width / grid, (i // grid + 0.5) * height / grid
-        inside += (x <= cx <= x + w) and (y <= cy <= y + h)
-    return inside / len(indices)
-
-
-def question_pairs(records: list[dict], grid: int) -> tuple[list[dict], list[tuple[int, int]]]:
-    """Question-dependence: for two questions on one image about different objects, the Jaccard overlap
-    of their selected sets and the share of each set inside its own object's box (vs the other's).
-    For `random` the two sets are two independent draws: the chance level."""
+def pair_indices(records: list[dict]) -> list[tuple[int, int]]:
+    """Index pairs into `records` (of one selection each sample): the first two questions of an image that
+    ask about different objects (image_index, referent)."""
     by_image: dict[int, list[int]] = {}
     for i, r in enumerate(records):
         if r.get("image_index") is not None and r.get("referent") is not None:
             by_image.setdefault(r["image_index"], []).append(i)
-    pairs = [(idx[0], idx[1]) for idx in by_image.values()
-             if len(idx) >= 2 and records[idx[0]]["referent"] != records[idx[1]]["referent"]]
+    return [(idx[0], idx[1]) for idx in by_image.values()
+            if len(idx) >= 2 and records[idx[0]]["referent"] != records[idx[1]]["referent"]]
+
+
+def question_pairs(records: list[dict], grid: int) -> list[dict]:
+    """Question dependence, per (pipeline, budget): for two questions on one image about different objects, the
+    Jaccard overlap of their kept patches and the share (0..1) of each set inside its own object's box (vs the
+    other's). For random selectors the two sets are two independent draws: the chance level. The oracle reads
+    the box, not the question: left out."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        if r["pipeline"] not in (ORACLE, ORACLE_TOKENS):
+            groups.setdefault((r["pipeline"], r.get("budget")), []).append(r)
     rows = []
-    for name in SELECTORS[:3]:
+    for (label, budget), part in groups.items():
+        pairs = pair_indices(part)
+        if not pairs:
+            continue
         jac, own, other = [], [], []
         for a, b in pairs:
-            ra, rb = records[a], records[b]
-            sa, sb = set(ra[f"{name}_patches"]), set(rb[f"{name}_patches"])
+            ra, rb = part[a], part[b]
+            sa, sb = set(ra["patches"]), set(rb["patches"])
             jac.append(len(sa & sb) / max(len(sa | sb), 1))
             for r, s_own, r_other in ((ra, sa, rb), (rb, sb, ra)):
-                own.append(_centers_inside(sorted(s_own), grid, r["width"], r["height"], r["box"]))
-                other.append(_centers_inside(sorted(s_own), grid, r["width"], r["height"], r_other["box"]))
-        if pairs:
-            rows.append({"selector": name, "n_pairs": len(pairs), "mean_jaccard": float(np.mean(jac)),
-                         "share_in_own_box": float(np.mean(own)), "share_in_other_box": float(np.mean(other))})
-    return rows, pairs
+                own.append(share_in_box(sorted(s_own), grid, r["width"], r["height"], r["box"]))
+                other.append(share_in_box(sorted(s_own), grid, r["width"], r["height"], r_other["box"]))
+        rows.append({"selector": label, "budget": budget, "budget_unit": part[0]["unit"], "n_pairs": len(pairs),
+                     "mean_jaccard": float(np.mean(jac)), "share_in_own_box": float(np.mean(own)),
+                     "share_in_other_box": float(np.mean(other))})
+    return rows

@@ -18,8 +18,9 @@ from qgsa_bench.report.figures import (figure_ablation, figure_batch_scaling, fi
                                        pareto_figure)
 from qgsa_bench.report.make import make_report
 from qgsa_bench.report.render import render_folder
-from qgsa_bench.report.tables import (budget_markdown, count_markdown, eval_markdown, grounding_markdown,
-                                      pairs_markdown, table4_markdown, table5_markdown, write_table4)
+from qgsa_bench.report.grounding import grounding_markdown, pairs_markdown
+from qgsa_bench.report.tables import (budget_markdown, count_markdown, eval_markdown, table4_markdown,
+                                      table5_markdown, write_table4)
 
 __all__ = [
     "budget_markdown", "count_markdown", "eval_markdown", "figure_ablation", "figure_batch_scaling",

@@ -10,8 +10,9 @@ from qgsa_bench.report.discover import RESULT_NAMES, SEARCHED, find_results, loa
 from qgsa_bench.report.figures import (figure_ablation, figure_batch_scaling, figure_flops_reduction, figure_latency,
                                        figure_pareto, figure_speedup, figure_stages)
 from qgsa_bench.report.render import grounding_figures
-from qgsa_bench.report.tables import (budget_markdown, count_markdown, eval_markdown, grounding_markdown,
-                                      pairs_markdown, table4_markdown, table5_markdown)
+from qgsa_bench.report.grounding import grounding_markdown, pairs_markdown
+from qgsa_bench.report.tables import (budget_markdown, count_markdown, eval_markdown, table4_markdown,
+                                      table5_markdown)
 
 
 def make_report(folders: list[Path] | None, out: Path, warn=None) -> list[Path]:

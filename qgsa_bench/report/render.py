@@ -16,8 +16,9 @@ from pathlib import Path
 
 from qgsa_bench import QGSAError
 from qgsa_bench.report.discover import belongs, is_results_folder, load_folder
-from qgsa_bench.report.tables import (budget_markdown, count_markdown, eval_markdown, grounding_markdown,
-                                      pairs_markdown, table4_markdown, table5_markdown)
+from qgsa_bench.report.grounding import grounding_markdown, pairs_markdown
+from qgsa_bench.report.tables import (budget_markdown, count_markdown, eval_markdown, table4_markdown,
+                                      table5_markdown)
 
 FIGURE_SAMPLES = 4  # images in selections.png
 
@@ -59,13 +60,13 @@ GROUNDED = "grounding.jsonl"  # the per-sample selections the figures draw (expe
 
 def grounding_figures(folder: Path, meta: dict, shown: int = FIGURE_SAMPLES, out: Path | None = None,
                       suffix: str = "", warn=None) -> list[Path]:
-    """selections.png (the first `shown` samples: QGSA's patches and the box) and pair.png (the first two
-    questions about different objects of one image), on the images of the data set the run read, written
-    into `out` (default: the folder) as selections{suffix}.png and pair{suffix}.png. A folder from before
-    meta.json named the patch grid gives the figures it holds; none where its grounding.jsonl is not the
-    run's (`belongs`) or the data set cannot be read here (`warn` says which)."""
-    from qgsa_bench.config import EvalConfig
-    from qgsa_bench.experiments.grounding import box_samples, question_pairs
+    """selections.png (the first `shown` samples: one selector's kept patches and the box) and pair.png (the first
+    two questions about different objects of one image), on the images of the data set the run read, written
+    into `out` (default: the folder) as selections{suffix}.png and pair{suffix}.png. The selector drawn: `qgsa`
+    (else the run's first pipeline) at the run's first budget (`figure_records`). A folder from before meta.json
+    named the patch grid gives the figures it holds; none where its grounding.jsonl is not the run's (`belongs`)
+    or the data set cannot be read here (`warn` says which)."""
+    from qgsa_bench.experiments.grounding import pair_indices, settings_samples
     from qgsa_bench.report.cells import UNTRAINED, untrained
     from qgsa_bench.report.figures import figure_pair, figure_selections, model_name
 
@@ -76,27 +77,44 @@ def grounding_figures(folder: Path, meta: dict, shown: int = FIGURE_SAMPLES, out
         return _copied(folder, out, suffix)
     if not path.is_file() or not belongs(folder, meta, GROUNDED, warn):
         return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    records, label = figure_records([json.loads(line) for line in path.read_text().splitlines() if line.strip()], meta)
+    if not records:
+        return []
     try:
-        _, samples = box_samples(EvalConfig(**meta["settings"]))
+        _, samples = settings_samples(meta["settings"])
     except (QGSAError, OSError, TypeError) as err:
         if warn:
             warn(f"{folder}: no grounding figures, the data set its run read cannot be read here ({err})")
         return []
     by_id = {s.id: s for s in samples}
     title = f"{model_name(meta)} ({meta.get('weights', '?')} weights)"
-    flagged = untrained({"selector": "qgsa"}, meta)
-    qgsa, note = ((f"qgsa {UNTRAINED}", f"\n{UNTRAINED} untrained QGSA module (random-init, no checkpoint): not a result")
-                  if flagged else ("qgsa", ""))
+    flagged = untrained({"selector": label.partition(" ")[0]}, meta) and label.startswith("qgsa")
+    shown_label, note = ((f"{label} {UNTRAINED}", f"\n{UNTRAINED} untrained QGSA module (random-init, no checkpoint): "
+                          f"not a result") if flagged else (label, ""))
     items = [(by_id[r["id"]].open_image(), r) for r in records[:shown] if r["id"] in by_id]
     written = [figure_selections(items, grid, out / f"selections{suffix}.png",
-                                 title=f"{title}: {qgsa} (cyan) vs box (green){note}")]
-    _, pairs = question_pairs(records, grid)
+                                 title=f"{title}: {shown_label} (cyan) vs box (green){note}")]
+    pairs = pair_indices(records)
     if pairs:
         first, second = records[pairs[0][0]], records[pairs[0][1]]
         written.append(figure_pair(by_id[first["id"]].open_image(), first, second, grid, out / f"pair{suffix}.png",
-                                   title=f"{title}: two questions, one image, {qgsa} (cyan){note}"))
+                                   title=f"{title}: two questions, one image, {shown_label} (cyan){note}"))
     return written
+
+
+def figure_records(records: list[dict], meta: dict) -> tuple[list[dict], str]:
+    """(the records the figures draw, each with `qgsa_patches` and `qgsa_iou` as figures.py reads them; the label
+    of what they show). A grounding.jsonl of every selector (records with `pipeline`): `qgsa`'s (else the first
+    pipeline's) at the first budget; a folder from before: its qgsa records as they are."""
+    if not records or "pipeline" not in records[0]:
+        return records, "qgsa"
+    pipelines = meta.get("pipelines") or list(dict.fromkeys(r["pipeline"] for r in records))
+    label = "qgsa" if "qgsa" in pipelines else pipelines[0]
+    budget = next((None if b == "f_comp" else b for b in meta.get("budgets", [])), records[0].get("budget"))
+    chosen = [{**r, "qgsa_patches": r["patches"], "qgsa_iou": r["iou"]} for r in records
+              if r["pipeline"] == label and r.get("budget") == budget]
+    unit = "tokens" if chosen and chosen[0].get("unit") == "visual tokens" else "patches"
+    return chosen, label + ("" if budget is None else f" at {budget} {unit}")
 
 
 def _copied(folder: Path, out: Path, suffix: str) -> list[Path]:

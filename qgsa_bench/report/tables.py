@@ -1,5 +1,6 @@
 """The Markdown tables, one builder per results CSV: Table 4 (sweep), Table 5 (ablate), Tables 1-2 (eval),
-Table 3 and the question pairs (grounding), selectors at equal budgets (budget), counted FLOPs (flops).
+selectors at equal budgets (budget), counted FLOPs (flops); Table 3 and the question pairs (grounding) are in
+report/grounding.py.
 
 Each writer calls its builder when it finishes (table4.md, table.md, ...); `qgsa report` calls them all."""
 
@@ -161,40 +162,6 @@ def accuracy_cell(row, notes: Notes | None = None) -> str:
     return accuracy_with_ci(row["accuracy"], scored_n(row))
 
 
-def grounding_markdown(frame, meta: dict | None) -> str:
-    meta = meta or {}
-    lines = header(meta, f"Grounding IoU on {meta.get('dataset', '?')} ({meta.get('split', '?')}) (cf. the paper's Table 3)")
-    notes = Notes()
-    lines += markdown_rows(
-        ["Question type", "Selector", "n", "mean IoU (%)", "median IoU (%)", "IoU ≥ 0.5 (%) [95 % CI]", "mean k"],
-        ([r["question_type"], flag_untrained(r["selector"], r, meta, notes), int(r["n"]), fmt(r["mean_iou"]),
-          fmt(r["median_iou"]), accuracy_with_ci(r.get("acc_iou_0_5"), r["n"]), fmt(r["k_mean"], ".1f")]
-         for _, r in frame.iterrows()))
-    lines += notes.lines()
-    k = (meta.get("settings") or {}).get("k")
-    budget = f"the fixed k = {k}" if k is not None else "QGSA's k per sample (f_comp)"
-    lines += ["", "IoU between the convex hull of the selected patches (in the original image's pixels) and "
-              f"the ground-truth box. All selectors use {budget}; the oracle is the best "
-              "rectangular hull of at most k patches (the ceiling). IoU ≥ 0.5: the share of boxes found, "
-              "RefCOCO's comprehension accuracy rule (MAttNet's evaluation, with the hull as the predicted region), "
-              "with its 95 % Wilson score interval over the n boxes."]
-    return "\n".join(lines) + "\n"
-
-
-def pairs_markdown(frame, meta: dict | None = None) -> str:
-    notes = Notes()
-    lines = ["### Question dependence: two questions about different objects of one image", ""]
-    lines += markdown_rows(
-        ["Selector", "pairs", "mean Jaccard of the two selections", "share inside own object's box",
-         "share inside the other object's box"],
-        ([flag_untrained(r["selector"], r, meta, notes), int(r["n_pairs"]), fmt(r["mean_jaccard"], ".3f"),
-          fmt(100 * r["share_in_own_box"], ".1f", "%"),
-          fmt(100 * r["share_in_other_box"], ".1f", "%")] for _, r in frame.iterrows()))
-    lines += notes.lines() + ["", "For `random` the two selections are independent draws (chance overlap). `norm` ignores the "
-              "question, so its two selections are identical (Jaccard 1) whenever k is the same."]
-    return "\n".join(lines) + "\n"
-
-
 def budget_markdown(frame, meta: dict | None, accuracy=None) -> str:
     """Every selector at every budget (dense first): where it sits, tokens, FLOPs by stage, latency, accuracy
     with its n and 95 % interval; per question type, each type's n beside it."""
@@ -266,7 +233,7 @@ def allocation_lines(frame, types, meta: dict) -> list[str]:
     lines = ["", "### Budget per question type (mean visual tokens kept; who decides how many)", ""]
     fcomp = meta.get("fcomp_by_type") or []
     if fcomp:
-        lines += ["f_comp's own budget k_cont per type (Eq. 2, its units " 
+        lines += ["f_comp's own budget k_cont per type (Eq. 2, its units "
                   f"{meta.get('qgsa_config', {}).get('k_min', '?')}..{meta.get('qgsa_config', {}).get('k_max', '?')}): "
                   + ", ".join(f"{r['question_type']} {r['k_cont_mean']:.1f} (± {r['k_cont_std']:.1f})" for r in fcomp)
                   + ".", ""]
