@@ -121,6 +121,8 @@ def eval_markdown(frame, meta: dict | None) -> str:
     lines = header(meta, f"Accuracy on {meta.get('dataset', '?')} ({meta.get('split', '?')}) (cf. the paper's Tables 1-2)")
     if meta.get("weights") == "random":
         lines.append("**Accuracy with random weights is meaningless**: these rows test the plumbing only.\n")
+    if meta.get("allocation"):
+        lines += [eval_allocation_line(meta), ""]
     notes = Notes()
     frame = dense_first(frame)
     lines += markdown_rows(
@@ -144,6 +146,19 @@ def eval_markdown(frame, meta: dict | None) -> str:
     if meta.get("scoring"):
         lines += ["", f"Scoring ({meta.get('dataset')}): {meta['scoring']}."]
     return "\n".join(lines) + "\n"
+
+
+def eval_allocation_line(meta: dict) -> str:
+    """Who decided how many (`qgsa eval --allocate`): the allocation and each pipeline's realised budgets."""
+    allocation = meta["allocation"]
+    source = {"fcomp": f", f_comp of `{meta.get('fcomp_checkpoint')}`",
+              "oracle-type": f", best budget per question type on the held-out split '{meta.get('oracle_split')}' "
+                             f"({meta.get('oracle_samples', '?')} questions)"}.get(allocation, "")
+    parts = [f"{label} mean {a['realised_mean']:.2f} (± {a['budget_std']:.2f}, {a['budget_min']}–{a['budget_max']})"
+             + (" — per type " + ", ".join(f"{t} {b}" for t, b in a["oracle_type_budgets"].items())
+                if a.get("oracle_type_budgets") else "")
+             for label, a in (meta.get("allocations") or {}).items()]
+    return f"Budgets: `--allocate {allocation}`{source}; realised: {'; '.join(parts)}.  "
 
 
 def _n(row) -> str:
