@@ -100,6 +100,8 @@ def test_a_random_selection_is_the_samples_own_in_any_batch(tiny):
     assert len(both) == 2 * 6 * 2 and sorted(both, key=key) == sorted(alone, key=key)
     draws = {key(r): r["patches"] for r in both}
     assert draws[chunk[0].id, "random", 5] != draws[chunk[1].id, "random", 5]  # each sample its own draw
+    for s in chunk:  # the same tokens at every whole-token point: one seeded draw over the same units
+        assert draws[s.id, "random@post-vision", 5] == draws[s.id, "random@vision:1", 5] == draws[s.id, "random@lm:1", 5]
 
 
 def write_refer_layout(root):
