@@ -135,6 +135,7 @@ class GroundingConfig:
         return self.budgets or (self.k,)
 
     def settings(self) -> dict:
+        """What the results depend on (meta.json `settings`; a rerun with other settings is refused)."""
         return {k: v for k, v in asdict(self).items() if k not in ("out", "device", "overwrite")}
 
 
