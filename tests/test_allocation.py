@@ -241,3 +241,13 @@ def test_sweep_budget_has_the_allocation_axis_at_equal_means(tmp_path, checkpoin
     bad = invoke("sweep-budget", "--model", "tiny", "--device", "cpu", "--pipelines", "dense,fastv@lm:1",
                  "--budgets", 3, "--allocate", "fcomp", "--checkpoint", checkpoint, "--out", tmp_path / "b")
     assert bad.exit_code == 2 and "needs --dataset" in bad.output, bad.output
+
+
+def test_budget_folders_from_before_allocation_still_report(tmp_path):
+    """results/shapes/budget was written before the allocation columns: its tables and figure still come out."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[1] / "results" / "shapes" / "budget"
+    result = invoke("report", "--results", folder, "--out", tmp_path / "r")
+    assert result.exit_code == 0, result.output
+    assert "fastv k=12" in (tmp_path / "r" / "report.md").read_text()
