@@ -9,8 +9,8 @@ questions more tokens, Eq. 2). The allocations, `--allocate`:
     fcomp        in proportion to f_comp(q)'s continuous budget k_cont (Eq. 2) of a trained QGSA checkpoint,
                  scaled to the mean (`scale_to_mean`); for any selector, the peers included
     oracle-type  the per-question-type budgets that maximise accuracy at the mean, chosen from the selector's
-                 own accuracy per type at a grid of budgets on a held-out split (`oracle_type_budgets`): an
-                 upper bound for any allocation that reads only the question's type
+                 own accuracy per type at a grid of budgets on a held-out split (`oracle_type_budgets`): the
+                 best an allocation reading only the question's type could do, as far as that split can tell
     PATH         a file of per-sample budgets (CSV with columns id, budget, or JSON {id: budget}), used as given
 
 Budgets count what the selector counts (`Run.units`: visual tokens, or patches for the seed's patch-level

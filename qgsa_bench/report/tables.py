@@ -236,8 +236,8 @@ def _allocated(row) -> bool:
 
 ALLOCATION_NOTE = ("¶ an allocation (`--allocate`) gives each question its own budget, holding the row's mean over the "
                    "evaluated set: fcomp in proportion to f_comp(q)'s k_cont (Eq. 2) of {fcomp}, oracle-type the "
-                   "budgets per question type that score best on the held-out split {oracle} (an upper bound for "
-                   "any allocation that reads only the question's type). Such rows are answered and counted (FLOPs: "
+                   "budgets per question type that score best on the held-out split {oracle} (what an allocation "
+                   "reading only the question's type could do, as far as that split can tell). Such rows are answered and counted (FLOPs: "
                    "the mean over the questions of the FLOPs at each one's budget) but not timed; their latency is "
                    "the answering runs' per query, batches padded to their largest budget, as "
                    "latency_ms_per_query_eval is for every row in budget.csv.")
