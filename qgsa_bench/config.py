@@ -160,11 +160,11 @@ def check_allocation(allocate: str | None, mean, checkpoint: str | None, fcomp_c
 
     allocate = parse_allocation(allocate)
     if allocate is None:
-        for given, option in ((fcomp_checkpoint, "--fcomp-checkpoint"), (oracle_split, "--oracle-split"),
-                              (oracle_limit, "--oracle-limit")):
+        for given, option, reader in ((fcomp_checkpoint, "--fcomp-checkpoint", "fcomp"),
+                                      (oracle_split, "--oracle-split", "oracle-type"),
+                                      (oracle_limit, "--oracle-limit", "oracle-type")):
             if given is not None:
-                raise QGSAError(f"{option} is read only with --allocate: add --allocate fcomp or oracle-type, "
-                                f"or drop it")
+                raise QGSAError(f"{option} is read only by --allocate {reader}: add it, or drop {option}")
         return
     if mean is None and not is_file(allocate):
         raise QGSAError(f"--allocate {allocate} holds a mean budget: give it with --k (e.g. --k 12)")

@@ -147,6 +147,7 @@ def test_fixed_allocation_is_the_fixed_budget_and_a_file_replays_fcomp(tmp_path,
     again = invoke(*EVAL, "--pipelines", "fastv@lm:1", "--allocate", tmp_path / "budgets.csv", "--batch", 1,
                    "--out", tmp_path / "r")
     assert again.exit_code == 0, again.output
+    assert "warning:" not in again.output  # every budget given: no f_comp read, nothing untrained
     replay = {r["id"]: r for r in _records(tmp_path / "r")}
     assert {i: (r["prediction"], r["k"], r["selected_patches"]) for i, r in replay.items()} == \
         {i: (r["prediction"], r["k"], r["selected_patches"]) for i, r in fastv.items()}
@@ -177,7 +178,7 @@ def test_oracle_type_learns_on_the_held_out_split(tmp_path):
     (("--allocate", "fixed"), "--allocate fixed holds a mean budget: give it with --k"),
     (("--allocate", "sometimes", "--k", 4), "--allocate 'sometimes' is neither fixed, fcomp, oracle-type nor"),
     (("--allocate", "fixed", "--k", 4, "--oracle-split", "val"), "read only by --allocate oracle-type"),
-    (("--oracle-limit", 3), "--oracle-limit is read only with --allocate"),
+    (("--oracle-limit", 3), "--oracle-limit is read only by --allocate oracle-type: add it"),
     (("--allocate", "oracle-type", "--k", 4, "--split", "val"), "not the evaluated 'val': give --oracle-split"),
     (("--allocate", "fcomp", "--k", 17, "--checkpoint", "CKPT"), "pick 1 <= budget <= 16"),
 ])

@@ -93,7 +93,9 @@ def eval_command(
                       max_new_tokens=max_new_tokens, out=out, overwrite=overwrite, allocate=allocate,
                       fcomp_checkpoint=text_or_none(fcomp_checkpoint), oracle_split=oracle_split,
                       oracle_limit=oracle_limit)
-    run = warned_when_started(run_eval, untrained(cfg.specs, cfg.k, lambda spec: cfg.checkpoint))
+    # with --allocate every budget is given (f_comp of the selector's module is never read for it)
+    run = warned_when_started(run_eval, untrained(cfg.specs, 1 if cfg.allocate else cfg.k,
+                                                  lambda spec: cfg.checkpoint))
     run_and_show(run, cfg, warn=warn, table="table.md",
                  files=("eval.csv", "predictions.jsonl", "predictions_*.json", "allocation.csv", "heldout.jsonl",
                         "table.md", "meta.json"))

@@ -156,6 +156,7 @@ def eval_allocation_line(meta: dict) -> str:
                              f"({meta.get('oracle_samples', '?')} questions)"}.get(allocation, "")
     parts = [f"{label} mean {a['realised_mean']:.2f} (± {a['budget_std']:.2f}, {a['budget_min']}–{a['budget_max']})"
              + (" — per type " + ", ".join(f"{t} {b}" for t, b in a["oracle_type_budgets"].items())
+                + " before the tokens left over go one per question"
                 if a.get("oracle_type_budgets") else "")
              for label, a in (meta.get("allocations") or {}).items()]
     return f"Budgets: `--allocate {allocation}`{source}; realised: {'; '.join(parts)}.  "
@@ -264,10 +265,12 @@ def allocation_lines(frame, types, meta: dict) -> list[str]:
         rows.append([str(case), str(first.get("allocation")), *(fmt(by.get(t), ".1f") for t in qtypes)])
     lines += markdown_rows(["case", "allocation", *qtypes], rows)
     oracle = meta.get("oracle_split")
-    lines += ["", ALLOCATION_NOTE.format(fcomp=f"`{meta.get('fcomp_checkpoint')}`" if meta.get("fcomp_checkpoint")
-                                         else "the QGSA checkpoint",
-                                         oracle=f"'{oracle}' ({meta.get('oracle_samples', '?')} questions)" if oracle
-                                         else "(none here)")]
+    note = ALLOCATION_NOTE.format(fcomp=f"`{meta.get('fcomp_checkpoint')}`" if meta.get("fcomp_checkpoint")
+                                  else "the QGSA checkpoint",
+                                  oracle=f"'{oracle}' ({meta.get('oracle_samples', '?')} questions)" if oracle else "")
+    if not oracle:  # no oracle-type case here: its clause says nothing
+        note = note.replace(note[note.index(", oracle-type"):note.index(". Such")], "")
+    lines += ["", note]
     return lines
 
 
