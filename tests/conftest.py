@@ -53,3 +53,33 @@ def _own_hub_cache(tmp_path_factory, monkeypatch):
 def _no_grad_leak():
     torch.set_grad_enabled(True)
     yield
+
+
+def write_refer_layout(root):
+    """The refer toolkit's layout under root (refs(unc).p, instances.json, COCO train2014): one referent with two
+    expressions in split testA; returns the images folder."""
+    import json
+    import pickle
+
+    import numpy as np
+
+    (root / "refcoco").mkdir(parents=True)
+    images = root / "images" / "mscoco" / "images" / "train2014"
+    images.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    Image.fromarray((rng.random((100, 200, 3)) * 255).astype(np.uint8)).save(
+        images / "COCO_train2014_000000000042.jpg")
+    (root / "refcoco" / "instances.json").write_text(json.dumps({
+        "images": [{"id": 42, "file_name": "COCO_train2014_000000000042.jpg", "width": 200, "height": 100}],
+        "annotations": [{"id": 7, "image_id": 42, "category_id": 1, "bbox": [50, 25, 50, 25]}],
+        "categories": [{"id": 1, "name": "person"}]}))
+    refs = [{"ref_id": 3, "ann_id": 7, "image_id": 42, "category_id": 1, "split": "testA",
+             "sentences": [{"sent": "man on the left"}, {"sent": "left guy"}]}]
+    (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs))
+    return images
+
+
+@pytest.fixture
+def refer_layout():
+    """`write_refer_layout`, for the tests that read RefCOCO in the refer toolkit's layout."""
+    return write_refer_layout

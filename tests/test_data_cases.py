@@ -3,7 +3,6 @@ each data set read and scored the way its publishers do."""
 
 import io
 import json
-import pickle
 
 import numpy as np
 import pyarrow as pa
@@ -188,25 +187,10 @@ def test_a_transparent_picture_reaches_the_model_as_on_white(tiny):
 
 
 # ---- 14: the refer toolkit's documented layout is found; otherwise the places tried are listed --------
-def write_refer_layout(root):
-    (root / "refcoco").mkdir(parents=True)
-    images = root / "images" / "mscoco" / "images" / "train2014"
-    images.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    Image.fromarray((rng.random((100, 200, 3)) * 255).astype(np.uint8)).save(
-        images / "COCO_train2014_000000000042.jpg")
-    (root / "refcoco" / "instances.json").write_text(json.dumps({
-        "images": [{"id": 42, "file_name": "COCO_train2014_000000000042.jpg", "width": 200, "height": 100}],
-        "annotations": [{"id": 7, "image_id": 42, "category_id": 1, "bbox": [50, 25, 50, 25]}],
-        "categories": [{"id": 1, "name": "person"}]}))
-    refs = [{"ref_id": 3, "ann_id": 7, "image_id": 42, "category_id": 1, "split": "testA",
-             "sentences": [{"sent": "man on the left"}, {"sent": "left guy"}]}]
-    (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs))
-    return images
 
 
-def test_refer_toolkit_layout_from_its_root_or_its_refcoco_folder(tmp_path):
-    images = write_refer_layout(tmp_path / "data_root")
+def test_refer_toolkit_layout_from_its_root_or_its_refcoco_folder(tmp_path, refer_layout):
+    images = refer_layout(tmp_path / "data_root")
     for data_dir in (tmp_path / "data_root", tmp_path / "data_root" / "refcoco"):
         out = tmp_path / f"out-{data_dir.name}"
         result = invoke("grounding", *TINY, "--dataset", "refcoco", "--data-dir", data_dir, "--split", "testA",

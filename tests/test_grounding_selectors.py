@@ -104,33 +104,12 @@ def test_a_random_selection_is_the_samples_own_in_any_batch(tiny):
         assert draws[s.id, "random@post-vision", 5] == draws[s.id, "random@vision:1", 5] == draws[s.id, "random@lm:1", 5]
 
 
-def write_refer_layout(root):
-    """The refer toolkit's layout (refs(unc).p, instances.json, COCO train2014): one referent, two expressions."""
-    import pickle
-
-    import numpy as np
-    from PIL import Image
-
-    (root / "refcoco").mkdir(parents=True)
-    images = root / "images" / "mscoco" / "images" / "train2014"
-    images.mkdir(parents=True)
-    Image.fromarray((np.random.default_rng(0).random((100, 200, 3)) * 255).astype(np.uint8)).save(
-        images / "COCO_train2014_000000000042.jpg")
-    (root / "refcoco" / "instances.json").write_text(json.dumps({
-        "images": [{"id": 42, "file_name": "COCO_train2014_000000000042.jpg", "width": 200, "height": 100}],
-        "annotations": [{"id": 7, "image_id": 42, "category_id": 1, "bbox": [50, 25, 50, 25]}],
-        "categories": [{"id": 1, "name": "person"}]}))
-    refs = [{"ref_id": 3, "ann_id": 7, "image_id": 42, "category_id": 1, "split": "testA",
-             "sentences": [{"sent": "man on the left"}, {"sent": "left guy"}]}]
-    (root / "refcoco" / "refs(unc).p").write_bytes(pickle.dumps(refs))
-
-
-def test_refcoco_layouts_are_grounded_by_every_selector_asked(tmp_path):
+def test_refcoco_layouts_are_grounded_by_every_selector_asked(tmp_path, refer_layout):
     from qgsa_bench.data import shapes
 
     pipelines = "qgsa,fastv,pdrop,visionzip,divprune,qgsa-vision,random@vision:1"
     shapes.write_parquet(shapes.generate(3, seed=0, split="val"), tmp_path / "parquet", "val")  # lmms-lab's layout
-    write_refer_layout(tmp_path / "refer")
+    refer_layout(tmp_path / "refer")
     for data_dir, split in ((tmp_path / "parquet", "val"), (tmp_path / "refer", "testA")):
         n = sum(s.box is not None for s in load_dataset("refcoco", data_dir, split).samples)
         out = tmp_path / f"out-{data_dir.name}"
