@@ -10,8 +10,9 @@ import typer
 
 from qgsa_bench.cli.app import app, command, console, text_or_none, warn
 from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, ints, multi_value_option
-from qgsa_bench.cli.options import (EVALUATION, PIPELINE_HELP, MaxNewTokens, Model, Overwrite, Pipelines, QuestionBatch,
-                                    SelectorCheckpoints, pipeline_list)
+from qgsa_bench.cli.options import (EVALUATION, PIPELINE_HELP, FcompCheckpoint, MaxNewTokens, Model, OracleLimit,
+                                    OracleSplit, Overwrite, Pipelines, QuestionBatch, SelectorCheckpoints,
+                                    pipeline_list)
 from qgsa_bench.cli.progress import run_and_show
 
 data_app = typer.Typer(help="Data set utilities.", no_args_is_help=True)
@@ -76,10 +77,9 @@ def eval_command(
                                                 "--oracle-split (oracle-type), all at the mean --k; or PATH, a CSV "
                                                 "(id,budget) or JSON of per-sample budgets. Default: each selector's "
                                                 "own budget."),
-    fcomp_checkpoint: Optional[Path] = typer.Option(None, help="The QGSA checkpoint whose f_comp allocates with "
-                                                    "--allocate fcomp (default: --checkpoint)."),
-    oracle_split: Optional[str] = typer.Option(None, help="oracle-type's held-out split (default: val)."),
-    oracle_limit: Optional[int] = typer.Option(None, help="oracle-type's held-out samples (default: --limit)."),
+    fcomp_checkpoint: FcompCheckpoint = None,
+    oracle_split: OracleSplit = None,
+    oracle_limit: OracleLimit = None,
     batch: QuestionBatch = 4,
     max_new_tokens: MaxNewTokens = 10,
     out: Path = typer.Option(Path("results/eval"), help="Results folder (eval.csv, predictions.jsonl, meta.json, "

@@ -12,7 +12,8 @@ from qgsa_bench.cli.app import command, text_or_none, warn
 from qgsa_bench.cli.data import untrained, warned_when_started
 from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, floats, ints
 from qgsa_bench.cli.options import (PIPELINE_HELP, TIMING, Batch, Batches, BudgetUnit, Budgets, Checkpoint,
-                                    DecodeTokens, Model, Overwrite, Pipelines, Resolution, Shares, Sizes, pipeline_list)
+                                    DecodeTokens, FcompCheckpoint, Model, OracleLimit, OracleSplit, Overwrite,
+                                    Pipelines, Resolution, Shares, Sizes, pipeline_list)
 from qgsa_bench.cli.progress import run_and_show
 
 
@@ -85,10 +86,9 @@ def sweep_budget(
                                       "the budget; the timed cases), fcomp (in proportion to f_comp(q), at each "
                                       "budget as the mean), oracle-type (the best budget per question type at the "
                                       "mean, learned on --oracle-split)."),
-    fcomp_checkpoint: Optional[Path] = typer.Option(None, help="The QGSA checkpoint whose f_comp allocates with "
-                                                    "--allocate fcomp (default: the qgsa --checkpoint)."),
-    oracle_split: Optional[str] = typer.Option(None, help="oracle-type's held-out split (default: val)."),
-    oracle_limit: Optional[int] = typer.Option(None, help="oracle-type's held-out samples (default: --limit)."),
+    fcomp_checkpoint: FcompCheckpoint = None,
+    oracle_split: OracleSplit = None,
+    oracle_limit: OracleLimit = None,
     out: Path = typer.Option(Path("results/budget"), help="Results folder (budget.csv, accuracy.csv with --dataset, "
                                                           "comparisons.csv, meta.json, table.md)."),
     overwrite: Overwrite = False,

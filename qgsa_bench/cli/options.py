@@ -34,6 +34,12 @@ SelectorCheckpoints = Annotated[list[str], typer.Option(
     "--checkpoint", metavar="[SELECTOR=]PATH", help="QGSA checkpoint from `qgsa train`: PATH for every pipeline using "
     "the QGSA module, or SELECTOR=PATH for one (e.g. qgsa-vision=runs/v.pt); repeatable. Trained ones for "
     "results/shapes/base-model are in results/shapes/checkpoints/.")]
+# who decides how many (experiments/allocation.py): the options eval and sweep-budget share beside --allocate
+FcompCheckpoint = Annotated[Optional[Path], typer.Option(help="The QGSA checkpoint whose f_comp allocates with "
+                                                              "--allocate fcomp (default: the qgsa pipeline's "
+                                                              "--checkpoint).")]
+OracleSplit = Annotated[Optional[str], typer.Option(help="oracle-type's held-out split (default: val).")]
+OracleLimit = Annotated[Optional[int], typer.Option(help="oracle-type's held-out samples (default: --limit).")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Empty --out of an earlier run first (else: the same "
                                          "run resumes, another run is refused).")]
 Pipelines = Annotated[str, typer.Option(help="Comma-separated: " + PIPELINE_HELP)]
