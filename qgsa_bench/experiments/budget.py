@@ -248,7 +248,7 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                 more_rows, more_accuracy = _allocated_accuracy(built, allocated, rows, data, resolution, cfg,
                                                                progress, done, save, flops_at, cases)
                 rows, accuracy_rows = rows + more_rows, accuracy_rows + more_accuracy
-                _delta_vs_dense(rows, accuracy_rows)
+            _delta_vs_dense(rows, accuracy_rows, {c.label for c in cases if c.run.spec.is_dense})
             res.replace(ACCURACY_TABLE, accuracy_rows)
             res.replace(BUDGET_TABLE, rows)  # with each case's accuracy
     return res.out
@@ -382,9 +382,10 @@ def _allocated_accuracy(built, allocated: dict, rows, data, resolution, cfg: Bud
     return budget_rows, accuracy_rows
 
 
-def _delta_vs_dense(rows: list[dict], accuracy_rows: list[dict]) -> None:
-    """Every row's accuracy difference to dense's of the same scope (points), allocated cases included."""
-    dense = {(r["scope"], r["question_type"]): r["accuracy"] for r in accuracy_rows if r["selector"] == "dense"}
+def _delta_vs_dense(rows: list[dict], accuracy_rows: list[dict], dense_cases: set[str]) -> None:
+    """Every row's accuracy difference (points) to that of the dense case (`dense_cases`: its label) in the same
+    scope, allocated cases included: budget.csv's rows against dense overall, accuracy.csv's per scope."""
+    dense = {(r["scope"], r["question_type"]): r["accuracy"] for r in accuracy_rows if r["case"] in dense_cases}
     for r in accuracy_rows:
         ref = dense.get((r["scope"], r["question_type"]))
         r["delta_vs_dense_points"] = None if ref is None or r["accuracy"] is None else r["accuracy"] - ref
@@ -420,25 +421,21 @@ def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: di
 
 def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress, done=None, save=None) -> list[dict]:
     """Every case evaluated on the data set (per-sample scoring of evaluate.py), summarised per scope. `done`
-    (case -> id -> record): finished by an interrupted run; `save`: each batch's new records, with their case."""
+    (case -> id -> record): finished by an interrupted run; `save`: each batch's new records, with their case.
+    Each row and case gains its accuracy; the differences to dense are `_delta_vs_dense`'s."""
     from qgsa_bench.experiments.evaluate import evaluate_run, summary_rows, warm_up
 
-    m = cfg.measure
-    ecfg = EvalConfig(model=m.model, dataset=data.name, batch=cfg.eval_batch, max_new_tokens=cfg.max_new_tokens,
-                      seed=m.seed)
+    ecfg = _eval_config(cfg, data)
     done = done or {}
     if any(s.id not in done.get(c.label, {}) for c in cases for s in data.samples):
         warm_up([built.run("dense")], data, resolution, ecfg)
-    out, dense = [], {}
+    out = []
     for case, row in zip(cases, rows):
         ecfg.k = case.k
         keep = (lambda new, label=case.label: save([{**r, "case": label} for r in new])) if save else None
         with case.run.engine.same_draws():
             records = evaluate_run(case.run, data, resolution, ecfg, progress, done.get(case.label, {}), keep)
         for summary in summary_rows(records, case.pipeline):
-            key = (summary["scope"], summary["question_type"])
-            if case.run.spec.is_dense:
-                dense[key] = summary["accuracy"]
             out.append({"budget": row["budget"], "budget_share": row["budget_share"], "case": case.label,
                         "selector": row["selector"], "point": row["point"], "flops_total": row.get("flops_total"),
                         "flops_share_of_dense": row.get("flops_share_of_dense"), "allocation": row.get("allocation"),
@@ -446,11 +443,4 @@ def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress,
         overall = next(s for s in summary_rows(records, case.pipeline) if s["scope"] == "all")
         row.update({"accuracy": overall["accuracy"], "n_eval": overall["n"],
                     "latency_ms_per_query_eval": overall["latency_ms_per_query"]})
-    for r in out:
-        ref = dense.get((r["scope"], r["question_type"]))
-        r["delta_vs_dense_points"] = None if ref is None or r["accuracy"] is None else r["accuracy"] - ref
-    ref_all = dense.get(("all", "all"))
-    for row in rows:
-        if row.get("accuracy") is not None and ref_all is not None:
-            row["delta_vs_dense_points"] = row["accuracy"] - ref_all
     return out
