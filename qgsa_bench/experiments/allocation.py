@@ -223,13 +223,14 @@ class Allocated:
                 "budget_max": int(b.max()), **({"oracle_type_budgets": self.chosen} if self.chosen else {})}
 
 
-def per_type(allocated: Allocated, types: list[str]) -> list[dict]:
-    """The mean and spread of the budgets per question type (types: (S,), the samples' types)."""
+def per_type(values, types: list[str], name: str) -> list[dict]:
+    """The mean and spread of `values` (S,) per question type (`types` (S,)): rows with question_type, n,
+    NAME_mean and NAME_std, types in sorted order."""
     rows = []
     for t in sorted(set(types)):
-        b = np.asarray([k for k, tt in zip(allocated.budgets, types) if tt == t], dtype=np.float64)
-        rows.append({"question_type": t, "n": int(b.size), "budget_mean": float(b.mean()),
-                     "budget_std": float(b.std())})
+        v = np.asarray([x for x, tt in zip(values, types) if tt == t], dtype=np.float64)
+        rows.append({"question_type": t, "n": int(v.size), f"{name}_mean": float(v.mean()),
+                     f"{name}_std": float(v.std())})
     return rows
 
 
@@ -332,6 +333,13 @@ class Allocator:
         self.fcomp_module, self.heldout, self.results, self.progress = fcomp_module, heldout, results, progress
         self._weights: list[float] | None = None
         self._curves: dict[str, dict] = {}
+        self._done: dict | None = None
+
+    def done(self) -> dict:
+        """case -> sample id -> held-out record an interrupted run finished (heldout.jsonl, read once)."""
+        if self._done is None:
+            self._done = self.results.records_by(HELDOUT, "case") if self.results is not None else {}
+        return self._done
 
     def n_max(self, run) -> int:
         """The units the run's budget counts at this resolution (visual tokens, or patches)."""
@@ -354,7 +362,7 @@ class Allocator:
         from qgsa_bench.experiments.evaluate import evaluate_run
 
         if run.label not in self._curves:
-            done = self.results.records_by(HELDOUT, "case") if self.results is not None else {}
+            done = self.done()
             records_at = {}
             for b in oracle_grid(self.n_max(run)):
                 case = heldout_case(run.label, b)
@@ -377,7 +385,7 @@ class Allocator:
         """Progress steps of the held-out runs still to do (oracle-type), for a progress bar's total."""
         if self.allocation != "oracle-type":
             return 0
-        done = self.results.records_by(HELDOUT, "case") if self.results is not None else {}
+        done = self.done()
         return sum(1 for run in runs if not run.spec.selector.keeps_all for b in oracle_grid(self.n_max(run))
                    for s in self.heldout.samples if s.id not in done.get(heldout_case(run.label, b), {}))
 

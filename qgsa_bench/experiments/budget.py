@@ -297,14 +297,9 @@ def _allocate(cfg: BudgetConfig, built, data, resolution: int, adaptive, res, pr
 def fcomp_by_type(allocator, data, adapter) -> list[dict]:
     """f_comp's continuous budget k_cont (Eq. 2, in its own units k_min..k_max) per question type of `data`:
     what the fcomp allocation is proportional to, the learned budget per type (meta.json)."""
-    import numpy as np
+    from qgsa_bench.experiments.allocation import per_type
 
-    weights = allocator.weights(adapter)
-    types = [s.question_type or "all" for s in data.samples]
-    return [{"question_type": t, "n": types.count(t),
-             "k_cont_mean": float(np.mean([w for w, tt in zip(weights, types) if tt == t])),
-             "k_cont_std": float(np.std([w for w, tt in zip(weights, types) if tt == t]))}
-            for t in sorted(set(types))]
+    return per_type(allocator.weights(adapter), [s.question_type or "all" for s in data.samples], "k_cont")
 
 
 def _eval_config(cfg: BudgetConfig, data) -> EvalConfig:
