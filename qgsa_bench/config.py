@@ -149,14 +149,37 @@ class EvalConfig:
         return {k: v for k, v in asdict(self).items() if k not in ("out", "device", "overwrite")}
 
 
+# who decides how many (experiments/allocation.py): the names --allocate takes, besides a budget file's path
+ALLOCATIONS = ("fixed", "fcomp", "oracle-type")
+
+
+def parse_allocation(text: str | None) -> str | None:
+    """One allocation as typed: fixed | fcomp | oracle-type, or the path of an existing budget file. None:
+    no allocation (each selector's own budget, as before). Raises QGSAError for anything else."""
+    from pathlib import Path
+
+    if text is None:
+        return None
+    text = text.strip()
+    if text in ALLOCATIONS:
+        return text
+    if Path(text).is_file():
+        return text
+    raise QGSAError(f"--allocate '{text}' is neither {', '.join(ALLOCATIONS)} nor an existing budget file "
+                    f"(CSV with columns id, budget, or JSON {{id: budget}})")
+
+
+def is_file(allocation: str | None) -> bool:
+    """Whether a parsed --allocate names a budget file (not one of ALLOCATIONS)."""
+    return allocation is not None and allocation not in ALLOCATIONS
+
+
 def check_allocation(allocate: str | None, mean, checkpoint: str | None, fcomp_checkpoint: str | None,
                      oracle_split: str | None = None, oracle_limit: int | None = None) -> None:
     """The allocation options, before any work: a known allocation or an existing budget file; a mean (--k)
     for fixed, fcomp and oracle-type; a checkpoint for fcomp; oracle options only with oracle-type. Raises
     QGSAError (one line)."""
     from pathlib import Path
-
-    from qgsa_bench.experiments.allocation import is_file, parse_allocation
 
     allocate = parse_allocation(allocate)
     if allocate is None:

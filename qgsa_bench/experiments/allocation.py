@@ -28,27 +28,9 @@ from pathlib import Path
 import numpy as np
 
 from qgsa_bench import QGSAError
+from qgsa_bench.config import ALLOCATIONS, is_file, parse_allocation  # noqa: F401 (the names users type)
 
-ALLOCATIONS = ("fixed", "fcomp", "oracle-type")
 ORACLE_GRID = (1, 2, 4, 8, 12, 16, 24, 32, 64, 128)  # budgets the held-out split is scored at (below n, and n)
-
-
-def parse_allocation(text: str | None) -> str | None:
-    """One allocation as typed: fixed | fcomp | oracle-type, or the path of an existing budget file. None:
-    no allocation (each selector's own budget, as before). Raises QGSAError for anything else."""
-    if text is None:
-        return None
-    text = text.strip()
-    if text in ALLOCATIONS:
-        return text
-    if Path(text).is_file():
-        return text
-    raise QGSAError(f"--allocate '{text}' is neither {', '.join(ALLOCATIONS)} nor an existing budget file "
-                    f"(CSV with columns id, budget, or JSON {{id: budget}})")
-
-
-def is_file(allocation: str | None) -> bool:
-    return allocation is not None and allocation not in ALLOCATIONS
 
 
 def _target(mean: float, n_samples: int, n_max: int, what: str) -> int:
@@ -325,11 +307,14 @@ class Allocator:
 
     `fcomp_module`: the QGSA module whose f_comp allocates (fcomp); `heldout`: the held-out LoadedData
     (oracle-type); `results`: the results folder keeping the held-out records (resume); `cfg`: an EvalConfig
-    (batch, max new tokens) for the held-out runs. Budgets are computed once per (pipeline, mean)."""
+    (batch, max new tokens) for the held-out runs; `evaluate`: what answers them (evaluate.evaluate_run, passed
+    in so that this module does not import the command that uses it). Budgets are computed once per
+    (pipeline, mean)."""
 
-    def __init__(self, allocation: str, data, resolution: int, cfg, fcomp_module=None, heldout=None,
+    def __init__(self, allocation: str, data, resolution: int, cfg, evaluate, fcomp_module=None, heldout=None,
                  results=None, progress=None):
         self.allocation, self.data, self.resolution, self.cfg = allocation, data, resolution, cfg
+        self.evaluate = evaluate
         self.fcomp_module, self.heldout, self.results, self.progress = fcomp_module, heldout, results, progress
         self._weights: list[float] | None = None
         self._curves: dict[str, dict] = {}
@@ -359,8 +344,6 @@ class Allocator:
         (evaluated once, kept in heldout.jsonl)."""
         from copy import copy
 
-        from qgsa_bench.experiments.evaluate import evaluate_run
-
         if run.label not in self._curves:
             done = self.done()
             records_at = {}
@@ -376,7 +359,7 @@ class Allocator:
                 progress = (lambda text, steps, b=b: self.progress(f"held-out {text} k={b}", steps)) \
                     if self.progress else None
                 with run.engine.same_draws():
-                    records_at[b] = evaluate_run(run, self.heldout, self.resolution, cfg, progress,
+                    records_at[b] = self.evaluate(run, self.heldout, self.resolution, cfg, progress,
                                                  done.get(case, {}), save)
             self._curves[run.label] = type_curves(records_at)
         return self._curves[run.label]
@@ -396,7 +379,8 @@ class Allocator:
         return allocate(self.allocation, self.data.samples, mean, self.n_max(run), weights=weights, curves=curves)
 
 
-def make_allocator(allocation: str, cfg, built, data, resolution: int, results=None, progress=None) -> Allocator:
+def make_allocator(allocation: str, cfg, built, data, resolution: int, evaluate, results=None,
+                   progress=None) -> Allocator:
     """The Allocator of `cfg` (an EvalConfig, or one with the same allocation fields) for `built` (build.Built)
     on `data`: loads --fcomp-checkpoint (else uses the model's QGSA checkpoint) for fcomp, the held-out split
     for oracle-type. Raises QGSAError before any work for fcomp without a trained checkpoint, or oracle-type
@@ -421,7 +405,7 @@ def make_allocator(allocation: str, cfg, built, data, resolution: int, results=N
         if missing:
             raise QGSAError(f"oracle-type: the held-out split '{split}' ({len(heldout.samples)} samples) has no "
                             f"'{missing[0]}' question: raise --oracle-limit so that it holds every question type")
-    return Allocator(allocation, data, resolution, cfg, module, heldout, results, progress)
+    return Allocator(allocation, data, resolution, cfg, evaluate, module, heldout, results, progress)
 
 
 def fcomp_source(cfg, built) -> str | None:

@@ -89,7 +89,7 @@ class BudgetConfig:
 
     def _check_allocations(self) -> None:
         from qgsa_bench.config import check_allocation
-        from qgsa_bench.experiments.allocation import ALLOCATIONS
+        from qgsa_bench.config import ALLOCATIONS
 
         bad = [a for a in self.allocations if a not in ALLOCATIONS]
         if not self.allocations or bad:
@@ -275,9 +275,10 @@ def allocated_cases(cfg: BudgetConfig, cases: list[Case]) -> list[AllocatedCase]
 def _allocate(cfg: BudgetConfig, built, data, resolution: int, adaptive, res, progress) -> dict:
     """Each allocated case's budgets (experiments/allocation.py), before any of them is answered."""
     from qgsa_bench.experiments.allocation import make_allocator
+    from qgsa_bench.experiments.evaluate import evaluate_run
 
     ecfg = _eval_config(cfg, data)
-    allocators = {a: make_allocator(a, ecfg, built, data, resolution, res, progress)
+    allocators = {a: make_allocator(a, ecfg, built, data, resolution, evaluate_run, res, progress)
                   for a in dict.fromkeys(c.allocation for c in adaptive)}
     if "fcomp" in allocators:
         res.write_meta({**(read_meta(res.out) or {}), "fcomp_checkpoint": ecfg.fcomp_checkpoint,

@@ -201,7 +201,7 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         if cfg.allocate:  # each sample's budget, before anything is answered (oracle-type: its held-out runs)
             from qgsa_bench.experiments.allocation import fcomp_source, make_allocator
 
-            allocator = make_allocator(cfg.allocate, cfg, built, data, resolution, res, progress)
+            allocator = make_allocator(cfg.allocate, cfg, built, data, resolution, evaluate_run, res, progress)
             if progress and allocator.heldout_steps(runs):
                 progress(f"oracle-type: scoring the held-out split '{allocator.heldout.split}'",
                          -allocator.heldout_steps(runs))
