@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
-# The GPU suite: SmolVLM-256M and -500M (random weights, bf16) swept at batch 1 and 8 with the timing
-# statistics (an A/A pair dense,dense among the pipelines), SmolVLM-256M also compiled (torch.compile
-# reduce-overhead: CUDA graphs) beside eager, the ablation; LLaVA-1.5-7B (random weights, bf16) at 576 / 192 /
-# 128 / 64 visual tokens for dense and the field's selectors at batch 1 and 8; the selectors on SmolVLM-256M
-# at 576 px (inside the encoder too) at batch 8; and the report, in at most 9 minutes on one H100/H200,
-# writing at most 8 files into OUT (no fvcore there: latency only, FLOPs are counted on the CPU):
-#   sweep-smolvlm-256m.csv sweep-smolvlm-500m.csv ablate.csv budget-llava.csv budget-selectors.csv meta.json
-#   report.md suite.log
+# The GPU suite, in the order of what the card asks first, each step copied into OUT as soon as it ends and
+# skipped (logged) when the time left (SUITE_SECONDS, default 540 s) cannot hold it, so that a lease that runs
+# short still brings back every finished step:
+#   1. sweep-resolution SmolVLM-256M at the card's sizes 224 336 384 448 576, batch 1 and 8, eager bf16, an A/A
+#      pair dense,dense among the pipelines            -> sweep-smolvlm-256m.csv
+#   2. LLaVA-1.5-7B (random weights, bf16) at 576 / 192 / 64 visual tokens, dense and the field's selectors,
+#      batch 8                                          -> budget-llava.csv (column batch)
+#   3. SmolVLM-256M compiled (torch.compile reduce-overhead: CUDA graphs) beside eager at 384 px -> rows appended
+#      to sweep-smolvlm-256m.csv (column compile)
+#   4. the selectors on SmolVLM-256M at 576 px (inside the encoder too), batch 8 -> budget-selectors.csv
+#   5. sweep-resolution SmolVLM-500M at 224 384 576    -> sweep-smolvlm-500m.csv
+#   6. the ablation on SmolVLM-500M at 512 px         -> ablate.csv
+#   7. LLaVA-1.5-7B at batch 1                        -> rows appended to budget-llava.csv
+# then meta.json (every run's meta), report.md and suite.log: at most 8 files, as the device returns them.
+# No fvcore on the GPU machine: latency only, FLOPs are counted on the CPU.
 # usage: bash benchmarks/gpu_suite.sh OUT            (on the GPU machine; see ../shared/gpu/README.md)
 #        bash benchmarks/gpu_suite.sh OUT --quick    (CI on the CPU: the tiny model, two sizes, a few rounds)
-set -euo pipefail
+set -uo pipefail
 OUT=${1:?usage: bash benchmarks/gpu_suite.sh OUT [--quick]}
 QUICK=${2:-}
 export HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
@@ -19,56 +26,97 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 if [ "$QUICK" = "--quick" ]; then
-  MODELS="tiny"; SIZES="64 80"; BATCHES="1 2"; DEVICE="--device cpu --dtype fp32"; COMPILED="tiny"
-  COMPILE="default"; TIMING="--reps 3 --warmup 1"; ABLATE_RES=64; ABLATE_TIMING="--reps 2 --warmup 0"; K=5
-  LLAVA="llava-tiny"; LLAVA_RES=84; LLAVA_BUDGETS="16 4"; SEL_RES=64; INSIDE="random@vision:1"
-  BUDGET_TIMING="--reps 2 --warmup 1"
+  SMALL="tiny"; LARGE="tiny"; SIZES="64 80"; SIZES_LARGE=""; BATCHES="1 2"; DEVICE="--device cpu --dtype fp32"
+  COMPILE="default"; COMPILE_RES=64; TIMING="--reps 3 --warmup 1"; ABLATE_RES=64; ABLATE_TIMING="--reps 2 --warmup 0"
+  K=5; LLAVA="llava-tiny"; LLAVA_RES=84; LLAVA_BUDGETS="16 4"; SEL_RES=64; INSIDE="random@vision:1"; BIG=2
+  BUDGET_TIMING="--reps 2 --warmup 1"; COMPILE_TIMING="--reps 3 --warmup 1"; SUITE_SECONDS=${SUITE_SECONDS:-1200}
 else
-  MODELS="smolvlm-256m smolvlm-500m"; SIZES="384 768"; BATCHES="1 8"; DEVICE="--device cuda --dtype bf16"
-  COMPILED="smolvlm-256m"; COMPILE="reduce-overhead"
-  TIMING="--reps auto --max-time 60 --warmup 3"; ABLATE_RES=512; ABLATE_TIMING="--reps 20 --warmup 3"; K=17
-  LLAVA="llava-1.5-7b"; LLAVA_RES=336; LLAVA_BUDGETS="192 128 64"; SEL_RES=576; INSIDE="random@vision:3"
-  BUDGET_TIMING="--reps auto --max-time 45 --warmup 3"
+  SMALL="smolvlm-256m"; LARGE="smolvlm-500m"; SIZES="224 336 384 448 576"; SIZES_LARGE="224 384 576"; BATCHES="1 8"
+  DEVICE="--device cuda --dtype bf16"; COMPILE="reduce-overhead"; COMPILE_RES=384
+  TIMING="--reps auto --max-time 45 --warmup 3"; ABLATE_RES=512; ABLATE_TIMING="--reps 10 --warmup 3"; K=17
+  LLAVA="llava-1.5-7b"; LLAVA_RES=336; LLAVA_BUDGETS="192 64"; SEL_RES=576; INSIDE="random@vision:3"; BIG=8
+  BUDGET_TIMING="--reps auto --max-time 30 --warmup 3"; COMPILE_TIMING="--reps 10 --warmup 3"
+  SUITE_SECONDS=${SUITE_SECONDS:-540}
 fi
-{
-  echo "# gpu_suite.sh $QUICK: $(date -u +%FT%TZ) on $(hostname)"
-  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
-    'cuda', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
-  for m in $MODELS; do
-    c=none; [ "$m" = "$COMPILED" ] && c=$COMPILE
-    # shellcheck disable=SC2086
-    $QGSA sweep-resolution --model "$m" --weights random $DEVICE --sizes $SIZES --batch $BATCHES --k $K \
-      --pipelines dense,dense,dense-bypass,qgsa,random --compile $c $TIMING --decode-tokens 8 --out "$WORK/sweep-$m"
-  done
-  # shellcheck disable=SC2086
-  $QGSA ablate --model "${MODELS##* }" --weights random $DEVICE --resolution $ABLATE_RES --k $K $ABLATE_TIMING \
-    --decode-tokens 8 --out "$WORK/ablate"
-  for b in $BATCHES; do
-    # shellcheck disable=SC2086
-    $QGSA sweep-budget --model "$LLAVA" --weights random $DEVICE --resolution $LLAVA_RES --budgets $LLAVA_BUDGETS \
-      --batch "$b" --pipelines dense,random,fastv,pdrop,visionzip,divprune $BUDGET_TIMING --decode-tokens 8 \
-      --no-flops --out "$WORK/budget-llava-b$b"
-  done
-  # shellcheck disable=SC2086
-  $QGSA sweep-budget --model "${MODELS%% *}" --weights random $DEVICE --resolution $SEL_RES --shares 0.1 0.25 \
-    --batch "${BATCHES##* }" --pipelines "dense,qgsa,$INSIDE,qgsa-vision,fastv,visionzip,divprune,downsample" \
-    $BUDGET_TIMING --decode-tokens 8 --no-flops --out "$WORK/budget-selectors"
-  $QGSA report --results "$WORK" --out "$WORK/report"
-} 2>&1 | tee "$OUT/suite.log"
-for m in $MODELS; do cp "$WORK/sweep-$m/sweep.csv" "$OUT/sweep-$m.csv"; done
-cp "$WORK/ablate/ablate.csv" "$OUT/ablate.csv"
-cp "$WORK/budget-selectors/budget.csv" "$OUT/budget-selectors.csv"
-python3 - "$WORK" "$OUT" <<'PY'
-import json, sys
+SECONDS=0
+LOG="$OUT/suite.log"
+log() { echo "$*" | tee -a "$LOG"; }
+# step NAME MIN_SECONDS command...: run when MIN_SECONDS are left, stopped when the suite's time is spent
+step() {
+  local name=$1 need=$2; shift 2
+  local left=$((SUITE_SECONDS - SECONDS))
+  if [ "$left" -lt "$need" ]; then log "## $name: skipped ($left s left, needs $need)"; return 0; fi
+  log "## $name: started at ${SECONDS} s ($left s left)"
+  timeout --signal=INT --kill-after=15 "$left" "$@" 2>&1 | tee -a "$LOG"
+  local rc=${PIPESTATUS[0]}
+  log "## $name: exit $rc at ${SECONDS} s"
+}
+# collect FOLDER CSV TARGET: copy (or append to) TARGET in OUT as soon as a step ends
+collect() {
+  [ -f "$WORK/$1/$2" ] || return 0
+  python3 - "$WORK/$1/$2" "$OUT/$3" <<'PY'
+import sys
 from pathlib import Path
 
 import pandas as pd
 
+new, target = Path(sys.argv[1]), Path(sys.argv[2])
+frame = pd.read_csv(new)
+if target.exists():
+    frame = pd.concat([pd.read_csv(target), frame])
+frame.to_csv(target, index=False)
+PY
+}
+{
+  echo "# gpu_suite.sh $QUICK: $(date -u +%FT%TZ) on $(hostname)"
+  python3 -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__,
+    'cuda', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
+} 2>&1 | tee -a "$LOG"
+PIPES="dense,dense,qgsa,random"
+# shellcheck disable=SC2086
+step "sweep-$SMALL" 60 $QGSA sweep-resolution --model "$SMALL" --weights random $DEVICE --sizes $SIZES \
+  --batch $BATCHES --k $K --pipelines $PIPES --compile none $TIMING --decode-tokens 8 --out "$WORK/sweep-$SMALL"
+collect "sweep-$SMALL" sweep.csv "sweep-$SMALL.csv"
+# shellcheck disable=SC2086
+step "budget-llava-b$BIG" 60 $QGSA sweep-budget --model "$LLAVA" --weights random $DEVICE --resolution $LLAVA_RES \
+  --budgets $LLAVA_BUDGETS --batch "$BIG" --pipelines dense,random,fastv,pdrop,visionzip,divprune $BUDGET_TIMING \
+  --decode-tokens 8 --no-flops --out "$WORK/budget-llava-b$BIG"
+collect "budget-llava-b$BIG" budget.csv budget-llava.csv
+# shellcheck disable=SC2086
+step "sweep-$SMALL-compiled" 90 $QGSA sweep-resolution --model "$SMALL" --weights random $DEVICE \
+  --sizes $COMPILE_RES --batch $BATCHES --k $K --pipelines dense,qgsa,random --compile "$COMPILE" $COMPILE_TIMING \
+  --decode-tokens 8 --out "$WORK/sweep-$SMALL-compiled"
+collect "sweep-$SMALL-compiled" sweep.csv "sweep-$SMALL.csv"
+# shellcheck disable=SC2086
+step budget-selectors 60 $QGSA sweep-budget --model "$SMALL" --weights random $DEVICE --resolution $SEL_RES \
+  --shares 0.1 0.25 --batch "$BIG" --pipelines "dense,qgsa,$INSIDE,qgsa-vision,fastv,visionzip,divprune,downsample" \
+  $BUDGET_TIMING --decode-tokens 8 --no-flops --out "$WORK/budget-selectors"
+collect budget-selectors budget.csv budget-selectors.csv
+if [ -n "$SIZES_LARGE" ]; then
+  # shellcheck disable=SC2086
+  step "sweep-$LARGE" 60 $QGSA sweep-resolution --model "$LARGE" --weights random $DEVICE --sizes $SIZES_LARGE \
+    --batch $BATCHES --k $K --pipelines $PIPES --compile none $TIMING --decode-tokens 8 --out "$WORK/sweep-$LARGE"
+  collect "sweep-$LARGE" sweep.csv "sweep-$LARGE.csv"
+fi
+# shellcheck disable=SC2086
+step ablate 45 $QGSA ablate --model "$LARGE" --weights random $DEVICE --resolution $ABLATE_RES --k $K $ABLATE_TIMING \
+  --decode-tokens 8 --out "$WORK/ablate"
+collect ablate ablate.csv ablate.csv
+# shellcheck disable=SC2086
+step budget-llava-b1 60 $QGSA sweep-budget --model "$LLAVA" --weights random $DEVICE --resolution $LLAVA_RES \
+  --budgets $LLAVA_BUDGETS --batch 1 --pipelines dense,random,fastv,pdrop,visionzip,divprune $BUDGET_TIMING \
+  --decode-tokens 8 --no-flops --out "$WORK/budget-llava-b1"
+collect budget-llava-b1 budget.csv budget-llava.csv
+python3 - "$WORK" "$OUT" "$SECONDS" <<'PY'
+import json, sys
+from pathlib import Path
+
 work, out = Path(sys.argv[1]), Path(sys.argv[2])
 metas = {p.parent.name: json.loads(p.read_text()) for p in sorted(work.glob("*/meta.json"))}
-(out / "meta.json").write_text(json.dumps({"suite": "benchmarks/gpu_suite.sh", "runs": metas}, indent=1) + "\n")
-parts = [pd.read_csv(p) for p in sorted(work.glob("budget-llava-b*/budget.csv"))]
-pd.concat(parts).to_csv(out / "budget-llava.csv", index=False)  # one file: every batch size (column batch)
+(out / "meta.json").write_text(json.dumps({"suite": "benchmarks/gpu_suite.sh", "suite_seconds": int(sys.argv[3]),
+                                           "runs": metas}, indent=1) + "\n")
 PY
-sed "s#$WORK/##g; /^!\[/d" "$WORK/report/report.md" > "$OUT/report.md"  # figures stay behind: 8 files come back
+$QGSA report --results "$WORK" --out "$WORK/report" 2>&1 | tee -a "$LOG"
+[ -f "$WORK/report/report.md" ] && sed "s#$WORK/##g; /^!\[/d" "$WORK/report/report.md" > "$OUT/report.md"
+log "# suite done in ${SECONDS} s"
 ls -1 "$OUT"
