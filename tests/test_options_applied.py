@@ -137,3 +137,32 @@ def test_eval_and_sweep_run_downsampling_at_its_budget(tmp_path):
     assert result.exit_code == 0, result.output
     row = pd.read_csv(tmp_path / "s" / "sweep.csv").set_index("pipeline").loc["downsample"]
     assert (row.k, row.effective_resolution) == (16, 64)  # the largest square grid of at most 17 tokens
+
+
+@pytest.mark.parametrize("command, table, extra", [
+    ("sweep-resolution", "sweep.csv", ["--sizes", 64, "--k", 4]),
+    ("sweep-budget", "budget.csv", ["--resolution", 64, "--budgets", 4]),
+    ("ablate", "ablate.csv", ["--resolution", 64, "--k", 4]),
+])
+def test_every_timing_command_stops_at_its_max_time(tmp_path, monkeypatch, command, table, extra):
+    """sweep-budget accepted --max-time and ignored it (an H200 run timed 21 rounds of 11 cases past a
+    30 s --max-time, results/h200/README.md): every command that times stops at the first whole rotation
+    past its --max-time, here with latencies too noisy for any interval to settle."""
+    import random
+
+    from qgsa_bench.experiments import runner as timing_runner
+
+    real, noise = timing_runner.time_run, random.Random(0)
+
+    def noisy(*args, **kwargs):
+        return {**real(*args, **kwargs), "latency_ms": noise.uniform(1.0, 100.0)}
+
+    monkeypatch.setattr(timing_runner, "time_run", noisy)
+    out = tmp_path / command
+    pipelines = [] if command == "ablate" else ["--pipelines", "dense,random"]
+    result = invoke(command, "--model", "tiny", "--weights", "random", *extra, *pipelines, "--reps", "auto",
+                    "--max-time", 0.001, "--warmup", 0, "--decode-tokens", 1, "--device", "cpu", "--no-flops",
+                    "--out", out)
+    assert result.exit_code == 0, result.output
+    stopped = set(pd.read_csv(out / table).reps_stopped)
+    assert len(stopped) == 1 and stopped.pop().startswith("--max-time spent after "), stopped

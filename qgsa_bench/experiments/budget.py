@@ -21,7 +21,7 @@ from qgsa_bench.config import EvalConfig, MeasureConfig
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.measure import Case
 from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_cases, measure_meta,
-                                           steps_per_resolution, warn_unstable)
+                                           steps_per_resolution, timing_deadline, warn_unstable)
 from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.results import read_meta, run_meta
@@ -224,7 +224,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
             rows = [timed[c.label] for c in cases]
         else:
             rows, pairs = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, resolution, m.reps,
-                                        m.warmup, m.decode_tokens, m.count_flops, progress, flop_memo=flop_memo)
+                                        m.warmup, m.decode_tokens, m.count_flops, progress,
+                                        timing_deadline(m, 1, 0), flop_memo=flop_memo)
             base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
                     "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
             _describe_rows(cfg, built, cases, rows, n_dense, base)
