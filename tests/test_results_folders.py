@@ -12,6 +12,7 @@ import signal
 
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from qgsa_bench.cli import app
@@ -185,3 +186,37 @@ def test_the_time_left_is_estimated_from_steps_of_the_phase_running(monkeypatch)
         left = progress.bar.tasks[-1].time_remaining
     assert len(progress.bar.tasks) == 2 and progress.bar.tasks[0].completed == 10
     assert 9 <= left <= 10  # Rich rounds up to whole seconds
+
+
+@pytest.mark.parametrize("failure, hint", [
+    (RuntimeError("Error: accessing tensor output of CUDAGraphs that has been overwritten by a subsequent run."),
+     "run with --compile default (Inductor without CUDA graphs)"),
+    (torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), "lower --batch or --resolution"),
+    (ValueError("something no one foresaw\nsecond line"), "rerun with QGSA_DEBUG=1 for the traceback and report it"),
+])
+def test_a_library_failure_is_one_error_line_and_keeps_what_finished(tmp_path, monkeypatch, failure, hint):
+    """A failure inside torch or transformers (on the H200 a CUDA-graph RuntimeError reached the user as a
+    120-line traceback: results/h200/compiled-reduce-overhead.log) is one `error:` line with its kind, its
+    first line and what to do, exit status 1; the rows written before it stay, and QGSA_DEBUG=1 re-raises."""
+    from qgsa_bench.experiments import evaluate
+
+    out = tmp_path / "r"
+    original, count = evaluate._batch_records, {"n": 0}
+
+    def failing(*args, **kwargs):
+        count["n"] += 1
+        if count["n"] == 3:
+            raise failure
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "_batch_records", failing)
+    result = invoke(*EVAL, "--out", out)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    line, = result.stderr.strip().splitlines()[-1:]
+    assert line.startswith(f"error: {type(failure).__name__}: ") and hint in line and "second line" not in line
+    assert line.endswith(f"what finished is kept in {out}; rerun the same command to resume")
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4  # two whole batches of dense
+    count["n"] = 2
+    monkeypatch.setenv("QGSA_DEBUG", "1")
+    debug = invoke(*EVAL, "--out", out)
+    assert debug.exit_code == 1 and debug.exception is failure

@@ -1,9 +1,11 @@
 """The Typer app, its two consoles, and what every command shares: the command line recorded for meta.json,
-errors the user can act on (`QGSAError`) as one line on stderr with exit status 2, warnings, small printers."""
+errors the user can act on (`QGSAError`) as one line on stderr with exit status 2, any other failure as one
+line with exit status 1 (`QGSA_DEBUG=1` shows its traceback), warnings, small printers."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 from functools import wraps
 from pathlib import Path
@@ -54,20 +56,47 @@ def friendly(func):
             console.print(escape(str(done)), soft_wrap=True)
             raise typer.Exit(0) from None
         except KeyboardInterrupt:
-            out = kwargs.get("out")
-            if func.__name__ not in RESULTS_COMMANDS:  # ask, info: nothing to resume
-                said = "interrupted"
-            elif Path(out).is_dir():
-                said = f"interrupted: what finished is kept in {out}; rerun the same command to resume"
-            else:  # stopped before its first row: the folder was left as it was found
+            kept = _kept(func.__name__, kwargs.get("out"))
+            said = f"interrupted{': ' + kept if kept else ''}"
+            if func.__name__ in RESULTS_COMMANDS and not kept:  # the folder was left as it was found
                 said = "interrupted before anything finished: rerun the same command to start again"
             err_console.print(said, soft_wrap=True, markup=False, highlight=False)
             raise typer.Exit(130) from None
+        except Exception as err:  # a failure inside the tool or a library, not the user's input
+            if os.environ.get("QGSA_DEBUG") or type(err).__module__.split(".")[0] in ("typer", "click"):
+                raise  # typer's and click's own exits and usage errors (whichever click typer carries)
+            kept = _kept(func.__name__, kwargs.get("out"))
+            err_console.print(f"[red]error:[/red] {escape(unexpected(err))}"
+                              f"{escape('; ' + kept) if kept else ''}", soft_wrap=True)
+            raise typer.Exit(1) from None
         finally:
             if previous is not None:
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _kept(name: str, out) -> str:
+    """What an interrupted or failed results command left: its folder, resumable; '' for the others."""
+    if name in RESULTS_COMMANDS and out is not None and Path(out).is_dir():
+        return f"what finished is kept in {out}; rerun the same command to resume"
+    return ""
+
+
+# known failures of the libraries underneath, and what to do about them (matched in the exception's text)
+UNEXPECTED_HINTS = (
+    ("out of memory", "lower --batch or --resolution, or use --dtype bf16"),
+    ("CUDAGraphs", "run with --compile default (Inductor without CUDA graphs)"),
+)
+
+
+def unexpected(err: BaseException) -> str:
+    """One line for an exception that is no QGSAError: its kind, its message's first line, a hint where the
+    failure is a known one, else where to look (QGSA_DEBUG=1 for the traceback)."""
+    first = (str(err).strip().splitlines() or [""])[0][:300]
+    hint = next((h for words, h in UNEXPECTED_HINTS if words.lower() in str(err).lower()), None)
+    return (f"{type(err).__name__}: {first} (an unexpected failure, not a problem with your input: "
+            f"{hint or 'rerun with QGSA_DEBUG=1 for the traceback and report it'})")
 
 
 RESULTS_COMMANDS = {"eval_command", "grounding", "sweep_resolution", "sweep_budget", "count_flops_command", "ablate",
