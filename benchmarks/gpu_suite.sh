@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
-# The GPU suite, in the order of what the card asks first, each step copied into OUT as soon as it ends and
-# skipped (logged) when the time left (SUITE_SECONDS, default 540 s) cannot hold it, so that a lease that runs
-# short still brings back every finished step:
-#   1. sweep-resolution SmolVLM-256M at the card's sizes 224 336 384 448 576, batch 1 and 8, eager bf16, an A/A
-#      pair dense,dense among the pipelines            -> sweep-smolvlm-256m.csv
+# The GPU suite, in the order of what is still to measure on a GPU (results/h200/README.md), each step copied
+# into OUT as soon as it ends and skipped (logged) when the time left (SUITE_SECONDS, default 540 s) cannot
+# hold it, so that a lease that runs short still brings back every finished step:
+#   1. SmolVLM-256M compiled (torch.compile reduce-overhead: CUDA graphs) beside eager at 384 px, batch 1 and 8
+#                                                       -> sweep-smolvlm-256m.csv (column compile)
 #   2. LLaVA-1.5-7B (random weights, bf16) at 576 / 192 / 64 visual tokens, dense and the field's selectors,
 #      batch 8                                          -> budget-llava.csv (column batch)
-#   3. SmolVLM-256M compiled (torch.compile reduce-overhead: CUDA graphs) beside eager at 384 px -> rows appended
-#      to sweep-smolvlm-256m.csv (column compile)
-#   4. the selectors on SmolVLM-256M at 576 px (inside the encoder too), batch 8 -> budget-selectors.csv
-#   5. sweep-resolution SmolVLM-500M at 224 384 576    -> sweep-smolvlm-500m.csv
-#   6. the ablation on SmolVLM-500M at 512 px         -> ablate.csv
-#   7. LLaVA-1.5-7B at batch 1                        -> rows appended to budget-llava.csv
+#   3. the selectors on SmolVLM-256M at 576 px (inside the encoder too), batch 8 -> budget-selectors.csv
+#   4. sweep-resolution SmolVLM-500M at 224 384 576, batch 1 and 8 -> sweep-smolvlm-500m.csv
+#   5. the ablation on SmolVLM-500M at 512 px         -> ablate.csv
+#   6. LLaVA-1.5-7B at batch 1                        -> rows appended to budget-llava.csv
+#   7. sweep-resolution SmolVLM-256M at the card's sizes 224 336 384 448 576, batch 1 and 8, eager, an A/A pair
+#      dense,dense among the pipelines (5 min on the H200; results/h200/ holds it from 2026-11-30)
+#                                                       -> rows appended to sweep-smolvlm-256m.csv
 # then meta.json (every run's meta), report.md and suite.log: at most 8 files, as the device returns them.
-# No fvcore on the GPU machine: latency only, FLOPs are counted on the CPU.
+# fvcore travels as a wheel (../shared/gpu/make-wheels.sh): sweep-resolution and ablate count FLOPs there too;
+# the sweep-budget steps time only (--no-flops).
 # usage: bash benchmarks/gpu_suite.sh OUT            (on the GPU machine; see ../shared/gpu/README.md)
 #        bash benchmarks/gpu_suite.sh OUT --quick    (CI on the CPU: the tiny model, two sizes, a few rounds)
 set -uo pipefail
@@ -74,19 +76,15 @@ PY
 } 2>&1 | tee -a "$LOG"
 PIPES="dense,dense,qgsa,random"
 # shellcheck disable=SC2086
-step "sweep-$SMALL" 60 $QGSA sweep-resolution --model "$SMALL" --weights random $DEVICE --sizes $SIZES \
-  --batch $BATCHES --k $K --pipelines $PIPES --compile none $TIMING --decode-tokens 8 --out "$WORK/sweep-$SMALL"
-collect "sweep-$SMALL" sweep.csv "sweep-$SMALL.csv"
+step "sweep-$SMALL-compiled" 90 $QGSA sweep-resolution --model "$SMALL" --weights random $DEVICE \
+  --sizes $COMPILE_RES --batch $BATCHES --k $K --pipelines dense,qgsa,random --compile "$COMPILE" $COMPILE_TIMING \
+  --decode-tokens 8 --out "$WORK/sweep-$SMALL-compiled"
+collect "sweep-$SMALL-compiled" sweep.csv "sweep-$SMALL.csv"
 # shellcheck disable=SC2086
 step "budget-llava-b$BIG" 60 $QGSA sweep-budget --model "$LLAVA" --weights random $DEVICE --resolution $LLAVA_RES \
   --budgets $LLAVA_BUDGETS --batch "$BIG" --pipelines dense,random,fastv,pdrop,visionzip,divprune $BUDGET_TIMING \
   --decode-tokens 8 --no-flops --out "$WORK/budget-llava-b$BIG"
 collect "budget-llava-b$BIG" budget.csv budget-llava.csv
-# shellcheck disable=SC2086
-step "sweep-$SMALL-compiled" 90 $QGSA sweep-resolution --model "$SMALL" --weights random $DEVICE \
-  --sizes $COMPILE_RES --batch $BATCHES --k $K --pipelines dense,qgsa,random --compile "$COMPILE" $COMPILE_TIMING \
-  --decode-tokens 8 --out "$WORK/sweep-$SMALL-compiled"
-collect "sweep-$SMALL-compiled" sweep.csv "sweep-$SMALL.csv"
 # shellcheck disable=SC2086
 step budget-selectors 60 $QGSA sweep-budget --model "$SMALL" --weights random $DEVICE --resolution $SEL_RES \
   --shares 0.1 0.25 --batch "$BIG" --pipelines "dense,qgsa,$INSIDE,qgsa-vision,fastv,visionzip,divprune,downsample" \
@@ -107,6 +105,10 @@ step budget-llava-b1 60 $QGSA sweep-budget --model "$LLAVA" --weights random $DE
   --budgets $LLAVA_BUDGETS --batch 1 --pipelines dense,random,fastv,pdrop,visionzip,divprune $BUDGET_TIMING \
   --decode-tokens 8 --no-flops --out "$WORK/budget-llava-b1"
 collect budget-llava-b1 budget.csv budget-llava.csv
+# shellcheck disable=SC2086
+step "sweep-$SMALL" 60 $QGSA sweep-resolution --model "$SMALL" --weights random $DEVICE --sizes $SIZES \
+  --batch $BATCHES --k $K --pipelines $PIPES --compile none $TIMING --decode-tokens 8 --out "$WORK/sweep-$SMALL"
+collect "sweep-$SMALL" sweep.csv "sweep-$SMALL.csv"
 python3 - "$WORK" "$OUT" "$SECONDS" <<'PY'
 import json, sys
 from pathlib import Path
