@@ -18,24 +18,38 @@ FAMILIES = [("tiny", 64), ("llava_tiny", 84)]
 
 
 def _budget(name: str):
-    return None if REGISTRY[name].keeps_all else 4
+    if REGISTRY[name].keeps_all or REGISTRY[name].keeps_no_tiles:
+        return None
+    return 2 if _tiles(name) else 4  # tile selectors count tiles
 
 
-@pytest.mark.parametrize("family, resolution", FAMILIES)
-@pytest.mark.parametrize("name", sorted(REGISTRY))
+def _tiles(name: str) -> bool:
+    return REGISTRY[name].points == ("tiles",)
+
+
+# every selector on both families; the tile selectors on the split images of the family that has them
+CASES = [(name, family, resolution) for name in sorted(REGISTRY) for family, resolution in FAMILIES
+         if not (_tiles(name) and family == "llava_tiny")]
+
+
+@pytest.mark.parametrize("name, family, resolution", CASES)
 @torch.no_grad()
 def test_answering_timed_and_counted_runs_see_the_same_stages(request, family, resolution, name, images):
     built = request.getfixturevalue(family)
     run, k = built.run(name), _budget(name)
-    answered = run.answer(images, QUESTIONS, resolution, k, max_new_tokens=3).trace
-    px = built.adapter.pixel_values(images, run.resolution(resolution, k))
+    splitting = built.adapter.splitting(True) if _tiles(name) else None  # 96 x 80 px: 4 x 4 tiles + global
+    answered = run.answer(images, QUESTIONS, resolution, k, max_new_tokens=3, splitting=splitting).trace
+    px = built.adapter.views(images, splitting) if splitting else \
+        built.adapter.pixel_values(images, run.resolution(resolution, k))
     timed = time_once(Case(name, run, k), px, QUESTIONS, decode_tokens=3)["trace"]
     counted = count_stage_flops(Case(name, run, k), px, QUESTIONS, decode_tokens=3)["trace"]
     assert [stage for stage, _ in answered] == list(STAGES)
     assert answered == timed == counted
     kept = answered[-1][1]
     assert kept == ([int(built.adapter.n_dense_tokens(resolution))] * 2 if name == "dense" else kept)
-    if k is not None and name != "downsample":
+    if splitting:  # the global view and the chosen tiles, 16 visual tokens each
+        assert kept == [(1 + (k or 0)) * 16] * 2 and answered[0][1] == [(1 + (k or 0)) * 64] * 2
+    elif k is not None and name != "downsample":
         assert kept == [k, k]  # the budget is what reaches the LM (in-LM: after the last cut)
 
 

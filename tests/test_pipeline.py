@@ -71,12 +71,12 @@ def test_connector_projection_keeps_the_models_own_tokens(tiny, images):
     q = ["what color is the circle?"]
     V = a.patch_features(a.pixel_values(images[:1], 64))  # 8 x 8 patches, scale factor 2: 16 tokens
     question = a.question_embedding(q)
-    tokens, valid, _ = pipe.run("norm").select(Encoded(V=V), question, k=64)
+    tokens, valid = pipe.run("norm").select(Encoded(V=V), question, k=64)[:2]
     assert valid.all() and torch.equal(tokens, a.connect(V))
     groups = tiny.adapter.unit_patches(64, V.device)
     assert groups.shape == (16, 4) and sorted(groups.flatten().tolist()) == list(range(64))
     assert groups[0].tolist() == [0, 1, 8, 9]  # a token is a 2 x 2 block of patches
-    tokens, valid, sel = pipe.run("norm").select(Encoded(V=V), question, k=5)
+    tokens, valid, sel = pipe.run("norm").select(Encoded(V=V), question, k=5)[:3]
     chosen = set(sel.indices[0][sel.valid[0]].tolist())
     expected = [any(int(i) in chosen for i in g) for g in groups]
     assert valid[0].tolist() == expected and 2 <= int(valid.sum()) <= 5
@@ -93,7 +93,7 @@ def test_connector_projection_passes_gradient_to_the_scorer(tiny, images):
     with torch.no_grad():
         V = a.patch_features(a.pixel_values(images[:1], 64))
         question = a.question_embedding(["what color is the circle?"])
-    tokens, valid, _ = pipe.run("qgsa").select(Encoded(V=V), question, k=6, tau=1.0)
+    tokens, valid = pipe.run("qgsa").select(Encoded(V=V), question, k=6, tau=1.0)[:2]
     tokens[valid].sum().backward()
     assert pipe.module.scorer.mlp[-1].weight.grad.abs().sum() > 0
     assert pipe.module.W_vis.weight.grad is None  # W_vis is not on this path
@@ -116,15 +116,15 @@ def test_connector_learned_fill_stands_in_for_unselected_patches(tiny, images):
     with torch.no_grad():
         V = a.patch_features(a.pixel_values(images[:1], 64))
         question = a.question_embedding(["what color is the circle?"])
-        tokens, valid, _ = pipe.run("norm").select(Encoded(V=V), question, k=64)
+        tokens, valid = pipe.run("norm").select(Encoded(V=V), question, k=64)[:2]
         assert valid.all() and torch.equal(tokens, a.connect(V))
-        tokens, valid, sel = pipe.run("norm").select(Encoded(V=V), question, k=5)
+        tokens, valid, sel = pipe.run("norm").select(Encoded(V=V), question, k=5)[:3]
         keep = torch.zeros(64, 1)
         keep[sel.indices[0][sel.valid[0]]] = 1.0
         torch.testing.assert_close(tokens, a.connect(V * keep + (1 - keep) * module.fill))
         assert not torch.allclose(tokens, a.connect(V * keep))
     module.train()
-    tokens, valid, _ = pipe.run("qgsa").select(Encoded(V=V), question, k=6, tau=1.0)
+    tokens, valid = pipe.run("qgsa").select(Encoded(V=V), question, k=6, tau=1.0)[:2]
     tokens[valid].sum().backward()
     assert module.fill.grad.abs().sum() > 0 and module.scorer.mlp[-1].weight.grad.abs().sum() > 0
     with pytest.raises(QGSAError, match="--fill applies to --projection connector"):

@@ -165,7 +165,8 @@ def test_specs_and_points_are_checked():
     with pytest.raises(QGSAError, match="prunes at one LM layer"):
         parse_spec("fastv@lm:1,2")
     assert set(SELECTORS) == {"dense", "dense-bypass", "qgsa", "random", "norm", "fastv", "pdrop", "sparsevlm",
-                              "visionzip", "divprune", "downsample", "qgsa-vision"}
+                              "visionzip", "divprune", "downsample", "qgsa-vision", "random-tiles", "global-only",
+                              "qgsa-tiles"}
     for cls in SELECTORS.values():
         assert cls.paper and cls.__module__ and cls.points
 

@@ -17,12 +17,14 @@ exactly the dense connector's tokens for those groups.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
+from qgsa_bench import QGSAError
 from qgsa_bench.models.images import check_resolution, preprocess
 from qgsa_bench.models.lm import LlamaRunner, LMState
+from qgsa_bench.models.views import Splitting, Views, make_views, tile_token
 
 
 @dataclass
@@ -50,8 +52,10 @@ class VLMAdapter:
     """Shared code of every family. Subclasses set the attributes listed in `__init__`'s docstring."""
 
     family = "base"
-    prompt_prefix = ""  # text before the visual tokens
+    prompt_prefix = ""  # text before the visual tokens (one view)
     prompt_suffix = "{question}"  # text after them
+    user_prefix = ""  # with several views (views.image_prompt): the text before the image's pieces
+    question_part = "{question}"  # and after them
     answer_prefix = " "  # how an answer starts after the prompt (teacher forcing)
     n_prefix_vision = 0  # tokens before the patches in the vision sequence (CLIP's CLS)
     default_projection = "w_vis"  # how QGSA's selected patches reach the LM unless configured (QGSAConfig)
@@ -112,6 +116,29 @@ class VLMAdapter:
         self.n_patches(resolution)
         x = preprocess(images, resolution, self.loaded.image_mean, self.loaded.image_std)
         return x.to(self.device, self.dtype)
+
+    # ---- the model's own views (models/views.py) ---------------------------------------------
+    def splitting(self, split: bool | None = None, longest_edge: int | None = None) -> Splitting:
+        """The model's processor settings (LoadedModel.splitting) with `split` / `longest_edge` where given.
+        Raises QGSAError for a family without tiles, settings the processor cannot use, or splitting with a
+        tokenizer that has no tile markers."""
+        own = self.loaded.splitting
+        if own is None:
+            raise QGSAError(f"{self.family} models take one view: --image-splitting and --longest-edge are "
+                            f"SmolVLM's (Idefics3) settings; drop them")
+        chosen = replace(own, split=own.split if split is None else split,
+                         longest_edge=own.longest_edge if longest_edge is None else longest_edge)
+        chosen.check()
+        if chosen.split:
+            missing = [t for t in (tile_token(1, 1), "<global-img>") if t not in self.loaded.special_tokens]
+            if missing:
+                raise QGSAError(f"this model's tokenizer has no {missing[0]} marker, so it cannot read a split image "
+                                f"(it was trained on one view): pass --no-image-splitting")
+        return chosen
+
+    def views(self, images, splitting: Splitting) -> Views:
+        """PIL images -> the model's own views (models/views.make_views), on this model's device and dtype."""
+        return make_views(images, splitting, self.loaded.image_mean, self.loaded.image_std).to(self.device, self.dtype)
 
     # ---- vision (family: vision_embed, vision_layer, vision_out) ----------------------------
     def vision_embed(self, pixel_values: torch.Tensor) -> torch.Tensor:  # family
@@ -178,8 +205,12 @@ class VLMAdapter:
     def _ids(self, text: str) -> torch.Tensor:
         return torch.tensor(self.tokenize(text), dtype=torch.long, device=self.device)
 
+    def start_ids(self) -> list[int]:
+        """Ids the prompt starts with before any text (a BOS token where the family's tokenizer adds one)."""
+        return []
+
     def prefix_ids(self) -> list[int]:
-        return self.tokenize(self.prompt_prefix)
+        return self.start_ids() + self.tokenize(self.prompt_prefix)
 
     def question_lengths(self, questions: list[str]) -> list[int]:
         return [len(self.tokenize(q)) for q in questions]
@@ -204,18 +235,30 @@ class VLMAdapter:
     def image_token_id(self) -> int:
         return self.loaded.special_tokens["<image>"]
 
+    def prompt_pieces(self, question: str, image: list) -> list:
+        """The prompt as pieces: text, or an int n for n visual-token slots. `image`: the image's own pieces
+        (views.image_prompt: several views with their markers), or [n] for one view in this family's
+        layout (prompt_prefix, n tokens, prompt_suffix)."""
+        if len(image) == 1:
+            return [self.prompt_prefix, image[0], self.prompt_suffix.format(question=question)]
+        return [self.user_prefix, *image, self.question_part.format(question=question)]
+
     def build_inputs(self, visual_tokens: torch.Tensor, questions: list[str],
-                     visual_mask: torch.Tensor | None = None) -> LMInputs:
-        """Splice visual tokens (B, n, d_q) (valid where visual_mask) into the prompt; left-pad."""
+                     visual_mask: torch.Tensor | None = None, layouts: list[list] | None = None) -> LMInputs:
+        """Splice visual tokens (B, n, d_q) (valid where visual_mask) into the prompt; left-pad. `layouts`:
+        per sample, the image's pieces (views.image_prompt; their slots take the sample's valid tokens in
+        order); None: one view. Consecutive text is tokenised as one string, as the model's processor
+        tokenises the whole prompt (special tokens split it the same way)."""
         B = visual_tokens.shape[0]
         if visual_mask is None:
             visual_mask = torch.ones(visual_tokens.shape[:2], dtype=torch.bool, device=visual_tokens.device)
-        prefix = self.embed(torch.tensor(self.prefix_ids(), dtype=torch.long, device=self.device))
-        rows, n_vis = [], visual_mask.sum(dim=1)
+        rows, vis_pos, n_vis = [], [], visual_mask.sum(dim=1)
         for b in range(B):
-            suffix = self.embed(self._ids(self.prompt_suffix.format(question=questions[b])))
-            vis = visual_tokens[b][visual_mask[b]].to(prefix.dtype)
-            rows.append(torch.cat([prefix, vis, suffix], dim=0))
+            vis = visual_tokens[b][visual_mask[b]]
+            image = [int(n_vis[b])] if layouts is None else layouts[b]
+            row, pos = self._splice(self.prompt_pieces(questions[b], image), vis)
+            rows.append(row)
+            vis_pos.append(pos)
         L = max(r.shape[0] for r in rows)
         n_max = int(n_vis.max()) if B else 0
         pad = self.embed(torch.tensor([self.pad_id], device=self.device))[0]
@@ -228,9 +271,33 @@ class VLMAdapter:
             embeds[b, start:] = row
             mask[b, start:] = 1
             n = int(n_vis[b])
-            vindex[b, :n] = torch.arange(n, device=self.device) + start + prefix.shape[0]
+            vindex[b, :n] = vis_pos[b] + start
             vvalid[b, :n] = True
         return LMInputs(embeds, mask, positions_of(mask), n_vis, vindex, vvalid)
+
+    def _splice(self, pieces: list, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(one sample's prompt embeddings (L, d_q), the positions (n,) of its n visual tokens `vis` (n, d_q))
+        from `pieces` (text, or a count of slots filled from `vis` in order). Raises ValueError when the
+        slots do not hold exactly n tokens."""
+        parts, positions, used, length, text = [], [], 0, 0, ""
+        for piece in [*pieces, ""]:
+            if isinstance(piece, str):
+                text += piece
+                continue
+            ids = (self.start_ids() if not parts else []) + self.tokenize(text)
+            parts.append(self.embed(torch.tensor(ids, dtype=torch.long, device=self.device)) if ids else vis[:0])
+            length += parts[-1].shape[0]
+            text = ""
+            parts.append(vis[used: used + piece])
+            positions.append(torch.arange(piece, device=self.device) + length)
+            used, length = used + piece, length + piece
+        if text:
+            parts.append(self.embed(torch.tensor((self.start_ids() if not parts else []) + self.tokenize(text),
+                                                 dtype=torch.long, device=self.device)))
+        if used != vis.shape[0]:
+            raise ValueError(f"the prompt has {used} visual-token slots for {vis.shape[0]} visual tokens")
+        dtype = parts[0].dtype if parts[0].numel() else self.dtype
+        return torch.cat([p.to(dtype) for p in parts]), torch.cat(positions) if positions else vis.new_zeros(0).long()
 
     # ---- language model -------------------------------------------------------------------
     def new_cache(self):

@@ -18,14 +18,18 @@ import torch
 
 from qgsa_bench.models.base import VLMAdapter
 
-PROMPT_PREFIX = "<|im_start|>User:<fake_token_around_image><global-img>"
-PROMPT_SUFFIX = "<fake_token_around_image>{question}<end_of_utterance>\nAssistant:"
+USER_PREFIX = "<|im_start|>User:"
+QUESTION_PART = "{question}<end_of_utterance>\nAssistant:"
+PROMPT_PREFIX = USER_PREFIX + "<fake_token_around_image><global-img>"
+PROMPT_SUFFIX = "<fake_token_around_image>" + QUESTION_PART
 
 
 class Idefics3Adapter(VLMAdapter):
     family = "idefics3"
     prompt_prefix = PROMPT_PREFIX
     prompt_suffix = PROMPT_SUFFIX
+    user_prefix = USER_PREFIX
+    question_part = QUESTION_PART
     answer_prefix = " "  # SmolVLM answers after "Assistant:" with a space
     n_prefix_vision = 0  # SigLIP has no CLS token
 

@@ -74,9 +74,9 @@ class LlavaAdapter(VLMAdapter):
         self.pad_id = tokens.get("<pad>", tokens.get("</s>", 0))
         self.bos_id = tokens.get("<s>")
 
-    def prefix_ids(self) -> list[int]:
-        bos = [] if self.bos_id is None else [self.bos_id]
-        return bos + self.tokenize(self.prompt_prefix)
+    def start_ids(self) -> list[int]:
+        """LLaVA's prompt starts with the tokenizer's BOS <s>."""
+        return [] if self.bos_id is None else [self.bos_id]
 
     def vision_embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """(B, 3, R, R) -> CLS + patch embeddings with positions, pre-layernormed: (B, 1 + N, d_v)."""

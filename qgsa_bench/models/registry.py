@@ -21,13 +21,14 @@ import torch
 from qgsa_bench import QGSAError
 from qgsa_bench.hub import hub_reachable
 from qgsa_bench.models.tokenizer import FALLBACK_KIND, build_fallback_tokenizer
+from qgsa_bench.models.views import Splitting, tile_tokens
 
 WEIGHTS_CHOICES = ("auto", "pretrained", "random")
 SUPPORTED_MODEL_TYPES = ("idefics3", "llava")
 # The special tokens each family's prompt uses (looked up in a pretrained tokenizer).
 FAMILY_TOKENS = {
     "idefics3": ("<|im_start|>", "<|im_end|>", "<global-img>", "<fake_token_around_image>", "<image>",
-                 "<end_of_utterance>"),
+                 "<end_of_utterance>", *tile_tokens()),
     "llava": ("<unk>", "<s>", "</s>", "<image>", "<pad>"),
 }
 FALLBACK_PRESET = {"idefics3": "smolvlm-256m", "llava": "llava-1.5-7b"}
@@ -64,6 +65,7 @@ class LoadedModel:
     image_std: tuple[float, ...] = DEFAULT_STD
     special_tokens: dict[str, int] = field(default_factory=dict)
     published_params: int | None = None
+    splitting: Splitting | None = None  # the processor's views (models/views.py); None: a family without tiles
 
     @property
     def config(self):
@@ -278,6 +280,8 @@ def _package(name, source, weights, model, processor, preset) -> LoadedModel:
     else:
         if not tokens:
             tokens = dict(load_preset(FALLBACK_PRESET[family])["tokens"])
+        if family == "idefics3":  # SmolVLM's tile markers keep their published ids too
+            tokens = {**tile_tokens(), **tokens}
         tokenizer = build_fallback_tokenizer(tokens, model.config.text_config.vocab_size)
         kind = FALLBACK_KIND
     tokens["<image>"] = model.config.image_token_id
@@ -289,4 +293,25 @@ def _package(name, source, weights, model, processor, preset) -> LoadedModel:
         name=name, source=source, weights=weights, tokenizer_kind=kind, model=model, tokenizer=tokenizer,
         image_mean=mean, image_std=std, special_tokens=tokens,
         published_params=(preset or {}).get("published_params"),
+        splitting=_splitting(model.config, image_processor, preset),
     )
+
+
+def _splitting(config, image_processor, preset) -> Splitting | None:
+    """The model's own views: its image processor's settings (a pretrained model), else its preset's
+    `processor`, else one view of the encoder's size (a model saved without a processor). None for a
+    family without tiles (LLaVA)."""
+    if config.model_type != "idefics3":
+        return None
+    tile = config.vision_config.image_size
+    if image_processor is not None and hasattr(image_processor, "do_image_splitting"):
+        size = getattr(image_processor, "size", None) or {}
+        most = getattr(image_processor, "max_image_size", None) or {}
+        resample = getattr(image_processor, "resample", 1)
+        return Splitting(bool(image_processor.do_image_splitting), int(size.get("longest_edge", 4 * tile)),
+                         int(most.get("longest_edge", tile)), int(getattr(resample, "value", resample)))
+    settings = (preset or {}).get("processor")
+    if settings:
+        return Splitting(settings["do_image_splitting"], settings["longest_edge"], settings["max_image_size"],
+                         settings.get("resample", 1))
+    return Splitting(False, 4 * tile, tile)

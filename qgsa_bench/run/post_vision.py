@@ -28,6 +28,7 @@ class Visual(NamedTuple):
     tokens: torch.Tensor
     valid: torch.Tensor
     selection: Selection | None
+    layouts: list | None = None  # split images: per sample its prompt pieces (models/views.image_prompt)
 
     def traced(self) -> torch.Tensor:
         return self.tokens
@@ -38,6 +39,11 @@ def visual_tokens(run, enc: Encoded, q: torch.Tensor | None, k=None, tau: float 
     """The post-vision stage of `run` (a stages.Run). `tau`/`budget_grad`: a trainable selector in training
     mode (Gumbel temperature; whether Eq. 4's rescaling trains f_comp)."""
     spec, a = run.spec, run.adapter
+    if enc.views is not None:  # the model's own views (run/tiles.py)
+        from qgsa_bench.run.tiles import view_tokens
+
+        tokens, valid, layouts = view_tokens(run, enc)
+        return Visual(tokens, valid, enc.selection, layouts)
     if enc.units is not None:  # selected inside the encoder
         return Visual(a.connect_units(enc.units), enc.valid, enc.selection)
     V = enc.V

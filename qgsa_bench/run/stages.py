@@ -23,7 +23,9 @@ from qgsa_bench.models.base import LMInputs
 from qgsa_bench.run.lm import LMPlan, answer_logprob, as_budget, kept_visual, lm_plan, prefill
 from qgsa_bench.run.observers import Observer
 from qgsa_bench.run.post_vision import Visual, visual_tokens
+from qgsa_bench.models.views import Splitting, Views
 from qgsa_bench.run.spec import Spec, parse_spec
+from qgsa_bench.run.tiles import check_views, encode_views
 from qgsa_bench.run.vision import Encoded, encode
 from qgsa_bench.selectors.base import check_budget
 from qgsa_bench.selectors.selection import SampleDraws, Selection, sample_seed
@@ -76,6 +78,8 @@ class Result:
     state: object | None = None  # the LM state after prefill (and decoding)
     layer_tokens: tuple[int, ...] = ()  # each LM layer's sequence length in prefill (in-LM selection shrinks it)
     trace: list[tuple[str, list[int]]] = field(default_factory=list)
+    views: Views | None = None  # the model's own views (then `resolution` is the view size, N per view)
+    shown: list[list[int]] | None = None  # per sample, the views encoded (indices among its views)
 
     @property
     def pipeline(self) -> str:
@@ -86,7 +90,7 @@ class Result:
         its smaller image); None without selection."""
         if self.spec.selector.keeps_all:
             return None
-        if self.spec.point.kind == "input":
+        if self.spec.point.kind in ("input", "tiles"):
             return int(self.inputs.n_visual[b])
         k = kept_visual(self.plan, self.selection)
         return None if k is None else int(k[b])
@@ -95,7 +99,7 @@ class Result:
         """The selector's final choice in the image's frame: indices (B, k_max) into the N patches (the
         paper's patch-level form) or the n dense visual tokens (every other selector), whatever stage
         made it; None without selection."""
-        if self.spec.selector.keeps_all:
+        if self.spec.selector.keeps_all or self.spec.point.kind == "tiles":  # tiles: `selected_tiles`
             return None
         if self.plan is not None and self.plan.records:
             return self.plan.kept()
@@ -122,7 +126,16 @@ class Result:
         """The record fields of sample b's selection, in the image's frame: `selected_patches`, and
         `merged_patches` for a merging selector."""
         groups = self.merged_patches(b)
-        return {"selected_patches": self.selected_patches(b), **({} if groups is None else {"merged_patches": groups})}
+        tiles = {} if self.views is None else {"views": self.views.counts[b], "selected_tiles": self.selected_tiles(b)}
+        return {"selected_patches": self.selected_patches(b), **({} if groups is None else {"merged_patches": groups}),
+                **tiles}
+
+    def selected_tiles(self, b: int) -> list[int] | None:
+        """Split images: sample b's encoded tiles (row-major indices among its tiles); None when every view was
+        encoded without a tile selector."""
+        if self.views is None or self.shown is None or self.spec.point.kind != "tiles":
+            return None
+        return self.shown[b][:-1]
 
     def _patches(self, items: torch.Tensor) -> list[int]:
         if self.units is None:
@@ -228,14 +241,15 @@ class Run:
         sel = self.spec.selector
         return not self.spec.is_dense and (sel.question_guided or sel.uses_module or k is None)
 
-    def budget(self, k, q: torch.Tensor | None, n: int, B: int, device, where: str) -> torch.Tensor | None:
+    def budget(self, k, q: torch.Tensor | None, n: int, B: int, device, where: str,
+               unit: str = "visual tokens") -> torch.Tensor | None:
         """The budget (B,) of a selection over n units: k as given, or f_comp(q)'s (`default_budget`); None
-        for a trainable selector that predicts its own. Raises QGSAError for k outside 1..n."""
+        for a trainable selector that predicts its own. Raises QGSAError for k outside 1..n (in `unit`)."""
         if k is None and not self.spec.selector.trainable:
             k = self.default_budget(q, n)
         if k is not None:
             k = as_budget(k, B, device)
-            check_budget(k, n, where)
+            check_budget(k, n, where, unit)
         return k
 
     def adaptive_budgets(self, questions: list[str], requested: int) -> torch.Tensor:
@@ -286,7 +300,7 @@ class Run:
 
     def lm_inputs(self, visual: Visual, questions: list[str], q: torch.Tensor | None, k=None):
         """(the prompt around the visual tokens, the in-LM selection plan where the point is lm:K, else None)."""
-        inputs = self.adapter.build_inputs(visual.tokens, questions, visual.valid)
+        inputs = self.adapter.build_inputs(visual.tokens, questions, visual.valid, visual.layouts)
         if self.spec.point.kind != "lm":
             return inputs, None
         n = int(inputs.n_visual.min())
@@ -301,21 +315,34 @@ class Run:
         """log P(answer | prompt) (B,), teacher-forced through the same pruned LM (multiple choice, training)."""
         return answer_logprob(self.adapter, inputs, plan, answers)
 
-    def execute(self, pixel_values: torch.Tensor, questions: list[str], k=None, new_tokens: int = 0,
+    def execute(self, pixel_values: torch.Tensor | Views, questions: list[str], k=None, new_tokens: int = 0,
                 stop: bool = True, observer: Observer | None = None, seeds=None) -> Result:
-        """Every stage once, in order, under `observer`. `new_tokens`: tokens to generate after prefill (0:
-        stop after prefill); `stop`: at each sample's end token (answering) or never (timing); `seeds`: each
-        sample's seed for the random selectors (`draws`)."""
+        """Every stage once, in order, under `observer`. `pixel_values`: (B, 3, R, R), one square view per
+        image, or the model's own Views (models/views.py: tiles and a global view; run/tiles.py).
+        `new_tokens`: tokens to generate after prefill (0: stop after prefill); `stop`: at each sample's end
+        token (answering) or never (timing); `seeds`: each sample's seed for the random selectors (`draws`).
+        Raises QGSAError for a selector that cannot take split images (tiles.check_views), or a tile selector
+        given one square view."""
+        if isinstance(pixel_values, Views):
+            check_views(self.spec)
+        elif self.spec.point.kind == "tiles":
+            raise QGSAError(f"{self.label} chooses among the tiles of a split image: pass --image-splitting (the "
+                            f"model's own views) or use a selector of one view")
         with self.draws(seeds):
             return self._execute(pixel_values, questions, k, new_tokens, stop, observer)
 
     def _execute(self, pixel_values, questions, k, new_tokens, stop, observer) -> Result:
         obs = observer or Observer()
-        early = self.spec.point.kind == "vision"
+        early = self.spec.point.kind in ("vision", "tiles")
         wants_q = self.needs_question(k)
         obs.start()
         q = self.question(questions) if early and wants_q else None
-        enc = obs.stage("vision", lambda px: self.encode(px, q, k), pixel_values)
+        views = pixel_values if isinstance(pixel_values, Views) else None
+        if views is not None:  # traced through its pixel values (a FLOP count traces tensors)
+            enc = obs.stage("vision", lambda px: encode_views(self, views.with_pixels(px), q, k), views.pixel_values)
+            pixel_values = views.pixel_values
+        else:
+            enc = obs.stage("vision", lambda px: self.encode(px, q, k), pixel_values)
         if wants_q and q is None:
             q = self.question(questions)
         if q is not None:
@@ -332,9 +359,9 @@ class Run:
         if torch.is_tensor(generated):  # forced decoding (timing): read after the clock stopped
             generated = generated.tolist()
         N = self.adapter.n_patches(pixel_values.shape[-1])
-        units = None if self.spec.patches else self.adapter.unit_patches(N)
+        units = None if self.spec.patches or views is not None else self.adapter.unit_patches(N)
         result = Result(self.spec, pixel_values.shape[-1], N, inputs, visual.selection, plan, units, generated,
-                        state, layer_tokens)
+                        state, layer_tokens, views=views, shown=enc.shown)
         result.trace = [("vision", enc.kept()), ("select", visual.valid.sum(1).tolist()),
                         ("prefill", [int(x) for x in kept_visual(plan, visual.selection)]
                          if plan is not None else inputs.n_visual.tolist())]
@@ -344,13 +371,16 @@ class Run:
 
     # ---- whole runs ------------------------------------------------------------------------------
     def prepare(self, images, questions: list[str], resolution: int, k=None, new_tokens: int = 0,
-                seeds=None) -> Result:
-        """Check the inputs, make the pixel values and execute (answering: `new_tokens` > 0)."""
+                seeds=None, splitting: Splitting | None = None) -> Result:
+        """Check the inputs, make the pixel values and execute (answering: `new_tokens` > 0). `splitting`: the
+        model's own views (models/views.py; `resolution` unused), else one square view of `resolution` px."""
         if len(images) != len(questions):
             raise QGSAError(f"{len(images)} images but {len(questions)} questions")
         for question in questions:
             if not question or not question.strip():
                 raise QGSAError("empty question: pass a non-empty --question")
+        if splitting is not None:
+            return self.execute(self.adapter.views(images, splitting), questions, k, new_tokens, seeds=seeds)
         if k is None and self.spec.point.kind == "input":
             k = self.input_budget(questions, resolution)
         res = self.check(resolution, k)
@@ -358,6 +388,7 @@ class Run:
         return self.execute(pixel_values, questions, k, new_tokens, seeds=seeds)
 
     def answer(self, images, questions: list[str], resolution: int, k=None, max_new_tokens: int = 16,
-               seeds=None) -> Result:
+               seeds=None, splitting: Splitting | None = None) -> Result:
         """Greedy answers (stopping at each sample's end token) with everything `prepare` gives."""
-        return self.prepare(images, questions, resolution, k, new_tokens=max_new_tokens, seeds=seeds)
+        return self.prepare(images, questions, resolution, k, new_tokens=max_new_tokens, seeds=seeds,
+                            splitting=splitting)

@@ -30,6 +30,8 @@ class Encoded:
     k: torch.Tensor | None = None
     n_units: int = 0
     unit_features: torch.Tensor | None = None  # (B, n, d_v) every unit's features where it was selected
+    views: object | None = None  # models.views.Views: V is (M', N_v, d_v), the encoded views (run/tiles.py)
+    shown: list[list[int]] | None = None  # per sample, its encoded views (indices among its views)
 
     def traced(self) -> tuple[torch.Tensor, ...]:
         """The tensors a FLOP count traces through."""
@@ -37,6 +39,8 @@ class Encoded:
 
     def kept(self) -> list[int]:
         """Patches (or kept units' patches) per sample leaving the encoder."""
+        if self.shown is not None:  # views: every encoded view's patches
+            return [len(s) * self.V.shape[1] for s in self.shown]
         if self.units is None:
             return [self.V.shape[1]] * self.V.shape[0]
         return (self.valid.sum(1) * self.units.shape[2]).tolist()

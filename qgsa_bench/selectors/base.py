@@ -6,6 +6,8 @@ Insertion points (DESIGN.md §1):
     lm:K         before LM layer K (after K layers, 1 <= K < depth): later layers and their KV cache hold
                  only the kept visual tokens, at their original positions
     input        before the encoder (downsampling: the whole image at a lower resolution)
+    tiles        before the encoder, on an image split into tiles (models/views.py): which tiles are encoded
+                 at all; the global view always is (selectors/tiles.py; the budget counts tiles)
 A selector keeps whole *units*: the patches of one dense visual token (s x s patches for Idefics3's pixel
 shuffle, one patch for LLaVA), so k kept units are exactly k visual tokens reaching the LM, each the
 token the dense model would build from them (in the LM: one unit = one visual token). A budget k is
@@ -27,7 +29,7 @@ import torch
 from qgsa_bench import QGSAError
 from qgsa_bench.selectors.selection import Selection, topk_selection
 
-POINT_KINDS = ("input", "vision", "post-vision", "lm")
+POINT_KINDS = ("tiles", "input", "vision", "post-vision", "lm")
 
 
 @dataclass(frozen=True)
@@ -42,10 +44,10 @@ class Point:
 
 
 def parse_point(text: str) -> Point:
-    """'post-vision', 'input', 'vision:L', 'lm:K' or 'lm:K1,K2,...' (several stages, for pdrop/sparsevlm)."""
+    """'post-vision', 'input', 'tiles', 'vision:L', 'lm:K' or 'lm:K1,K2,...' (several stages, for pdrop/sparsevlm)."""
     kind, _, rest = text.strip().partition(":")
     if kind not in POINT_KINDS or (kind in ("vision", "lm")) != bool(rest):
-        raise QGSAError(f"unknown insertion point '{text}': use post-vision, input, vision:L or lm:K "
+        raise QGSAError(f"unknown insertion point '{text}': use post-vision, input, tiles, vision:L or lm:K "
                         "(lm:K1,K2,... for several stages)")
     try:
         layers = tuple(int(x) for x in rest.split(",")) if rest else ()
@@ -95,6 +97,7 @@ class Selector:
     patch_form = False
     keeps_all = False
     uses_module = False
+    keeps_no_tiles = False  # at `tiles`: keeps no tile and takes no budget (global-only)
 
     def default_point(self, vision_depth: int, lm_depth: int) -> Point:
         return Point(self.points[0])
@@ -124,9 +127,9 @@ def scaled_cuts(layers_of_32: tuple[int, ...], depth: int) -> tuple[int, ...]:
     return tuple(sorted({max(1, min(depth - 1, round(depth * K / 32))) for K in layers_of_32}))
 
 
-def check_budget(k: torch.Tensor, n: torch.Tensor | int, where: str) -> None:
-    """Every sample's budget within [1, n]: one error that says the allowed range."""
+def check_budget(k: torch.Tensor, n: torch.Tensor | int, where: str, unit: str = "visual tokens") -> None:
+    """Every sample's budget within [1, n]: one error that says the allowed range (`unit`: what it counts)."""
     n_min = int(n.min()) if torch.is_tensor(n) else int(n)
     if bool((k < 1).any()) or bool((k > n_min).any()):
         bad = int(k.max()) if bool((k > n_min).any()) else int(k.min())
-        raise QGSAError(f"budget {bad} visual tokens is impossible {where}: pick 1 <= budget <= {n_min}")
+        raise QGSAError(f"budget {bad} {unit} is impossible {where}: pick 1 <= budget <= {n_min}")

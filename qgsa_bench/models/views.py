@@ -1,0 +1,154 @@
+"""SmolVLM's own image input: the model's image processor splits an image into tiles plus a global view.
+
+transformers' `Idefics3ImageProcessor` (called here, not copied) resizes the image so that its longest
+edge is `longest_edge` (2048 px for SmolVLM-256M/500M; a smaller image is scaled up), cuts it into
+`tile` x `tile` tiles (512 px: rows x cols of them) and adds the whole image resized to one tile, the global
+view. A square photo becomes 4 x 4 tiles + 1 global view = 17 views, each encoded on its own by the vision
+tower and pixel-shuffled into `image_seq_len` visual tokens (64): 1,088 visual tokens. Without splitting
+the image is one `tile`-sized view (the global view alone). The prompt names every tile by its place
+(Idefics3Processor's layout, rebuilt by `image_prompt` with any number of tokens per view so that a
+selector's kept tokens stay under their tile's marker):
+
+    <fake_token_around_image><row_1_col_1><image>*n ... <fake_token_around_image><row_1_col_C><image>*n \\n
+    ...                                                                                  (one line per row)
+    \\n<fake_token_around_image><global-img><image>*n<fake_token_around_image>
+    one view:  <fake_token_around_image><global-img><image>*n<fake_token_around_image>
+
+`Views` carries a batch: only real views (the processor pads a batch to its largest number of views with
+empty ones; those are dropped here, so they cost nothing and change nothing), sample by sample, each
+sample's tiles in row-major order, then its global view.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from qgsa_bench import QGSAError
+
+FAKE, GLOBAL, IMAGE = "<fake_token_around_image>", "<global-img>", "<image>"
+MAX_GRID = 6  # SmolVLM's tokenizer has <row_r_col_c> for r, c <= 6
+
+
+def tile_token(row: int, col: int) -> str:
+    """The marker of the tile in row `row`, column `col` (1-based)."""
+    return f"<row_{row}_col_{col}>"
+
+
+def tile_tokens() -> dict[str, int]:
+    """Every tile marker and its id in SmolVLM's tokenizer (row-major from 49153: <row_1_col_1> .. <row_6_col_6>
+    = 49188, between <global-img> 49152 and <fake_token_around_image> 49189)."""
+    return {tile_token(r, c): 49153 + (r - 1) * MAX_GRID + (c - 1)
+            for r in range(1, MAX_GRID + 1) for c in range(1, MAX_GRID + 1)}
+
+
+@dataclass(frozen=True)
+class Splitting:
+    """How the model's processor makes views: `split` into `tile`-px tiles after resizing the longest edge to
+    `longest_edge` px, or one `tile`-px view. `resample`: PIL's filter number (1: Lanczos, SmolVLM's)."""
+
+    split: bool
+    longest_edge: int
+    tile: int
+    resample: int = 1
+
+    def describe(self) -> str:
+        if not self.split:
+            return f"one {self.tile}-px view (image splitting off)"
+        return f"tiles of {self.tile} px after resizing the longest edge to {self.longest_edge} px, plus a global view"
+
+    def check(self) -> None:
+        """Raises QGSAError for a longest edge that is not a positive multiple of the tile size, or more tiles
+        per side than the tokenizer has markers for."""
+        if self.longest_edge <= 0 or self.longest_edge % self.tile:
+            raise QGSAError(f"--longest-edge {self.longest_edge} is not a positive multiple of the tile size "
+                            f"{self.tile} px: use one of {', '.join(str(self.tile * i) for i in range(1, 5))}, ...")
+        if self.longest_edge // self.tile > MAX_GRID:
+            raise QGSAError(f"--longest-edge {self.longest_edge} gives {self.longest_edge // self.tile} tiles per "
+                            f"side; the tokenizer marks at most {MAX_GRID}: use at most {self.tile * MAX_GRID}")
+
+
+@dataclass
+class Views:
+    """A batch of images as the model's processor gives them.
+
+    pixel_values (M, 3, S, S): every real view of the batch (M = sum of `counts`), float32, normalised;
+    counts: views per sample (rows x cols + 1 when split, else 1); grids: (rows, cols) per sample ((0, 0):
+    one view); sizes: each image's (height, width) in px as given; splitting: the settings used."""
+
+    pixel_values: torch.Tensor
+    counts: list[int]
+    grids: list[tuple[int, int]]
+    sizes: list[tuple[int, int]]
+    splitting: Splitting
+    first: list[int] = field(init=False)  # index in M of each sample's first view
+
+    def __post_init__(self):
+        self.first = [sum(self.counts[:b]) for b in range(len(self.counts))]
+
+    @property
+    def batch(self) -> int:
+        return len(self.counts)
+
+    @property
+    def size(self) -> int:
+        return self.pixel_values.shape[-1]
+
+    def to(self, device, dtype) -> "Views":
+        return self.with_pixels(self.pixel_values.to(device, dtype))
+
+    def with_pixels(self, pixel_values: torch.Tensor) -> "Views":
+        """The same layout over other pixel values (M, 3, S, S) (a FLOP count's traced copy)."""
+        return Views(pixel_values, self.counts, self.grids, self.sizes, self.splitting)
+
+    def rows_of(self, b: int) -> slice:
+        """Sample b's views in `pixel_values` (its tiles, then its global view)."""
+        return slice(self.first[b], self.first[b] + self.counts[b])
+
+    def markers(self, b: int) -> list[str]:
+        """Sample b's view markers, in view order: <row_r_col_c> per tile, then <global-img>."""
+        rows, cols = self.grids[b]
+        return [tile_token(r, c) for r in range(1, rows + 1) for c in range(1, cols + 1)] + [GLOBAL]
+
+
+def make_views(images, splitting: Splitting, mean, std) -> Views:
+    """PIL images -> Views, by transformers' Idefics3ImageProcessor with `splitting` and the model's
+    mean/std. Raises QGSAError for settings the processor cannot use (Splitting.check)."""
+    from transformers import Idefics3ImageProcessor
+
+    from qgsa_bench.data.types import to_rgb
+
+    splitting.check()
+    processor = Idefics3ImageProcessor(
+        do_image_splitting=splitting.split, size={"longest_edge": splitting.longest_edge},
+        max_image_size={"longest_edge": splitting.tile}, resample=splitting.resample,
+        image_mean=list(mean), image_std=list(std))
+    rgb = [to_rgb(img) for img in images]
+    out = processor(images=[[img] for img in rgb], return_tensors="pt", return_row_col_info=True)
+    grids = [(int(r[0]), int(c[0])) for r, c in zip(out["rows"], out["cols"])]
+    counts = [r * c + 1 if r else 1 for r, c in grids]
+    px = out["pixel_values"]  # (B, V_max, 3, S, S), padded with empty views
+    pixel_values = torch.cat([px[b, :n] for b, n in enumerate(counts)]).float()
+    return Views(pixel_values, counts, grids, [(img.height, img.width) for img in rgb], splitting)
+
+
+def image_prompt(markers: list[str], counts: list[int], grid: tuple[int, int]) -> list[str | int]:
+    """One image's part of the prompt as pieces: text, or an int n for n visual-token slots. `markers` and
+    `counts`: the views in order (tiles row-major, then the global view) and the visual tokens each keeps.
+    Pass only the views to show (a tile selector's chosen tiles and the global view); the global view alone is
+    laid out as an unsplit image."""
+    rows, cols = grid
+    if not rows or len(markers) == 1:  # one view, or the global view alone: the unsplit layout
+        return [FAKE + GLOBAL, counts[-1], FAKE]
+    pieces: list[str | int] = []
+    per_row: dict[int, int] = {}
+    for marker, n in zip(markers[:-1], counts[:-1]):
+        row = int(marker.split("_")[1])
+        if per_row and row not in per_row:
+            pieces.append("\n")
+        per_row[row] = per_row.get(row, 0) + 1
+        pieces += [FAKE + marker, n]
+    if per_row:
+        pieces.append("\n")
+    return pieces + ["\n" + FAKE + GLOBAL, counts[-1], FAKE]

@@ -1,0 +1,128 @@
+"""The model's own views through the run (models/views.py), and insertion point `tiles`.
+
+Vision stage on Views: every view is encoded on its own, as the vision tower does in the model (a batch of
+M views, (M, 3, S, S) -> V (M, N_v, d_v)). At insertion point `tiles` a selector first sees the global view
+(encoded first: (B, N_v, d_v)) and picks T of the image's tiles; only those tiles are encoded, the others
+never are, and their visual tokens never reach the LM. Select stage: the model's connector on each encoded
+view (N_v patches -> n_v visual tokens), the views of a sample concatenated in prompt order (its tiles
+row-major, then its global view) with each view's marker in the prompt (`layouts`). A tile's features for
+the selector: the global view's patches whose centres fall inside the tile (`tile_of_patches`).
+Raises QGSAError for a tile budget outside 1..tiles, or a selector that cannot take split images.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qgsa_bench import QGSAError
+from qgsa_bench.models.views import Views, image_prompt
+from qgsa_bench.selectors.base import SelectState, check_budget
+from qgsa_bench.selectors.selection import Selection
+
+
+def check_views(spec) -> None:
+    """Which selectors take split images: dense, the tile selectors, and selectors inside the LM (their
+    budget counts every visual token of every view). Raises QGSAError for the others."""
+    kind = spec.point.kind if spec.point else None
+    if spec.selector.keeps_all and not spec.patches or kind in ("tiles", "lm"):
+        return
+    raise QGSAError(f"{spec.text} selects among the visual tokens of one view; on an image split into tiles use "
+                    f"dense, a tile selector (qgsa-tiles, random-tiles, global-only) or a selector inside the LM "
+                    f"(e.g. fastv@lm:2), or pass --no-image-splitting")
+
+
+def tile_of_patches(views: Views, b: int, patch_size: int, device) -> torch.Tensor:
+    """(N_v,) the tile (row-major index in sample b's rows x cols) whose area holds each patch centre of the
+    global view (a g x g grid, g = S / patch size, covering the whole image)."""
+    rows, cols = views.grids[b]
+    g = views.size // patch_size
+    centre = (torch.arange(g, device=device, dtype=torch.float32) + 0.5) / g  # (g,) in [0, 1]
+    r = (centre * rows).floor().long().clamp(max=rows - 1)
+    c = (centre * cols).floor().long().clamp(max=cols - 1)
+    return (r[:, None] * cols + c[None, :]).reshape(-1)
+
+
+def tile_state(run, views: Views, V_global: torch.Tensor, q) -> SelectState:
+    """What insertion point `tiles` offers: per tile the mean of the global view's patch features inside it
+    (B, n_max, d_v), valid (B, n_max) where the tile exists; `cache`: the global view's patches (B, N_v, d_v)
+    and each patch's tile (B, N_v) (-1 where a sample has no tiles)."""
+    B, N_v, d = V_global.shape
+    tiles = [views.counts[b] - 1 for b in range(B)]
+    n_max = max(max(tiles), 1)
+    where = torch.full((B, N_v), -1, dtype=torch.long, device=V_global.device)
+    features = V_global.new_zeros(B, n_max, d)
+    for b in range(B):
+        if tiles[b]:
+            where[b] = tile_of_patches(views, b, run.adapter.patch_size, V_global.device)
+            one_hot = torch.nn.functional.one_hot(where[b], n_max).to(V_global.dtype)  # (N_v, n_max)
+            features[b] = (one_hot.T @ V_global[b]) / one_hot.sum(0).clamp(min=1)[:, None]
+    valid = torch.arange(n_max, device=V_global.device)[None] < torch.tensor(tiles, device=V_global.device)[:, None]
+    state = SelectState(run.spec.point, features, valid, q=q, generator=run.generator, module=run.module)
+    state.cache.update(global_patches=V_global, patch_tiles=where)
+    return state
+
+
+def choose_tiles(run, views: Views, V_global: torch.Tensor, q, k) -> Selection:
+    """The tile selector's choice: a Selection over each sample's tiles (indices row-major). Raises QGSAError
+    for a budget outside 1..the image's tiles."""
+    sel = run.spec.selector
+    state = tile_state(run, views, V_global, q)
+    B = V_global.shape[0]
+    if sel.keeps_no_tiles:
+        return sel.select(state, torch.zeros(B, dtype=torch.long, device=V_global.device))
+    n_tiles = state.valid.sum(1)
+    if int(n_tiles.min()) == 0:
+        raise QGSAError(f"{run.label} chooses among tiles, and an image of this batch was not split (it is one view):"
+                        f" use global-only or dense for it, or a larger --longest-edge")
+    where = f"at tiles ({int(n_tiles.min())} tiles in the image with the fewest)"
+    k = run.budget(k, q, int(n_tiles.min()), B, V_global.device, where, "tiles")
+    selection = sel.select(state, k)
+    check_budget(selection.k, n_tiles, where, "tiles")
+    return selection
+
+
+def encode_views(run, views: Views, q, k):
+    """The vision stage on Views: every view encoded, or at `tiles` the global views, the selector's choice,
+    then the chosen tiles. -> Encoded with V (M', N_v, d_v) for the encoded views, sample by sample in prompt
+    order, and `shown` (per sample, the encoded views' indices among its views)."""
+    from qgsa_bench.run.vision import Encoded
+
+    a, B = run.adapter, views.batch
+    if run.spec.point is None or run.spec.point.kind != "tiles":
+        return Encoded(V=a.patch_features(views.pixel_values), views=views,
+                       shown=[list(range(n)) for n in views.counts])
+    glob = [views.first[b] + views.counts[b] - 1 for b in range(B)]
+    V_global = a.patch_features(views.pixel_values[glob])  # (B, N_v, d_v)
+    selection = choose_tiles(run, views, V_global, q, k)
+    chosen = [sorted(selection.indices[b][selection.valid[b]].tolist()) for b in range(B)]
+    rows = [views.first[b] + t for b in range(B) for t in chosen[b]]
+    V_tiles = a.patch_features(views.pixel_values[rows]) if rows else None  # only the chosen tiles are encoded
+    parts, i = [], 0
+    for b in range(B):
+        if chosen[b]:
+            parts.append(V_tiles[i: i + len(chosen[b])])
+            i += len(chosen[b])
+        parts.append(V_global[b: b + 1])
+    shown = [chosen[b] + [views.counts[b] - 1] for b in range(B)]
+    return Encoded(V=torch.cat(parts), views=views, shown=shown, selection=selection)
+
+
+def view_tokens(run, enc):
+    """The select stage on Views: the connector on every encoded view, each sample's views concatenated.
+    -> (tokens (B, n_max, d_q), valid (B, n_max), layouts: per sample its image's prompt pieces)."""
+    a, views = run.adapter, enc.views
+    per_view = a.connect(enc.V)  # (M', n_v, d_q)
+    n_v = per_view.shape[1]
+    counts = [len(s) for s in enc.shown]
+    n_max = max(counts) * n_v
+    tokens = per_view.new_zeros(views.batch, n_max, per_view.shape[2])
+    valid = torch.zeros(views.batch, n_max, dtype=torch.bool, device=per_view.device)
+    layouts, start = [], 0
+    for b, shown in enumerate(enc.shown):
+        n = len(shown) * n_v
+        tokens[b, :n] = per_view[start: start + len(shown)].reshape(n, -1)
+        valid[b, :n] = True
+        start += len(shown)
+        markers = views.markers(b)
+        layouts.append(image_prompt([markers[i] for i in shown], [n_v] * len(shown), views.grids[b]))
+    return tokens, valid, layouts

@@ -1,0 +1,69 @@
+"""Selectors at insertion point `tiles`: which tiles of a split image are encoded at all (models/views.py).
+
+The global view is always encoded (first) and offers each tile the mean of its patch features inside the tile
+(run/tiles.py `tile_state`); a selector keeps T tiles (the budget, counted in tiles), whose views are then
+encoded; the others never are.
+
+random-tiles  T tiles drawn uniformly without replacement: image- and question-blind (the baseline).
+global-only   no tile: the global view alone (SmolVLM with image splitting off, laid out as an unsplit image);
+              takes no budget. The cheapest input the model knows.
+qgsa-tiles    QGSA's scorer (the seed paper, Eq. 1) with the question over the global view's patches; a tile's
+              score is the mean of the scores of the patches inside it; top-T (budget T, or f_comp(q)'s k up
+              to the image's tiles when none is given). The seed paper scores patches after the encoder; scoring
+              the global view to choose tiles before encoding them is this project's placement (issue 19).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from qgsa_bench.selectors.base import Selector, SelectState
+from qgsa_bench.selectors.registry import register
+from qgsa_bench.selectors.selection import Selection, random_selection, topk_selection
+
+
+@register
+class RandomTiles(Selector):
+    name = "random-tiles"
+    paper = "baseline (uniform sampling of tiles without replacement)"
+    points = ("tiles",)
+
+    def select(self, state: SelectState, k: torch.Tensor) -> Selection:
+        """k (B,) of each sample's valid tiles, drawn with `state.generator`."""
+        B, n = state.valid.shape
+        return random_selection(B, n, k, state.valid.device, state.generator, state.valid)
+
+
+@register
+class GlobalOnly(Selector):
+    name = "global-only"
+    paper = "baseline (SmolVLM's global view alone: image splitting off)"
+    points = ("tiles",)
+    keeps_no_tiles = True
+
+    def select(self, state: SelectState, k: torch.Tensor) -> Selection:
+        """No tile: an empty Selection (B, 0)."""
+        B = state.valid.shape[0]
+        empty = torch.zeros(B, 0, dtype=torch.long, device=state.valid.device)
+        return Selection(empty, empty.bool(), torch.zeros(B, dtype=torch.long, device=state.valid.device))
+
+
+@register
+class QGSATiles(Selector):
+    name = "qgsa-tiles"
+    paper = "QGSA (the seed paper)'s question-guided scorer, over the global view, choosing tiles"
+    points = ("tiles",)
+    question_guided = True
+    uses_module = True
+
+    def scores(self, state: SelectState) -> torch.Tensor:
+        """(B, n) each tile's mean patch score s_i = scorer(q, v_i) over the global view's patches inside it."""
+        V, where = state.cache["global_patches"], state.cache["patch_tiles"]  # (B, N_v, d_v), (B, N_v)
+        patch_scores = state.module.scorer(state.q, V.to(state.q.dtype)).float()  # (B, N_v)
+        n = state.valid.shape[1]
+        inside = torch.nn.functional.one_hot(where.clamp(min=0), n).float() * (where >= 0)[..., None]  # (B, N_v, n)
+        return (inside * patch_scores[..., None]).sum(1) / inside.sum(1).clamp(min=1)
+
+    def select(self, state: SelectState, k: torch.Tensor) -> Selection:
+        scores = self.scores(state).masked_fill(~state.valid, float("-inf"))
+        return topk_selection(scores, k)

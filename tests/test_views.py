@@ -1,0 +1,172 @@
+"""SmolVLM as it runs: its own image processor's tiles + global view through the one run (issue 19).
+
+The tiled dense run equals the HF model's own forward and generate on the processor's outputs; a batch of
+images with different numbers of tiles gives each its solo result; tile selectors encode only the tiles
+they choose; bad settings are one error line."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import Idefics3ImageProcessor, Idefics3Processor
+
+from qgsa_bench import QGSAError
+from qgsa_bench.build import build
+from qgsa_bench.models.views import Splitting, image_prompt, make_views
+from qgsa_bench.run.observers import FlopCounter
+
+QUESTION = "what color is the circle?"
+
+
+def noise(width: int, height: int, seed: int = 0) -> Image.Image:
+    """A random RGB picture (no view of it is uniform grey, which HF's forward would take for padding)."""
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def hf_inputs(built, image, splitting: Splitting):
+    """The model's own processor (transformers' Idefics3Processor) on one image and QUESTION."""
+    a = built.adapter
+    processor = Idefics3ImageProcessor(
+        do_image_splitting=splitting.split, size={"longest_edge": splitting.longest_edge},
+        max_image_size={"longest_edge": splitting.tile}, resample=splitting.resample,
+        image_mean=list(built.loaded.image_mean), image_std=list(built.loaded.image_std))
+    n_v = (splitting.tile // a.patch_size) ** 2 // a.group_size
+    both = Idefics3Processor(processor, built.loaded.tokenizer, image_seq_len=n_v)
+    return both(text=[f"<|im_start|>User:<image>{QUESTION}<end_of_utterance>\nAssistant:"], images=[[image]],
+                return_tensors="pt")
+
+
+@torch.no_grad()
+def test_tiled_dense_run_equals_the_hf_forward_and_generate(tiny):
+    splitting = tiny.adapter.splitting(True)  # the tiny preset: 64-px tiles, longest edge 256
+    image = noise(200, 150)
+    result = tiny.engine.run("dense").prepare([image], [QUESTION], 0, new_tokens=4, splitting=splitting)
+    assert result.views.counts == [13] and result.views.grids == [(3, 4)]  # 3 x 4 tiles + the global view
+    assert result.inputs.n_visual.tolist() == [13 * 16]
+    hf = hf_inputs(tiny, image, splitting)
+    out = tiny.loaded.model(**hf)
+    torch.testing.assert_close(tiny.adapter.logits(result.inputs), out.logits, rtol=1e-5, atol=1e-5)
+    generated = tiny.loaded.model.generate(**hf, max_new_tokens=4, do_sample=False)
+    assert result.generated == [generated[0, hf["input_ids"].shape[1]:].tolist()]
+
+
+@torch.no_grad()
+def test_smolvlm_256m_tiles_a_photo_as_its_processor_does():
+    built = build("smolvlm-256m", weights="random", device="cpu", dtype="fp32", seed=0)
+    splitting = built.adapter.splitting()  # the preset's own: splitting on, longest edge 2048, 512-px tiles
+    assert splitting == Splitting(True, 2048, 512, 1)
+    counts = {size: make_views([noise(*size)], splitting, (0.5,) * 3, (0.5,) * 3).counts[0]
+              for size in [(2048, 2048), (640, 480), (1920, 1080), (1700, 2200), (4000, 100)]}
+    assert counts == {(2048, 2048): 17, (640, 480): 13, (1920, 1080): 13, (1700, 2200): 17, (4000, 100): 5}
+    image = noise(1024, 768)
+    result = built.engine.run("dense").prepare([image], [QUESTION], 0, splitting=splitting)
+    assert result.inputs.n_visual.tolist() == [13 * 64]  # 3 x 4 tiles + global, 64 visual tokens each
+    out = built.loaded.model(**hf_inputs(built, image, splitting))
+    torch.testing.assert_close(built.adapter.logits(result.inputs)[:, -8:], out.logits[:, -8:], rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_the_prompt_layout_is_the_processors():
+    markers = ["<row_1_col_1>", "<row_1_col_2>", "<row_2_col_1>", "<row_2_col_2>", "<global-img>"]
+    pieces = image_prompt(markers, [2] * 5, (2, 2))
+    text = "".join(p if isinstance(p, str) else "<image>" * p for p in pieces)
+    f = "<fake_token_around_image>"
+    assert text == (f"{f}<row_1_col_1><image><image>{f}<row_1_col_2><image><image>\n"
+                    f"{f}<row_2_col_1><image><image>{f}<row_2_col_2><image><image>\n"
+                    f"\n{f}<global-img><image><image>{f}")
+    chosen = image_prompt(["<row_2_col_1>", "<global-img>"], [2, 2], (2, 2))  # a tile selector's choice
+    assert chosen == [f + "<row_2_col_1>", 2, "\n", "\n" + f + "<global-img>", 2, f]
+    assert image_prompt(["<global-img>"], [3], (2, 2)) == [f + "<global-img>", 3, f]  # as an unsplit image
+
+
+@torch.no_grad()
+def test_a_batch_of_images_with_different_tiles_gives_each_its_solo_result(tiny):
+    splitting = tiny.adapter.splitting(True)
+    images = [noise(200, 150, 1), noise(64, 64, 2), noise(100, 250, 3)]
+    run = tiny.engine.run("dense")
+    batch = run.prepare(images, [QUESTION, "how many shapes?", QUESTION], 0, new_tokens=3, splitting=splitting)
+    assert batch.views.counts == [13, 17, 9] and batch.views.pixel_values.shape[0] == 39  # no padded view kept
+    for b, image in enumerate(images):
+        solo = run.prepare([image], [[QUESTION, "how many shapes?", QUESTION][b]], 0, new_tokens=3, splitting=splitting)
+        assert batch.generated[b] == solo.generated[0]
+        assert int(batch.inputs.n_visual[b]) == int(solo.inputs.n_visual[0])
+
+
+@torch.no_grad()
+def test_tile_selectors_encode_only_the_tiles_they_choose(tiny, monkeypatch):
+    splitting = tiny.adapter.splitting(True)
+    image = noise(200, 150)
+    encoded = []
+    real = type(tiny.adapter).patch_features
+    monkeypatch.setattr(type(tiny.adapter), "patch_features",
+                        lambda self, px: encoded.append(px.shape[0]) or real(self, px))
+    for name, k, tiles in (("random-tiles", 2, 2), ("qgsa-tiles", 3, 3), ("global-only", None, 0)):
+        encoded.clear()
+        result = tiny.engine.run(name).prepare([image], [QUESTION], 0, k=k, new_tokens=2, splitting=splitting)
+        assert sum(encoded) == 1 + tiles  # the global view, then the chosen tiles: the others never encoded
+        assert result.inputs.n_visual.tolist() == [(1 + tiles) * 16]
+        chosen = result.selected_tiles(0)
+        assert len(chosen) == tiles and all(0 <= t < 12 for t in chosen)
+        assert result.kept(0) == (1 + tiles) * 16
+    # global-only reads as the unsplit image: the same prompt length as one view with splitting off
+    one_view = tiny.engine.run("dense").prepare([image], [QUESTION], 0, splitting=tiny.adapter.splitting(False))
+    assert result.inputs.inputs_embeds.shape == one_view.inputs.inputs_embeds.shape
+
+
+@torch.no_grad()
+def test_qgsa_tiles_follows_its_scores_and_fastv_runs_on_tiles(tiny):
+    splitting = tiny.adapter.splitting(True)
+    image = noise(200, 150)
+    run = tiny.engine.run("qgsa-tiles")
+    views = tiny.adapter.views([image], splitting)
+    q = run.question([QUESTION])
+    from qgsa_bench.run.tiles import tile_state
+
+    V_global = tiny.adapter.patch_features(views.pixel_values[-1:])
+    state = tile_state(run, views, V_global, q)
+    scores = run.spec.selector.scores(state)[0]
+    result = run.prepare([image], [QUESTION], 0, k=3, splitting=splitting)
+    assert result.selected_tiles(0) == sorted(scores.topk(3).indices.tolist())
+    fastv = tiny.engine.run("fastv@lm:1").prepare([image], [QUESTION], 0, k=40, splitting=splitting)
+    assert fastv.kept(0) == 40 and fastv.inputs.n_visual.tolist() == [13 * 16]  # pruned inside the LM
+
+
+@torch.no_grad()
+def test_vision_flops_of_a_split_image_are_views_times_one_view(tiny):
+    splitting = tiny.adapter.splitting(True)
+    image = noise(200, 150)
+
+    def vision_flops(views):
+        run = tiny.engine.run("dense")
+        counter = FlopCounter(tiny.engine, [tiny.loaded.model, tiny.module])
+        run.execute(views, [QUESTION] * views.batch, observer=counter)
+        return counter.counts["vision"].total
+
+    views = tiny.adapter.views([image], splitting)
+    one = tiny.adapter.views([image], tiny.adapter.splitting(False))
+    assert views.counts == [13] and vision_flops(views) == 13 * vision_flops(one)
+
+
+@pytest.mark.parametrize("call, words", [
+    (lambda t: t.adapter.splitting(True, 200), "--longest-edge 200 is not a positive multiple of the tile size 64"),
+    (lambda t: t.adapter.splitting(True, 512), "gives 8 tiles per side; the tokenizer marks at most 6"),
+    (lambda t: t.engine.run("random-tiles").prepare([noise(200, 150)], [QUESTION], 64, k=2),
+     "random-tiles chooses among the tiles of a split image: pass --image-splitting"),
+    (lambda t: t.engine.run("random-tiles").prepare([noise(200, 150)], [QUESTION], 0, k=13,
+                                                    splitting=t.adapter.splitting(True)),
+     "budget 13 tiles is impossible at tiles (12 tiles in the image with the fewest): pick 1 <= budget <= 12"),
+    (lambda t: t.engine.run("random@post-vision").prepare([noise(200, 150)], [QUESTION], 0, k=2,
+                                                          splitting=t.adapter.splitting(True)),
+     "random@post-vision selects among the visual tokens of one view; on an image split into tiles use dense"),
+    (lambda t: t.engine.run("random-tiles@vision:1"), "selector 'random-tiles' cannot sit at vision:1"),
+])
+def test_bad_tile_settings_are_one_error(tiny, call, words):
+    with pytest.raises(QGSAError) as err:
+        call(tiny)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_llava_takes_one_view(llava_tiny):
+    with pytest.raises(QGSAError, match="llava models take one view: --image-splitting and --longest-edge are"):
+        llava_tiny.adapter.splitting(True)
