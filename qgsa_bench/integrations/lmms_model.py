@@ -23,6 +23,9 @@ class QGSALMM(lmms):
 
     def __init__(self, bridge: Bridge | None = None, **model_args):
         super().__init__()
+        from qgsa_bench.integrations.lmms_run import filelock_workaround
+
+        self.workaround = filelock_workaround()  # lmms-eval's own CLI calls simple_evaluate after building this
         if bridge is None:
             from qgsa_bench.build import build
 
