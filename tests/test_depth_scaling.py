@@ -1,7 +1,6 @@
 """Counting from depth-reduced copies is exact: the scaled count equals the count at the real depth."""
 
 import pytest
-import torch
 
 from qgsa_bench.experiments.depth import LINEAR_KEYS, build_at_depth, count_scaled, plan_for
 from qgsa_bench.experiments.measure import Case, count_stage_flops

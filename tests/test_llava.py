@@ -1,6 +1,5 @@
 """The LLaVA-1.5 family through the same interface: dense path == HF forward, geometry, presets, errors."""
 
-import json
 
 import pytest
 import torch

@@ -12,7 +12,6 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 
 from qgsa_bench.qgsa.checkpoint import load_checkpoint
 

@@ -100,7 +100,7 @@ def unexpected(err: BaseException) -> str:
 
 
 RESULTS_COMMANDS = {"eval_command", "grounding", "sweep_resolution", "sweep_budget", "count_flops_command", "ablate",
-                    "train"}  # the commands writing a results folder (--out), which resume
+                    "train", "lmms_eval_command"}  # the commands writing a results folder (--out), which resume
 
 
 def _terminate(signum, frame):

@@ -10,7 +10,7 @@ from qgsa_bench import QGSAError
 from qgsa_bench.results import read_meta, read_rows
 
 # a results folder: meta.json beside one of these NAME.csv
-RESULT_NAMES = ("sweep", "ablate", "eval", "grounding", "budget", "flops")
+RESULT_NAMES = ("sweep", "ablate", "eval", "grounding", "budget", "flops", "lmms")
 COMPANIONS = {"accuracy": "budget", "pairs": "grounding"}  # read with the results file they sit beside
 SEARCHED = ("results", "runs")  # where `qgsa report` without --results looks
 
@@ -24,9 +24,11 @@ def schemas() -> dict[str, list[str]]:
     from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
     from qgsa_bench.experiments.evaluate import EVAL_COLUMNS
     from qgsa_bench.experiments.grounding import GROUNDING_COLUMNS, PAIR_COLUMNS
+    from qgsa_bench.integrations.lmms_run import LMMS_COLUMNS
 
     return {"sweep": SWEEP_COLUMNS, "ablate": ABLATE_COLUMNS, "eval": EVAL_COLUMNS, "grounding": GROUNDING_COLUMNS,
-            "budget": BUDGET_COLUMNS, "flops": COUNT_COLUMNS, "accuracy": ACCURACY_COLUMNS, "pairs": PAIR_COLUMNS}
+            "budget": BUDGET_COLUMNS, "flops": COUNT_COLUMNS, "accuracy": ACCURACY_COLUMNS, "pairs": PAIR_COLUMNS,
+            "lmms": LMMS_COLUMNS}
 
 
 def added_later() -> dict[str, tuple[str, ...]]:

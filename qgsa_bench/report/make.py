@@ -99,6 +99,10 @@ def folder_section(folder: Path, meta: dict, tables: dict, out: Path, slug: str,
         parts.append(f"![accuracy or latency against FLOPs](pareto_{slug}.png)\n")
     if "flops" in tables:
         parts.append(count_markdown(tables["flops"].to_dict("records"), meta))
+    if "lmms" in tables:
+        from qgsa_bench.report.lmms import lmms_markdown
+
+        parts.append(lmms_markdown(tables["lmms"], meta))
     if "grounding" in tables:
         parts.append(grounding_markdown(tables["grounding"], meta))
         if "pairs" in tables:

@@ -2,6 +2,7 @@
 
     sweep.csv -> table4.md         ablate.csv -> table5.md        eval.csv -> table.md
     budget.csv (+ accuracy.csv) -> table.md                       flops.csv -> table.md
+    lmms.csv -> table.md (report/lmms.py)
     grounding.csv (+ pairs.csv) -> table3.md, selections.png, pair.png (the images read again from the data
     set the run names in meta.json: the same samples, found by id)
 The commands write rows and meta.json only (experiments/); the CLI calls `render_folder` after them, and
@@ -42,6 +43,10 @@ def render_folder(folder, warn=None) -> list[Path]:
     if "flops" in tables:
         records = [{k: v for k, v in row.items() if v == v} for row in tables["flops"].to_dict("records")]  # no NaN
         texts["table.md"] = count_markdown(records, meta)
+    if "lmms" in tables:
+        from qgsa_bench.report.lmms import lmms_markdown
+
+        texts["table.md"] = lmms_markdown(tables["lmms"], meta)
     if "grounding" in tables:
         pairs = tables.get("pairs")
         texts["table3.md"] = grounding_markdown(tables["grounding"], meta) + (

@@ -198,6 +198,23 @@ def answer_logprob(adapter, inputs, plan: "LMPlan | None", answers: list[str]) -
     return adapter.answer_scores(hidden, ids, amask)
 
 
+def answer_logprob_greedy(adapter, inputs, plan: "LMPlan | None", answers: list[str]):
+    """(log P(answer | prompt) (B,) float, greedy (B,) bool): `answer_logprob`'s teacher-forced pass, and whether
+    greedy decoding would produce each answer's tokens (every answer token is the argmax at its position). The
+    same arithmetic as `answer_logprob` (the LM pruned as `plan` says; without one, the model's own forward)."""
+    embeds, mask, ids, amask = adapter.teacher_forcing(inputs, answers)
+    positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+    if plan is None:
+        hidden = adapter.lm_forward(embeds, mask, positions)
+    else:
+        query = inputs.attention_mask.shape[1] - 1
+        hidden, _ = run_planned(adapter.lm, embeds, mask, positions, None, plan.start(inputs, query=query))
+    A = ids.shape[1]
+    picks = adapter.lm_head(hidden[:, -A - 1: -1]).argmax(dim=-1)  # (B, A): the greedy token at each answer step
+    greedy = ((picks == ids) | (amask == 0)).all(dim=1)
+    return adapter.answer_scores(hidden, ids, amask), greedy
+
+
 def run_planned(runner, embeds, mask, positions, cache, plan_pass: "PlanPass"):
     """The LM (models/lm.LlamaRunner) a layer at a time, `plan_pass` pruning the visual tokens before the
     layers of its plan: (normed hidden states of the last segment (B, L', d), LMState)."""

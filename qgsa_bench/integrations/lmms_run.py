@@ -1,0 +1,290 @@
+"""`qgsa lmms-eval`: lmms-eval's tasks answered by qgsa-bench pipelines, written as a qgsa-bench results folder.
+
+    lmms.csv                one row per (pipeline, task, metric, filter): lmms-eval's score (its own metric and
+                            aggregation) beside the mean visual tokens kept and the mean counted FLOPs by stage
+                            per sample, and the share of the dense pipeline's FLOPs when dense ran too
+    samples_{pipeline}.jsonl  lmms-eval's per-sample log (doc_id, target, resps, filtered_resps, metrics...) with
+                            `task` and `qgsa` (lmms.Bridge: tokens kept, kept indices, FLOPs by stage)
+    lmms_results_{pipeline}.json  lmms-eval's results (results, versions, configs, n-samples, n-shot)
+    meta.json               lmms-eval's version, the tasks and their versions, the settings, the weights
+Every check (lmms-eval installed, the options after `--`, the tasks, the pipelines against the model) runs
+before any answer; a refused run leaves no results folder behind (driver.Results).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from qgsa_bench import QGSAError
+from qgsa_bench.experiments.driver import Results, Table
+from qgsa_bench.integrations.lmms import FLOP_STAGES, Bridge, ModelArgs, lmms_eval_version
+
+LMMS_COLUMNS = ["model", "weights", "qgsa_weights", "lmms_eval", "task", "task_version", "output_type", "metric",
+                "filter", "value", "stderr", "n", "pipeline", "point", "k", "share", "visual_tokens_kept_mean",
+                "visual_tokens_to_lm_mean", *(f"flops_{s}" for s in FLOP_STAGES), "flops_total",
+                "flops_share_of_dense", "note"]
+LMMS_TABLE = Table("lmms.csv", tuple(LMMS_COLUMNS), ("pipeline", "task", "metric", "filter"))
+RANDOM_NOTE = "RANDOM weights: scores are meaningless"
+# lmms-eval options that `qgsa lmms-eval` gives itself, and those of lmms-eval's CLI around simple_evaluate
+OURS = {"model": "--model/--pipelines/--k/--share", "model_args": "--model/--pipelines/--k/--share/--checkpoint",
+        "tasks": "--tasks", "include_path": "--include-path", "batch_size": "--batch", "device": "--device",
+        "output_path": "--out", "log_samples": "(always on)"}
+# simple_evaluate's own arguments, and options its evaluator reads from the parsed command line (cli_args)
+HONOURED = {"num_fewshot", "limit", "offset", "gen_kwargs", "system_instruction", "apply_chat_template",
+            "fewshot_as_multiturn", "predict_only", "seed", "verbosity", "repeats", "baseline", "max_tokens",
+            "process_docs_parallel", "write_out", "check_integrity", "cache_requests", "use_cache", "force_simple"}
+FROM_CLI_ARGS = {"process_with_media", "reasoning_tags", "agentic_trace_mode"}
+OURS["max_batch_size"] = "--batch"
+
+
+@dataclass
+class LMMSConfig:
+    """`qgsa lmms-eval`: tasks, a model, pipelines at one budget, and lmms-eval's own options (`lmms_args`, the
+    tokens after `--`)."""
+
+    tasks: tuple[str, ...]
+    model: str = "smolvlm-256m"
+    pipelines: tuple[str, ...] = ("dense",)
+    k: int | None = None
+    share: float | None = None
+    checkpoint: str | None = None
+    weights: str = "auto"
+    device: str = "auto"
+    dtype: str = "fp32"
+    resolution: int | None = None
+    seed: int = 0
+    batch: int = 1
+    max_new_tokens: int = 16
+    count_flops: bool = True
+    include_path: str | None = None
+    lmms_args: tuple[str, ...] = ()
+    out: str = "results/lmms"
+    overwrite: bool = False
+    specs: tuple = field(default=(), init=False, repr=False)
+
+    def __post_init__(self):
+        from qgsa_bench.run.spec import check_options, parse_specs
+
+        if not self.tasks:
+            raise QGSAError("--tasks needs at least one lmms-eval task (e.g. --tasks pope,gqa)")
+        if not self.pipelines:
+            raise QGSAError("--pipelines needs at least one pipeline")
+        self.model_args(self.pipelines[0])  # k, share, batch, max_new_tokens checked once
+        self.specs = parse_specs(self.pipelines)
+        check_options(self.specs, self.k if self.share is None else 1, self.checkpoint)
+
+    def model_args(self, pipeline: str) -> ModelArgs:
+        return ModelArgs(model=self.model, pipeline=pipeline, k=self.k, share=self.share, checkpoint=self.checkpoint,
+                         weights=self.weights, device=self.device, dtype=self.dtype, resolution=self.resolution,
+                         seed=self.seed, batch_size=self.batch, max_new_tokens=self.max_new_tokens,
+                         count_flops=self.count_flops)
+
+    def settings(self) -> dict:
+        return {k: v for k, v in asdict(self).items() if k not in ("out", "device", "overwrite", "specs")}
+
+
+def lmms_options(tokens: tuple[str, ...]) -> tuple[dict, object]:
+    """(simple_evaluate's keyword arguments, lmms-eval's parsed namespace for its `cli_args`) from lmms-eval's own
+    options, parsed by lmms-eval's parser. Raises QGSAError (one line) for an option it does not know, a bad value,
+    an option `qgsa lmms-eval` gives itself, or one of lmms-eval's CLI around simple_evaluate (loggers, config
+    files, power analysis)."""
+    import sys
+
+    from lmms_eval.__main__ import parse_eval_args
+
+    argv, sys.argv = sys.argv, ["lmms-eval"]
+    try:
+        parser, defaults = parse_eval_args()
+    finally:
+        sys.argv = argv
+
+    def refuse(message):
+        raise QGSAError(f"lmms-eval option after --: {message.splitlines()[0]}")
+
+    parser.error = refuse
+    parsed = parser.parse_args(list(tokens))
+    given = {key: value for key, value in vars(parsed).items() if value != getattr(defaults, key, None)}
+    for key in given:
+        if key in OURS:
+            raise QGSAError(f"--{key} after -- is qgsa lmms-eval's own: give {OURS[key]} instead")
+        if key not in HONOURED | FROM_CLI_ARGS:
+            raise QGSAError(f"--{key} is an option of lmms-eval's command line, not of its evaluator: run lmms-eval's "
+                            f"own CLI for it (`lmms-eval --model qgsa ...`, README)")
+    options = {key: value for key, value in given.items() if key in HONOURED and key != "seed"}
+    if "seed" in given:
+        options.update(zip(("random_seed", "numpy_random_seed", "torch_random_seed", "fewshot_random_seed"),
+                           given["seed"]))
+    if "cache_requests" in options:
+        from lmms_eval.evaluator import request_caching_arg_to_dict
+
+        options.update(request_caching_arg_to_dict(cache_requests=options.pop("cache_requests")))
+    return options, parsed
+
+
+def resolve_tasks(tasks: tuple[str, ...], include_path: str | None):
+    """(lmms-eval's TaskManager, the task names matched). The include path is indexed first; lmms-eval's own
+    tasks only when a name is not there. Raises QGSAError naming an unknown task or a missing include path."""
+    from lmms_eval.tasks import TaskManager
+
+    if include_path is not None and not Path(include_path).is_dir():
+        raise QGSAError(f"--include-path {include_path} is not a folder (it holds the tasks' yaml files)")
+    manager = TaskManager("WARNING", include_path=include_path, include_defaults=False) if include_path else None
+    if manager is None or any(not manager.match_tasks([t]) for t in tasks):
+        manager = TaskManager("WARNING", include_path=include_path)
+    missing = [t for t in tasks if not manager.match_tasks([t])]
+    if missing:
+        where = f" nor in {include_path}" if include_path else ""
+        raise QGSAError(f"unknown lmms-eval task(s) {', '.join(missing)}: not among lmms-eval's tasks{where} "
+                        f"(`lmms-eval --tasks list` lists them; a local task: --include-path DIR with its yaml)")
+    return manager, manager.match_tasks(list(tasks))
+
+
+def run_lmms(cfg: LMMSConfig, progress=None, warn=None) -> Path:
+    """Every pipeline of `cfg` through lmms-eval's evaluator on `cfg.tasks`; the results folder. Raises QGSAError
+    (before any answer) for lmms-eval missing, a bad option after `--`, an unknown task, or a pipeline the model
+    cannot run at the budget; resumes a folder whose earlier run finished some pipelines."""
+    version = lmms_eval_version()
+    options, cli_args = lmms_options(cfg.lmms_args)
+    manager, tasks = resolve_tasks(cfg.tasks, cfg.include_path)
+    with Results(cfg.out, "lmms-eval", cfg.settings(), cfg.overwrite) as res:
+        done = {key[0] for key in res.done(LMMS_TABLE)}
+        if all(spec.text in done for spec in cfg.specs):
+            res.finished(f"the lmms-eval results of {len(cfg.specs)} pipeline(s) on {', '.join(tasks)}")
+        from qgsa_bench.build import build
+        from qgsa_bench.results import run_meta
+
+        built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
+        bridges = [Bridge(built, cfg.model_args(spec.text), spec) for spec in cfg.specs]  # every check first
+        meta = res.write_meta(run_meta(built, lmms_eval=version, lmms_eval_workaround=filelock_workaround(),
+                                       tasks=tasks, lmms_options=options,
+                                       decoding=DECODING, flop_convention=FLOP_NOTE,
+                                       note=RANDOM_NOTE if built.loaded.weights == "random" else "pretrained weights"))
+        if progress:
+            progress(f"lmms-eval {version}: {len(bridges)} pipeline(s) on {', '.join(tasks)}", -len(bridges))
+        for bridge in bridges:
+            if bridge.label in done:
+                if progress:
+                    progress(f"{bridge.label}: done before", 1)
+                continue
+            results = evaluate(bridge, manager, tasks, cfg.batch, options, cli_args)
+            write_pipeline(res, bridge, results, meta)
+            meta = res.write_meta({**meta, **task_meta(results, meta)})
+            if progress:
+                progress(f"{bridge.label}: answered", 1)
+        res.replace(LMMS_TABLE, with_dense_share(res.rows(LMMS_TABLE)))
+    return res.out
+
+
+DECODING = ("greedy always (temperature, top_p, num_beams, do_sample not read); max_new_tokens honoured, stopping "
+            "at the end token; `until` cuts the decoded text; loglikelihood: all options of a question scored on one "
+            "selection")
+FLOP_NOTE = ("fvcore, one multiply-add = one FLOP, per sample as it ran (alone: its own prompt length, visual tokens "
+             "at each stage, generated tokens or option lengths), counted once per distinct shape; flops_* columns: "
+             "means over a task's samples")
+
+
+FILELOCK_NOTE = ("filelock {version} has no filelock._api, which lmms-eval 0.7.3's evaluator imports to make dataset file "
+                 "locks re-entrant (_enable_reentrant_filelocks, for nested load_dataset calls); that patch is skipped")
+
+
+def filelock_workaround() -> str:
+    """lmms-eval 0.7.3's simple_evaluate imports `filelock._api`, which filelock 4 no longer has (ModuleNotFoundError
+    before any task loads). Where it is missing, mark lmms-eval's patch as done so that simple_evaluate runs; the note
+    meta.json keeps ('' where nothing was skipped)."""
+    import importlib.util
+    from importlib.metadata import version
+
+    if importlib.util.find_spec("filelock._api") is not None:
+        return ""
+    from lmms_eval import evaluator
+
+    evaluator._enable_reentrant_filelocks._patched = True
+    return FILELOCK_NOTE.format(version=version("filelock"))
+
+
+def evaluate(bridge: Bridge, manager, tasks: list[str], batch: int, options: dict, cli_args) -> dict:
+    """lmms-eval's simple_evaluate with this bridge as the model (samples logged; lmms-eval's defaults where no
+    option says otherwise, bootstrap_iters included); its results dict."""
+    from lmms_eval.evaluator import simple_evaluate
+
+    from qgsa_bench.integrations.lmms_model import QGSALMM
+
+    return simple_evaluate(model=QGSALMM.around(bridge), tasks=tasks, task_manager=manager, batch_size=batch,
+                           log_samples=True, cli_args=cli_args, **options)
+
+
+def samples_file(label: str) -> str:
+    """The per-sample log of one pipeline (its label with the characters a file name cannot hold replaced)."""
+    return "samples_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label) + ".jsonl"
+
+
+def write_pipeline(res: Results, bridge: Bridge, results: dict, meta: dict) -> None:
+    """One pipeline's files: the per-sample log (lmms-eval's fields + `task` + `qgsa`), lmms-eval's results and the
+    rows of lmms.csv (written last: a pipeline with rows is finished)."""
+    name = samples_file(bridge.label)
+    res.path(name).unlink(missing_ok=True)  # an interrupted earlier attempt of this pipeline
+    records = [{"task": task, **sample, "qgsa": bridge.logs.get((task, sample["doc_id"]))}
+               for task, samples in (results.get("samples") or {}).items() for sample in samples]
+    res.append_records(name, records)
+    kept = {key: value for key, value in results.items() if key != "samples"}
+    results_name = name.replace("samples_", "lmms_results_").replace(".jsonl", ".json")
+    res.path(results_name).write_text(json.dumps(kept, indent=1, default=str) + "\n")
+    res.claim(results_name)
+    res.append(LMMS_TABLE, table_rows(bridge, results, meta))
+
+
+def task_meta(results: dict, meta: dict) -> dict:
+    """meta.json's task versions, output types and sample counts (merged over the pipelines run)."""
+    configs = results.get("configs", {})
+    return {"task_versions": {**meta.get("task_versions", {}), **results.get("versions", {})},
+            "task_output_types": {**meta.get("task_output_types", {}),
+                                  **{t: c.get("output_type") for t, c in configs.items()}},
+            "n_samples": {**meta.get("n_samples", {}), **results.get("n-samples", {})}}
+
+
+def table_rows(bridge: Bridge, results: dict, meta: dict) -> list[dict]:
+    """lmms.csv's rows of one pipeline: each task's metrics (lmms-eval's `METRIC,FILTER` keys) with the task's
+    per-sample means of visual tokens and FLOPs."""
+    spec = bridge.run.spec
+    base = {"model": meta.get("model"), "weights": meta.get("weights"), "qgsa_weights": meta.get("qgsa_weights"),
+            "lmms_eval": meta.get("lmms_eval"), "pipeline": bridge.label, "point": spec.where(), "k": bridge.k,
+            "share": bridge.args.share, "note": meta.get("note")}
+    rows = []
+    for task, scores in results.get("results", {}).items():
+        means = sample_means([log for (t, _), log in bridge.logs.items() if t == task])
+        config = results.get("configs", {}).get(task, {})
+        n = results.get("n-samples", {}).get(task, {}).get("effective")
+        for key, value in scores.items():
+            metric, comma, filt = key.partition(",")
+            if not comma or "_stderr" in metric or not isinstance(value, (int, float)) or isinstance(value, bool):
+                continue
+            stderr = scores.get(f"{metric}_stderr,{filt}")
+            rows.append({**base, "task": task, "task_version": results.get("versions", {}).get(task),
+                         "output_type": config.get("output_type"), "metric": metric, "filter": filt,
+                         "value": float(value), "stderr": stderr if isinstance(stderr, (int, float)) else None,
+                         "n": n, **means})
+    return rows
+
+
+def sample_means(logs: list[dict]) -> dict:
+    """Means over a task's samples of the tokens kept, the tokens entering the LM and the FLOPs by stage."""
+    def mean(values):
+        values = [v for v in values if v is not None]
+        return sum(values) / len(values) if values else None
+
+    flops = [log["flops"] for log in logs if log.get("flops")]
+    return {"visual_tokens_kept_mean": mean(log["visual_tokens_kept"] for log in logs),
+            "visual_tokens_to_lm_mean": mean(log["visual_tokens_to_lm"] for log in logs),
+            **{f"flops_{stage}": mean(f[stage] for f in flops) for stage in (*FLOP_STAGES, "total")}}
+
+
+def with_dense_share(rows: list[dict]) -> list[dict]:
+    """Each row with flops_share_of_dense: its mean FLOPs over the dense pipeline's on the same task and metric
+    (empty without a dense row)."""
+    dense = {(r["task"], r["metric"], r["filter"]): r["flops_total"] for r in rows if r["pipeline"] == "dense"}
+    for row in rows:
+        ref = dense.get((row["task"], row["metric"], row["filter"]))
+        row["flops_share_of_dense"] = row["flops_total"] / ref if ref and row["flops_total"] is not None else None
+    return rows
