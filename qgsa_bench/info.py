@@ -11,10 +11,37 @@ def count(module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def info(model: str, weights: str = "auto", device: str = "cpu", warn=None) -> dict:
+def info(model: str, weights: str = "auto", device: str = "cpu", warn=None, image_sizes=(), splitting=None,
+         longest_edge=None) -> dict:
     """`qgsa info`: `model_info` of the model; random weights are built on the meta device (parameters are
-    counted without memory: a 7B model in none)."""
-    return model_info(build(model, weights, "meta" if weights == "random" else device, "auto", warn=warn))
+    counted without memory: a 7B model in none). `image_sizes` ((width, height) px): how the model's processor
+    splits such images (`views_info`). Raises QGSAError for settings the model cannot take."""
+    built = build(model, weights, "meta" if weights == "random" else device, "auto", warn=warn)
+    data = model_info(built)
+    if image_sizes:
+        data["views"] = views_info(built, image_sizes, built.adapter.splitting(splitting, longest_edge))
+    return data
+
+
+def views_info(built: Built, image_sizes, splitting, question: str = "What is shown in the image?") -> list[dict]:
+    """Per image size (width, height) px: the views the model's processor makes (tiles rows x cols + the global
+    view), the visual tokens reaching the LM and the prompt's length in tokens with `question`, and whether
+    the image was scaled up to the longest edge (an image smaller than it is, as the processor does)."""
+    from qgsa_bench.models.images import demo_image
+    from qgsa_bench.models.views import image_prompt, make_views
+
+    a = built.adapter
+    n_v = (splitting.tile // a.patch_size) ** 2 // a.group_size
+    rows = []
+    for width, height in image_sizes:
+        views = make_views([demo_image().resize((width, height))], splitting, built.loaded.image_mean,
+                           built.loaded.image_std)
+        n = views.counts[0]
+        pieces = a.prompt_pieces(question, image_prompt(views.markers(0), [n_v] * n, views.grids[0]))
+        rows.append({"image_size": f"{width}x{height}", "grid": "x".join(map(str, views.grids[0])), "views": n,
+                     "visual_tokens": n * n_v, "prompt_tokens": a.prompt_length(pieces),
+                     "upscaled": splitting.split and max(width, height) < splitting.longest_edge})
+    return rows
 
 
 def model_info(built: Built, resolutions=INFO_RESOLUTIONS) -> dict:

@@ -170,3 +170,53 @@ def test_bad_tile_settings_are_one_error(tiny, call, words):
 def test_llava_takes_one_view(llava_tiny):
     with pytest.raises(QGSAError, match="llava models take one view: --image-splitting and --longest-edge are"):
         llava_tiny.adapter.splitting(True)
+
+
+def test_info_shows_the_views_of_each_image_size(tmp_path):
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    out = tmp_path / "info.json"
+    result = CliRunner().invoke(app, ["info", "--model", "smolvlm-256m", "--weights", "random", "--image-size",
+                                      "2048x2048", "640x480", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    import json
+
+    views = json.loads(out.read_text())["views"]
+    assert [(v["image_size"], v["grid"], v["views"], v["visual_tokens"], v["upscaled"]) for v in views] == [
+        ("2048x2048", "4x4", 17, 1088, False), ("640x480", "3x4", 13, 832, True)]  # a small photo is scaled up
+    assert views[0]["prompt_tokens"] > 1088
+    bad = CliRunner().invoke(app, ["info", "--model", "smolvlm-256m", "--weights", "random", "--image-size", "2048"])
+    assert bad.exit_code == 2 and "--image-size takes sizes WIDTHxHEIGHT in px" in bad.stderr
+
+
+def test_count_flops_splits_images_and_counts_only_the_encoded_views(tmp_path):
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    out = tmp_path / "count"
+    args = ["count-flops", "--model", "tiny", "--image-size", "200x150", "--image-splitting", "--pipelines",
+            "dense,global-only,qgsa-tiles,fastv@lm:1", "--tiles", "1", "4", "--budgets", "80", "--decode-tokens", "2"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out / "flops.csv")
+    dense = rows[rows.pipeline == "dense"].iloc[0]
+    one_view = json.loads((out / "crosscheck.json").read_text())["vision_per_view_counted"]
+    assert dense.views == 13 and dense.flops_vision == 13 * one_view and dense.n_visual_tokens == 13 * 16
+    tiles = rows[rows.pipeline == "qgsa-tiles"].set_index("budget")
+    assert tiles.views_encoded.to_dict() == {1: 2, 4: 5}  # the global view and T tiles
+    assert (tiles.flops_vision == tiles.views_encoded * one_view).all()
+    assert rows[rows.pipeline == "global-only"].iloc[0].flops_vision == one_view
+    fastv = rows[rows.pipeline == "fastv@lm:1"].iloc[0]
+    assert fastv.flops_vision == dense.flops_vision and fastv.flops_prefill < dense.flops_prefill
+    for extra, words in [(["--tiles", "13"], "qgsa-tiles at 13 tiles is impossible for the 200x150 image: it has 12"),
+                         (["--resolution", "64"], "--resolution is one square view; --image-size splits"),
+                         (["--longest-edge", "100"], "--longest-edge 100 is not a positive multiple of the tile size 64")]:
+        bad = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / "bad")])
+        assert bad.exit_code == 2 and words in bad.stderr, bad.output
+        assert not (tmp_path / "bad" / "flops.csv").exists()

@@ -10,20 +10,32 @@ import typer
 from rich.table import Table
 
 from qgsa_bench.cli.app import command, console, key_value_table, text_or_none, warn, write_json
-from qgsa_bench.cli.options import PIPELINE_HELP, Device, Dtype, MaxNewTokens, Model, Resolution, Seed, Weights
+from qgsa_bench import QGSAError
+from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, image_sizes
+from qgsa_bench.cli.options import (PIPELINE_HELP, Device, Dtype, ImageSizes, ImageSplitting, LongestEdge,
+                                    MaxNewTokens, Model, Resolution, Seed, Weights)
 
 
-@command()
+@command(**MULTI_VALUE_COMMAND)
 def info(
     model: Model = "smolvlm-256m",
     weights: Weights = "auto",
     device: Device = "cpu",
+    image_size: ImageSizes = [],
+    image_splitting: ImageSplitting = None,
+    longest_edge: LongestEdge = None,
     out: Optional[Path] = typer.Option(None, help="Also write the information as JSON to this file."),
 ):
-    """Architecture, d_v, d_q, patches per resolution, base and QGSA parameter counts."""
+    """Architecture, d_v, d_q, patches per resolution, base and QGSA parameter counts; with --image-size, the
+    views, visual tokens and prompt length of such images as the model's processor splits them."""
     from qgsa_bench.info import info as model_info
 
-    data = model_info(model, weights, device, warn=warn)
+    sizes = image_sizes("--image-size", image_size)
+    if not sizes and (image_splitting is not None or longest_edge is not None):
+        raise QGSAError("--image-splitting and --longest-edge describe how an image is split: give --image-size "
+                        "WIDTHxHEIGHT too")
+    data = model_info(model, weights, device, warn=warn, image_sizes=sizes, splitting=image_splitting,
+                      longest_edge=longest_edge)
     console.print(key_value_table(f"{data['model']} ({data['weights']} weights)", [
         ("source", data["model_source"]), ("architecture", data["architecture"]),
         ("tokenizer", data["tokenizer"]), ("d_v (vision width)", data["d_v"]), ("d_q (LM width)", data["d_q"]),
@@ -41,6 +53,14 @@ def info(
     for row in data["resolutions"]:
         res.add_row(*(str(v) for v in row.values()))
     console.print(res)
+    if data.get("views"):
+        views = Table(title="Views per image (the model's own processor)", title_justify="left")
+        for col in ("image", "tiles (rows x cols)", "views", "visual tokens", "prompt tokens", "scaled up"):
+            views.add_column(col, justify="right")
+        for row in data["views"]:
+            views.add_row(row["image_size"], row["grid"], str(row["views"]), f"{row['visual_tokens']:,}",
+                          f"{row['prompt_tokens']:,}", "yes" if row["upscaled"] else "no")
+        console.print(views)
     write_json(out, data)
 
 

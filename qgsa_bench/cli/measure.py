@@ -10,8 +10,9 @@ import typer
 
 from qgsa_bench.cli.app import command, text_or_none, warn
 from qgsa_bench.cli.data import untrained, warned_when_started
-from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, floats, ints
+from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, floats, image_sizes, ints
 from qgsa_bench.cli.options import (PIPELINE_HELP, TIMING, Batch, Batches, BudgetUnit, Budgets, Checkpoint,
+                                    ImageSizes, ImageSplitting, LongestEdge, Tiles,
                                     DecodeTokens, FcompCheckpoint, Model, OracleLimit, OracleSplit, Overwrite,
                                     Pipelines, Resolution, Shares, Sizes, pipeline_list)
 from qgsa_bench.cli.progress import run_and_show
@@ -126,17 +127,25 @@ def count_flops_command(
     by_depth: str = typer.Option("auto", help="Count the LM on depth-reduced copies and scale exactly: auto (when "
                                  "the model does not fit in free memory) | yes | no."),
     budget_unit: BudgetUnit = "tokens",
+    image_size: ImageSizes = [],
+    image_splitting: ImageSplitting = None,
+    longest_edge: LongestEdge = None,
+    tiles: Tiles = ["1", "2", "4", "8"],
     out: Path = typer.Option(Path("results/count"), help="Results folder (flops.csv, crosscheck.json, table.md)."),
     overwrite: Overwrite = False,
 ):
     """FLOPs by stage for every pipeline at every budget, counted (no timing).
 
+    One square view of --resolution px, or with --image-size the image as the model's processor splits it
+    (SmolVLM: tiles + a global view; tile selectors qgsa-tiles, random-tiles, global-only at --tiles).
     Cross-checks: a published vision-tower count and the analytic LM prefill."""
     from qgsa_bench.experiments.count import CountConfig, run_count
 
     cfg = CountConfig(model=model, resolution=resolution, pipelines=pipeline_list(pipelines),
                       budgets=ints("--budgets", budgets), batch=batch, decode_tokens=decode_tokens, by_depth=by_depth,
-                      budget_unit=budget_unit, out=str(out), overwrite=overwrite)
+                      budget_unit=budget_unit, out=str(out), overwrite=overwrite,
+                      image_sizes=image_sizes("--image-size", image_size), splitting=image_splitting,
+                      longest_edge=longest_edge, tiles=ints("--tiles", tiles))
     run_and_show(run_count, cfg, warn=warn, table="table.md",
                  files=("flops.csv", "crosscheck.json", "meta.json", "table.md"))
 

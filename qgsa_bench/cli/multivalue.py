@@ -88,6 +88,21 @@ def ints(option: str, default: list[str]) -> tuple[int, ...]:
     return tuple(numbers)
 
 
+def image_sizes(option: str, default: list[str]) -> tuple[tuple[int, int], ...]:
+    """WIDTHxHEIGHT sizes in px given to a multi-value option (e.g. 2048x2048 1920x1080), else the default.
+    Raises QGSAError for anything else."""
+    values = option_values((option,))
+    sizes = []
+    for token in (default if values is None else values):
+        for part in str(token).split(","):
+            width, x, height = part.strip().lower().partition("x")
+            if not (x and width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+                raise QGSAError(f"{option} takes sizes WIDTHxHEIGHT in px (e.g. {option} 2048x2048 1920x1080), "
+                                f"got '{part}'")
+            sizes.append((int(width), int(height)))
+    return tuple(sizes)
+
+
 def floats(option: str, default: list[str]) -> tuple[float, ...]:
     """Numbers given to a multi-value option, else the default."""
     return tuple(_numbers(option, default, float, f"numbers (e.g. {option} 0.04 0.1 0.25 0.5)"))

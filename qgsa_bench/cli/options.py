@@ -67,11 +67,24 @@ BudgetUnit = Annotated[str, typer.Option(help="tokens: visual tokens after the l
                                               "selectors (fastv, pdrop, sparsevlm) averaged over the LM's layers, as "
                                               "their papers quote them.")]
 
+# ---- the model's own views (models/views.py)
+ImageSplitting = Annotated[Optional[bool], typer.Option(
+    "--image-splitting/--no-image-splitting",
+    help="The model's own image processor: split the image into tiles + a global view (SmolVLM: up to 4 x 4 "
+         "tiles of 512 px, 1,088 visual tokens for a square photo), or one view of the tile size. Unset: the "
+         "model's own setting with --image-size, else one square view of --resolution px (the paper's form).")]
+LongestEdge = Annotated[Optional[int], typer.Option(
+    help="With --image-splitting: resize the longest edge to this many px before tiling (a multiple of the "
+         "tile size; SmolVLM's own: 2048).")]
+
 # ---- several values each (--sizes 224 336)
 Sizes = multi_value_option("--sizes", "INT", "Square resolutions in px, e.g. --sizes 224 336 384 448 576.")
 Batches = multi_value_option("--batch", "INT", "Batch size(s), e.g. --batch 1 8 32 (the same image and question "
                                                "repeated): latency and throughput per size.")
 Budgets = multi_value_option("--budgets", "INT", "Visual tokens reaching the LM, e.g. --budgets 192 128 64.")
+ImageSizes = multi_value_option("--image-size", "WxH", "Image sizes in px, e.g. --image-size 2048x2048 1920x1080: "
+                                                     "the image as the model's processor splits it.")
+Tiles = multi_value_option("--tiles", "INT", "Tiles a tile selector keeps (qgsa-tiles, random-tiles), e.g. --tiles 1 2 4 8.")
 Shares = multi_value_option("--shares", "NUMBER", "Budgets as fractions of the dense visual tokens "
                                                   "(default 0.04 0.1 0.25 0.5) when --budgets is not given.")
 

@@ -44,7 +44,8 @@ COLUMNS = ["model", "weights", "resolution", "pipeline", "budget", "budget_unit"
            "visual_tokens_layer_avg", "prompt_tokens", "flops_vision", "flops_select", "flops_connector",
            "flops_prefill", "flops_decode_per_token", "flops_lm_head", "flops_prefill_attention",
            "attn_visual_flops", "flops_total", "flops_share_of_dense", "flops_saved_pct", "lm_depth", "copies",
-           "unsupported_ops", "formula_fastv_prefill", "formula_ffn3_prefill"]  # the peers' formulas (measure.py)
+           "unsupported_ops", "formula_fastv_prefill", "formula_ffn3_prefill",  # the peers' formulas (measure.py)
+           "image_size", "views", "views_encoded"]  # --image-size: the processor's views, those encoded
 FLOPS_TABLE = Table(FLOPS_CSV, tuple(COLUMNS), ("pipeline", "budget"))
 
 
@@ -62,12 +63,22 @@ class CountConfig:
     budget_unit: str = "tokens"  # or "layer-avg": in-LM selectors' budgets averaged over the LM's layers
     out: str = "results/count"
     overwrite: bool = False
+    image_sizes: tuple[tuple[int, int], ...] = ()  # (width, height): split by the model's processor (count_views.py)
+    splitting: bool | None = None  # with image_sizes: None = the model's own setting
+    longest_edge: int | None = None
+    tiles: tuple[int, ...] = (1, 2, 4, 8)  # tile selectors' budgets
 
     def __post_init__(self):
         if self.by_depth not in ("auto", "yes", "no"):
             raise QGSAError(f"--by-depth must be auto, yes or no, got '{self.by_depth}'")
         if self.budget_unit not in ("tokens", "layer-avg"):
             raise QGSAError(f"--budget-unit must be tokens or layer-avg, got '{self.budget_unit}'")
+        if not self.image_sizes and (self.splitting is not None or self.longest_edge is not None):
+            raise QGSAError("--image-splitting and --longest-edge describe the model's own views of an image: give "
+                            "--image-size WIDTHxHEIGHT too (or drop them for one square view of --resolution px)")
+        if self.image_sizes and self.resolution is not None:
+            raise QGSAError("--resolution is one square view; --image-size splits the image as the model's processor "
+                            "does: give one of them")
         self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field)
 
 
@@ -120,6 +131,10 @@ def _fits(model: str) -> bool:
 def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
     from qgsa_bench.models.registry import load_preset
 
+    if cfg.image_sizes:
+        from qgsa_bench.experiments.count_views import run_count_views
+
+        return run_count_views(cfg, progress)
     preset = load_preset(cfg.model)  # a registry name: the copies are built from its preset
     scale = cfg.by_depth == "yes" or (cfg.by_depth == "auto" and not _fits(cfg.model))
     probe = build_at_depth(cfg.model, 1)

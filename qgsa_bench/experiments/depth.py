@@ -89,10 +89,11 @@ def plan_for(spec: Spec, k: int | None, full_depth: int, vision_depth: int) -> P
 def count_scaled(name: str, cases: list[tuple[Spec, int | None]], resolution: int, batch: int = 1,
                  question: str = "What is shown in the image?", decode_tokens: int = 8, image=None,
                  progress=None, full_depth: int | None = None, direct: bool = False,
-                 vision_depth: int | None = None) -> list[dict]:
+                 vision_depth: int | None = None, splitting=None) -> list[dict]:
     """Stage FLOPs of `name` at its full LM depth for each (pipeline, k), counted on depth-reduced copies
     (`direct`: on the model itself). Each copy is built once and counts every case that needs it. Rows
-    carry the depths counted."""
+    carry the depths counted. `splitting` (models.views.Splitting): the image as the model's processor
+    gives it (tiles + global view) instead of one square view of `resolution` px."""
     from qgsa_bench.models.images import demo_image
     from qgsa_bench.models.registry import load_preset
 
@@ -116,12 +117,13 @@ def count_scaled(name: str, cases: list[tuple[Spec, int | None]], resolution: in
         for i, spec, extra in needed[depth]:
             k = plans[i].k
             run = built.run(spec)
-            px = built.adapter.pixel_values(images, run.resolution(resolution, k))
+            px = built.adapter.views(images, splitting) if splitting else \
+                built.adapter.pixel_values(images, run.resolution(resolution, k))
             counts[(i, extra)] = count_stage_flops(Case(spec.text, run, k), px, questions, decode_tokens,
                                                    lm_only=extra is not None)
             counts[(i, extra)].pop("trace")
             if extra is None:
-                counts[(i, "shape")] = _shape(plans[i], run, images, questions, resolution, full)
+                counts[(i, "shape")] = _shape(plans[i], run, images, questions, resolution, full, splitting)
             if progress:
                 progress(f"counted {plans[i].pipeline} k={k} on a {depth}-layer copy", 1)
         del built
@@ -145,13 +147,17 @@ def count_scaled(name: str, cases: list[tuple[Spec, int | None]], resolution: in
     return rows
 
 
-def _shape(plan: Plan, run, images, questions, resolution: int, full: int) -> dict:
+def _shape(plan: Plan, run, images, questions, resolution: int, full: int, splitting=None) -> dict:
     """Visual tokens entering the LM, their average over the full model's layers, the prompt length and each
-    full-model layer's sequence in prefill (`layer_tokens`, for the peers' formulas)."""
+    full-model layer's sequence in prefill (`layer_tokens`, for the peers' formulas); split images: the views
+    and the tiles encoded (first sample)."""
     from qgsa_bench.run.lm import layer_average
 
     with run.engine.same_draws():
-        prepared = run.prepare(images, questions, resolution, plan.k)
+        prepared = run.prepare(images, questions, resolution, plan.k, splitting=splitting)
+    views = {} if prepared.views is None else {
+        "views": prepared.views.counts[0], "views_encoded": len(prepared.shown[0]),
+        "image_size": "x".join(map(str, prepared.views.sizes[0][::-1]))}
     n_vis = float(prepared.inputs.n_visual.float().mean())
     prompt = int(prepared.inputs.attention_mask.shape[1])
     if plan.cuts:  # the full model's schedule: segment lengths times the tokens each segment holds
@@ -162,4 +168,4 @@ def _shape(plan: Plan, run, images, questions, resolution: int, full: int) -> di
         avg = layer_average(prepared.inputs, prepared.plan, full)
         layers = [prompt] * full
     return {"n_visual_tokens": n_vis, "visual_tokens_layer_avg": avg, "prompt_tokens": prompt,
-            "layer_tokens": layers}
+            "layer_tokens": layers, **views}

@@ -275,6 +275,18 @@ class VLMAdapter:
             vvalid[b, :n] = True
         return LMInputs(embeds, mask, positions_of(mask), n_vis, vindex, vvalid)
 
+    def prompt_length(self, pieces: list) -> int:
+        """Tokens of a prompt given as pieces (`prompt_pieces`): its text tokenised as `_splice` does, plus its
+        visual-token slots."""
+        length, text = len(self.start_ids()), ""
+        for piece in [*pieces, 0]:
+            if isinstance(piece, str):
+                text += piece
+                continue
+            length += len(self.tokenize(text)) + piece if text else piece
+            text = ""
+        return length
+
     def _splice(self, pieces: list, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(one sample's prompt embeddings (L, d_q), the positions (n,) of its n visual tokens `vis` (n, d_q))
         from `pieces` (text, or a count of slots filled from `vis` in order). Raises ValueError when the

@@ -45,7 +45,8 @@ def added_later() -> dict[str, tuple[str, ...]]:
             "grounding": ("acc_iou_0_5", "point", "question_guided", "budget", "budget_unit", "pointing", "share_in_box",
                           "kept_patches_mean"),
             "pairs": ("budget", "budget_unit"),
-            "flops": ("budget", "budget_unit", "formula_fastv_prefill", "formula_ffn3_prefill")}
+            "flops": ("budget", "budget_unit", "formula_fastv_prefill", "formula_ffn3_prefill", "image_size", "views",
+                      "views_encoded")}
 
 
 def required_columns() -> dict[str, list[str]]:

@@ -301,19 +301,24 @@ def count_markdown(rows: list[dict], meta: dict) -> str:
     s = meta.get("settings", {})
     unit = ("visual tokens averaged over the LM layers for in-LM selectors" if s.get("budget_unit") == "layer-avg"
             else "visual tokens after the last cut")
-    lines = [f"## Counted FLOPs by stage: {meta.get('model', '?')} at {s.get('resolution', '?')} px, batch "
+    views = any(_given(r.get("image_size")) for r in rows)  # --image-size: the model's own views
+    where = f"images split by its processor ({meta.get('views', '?')})" if views else f"at {s.get('resolution', '?')} px"
+    lines = [f"## Counted FLOPs by stage: {meta.get('model', '?')} {where}, batch "
              f"{s.get('batch', '?')}, {s.get('decode_tokens', '?')} generated tokens", "",
-             f"{meta.get('counting', '')}. Budget: {unit}. Multiply-adds (fvcore), G = 10^9. Weights play no part in "
+             f"{meta.get('counting', '')}. Budget: {unit}{'; tile selectors: tiles encoded besides the global view' if views else ''}. "
+             f"Multiply-adds (fvcore), G = 10^9. Weights play no part in "
              f"a count (random weights). Command: `{meta.get('command', '?')}` (commit "
              f"{short_commit(meta.get('git_commit', '?'))}).", ""]
     notes = Notes()
     formulas = any(_given(r.get("formula_fastv_prefill")) for r in rows)
     lines += markdown_rows(
-        ["pipeline", "budget", "kept after the last cut", "visual tokens (LM in / layer avg)", "prompt", "vision G",
+        (["image", "views (encoded / all)"] if views else [])
+        + ["pipeline", "budget", "kept after the last cut", "visual tokens (LM in / layer avg)", "prompt", "vision G",
          "select + connector G", "prefill G (counted)"]
         + (["prefill G, FastV formula (2-matrix FFN)", "prefill G, 3-matrix FFN formula"] if formulas else [])
         + ["decode G/token", "end-to-end G", "share of dense", "saved"],
-        ([flag_untrained(r["pipeline"], {**r, "qgsa_weights": meta.get("qgsa_weights")}, meta, notes, UNTRAINED_COUNT),
+        (([r["image_size"], f"{_count(r.get('views_encoded'))} / {_count(r.get('views'))}"] if views else [])
+         + [flag_untrained(r["pipeline"], {**r, "qgsa_weights": meta.get("qgsa_weights")}, meta, notes, UNTRAINED_COUNT),
           _count(r.get("budget", r.get("k"))), _count(r.get("k")),
           f"{fmt(r['n_visual_tokens'], '.0f')} / {fmt(r['visual_tokens_layer_avg'], '.1f')}",
           fmt(r.get("prompt_tokens"), ".0f"), fmt(r["flops_vision"] / 1e9, ".2f"),
@@ -339,10 +344,26 @@ def count_markdown(rows: list[dict], meta: dict) -> str:
                     f"{vision['vision_stage_counted'] / 1e9:.2f} G, {vision['skipped_by_this_run'] / 1e9:.2f} G "
                     f"fewer (layers whose output LLaVA never uses)."]
     if lm:
-        lines.append(f"* Dense LM prefill over {lm['prompt_tokens']} tokens: counted {lm['counted'] / 1e9:.3f} G, "
-                     f"analytic {lm['analytic'] / 1e9:.3f} G (difference {lm['difference']:,} multiply-adds"
-                     + (f": {lm['explained']}" if lm.get("explained") not in (None, "exact") else "") + ").")
+        lines.append(_prefill_check(lm))
+    if views and checks.get("vision_per_view_counted"):
+        one = checks["vision_per_view_counted"]
+        published = checks.get("vision_per_view_published")
+        lines += ["", "Cross-checks:", "", f"* One view's vision stage: {one / 1e9:.2f} G"
+                  + (f"; published {published / 1e9:.2f} G ({checks.get('published_source')}): "
+                     f"{100 * (one - published) / published:+.2f} %" if published else "") + "."]
+        for size, check in checks.items():
+            if isinstance(check, dict) and "views" in check:
+                lines.append(f"* {size}: dense vision {check['vision_counted'] / 1e9:.2f} G = {check['views']} views x "
+                             f"one view ({check['vision_views_times_one_view'] / 1e9:.2f} G"
+                             f"{', equal' if check['vision_counted'] == check['vision_views_times_one_view'] else ', DIFFERENT'});"
+                             + _prefill_check(check["lm_prefill"])[1:])
     return "\n".join(lines) + "\n"
+
+
+def _prefill_check(lm: dict) -> str:
+    return (f"* Dense LM prefill over {lm['prompt_tokens']} tokens: counted {lm['counted'] / 1e9:.3f} G, "
+            f"analytic {lm['analytic'] / 1e9:.3f} G (difference {lm['difference']:,} multiply-adds"
+            + (f": {lm['explained']}" if lm.get("explained") not in (None, "exact") else "") + ").")
 
 
 def _given(value) -> bool:

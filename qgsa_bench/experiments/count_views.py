@@ -1,0 +1,131 @@
+"""`qgsa count-flops --image-size WxH`: FLOPs by stage of images as SmolVLM's processor splits them.
+
+For each image size (a generated picture of that size: FLOPs do not depend on its content), the model's own
+views (models/views.py; `--image-splitting/--longest-edge` override its processor's settings), and every
+pipeline: dense (every view), the tile selectors at each `--tiles` T (the global view and T tiles encoded),
+global-only (the global view alone), and in-LM selectors at each `--budgets` k over all the image's visual
+tokens. Counted on the model itself (it must fit in memory), one row per (image size, pipeline, budget), in
+the columns of flops.csv. Cross-checks (crosscheck.json): the dense vision stage equals views x one view's
+count and the published count per view (timm's SigLIP-B/16 at 512 px, 107.0 GMACs); the dense prefill equals
+the analytic count for its prompt length. Raises QGSAError for a budget the image cannot take, a selector
+that cannot take split images, or a model without tiles.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+from qgsa_bench import QGSAError
+from qgsa_bench.efficiency.flops import count_flops
+from qgsa_bench.experiments.count import (COLUMNS, FLOP_CONVENTION, PUBLISHED_VISION, _fits, build_text_config,
+                                          prefill_crosscheck)
+from qgsa_bench.experiments.depth import build_at_depth, count_scaled
+from qgsa_bench.experiments.driver import Results, Table
+from qgsa_bench.experiments.measure import peer_formulas
+from qgsa_bench.results import run_meta
+from qgsa_bench.run.tiles import check_views
+
+VIEWS_TABLE = Table("flops.csv", tuple(COLUMNS), ("image_size", "pipeline", "budget"))
+
+
+def picture(width: int, height: int):
+    """The generated test picture (models.images.demo_image) at width x height px."""
+    from qgsa_bench.models.images import demo_image
+
+    return demo_image().resize((width, height))
+
+
+def _cases(cfg, probe, n_tiles: int, n_tokens: int, size: str) -> list[tuple]:
+    """(spec, budget, budget unit) of every case at one image; QGSAError for one it cannot take."""
+    cases = []
+    for spec in cfg.specs:
+        bound = probe.run(spec).spec
+        check_views(bound)
+        if bound.selector.keeps_all or bound.selector.keeps_no_tiles:
+            cases.append((spec, None, None))
+            continue
+        tiles = bound.point.kind == "tiles"
+        if tiles and not n_tiles:
+            raise QGSAError(f"{spec.text} chooses among tiles, and the {size} image is one view (image splitting off "
+                            f"or an image within one tile): pass --image-splitting, or drop {spec.text}")
+        budgets, n = (cfg.tiles, n_tiles) if tiles else (cfg.budgets, n_tokens)
+        unit = "tiles" if tiles else "tokens"
+        for budget in budgets:
+            if not 1 <= budget <= n:
+                raise QGSAError(f"{spec.text} at {budget} {unit} is impossible for the {size} image: it has {n} {unit} "
+                                f"({'--tiles' if tiles else '--budgets'} 1 .. {n})")
+            cases.append((spec, budget, unit))
+    return cases
+
+
+def run_count_views(cfg, progress=None) -> Path:
+    """count-flops over `cfg.image_sizes` (CountConfig); the results folder."""
+    if not _fits(cfg.model):
+        raise QGSAError(f"count-flops --image-size counts {cfg.model} itself, which does not fit in free memory here: "
+                        f"use a smaller model, or count one square view (--resolution) on depth-reduced copies")
+    probe = build_at_depth(cfg.model, build_text_config(cfg.model).num_hidden_layers)  # the model itself
+    a = probe.adapter
+    vision_depth, patch, width_v = a.vision_depth, a.patch_size, a.d_v
+    splitting = a.splitting(cfg.splitting, cfg.longest_edge)
+    n_v = (splitting.tile // a.patch_size) ** 2 // a.group_size  # visual tokens per view
+    plans = []
+    for width, height in cfg.image_sizes:
+        views = a.views([picture(width, height)], splitting)
+        size = f"{width}x{height}"
+        plans.append((size, views.counts[0], _cases(cfg, probe, views.counts[0] - 1, views.counts[0] * n_v, size)))
+    settings = {"model": cfg.model, "image_sizes": [p[0] for p in plans], "splitting": vars(splitting),
+                "batch": cfg.batch, "decode_tokens": cfg.decode_tokens, "question": cfg.question,
+                "budgets": list(cfg.budgets), "tiles": list(cfg.tiles), "pipelines": list(cfg.pipelines)}
+    with Results(cfg.out, "count-flops", settings, cfg.overwrite) as res:
+        if res.path(VIEWS_TABLE.file).exists():
+            res.finished(f"the counts of {sum(len(p[2]) for p in plans)} cases")
+        meta = {**run_meta(probe), "model": cfg.model, "weights": "random", "views": splitting.describe(),
+                "counting": "the model itself at its full depth", "flop_convention": FLOP_CONVENTION}
+        meta.pop("architecture_hash", None)
+        meta = res.write_meta(meta)
+        one_view = count_flops(a.patch_features, a.views([picture(512, 512)], a.splitting(False)).pixel_values,
+                               modules=[a.vision_model]).total
+        del probe
+        if progress:
+            progress(f"{sum(len(p[2]) for p in plans)} cases", -sum(len(p[2]) for p in plans))
+        text = SimpleNamespace(text_config=build_text_config(cfg.model))
+        rows, checks = [], {"vision_per_view_counted": one_view}
+        for size, n_views, cases in plans:
+            width, height = map(int, size.split("x"))
+            counted = count_scaled(cfg.model, [(s, b) for s, b, _ in cases], splitting.tile, cfg.batch, cfg.question,
+                                   cfg.decode_tokens, image=picture(width, height), progress=progress, direct=True,
+                                   vision_depth=vision_depth, splitting=splitting)
+            rows += _rows(cfg, cases, counted, size, splitting.tile, text)
+            dense = next((r for r, (s, _, _) in zip(counted, cases) if s.is_dense), None)
+            if dense:
+                checks[size] = {"views": n_views, "vision_counted": dense["flops_vision"],
+                                "vision_views_times_one_view": n_views * one_view,
+                                "lm_prefill": prefill_crosscheck(text.text_config, dense, cfg.batch)}
+        published = PUBLISHED_VISION.get(("idefics3_vision", splitting.tile, patch, vision_depth, width_v))
+        if published:
+            checks["vision_per_view_published"], checks["published_source"] = published
+        res.replace(VIEWS_TABLE, rows)
+        res.path("crosscheck.json").write_text(json.dumps(checks, indent=1) + "\n")
+        res.claim("crosscheck.json")
+        res.write_meta({**meta, "crosscheck": checks})
+    return res.out
+
+
+def _rows(cfg, cases, counted: list[dict], size: str, tile: int, text) -> list[dict]:
+    """flops.csv rows of one image: the counts with budget, unit and share of this image's dense."""
+    dense = next((r for r, (s, _, _) in zip(counted, cases) if s.is_dense), None)
+    rows = []
+    for row, (spec, budget, unit) in zip(counted, cases):
+        row.update(peer_formulas(text, row["prompt_tokens"], row["n_visual_tokens"], cfg.batch,
+                                 row.pop("layer_tokens"), row["visual_tokens_layer_avg"]))
+        row.update({"pipeline": spec.text, "budget": budget, "budget_unit": unit, "model": cfg.model,
+                    "weights": "random (counted: FLOPs do not depend on weight values)", "resolution": tile,
+                    "image_size": size})
+        if dense:
+            row["budget_share"] = row["n_visual_tokens"] / dense["n_visual_tokens"]
+            row["flops_share_of_dense"] = row["flops_total"] / dense["flops_total"]
+            row["flops_saved_pct"] = 100 * (1 - row["flops_share_of_dense"])
+        rows.append(row)
+    return rows
