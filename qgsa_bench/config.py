@@ -327,9 +327,16 @@ class AskConfig:
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
+    image_splitting: bool | None = None  # the model's own views (models/views.py); None: one square view
+    longest_edge: int | None = None
 
     def __post_init__(self):
         self.spec = parse_spec(self.pipeline)  # parsed once, here (not a field)
+        if self.longest_edge is not None and not self.image_splitting:
+            raise QGSAError("--longest-edge sets how the model's processor tiles the image: add --image-splitting")
+        if self.image_splitting is not None and self.resolution is not None:
+            raise QGSAError("--resolution is one square view; --image-splitting/--no-image-splitting use the model's "
+                            "own processor (its tile size): give one of them")
         if not self.question.strip():
             raise QGSAError("empty question: pass a non-empty --question")
         if self.k is not None and self.k < 1:

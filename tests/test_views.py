@@ -220,3 +220,27 @@ def test_count_flops_splits_images_and_counts_only_the_encoded_views(tmp_path):
         bad = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / "bad")])
         assert bad.exit_code == 2 and words in bad.stderr, bad.output
         assert not (tmp_path / "bad" / "flops.csv").exists()
+
+
+def test_ask_answers_on_the_models_own_views(tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    path = tmp_path / "photo.png"
+    noise(200, 150).save(path)
+    base = ["ask", "--model", "tiny", "--image", str(path), "-q", QUESTION, "--max-new-tokens", "2"]
+    out = tmp_path / "a.json"
+    result = CliRunner().invoke(app, [*base, "--pipeline", "qgsa-tiles", "--k", "2", "--image-splitting", "--out",
+                                      str(out)])
+    assert result.exit_code == 0, result.output
+    answer = json.loads(out.read_text())
+    assert answer["views"] == 13 and len(answer["selected_tiles"]) == 2 and answer["n_visual_tokens"] == 3 * 16
+    assert answer["image_input"].startswith("the model's processor: tiles of 64 px")
+    for extra, words in [(["--longest-edge", "128"], "--longest-edge sets how the model's processor tiles the image"),
+                         (["--image-splitting", "--resolution", "64"], "--resolution is one square view"),
+                         (["--pipeline", "global-only"], "global-only chooses among the tiles of a split image")]:
+        bad = CliRunner().invoke(app, [*base, *extra])
+        assert bad.exit_code == 2 and words in bad.stderr, bad.output

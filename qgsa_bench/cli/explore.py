@@ -96,15 +96,21 @@ def ask(
     device: Device = "auto",
     dtype: Dtype = "auto",
     seed: Seed = 0,
+    image_splitting: ImageSplitting = None,
+    longest_edge: LongestEdge = None,
     out: Optional[Path] = typer.Option(None, help="Also write the result as JSON to this file."),
 ):
-    """Answer one question about one image with one pipeline; show tokens, selection and latency."""
+    """Answer one question about one image with one pipeline; show tokens, selection and latency.
+
+    The image is one square view of --resolution px (the paper's form), or with --image-splitting as the model's
+    own processor splits it (SmolVLM: tiles + a global view; tile selectors: qgsa-tiles, random-tiles,
+    global-only, with --k tiles)."""
     from qgsa_bench.config import AskConfig
     from qgsa_bench.experiments.ask import ask as run_ask
 
     cfg = AskConfig(image=str(image), question=question, model=model, pipeline=pipeline, weights=weights,
                     checkpoint=text_or_none(checkpoint), resolution=resolution, k=k, max_new_tokens=max_new_tokens,
-                    device=device, dtype=dtype, seed=seed)
+                    device=device, dtype=dtype, seed=seed, image_splitting=image_splitting, longest_edge=longest_edge)
     result = run_ask(cfg, warn=warn)
     console.print(key_value_table(f"qgsa ask: {pipeline}", [(key, value) for key, value in result.items()
                                                              if value is not None]))

@@ -17,20 +17,24 @@ RANDOM_NOTE = "random weights: this answer is noise, not a model prediction"
 def ask(cfg: AskConfig, warn=None, warmup: int = 1) -> dict:
     """`qgsa ask` as configured: the model built, one answer with everything `answer` reports."""
     built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
-    return answer(built, cfg.image, cfg.question, cfg.spec, cfg.resolution, cfg.k, cfg.max_new_tokens, warmup)
+    splitting = None if cfg.image_splitting is None else built.adapter.splitting(cfg.image_splitting, cfg.longest_edge)
+    return answer(built, cfg.image, cfg.question, cfg.spec, cfg.resolution, cfg.k, cfg.max_new_tokens, warmup,
+                  splitting)
 
 
 @torch.no_grad()
 def answer(built: Built, image_path: str, question: str, pipeline="dense", resolution: int | None = None,
-           k: int | None = None, max_new_tokens: int = 16, warmup: int = 1) -> dict:
+           k: int | None = None, max_new_tokens: int = 16, warmup: int = 1, splitting=None) -> dict:
     """One answer, its visual tokens, selection and latency (one timed run after `warmup` untimed ones).
-    `pipeline`: a spec (`NAME[@POINT]` or a parsed run.spec.Spec). Raises QGSAError for bad input."""
+    `pipeline`: a spec (`NAME[@POINT]` or a parsed run.spec.Spec); `splitting` (models.views.Splitting): the
+    image as the model's processor gives it, else one square view of `resolution` px. Raises QGSAError for
+    bad input."""
     image = load_image(image_path)
     resolution = resolution or built.adapter.image_size
     run = built.run(pipeline)
 
     def once():
-        prepared = run.answer([image], [question], resolution, k, max_new_tokens)
+        prepared = run.answer([image], [question], resolution, k, max_new_tokens, splitting=splitting)
         return prepared, prepared.generated
 
     for _ in range(warmup):
@@ -45,8 +49,10 @@ def answer(built: Built, image_path: str, question: str, pipeline="dense", resol
         "pipeline": run.label,
         "question": question,
         "image": str(image_path),
-        "resolution": resolution,
+        "resolution": resolution if splitting is None else None,
         "effective_resolution": prepared.resolution,
+        "image_input": (f"one square view of {prepared.resolution} px (the paper's form)" if splitting is None
+                        else f"the model's processor: {splitting.describe()}"),
         "n_patches": prepared.n_patches,
         "insertion_point": run.spec.where() if run.spec.patches or run.spec.is_dense else str(run.spec.point),
         "n_visual_tokens": int(prepared.inputs.n_visual[0]),  # entering the LM
