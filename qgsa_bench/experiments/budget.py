@@ -24,7 +24,7 @@ from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_
                                            steps_per_resolution, timing_deadline, warn_unstable)
 from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import demo_image, load_image
-from qgsa_bench.results import read_meta, run_meta
+from qgsa_bench.results import run_meta
 from qgsa_bench.run.spec import check_options, parse_specs
 from qgsa_bench.runtime import dtype_name
 
@@ -208,7 +208,7 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
         adaptive = allocated_cases(cfg, cases)
         left = sum(1 for c in [*cases, *adaptive] for s in data.samples
                    if s.id not in done.get(c.label, {})) if data else 0
-        if timed and not left and (not data or res.path(ACCURACY_CSV).exists()):
+        if timed and not left and (not data or res.exists(ACCURACY_CSV)):
             res.finished(f"this sweep ({len(cases) + len(adaptive)} cases"
                          f"{f' on {len(data.samples)} samples' if data else ''})")
         meta = res.write_meta(run_meta(built, budgets=budgets, budget_unit=cfg.budget_unit,
@@ -239,7 +239,7 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
             allocated = {}
             if adaptive:
                 allocated = _allocate(cfg, built, data, resolution, adaptive, res, progress)
-                meta = res.write_meta({**(read_meta(res.out) or meta),
+                meta = res.write_meta({**(res.meta() or meta),
                                        "allocations": {c.label: a.summary() for c, a in allocated.items()}})
             if progress:
                 progress(f"scoring {len(cases) + len(adaptive)} cases on {len(data.samples)} samples", -max(left, 1))
@@ -282,11 +282,11 @@ def _allocate(cfg: BudgetConfig, built, data, resolution: int, adaptive, res, pr
     allocators = {a: make_allocator(a, ecfg, built, data, resolution, evaluate_run, res, progress)
                   for a in dict.fromkeys(c.allocation for c in adaptive)}
     if "fcomp" in allocators:
-        res.write_meta({**(read_meta(res.out) or {}), "fcomp_checkpoint": ecfg.fcomp_checkpoint,
+        res.write_meta({**(res.meta() or {}), "fcomp_checkpoint": ecfg.fcomp_checkpoint,
                         "fcomp_by_type": fcomp_by_type(allocators["fcomp"], data, built.adapter)})
     if "oracle-type" in allocators:
         held = allocators["oracle-type"].heldout
-        res.write_meta({**(read_meta(res.out) or {}), "oracle_split": held.split, "oracle_samples": len(held.samples)})
+        res.write_meta({**(res.meta() or {}), "oracle_split": held.split, "oracle_samples": len(held.samples)})
     oracle = allocators.get("oracle-type")
     if oracle is not None and progress:
         runs = list({c.run.label: c.run for c in adaptive if c.allocation == "oracle-type"}.values())
