@@ -56,7 +56,9 @@ def friendly(func):
             return func(*args, **kwargs)
         except QGSAError as err:
             if _speaks(err):
-                err_console.print(f"[red]error:[/red] {escape(_from_process(str(err)))}", soft_wrap=True)
+                kept = _kept(func.__name__, kwargs.get("out")) if _lost(err) else ""
+                err_console.print(f"[red]error:[/red] {escape(_from_process(str(err)))}"
+                                  f"{escape('; ' + kept) if kept else ''}", soft_wrap=True)
             raise typer.Exit(2) from None
         except NothingToDo as done:
             if _speaks(done):
@@ -87,10 +89,18 @@ def friendly(func):
 
 def _speaks(err) -> bool:
     """Whether this process prints `err` (None: an interruption): the main process always; another process of a
-    launch only its own failures, not one the main process reported for all (`echoed`) nor an interruption."""
-    from qgsa_bench.experiments.parallel import is_main_process
+    launch only its own failures once the processes have joined (before, every process meets the same bad
+    input), not one the main process reported for all (`echoed`), nor an interruption."""
+    from qgsa_bench.experiments.parallel import is_main_process, joined
 
-    return is_main_process() or (err is not None and not getattr(err, "echoed", False))
+    return is_main_process() or (err is not None and not getattr(err, "echoed", False) and joined().size > 1)
+
+
+def _lost(err) -> bool:
+    """Whether `err` says that another process of the launch stopped (parallel.WorldLost)."""
+    from qgsa_bench.experiments.parallel import WorldLost
+
+    return isinstance(err, WorldLost)
 
 
 def _from_process(message: str) -> str:

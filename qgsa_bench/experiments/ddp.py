@@ -46,9 +46,11 @@ class DataParallel:
         """This process's questions of a global batch: positions rank, rank + W, ... Raises QGSAError when the
         global batch holds fewer questions than processes (a process would have none)."""
         if len(batch) < self.world.size:
-            raise QGSAError(f"a global batch of {len(batch)} questions leaves a process of {self.world.size} without "
+            from qgsa_bench.experiments.parallel import everywhere
+
+            raise everywhere(self.world, QGSAError(f"a global batch of {len(batch)} questions leaves a process of {self.world.size} without "
                             f"any: choose --limit and --batch so that every batch (the last of each epoch too) holds "
-                            f"at least one question per process")
+                            f"at least one question per process"))
         return batch[self.world.rank::self.world.size]
 
     @contextmanager

@@ -110,10 +110,9 @@ class World:
         try:
             fn(*args)
         except RuntimeError as err:  # gloo/NCCL: a peer closed its connection, or the timeout passed
-            first = (str(err).strip().splitlines() or [""])[0][:200]
+            first = (str(err).strip().splitlines() or [""])[0][:120]
             raise WorldLost(f"process {self.rank} of {self.size}: another process of this launch stopped or did not "
-                            f"answer within {timeout_s():g} s ({type(err).__name__}: {first}); every finished batch "
-                            f"is kept: rerun the same command, with any number of processes, to resume") from None
+                            f"answer within {timeout_s():g} s ({type(err).__name__}: {first})") from None
 
     def meta(self) -> dict:
         """meta.json's `world`: processes, backend and the sharding rule."""
@@ -178,6 +177,14 @@ def shared_outcome(world: World, call):
     raise value
 
 
+def everywhere(world: World, err: Exception) -> Exception:
+    """`err`, raised by every process of `world` from the same shared facts: the main process says it, the
+    others stay silent (`echoed`). Returns `err`, for `raise everywhere(world, QGSAError(...))`."""
+    if not world.is_main:
+        err.echoed = True
+    return err
+
+
 def _picklable(err: Exception) -> Exception:
     try:
         pickle.loads(pickle.dumps(err))
@@ -205,7 +212,7 @@ def timing_alone(command: str, per_process: bool) -> int | None:
     return launched_rank()
 
 
-__all__ = ["World", "WorldLost", "is_main_process", "join_world", "joined", "launched_rank", "launched_size",
+__all__ = ["World", "WorldLost", "everywhere", "in_rounds", "is_main_process", "join_world", "joined", "launched_rank", "launched_size",
            "per_process_folder", "shared_outcome", "timing_alone", "timeout_s"]
 
 
