@@ -33,6 +33,9 @@ class MeasureConfig:
     question: str = DEFAULT_QUESTION
     count_flops: bool = True
     compile: str = "none"  # also measure every pipeline compiled with this torch.compile mode (compiled.py)
+    # under a launch of several processes: each process times its own device into OUT/rank-R (else refused);
+    # not a setting: the folder of one process is the same run either way
+    per_process: bool = False
 
     def __post_init__(self):
         if isinstance(self.reps, str) and self.reps != "auto":
@@ -251,6 +254,7 @@ class TrainConfig:
     resolution: int | None = None
     max_steps: int | None = None
     save_every: int = 50
+    mixed_precision: str = "no"  # no | bf16 | fp16: the losses under accelerate's autocast (GPUs only; ddp.py)
     cache_features: bool = False
     # Where the scorer sits: "post-vision" (the paper) or "vision:L" (inside the encoder: the selected units
     # go on through the encoder's remaining layers; the `qgsa-vision@vision:L` pipeline).
@@ -308,7 +312,8 @@ class TrainConfig:
     def run_identity(self) -> dict:
         """What a resumed run must share with the run it continues (length and output may change)."""
         return {k: v for k, v in asdict(self).items()
-                if k not in ("max_steps", "epochs", "out", "device", "save_every", "cache_features", "overwrite")}
+                if k not in ("max_steps", "epochs", "out", "device", "save_every", "cache_features", "overwrite",
+                             "mixed_precision")}
 
 
 @dataclass

@@ -27,6 +27,13 @@ def command_line() -> str:
 
 
 def resolve_device(device: str) -> torch.device:
+    """auto: CUDA when torch sees it, else the CPU. Under a launch of several processes (LOCAL_RANK set by
+    accelerate launch or torchrun) `auto` and `cuda` mean this process's own GPU, cuda:LOCAL_RANK. Raises
+    QGSAError for an unknown device or CUDA asked for without one."""
+    import os
+
+    if device in ("auto", "cuda") and torch.cuda.is_available() and "LOCAL_RANK" in os.environ:
+        return torch.device(f"cuda:{int(os.environ['LOCAL_RANK']) % torch.cuda.device_count()}")
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -30,6 +30,11 @@ err_console = Console(stderr=True)
 
 
 def warn(message: str) -> None:
+    """One warning line on stderr (under a launch of several processes: from the main process only)."""
+    from qgsa_bench.experiments.parallel import is_main_process
+
+    if not is_main_process():
+        return
     err_console.print(f"[yellow]warning:[/yellow] {escape(str(message))}", soft_wrap=True)  # one line, for logs too
 
 
@@ -50,12 +55,18 @@ def friendly(func):
             no_stray_arguments(ctx)
             return func(*args, **kwargs)
         except QGSAError as err:
-            err_console.print(f"[red]error:[/red] {escape(str(err))}", soft_wrap=True)
+            if _speaks(err):
+                kept = _kept(func.__name__, kwargs.get("out")) if _lost(err) else ""
+                err_console.print(f"[red]error:[/red] {escape(_from_process(str(err)))}"
+                                  f"{escape('; ' + kept) if kept else ''}", soft_wrap=True)
             raise typer.Exit(2) from None
         except NothingToDo as done:
-            console.print(escape(str(done)), soft_wrap=True)
+            if _speaks(done):
+                console.print(escape(str(done)), soft_wrap=True)
             raise typer.Exit(0) from None
         except KeyboardInterrupt:
+            if not _speaks(None):  # a launcher stopping every process: the main process says it
+                raise typer.Exit(130) from None
             kept = _kept(func.__name__, kwargs.get("out"))
             said = f"interrupted{': ' + kept if kept else ''}"
             if func.__name__ in RESULTS_COMMANDS and not kept:  # the folder was left as it was found
@@ -66,7 +77,7 @@ def friendly(func):
             if os.environ.get("QGSA_DEBUG") or type(err).__module__.split(".")[0] in ("typer", "click"):
                 raise  # typer's and click's own exits and usage errors (whichever click typer carries)
             kept = _kept(func.__name__, kwargs.get("out"))
-            err_console.print(f"[red]error:[/red] {escape(unexpected(err))}"
+            err_console.print(f"[red]error:[/red] {escape(_from_process(unexpected(err)))}"
                               f"{escape('; ' + kept) if kept else ''}", soft_wrap=True)
             raise typer.Exit(1) from None
         finally:
@@ -74,6 +85,29 @@ def friendly(func):
                 signal.signal(signal.SIGTERM, previous)
 
     return wrapper
+
+
+def _speaks(err) -> bool:
+    """Whether this process prints `err` (None: an interruption): the main process always; another process of a
+    launch only its own failures once the processes have joined (before, every process meets the same bad
+    input), not one the main process reported for all (`echoed`), nor an interruption."""
+    from qgsa_bench.experiments.parallel import is_main_process, joined
+
+    return is_main_process() or (err is not None and not getattr(err, "echoed", False) and joined().size > 1)
+
+
+def _lost(err) -> bool:
+    """Whether `err` says that another process of the launch stopped (parallel.WorldLost)."""
+    from qgsa_bench.experiments.parallel import WorldLost
+
+    return isinstance(err, WorldLost)
+
+
+def _from_process(message: str) -> str:
+    """`message`, naming the process that says it under a launch of several processes."""
+    from qgsa_bench.experiments.parallel import is_main_process, launched_rank
+
+    return message if is_main_process() else f"process {launched_rank()}: {message}"
 
 
 def _kept(name: str, out) -> str:

@@ -90,6 +90,9 @@ def sweep_budget(
     fcomp_checkpoint: FcompCheckpoint = None,
     oracle_split: OracleSplit = None,
     oracle_limit: OracleLimit = None,
+    timing_only: bool = typer.Option(False, "--timing-only", help="Stop once every case is timed: the same command "
+                                     "later scores --dataset, also data-parallel under accelerate launch / torchrun "
+                                     "(README, 'Several processes')."),
     out: Path = typer.Option(Path("results/budget"), help="Results folder (budget.csv, accuracy.csv with --dataset, "
                                                           "comparisons.csv, meta.json, table.md)."),
     overwrite: Overwrite = False,
@@ -107,7 +110,7 @@ def sweep_budget(
                        checkpoints=checkpoints.by_selector, budget_unit=budget_unit, overwrite=overwrite,
                        allocations=tuple(a.strip() for a in allocate.split(",") if a.strip()),
                        fcomp_checkpoint=text_or_none(fcomp_checkpoint), oracle_split=oracle_split,
-                       oracle_limit=oracle_limit)
+                       oracle_limit=oracle_limit, timing_only=timing_only)
     # with --dataset only: accuracy is an untrained selector's (FLOPs and latency do not depend on the weights)
     message = dataset and untrained(cfg.specs, 0, lambda spec: cfg.checkpoints.get(spec.selector.name)
                                     or measure.checkpoint, "--checkpoint [SELECTOR=]PATH")

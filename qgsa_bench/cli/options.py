@@ -63,6 +63,9 @@ Image = Annotated[Optional[Path], typer.Option(help="Image to run on (default: a
 # unset: the configuration's question (MeasureConfig.question; importing the configs here would slow --help)
 Question = Annotated[Optional[str], typer.Option(help="Question to run with (default: 'What color is the circle?').")]
 NoFlops = Annotated[bool, typer.Option("--no-flops", help="Skip fvcore FLOP counting (timing only).")]
+PerProcess = Annotated[bool, typer.Option("--per-process", help="Under accelerate launch / torchrun: every process "
+                                          "times its own device alone into OUT/rank-R (rows carry the rank); "
+                                          "without it a launch of several processes is refused.")]
 BudgetUnit = Annotated[str, typer.Option(help="tokens: visual tokens after the last cut | layer-avg: for in-LM "
                                               "selectors (fastv, pdrop, sparsevlm) averaged over the LM's layers, as "
                                               "their papers quote them.")]
@@ -143,7 +146,7 @@ class OptionBlock:
 TIMING = OptionBlock("timing", device=(Device, "auto"), dtype=(Dtype, "auto"), attn=(Attn, "sdpa"),
                      weights=(Weights, "auto"), reps=(Reps, "5"), max_time=(MaxTime, None), warmup=(Warmup, 1),
                      decode_tokens=(DecodeTokens, 8), seed=(Seed, 0), image=(Image, None), question=(Question, None),
-                     no_flops=(NoFlops, False))
+                     no_flops=(NoFlops, False), per_process=(PerProcess, False))
 # where eval and grounding read their data set, and how they run the model (dtype fp32, as `qgsa train`
 # trains: a checkpoint is scored in the numerics it was trained in; --dtype auto or bf16 for speed on a GPU)
 EVALUATION = OptionBlock("evaluation", data_dir=(DataDir, None), split=(Split, None), limit=(Limit, None),

@@ -56,7 +56,12 @@ class RichProgress:
 
 def run_and_show(run, *args, table: str | None = None, files: tuple[str, ...] = (), **kwargs):
     """`run(*args, progress=..., **kwargs)` under a progress bar; returns what it returns. With `table`, print
-    that Markdown file of the folder it returns; with `files` (names or glob patterns), say which it wrote."""
+    that Markdown file of the folder it returns; with `files` (names or glob patterns), say which it wrote. Under a
+    launch of several processes only the main process shows progress and what was written."""
+    from qgsa_bench.experiments.parallel import is_main_process
+
+    if not is_main_process():
+        return run(*args, progress=None, **kwargs)
     with RichProgress() as progress:
         result = run(*args, progress=progress, **kwargs)
     if isinstance(result, Path):  # a results folder: its tables and figures, made by the report from its files

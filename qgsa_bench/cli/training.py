@@ -79,6 +79,9 @@ def train(
                                 "anyway when OUT holds one; with --resume, a missing checkpoint is an error)."),
     device: Device = "auto",
     dtype: Dtype = "fp32",  # the module trains in the base's dtype: fp32 unless asked (eval's default too)
+    mixed_precision: str = typer.Option("no", help="no | bf16 | fp16: the losses under accelerate's autocast "
+                                                   "(GPUs only). Under accelerate launch / torchrun --batch is per "
+                                                   "process (README, 'Several processes')."),
     seed: Seed = 0,
     out: Path = typer.Option(Path("runs/train"), help="Run folder (checkpoint.pt, train_log.csv, summary.json, meta.json)."),
     overwrite: Overwrite = False,
@@ -104,6 +107,7 @@ def train(
         align_encoder=align_encoder, clip_checkpoint=text_or_none(clip_checkpoint), spacy_model=spacy_model,
         soft_mask_space=soft_mask_space, projection=projection, fill=fill, insert=insert, resolution=resolution,
         max_steps=max_steps, save_every=save_every, cache_features=cache_features, device=device, dtype=dtype,
+        mixed_precision=mixed_precision,
         seed=seed, out=str(out), overwrite=overwrite)
     summary = run_and_show(run_train, cfg, resume=resume, warn=warn)
     final = summary["final"] or {}

@@ -15,6 +15,7 @@ from pathlib import Path
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import AblateConfig
+from qgsa_bench.experiments.parallel import per_process_folder, timing_alone
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.measure import Case
 from qgsa_bench.experiments.runner import (STAT_COLUMNS, THROUGHPUT_COLUMNS, Progress, measure_cases, measure_meta,
@@ -70,7 +71,9 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
     checkpoints = cfg.checkpoints or {}
     settings = {**m.settings(), **cfg.settings(), "device": device_name(resolve_device(m.device)),
                 "checkpoints": checkpoints}
-    with Results(cfg.out, "ablate", settings, cfg.overwrite) as res:
+    rank = timing_alone("ablate", m.per_process)  # never timed by processes that share a host
+    out = cfg.out if rank is None else per_process_folder(cfg.out, rank)
+    with Results(out, "ablate", settings, cfg.overwrite, rank=rank) as res:
         built = build(m.model, m.weights, m.device, m.dtype, None, m.seed,
                       attn_implementation=m.attn_implementation, warn=warn)
         fixed_k = m.k or PAPER_K

@@ -24,7 +24,7 @@ from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_
                                            steps_per_resolution, timing_deadline, warn_unstable)
 from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import demo_image, load_image
-from qgsa_bench.results import read_meta, run_meta
+from qgsa_bench.results import run_meta
 from qgsa_bench.run.spec import check_options, parse_specs
 from qgsa_bench.runtime import dtype_name
 
@@ -71,6 +71,9 @@ class BudgetConfig:
     fcomp_checkpoint: str | None = None  # f_comp of this checkpoint allocates (default: the qgsa checkpoint)
     oracle_split: str | None = None
     oracle_limit: int | None = None
+    # stop once the cases are timed (budget.csv written); the folder then resumes the accuracy part, also under a
+    # launch of several processes (timing is never spread over processes). Not a setting.
+    timing_only: bool = False
 
     def __post_init__(self):
         if not self.pipelines:
@@ -172,7 +175,19 @@ def _cases(cfg: BudgetConfig, built, budgets: list[int], n_dense: int, resolutio
 
 
 def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -> Path:
+    """Every case of `cfg` timed, counted and (with a data set) scored into `cfg.out` (module docstring); the
+    folder. Under a launch of several processes: with --per-process each process runs the whole sweep alone
+    into OUT/rank-R (rows carry the rank); without, the accuracy part runs data-parallel and the timing must
+    already be in the folder (a one-process run with --timing-only). Raises QGSAError for bad input before any
+    work, and for a launch that would time; parallel.WorldLost when another process stopped."""
+    from qgsa_bench.experiments.parallel import (World, everywhere, join_world, launched_rank, launched_size,
+                                                 per_process_folder)
+
     m = cfg.measure
+    alone = m.per_process and launched_size() > 1  # every process its own sweep, on its own device
+    rank = launched_rank() if alone else None
+    world = World() if alone else join_world(m.device)
+    out = per_process_folder(cfg.out, rank) if alone else cfg.out
     built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
                   attn_implementation=m.attn_implementation, warn=warn)
     a = built.adapter
@@ -199,7 +214,7 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                 **({"allocations": list(cfg.allocations), "fcomp_checkpoint": cfg.fcomp_checkpoint,
                     "oracle_split": cfg.oracle_split, "oracle_limit": cfg.oracle_limit}
                    if cfg.allocations != ("fixed",) else {})}
-    with Results(cfg.out, "sweep-budget", settings, cfg.overwrite) as res:
+    with Results(out, "sweep-budget", settings, cfg.overwrite, world=world, rank=rank) as res:
         # resuming: the timing is one measurement of every case (alternating rounds), kept once written; the
         # accuracy runs keep every finished batch (predictions.jsonl)
         timed = {row["case"]: row for row in res.rows(BUDGET_TABLE)}
@@ -208,13 +223,19 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
         adaptive = allocated_cases(cfg, cases)
         left = sum(1 for c in [*cases, *adaptive] for s in data.samples
                    if s.id not in done.get(c.label, {})) if data else 0
-        if timed and not left and (not data or res.path(ACCURACY_CSV).exists()):
+        if timed and not left and (not data or res.exists(ACCURACY_CSV)):
             res.finished(f"this sweep ({len(cases) + len(adaptive)} cases"
                          f"{f' on {len(data.samples)} samples' if data else ''})")
+        if world.size > 1 and not timed:
+            raise everywhere(world, QGSAError(
+                f"sweep-budget times every case, and this launch started {world.size} processes: processes sharing "
+                f"a host or a bus would time each other. Time it in one process first (the same command with "
+                f"--timing-only), then this launch scores the data set data-parallel; or add --per-process"))
         meta = res.write_meta(run_meta(built, budgets=budgets, budget_unit=cfg.budget_unit,
                                        qgsa_checkpoints=dict(cfg.checkpoints), dense_visual_tokens=n_dense,
                                        pipelines=list(cfg.pipelines), budget_rule=budget_rule(cfg.budget_unit),
-                                       **(data.meta() if data else {}), **measure_meta(built, m)))
+                                       **(data.meta() if data else {}), **measure_meta(built, m),
+                                       **({"world": world.meta()} if world.size > 1 else {})))
         if progress and not timed:  # one phase each: a timed step takes far longer than a scored sample
             progress(f"timing {len(cases)} cases at {resolution}px",
                      -steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops))
@@ -234,12 +255,12 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
             unstable = [r["case"] for r in rows if r.get("unstable")]
             meta = res.write_meta({**meta, "unstable_cases": unstable, "reps_stopped": rows[0].get("reps_stopped")})
             warn_unstable(warn, unstable)
-        if data:
+        if data and not cfg.timing_only:
             save = lambda new: res.append_records(PREDICTIONS, new)  # noqa: E731
             allocated = {}
             if adaptive:
                 allocated = _allocate(cfg, built, data, resolution, adaptive, res, progress)
-                meta = res.write_meta({**(read_meta(res.out) or meta),
+                meta = res.write_meta({**(res.meta() or meta),
                                        "allocations": {c.label: a.summary() for c, a in allocated.items()}})
             if progress:
                 progress(f"scoring {len(cases) + len(adaptive)} cases on {len(data.samples)} samples", -max(left, 1))
@@ -282,11 +303,11 @@ def _allocate(cfg: BudgetConfig, built, data, resolution: int, adaptive, res, pr
     allocators = {a: make_allocator(a, ecfg, built, data, resolution, evaluate_run, res, progress)
                   for a in dict.fromkeys(c.allocation for c in adaptive)}
     if "fcomp" in allocators:
-        res.write_meta({**(read_meta(res.out) or {}), "fcomp_checkpoint": ecfg.fcomp_checkpoint,
+        res.write_meta({**(res.meta() or {}), "fcomp_checkpoint": ecfg.fcomp_checkpoint,
                         "fcomp_by_type": fcomp_by_type(allocators["fcomp"], data, built.adapter)})
     if "oracle-type" in allocators:
         held = allocators["oracle-type"].heldout
-        res.write_meta({**(read_meta(res.out) or {}), "oracle_split": held.split, "oracle_samples": len(held.samples)})
+        res.write_meta({**(res.meta() or {}), "oracle_split": held.split, "oracle_samples": len(held.samples)})
     oracle = allocators.get("oracle-type")
     if oracle is not None and progress:
         runs = list({c.run.label: c.run for c in adaptive if c.allocation == "oracle-type"}.values())

@@ -24,7 +24,7 @@ from qgsa_bench.data import load_dataset
 from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.metrics import SCORING, multiple_choice_score, score
-from qgsa_bench.results import read_meta, run_meta
+from qgsa_bench.results import run_meta
 
 EVAL_COLUMNS = [
     "model", "weights", "qgsa_weights", "dataset", "split", "pipeline", "scope", "question_type", "n",
@@ -63,19 +63,22 @@ def evaluate_run(run, data, resolution: int, cfg: EvalConfig,
     read are dropped under --skip-bad. Resuming: `done` (sample id -> record) are kept as they are and not
     run again; `save` receives each batch's new records as soon as the batch finishes. `budgets` (sample id
     -> budget, an allocation's): each sample's own k instead of cfg.k; a batch of mixed budgets gives each
-    sample its solo result (the selection takes a budget per sample)."""
+    sample its solo result (the selection takes a budget per sample). Under a launch of several processes
+    (`parallel.join_world`) each answers its share of the batches (`parallel.in_rounds`) and every process
+    returns every record; `save` is called on every process with each round's records. Raises QGSAError for
+    an unreadable image without --skip-bad; parallel.WorldLost when another process stopped."""
+    from qgsa_bench.experiments.parallel import in_rounds, joined
+
     done = done or {}
     new = {}
     todo = [s for s in data.samples if s.id not in done]
-    for batch in batches(todo, cfg.batch):
-        chunk, images = data.open_images(batch)
-        if chunk:
-            records = _batch_records(run, chunk, images, resolution, cfg, budgets)
-            new.update((r["id"], r) for r in records)
-            if save:
-                save(records)
+    work = lambda chunk, images: _batch_records(run, chunk, images, resolution, cfg, budgets)  # noqa: E731
+    for records, part in in_rounds(joined(), list(batches(todo, cfg.batch)), work, data):
+        new.update((r["id"], r) for r in records)
+        if save and records:
+            save(records)
         if progress:
-            progress(f"{run.label}: {len(done) + len(new)}/{len(data.samples)}", len(batch))
+            progress(f"{run.label}: {len(done) + len(new)}/{len(data.samples)}", sum(map(len, part)))
     return [done.get(s.id) or new[s.id] for s in data.samples if s.id in done or s.id in new]
 
 
@@ -175,14 +178,20 @@ PREDICTIONS = "predictions.jsonl"
 
 
 def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
+    """Evaluate every pipeline of `cfg` into `cfg.out` (module docstring); the folder. Data-parallel under a
+    launch of several processes (`evaluate_run`); only the main process writes. Raises QGSAError for bad
+    input before any work, parallel.WorldLost when another process stopped."""
+    from qgsa_bench.experiments.parallel import join_world
+
+    world = join_world(cfg.device)
     with Results(cfg.out, "eval", cfg.settings(), cfg.overwrite) as res:  # never mixes two evaluations
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
         done = res.records_by(PREDICTIONS, "pipeline")  # what an interrupted run finished
         labels = [spec.text for spec in cfg.specs]
-        skipped = set((read_meta(res.out) or {}).get("skipped_bad_ids", []))
+        skipped = set((res.meta() or {}).get("skipped_bad_ids", []))
         left = sum(1 for label in labels for s in data.samples if s.id not in done.get(label, {})
                    and s.id not in skipped)
-        if not left and res.path(EVAL_TABLE.file).exists():
+        if not left and res.exists(EVAL_TABLE.file):
             res.finished(f"this evaluation ({len(data.samples)} samples x {len(labels)} pipelines)")
         built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
         resolution = cfg.resolution or built.adapter.image_size
@@ -194,7 +203,7 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         note = PRIVATE_NOTE if private else (RANDOM_NOTE if random_weights else "")
         meta = res.write_meta(run_meta(
             built, **data.meta(), resolution=resolution, scoring=SCORING[data.name][1],
-            note=note or "pretrained weights",
+            note=note or "pretrained weights", world=world.meta(),
             latency="mean per query over the batches (selection, prefill and decode), after one untimed warm-up "
                     "batch of every pipeline"))
         allocated = {}
@@ -231,8 +240,8 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
             rows += [{**row, "dense": run.spec.is_dense, **allocation_fields(own)}
                      for row in summary_rows(records, run.label)]
             if data.name == "aokvqa":
-                written.append(write_aokvqa_submission(records, res.path(f"predictions_{data.split}-{run.label}.json")))
-                res.claim(written[-1].name)
+                written.append(f"predictions_{data.split}-{run.label}.json")
+                res.write_text(written[-1], aokvqa_submission(records))
         if not all_records:
             raise QGSAError(f"{data.name} split '{data.split}': no image could be read ({data.skipped} skipped)")
         base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
@@ -242,7 +251,7 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         if unequal and warn:
             warn(unequal)
         # again: images skipped under --skip-bad are known only now
-        res.write_meta({**meta, **data.meta(), "submission_files": [p.name for p in written],
+        res.write_meta({**meta, **data.meta(), "submission_files": written,
                         "unequal_visual_tokens": unequal})
     return res.out
 
@@ -289,8 +298,8 @@ def with_delta_vs_dense(rows: list[dict]) -> list[dict]:
     return rows
 
 
-def write_aokvqa_submission(records: list[dict], path: Path) -> Path:
-    """A-OKVQA's leaderboard format (allenai/aokvqa evaluation/prepare_predictions.py):
+def aokvqa_submission(records: list[dict]) -> str:
+    """A-OKVQA's leaderboard format (allenai/aokvqa evaluation/prepare_predictions.py) as JSON text:
     {question_id: {"multiple_choice": the picked choice, "direct_answer": the generated answer}}."""
     by_id = {}
     for r in records:
@@ -298,6 +307,4 @@ def write_aokvqa_submission(records: list[dict], path: Path) -> Path:
         if r.get("mc_choice") is not None:
             entry["multiple_choice"] = r["choices"][r["mc_choice"]]
         by_id[r["id"]] = entry
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(by_id, indent=1) + "\n")
-    return path
+    return json.dumps(by_id, indent=1) + "\n"

@@ -40,7 +40,7 @@ from qgsa_bench.data import load_dataset
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.evaluate import batches
 from qgsa_bench.metrics import hull_iou, oracle_patches, pointing_hit, share_in_box
-from qgsa_bench.results import read_meta, run_meta
+from qgsa_bench.results import run_meta
 from qgsa_bench.run.spec import check_options, parse_spec, parse_specs
 
 ORACLE = "oracle"  # at k = b patches (beside the patch-level pipelines)
@@ -202,13 +202,17 @@ def _runs(cfg: GroundingConfig, built, warn=None) -> dict:
 
 def run_grounding(cfg: GroundingConfig, progress=None, warn=None) -> Path:
     """Ground every pipeline at every budget into `cfg.out` (module docstring); the folder. Resumes an
-    interrupted run of the same settings. Raises QGSAError before any work for bad input (a budget outside a
-    pipeline's 1..n, a checkpoint trained elsewhere, data without boxes)."""
+    interrupted run of the same settings. Data-parallel under a launch of several processes (`ground`); only
+    the main process writes. Raises QGSAError before any work for bad input (a budget outside a pipeline's
+    1..n, a checkpoint trained elsewhere, data without boxes); parallel.WorldLost when another process stopped."""
+    from qgsa_bench.experiments.parallel import join_world
+
+    world = join_world(cfg.device)
     with Results(cfg.out, "grounding", cfg.settings(), cfg.overwrite) as res:
         data, samples = box_samples(cfg)
         done = {_key(r): r for r in res.read_records(GROUNDED)}  # an interrupted run's finished batches
-        before = read_meta(res.out) or {}
-        if before.get("pipelines") and res.path(GROUNDING_TABLE.file).exists() and all(
+        before = res.meta() or {}
+        if before.get("pipelines") and res.exists(GROUNDING_TABLE.file) and all(
                 (s.id, p, b) in done for s in samples for p in before["pipelines"] for b in cfg.budget_list):
             res.finished(f"the grounding of {len(samples)} boxes")
         built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
@@ -235,7 +239,7 @@ def run_grounding(cfg: GroundingConfig, progress=None, warn=None) -> Path:
             resolution=resolution, grid=grid, unit_patches=s2, pipelines=labels,
             budgets=[b if b is not None else "f_comp" for b in cfg.budget_list],
             budget_units={label: units[label] for label in labels}, qgsa_checkpoints=dict(cfg.checkpoints),
-            note=note, pointing=POINTING_RULE,
+            note=note, world=world.meta(), pointing=POINTING_RULE,
             oracle="best IoU over selections of <= k patches whose hull is a grid-aligned rectangle; k = b patches "
                    f"(oracle) or b x {s2} patches (oracle@tokens, b visual tokens)",
             visionzip="only the selected (dominant) tokens are grounded; the merged contextual tokens are not"))
@@ -362,23 +366,26 @@ def record(sample, size, label: str, budget, unit: str, kept, patches: list[int]
 def ground(built, data, samples, plan: Plan, batch: int, progress=None, done=None, save=None):
     """(every record of the readable samples, those samples), in the samples' order. `done` ((id, pipeline,
     budget) -> record): finished by an interrupted run, kept; `save`: receives each batch's new records when
-    the batch finishes. Raises QGSAError when no image could be read."""
+    the batch finishes (under a launch of several processes: every round's records, on every process; each
+    process selects its share of the batches, `parallel.in_rounds`). Raises QGSAError when no image could be
+    read; parallel.WorldLost when another process stopped."""
+    from qgsa_bench.experiments.parallel import in_rounds, joined
+
     done = done or {}
     labels = [*plan.runs, *plan.oracles]
     keys = [(label, b) for label in labels for b in plan.budgets]
     new: dict[tuple, dict] = {}
     complete = lambda sid: all((sid, label, b) in done for label, b in keys)  # noqa: E731
     todo = [s for s in samples if not complete(s.id)]
-    for part in batches(todo, batch):
-        chunk, images = data.open_images(part)
-        records = select_batch(plan, built, images, chunk, lambda sid, label, b: (sid, label, b) not in done) \
-            if chunk else []
+    work = lambda chunk, images: select_batch(plan, built, images, chunk,  # noqa: E731
+                                              lambda sid, label, b: (sid, label, b) not in done)
+    for records, part in in_rounds(joined(), list(batches(todo, batch)), work, data):
         new.update((_key(r), r) for r in records)
         if save and records:
             save(records)
         if progress:
             progress(f"grounding {len(samples) - len(todo) + len({r['id'] for r in new.values()})}/{len(samples)}",
-                     len(part))
+                     sum(map(len, part)))
     everything = {**done, **new}
     kept = [s for s in samples if all((s.id, label, b) in everything for label, b in keys)]
     if not kept:

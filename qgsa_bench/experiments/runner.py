@@ -53,7 +53,19 @@ def measure_meta(built, m) -> dict:
                    else "time.perf_counter at the stage boundaries; peak memory not measured on CPU"),
         "note": ("RANDOM weights: FLOPs and latency are those of the architecture; no accuracy here"
                  if built.loaded.weights == "random" else "pretrained weights"),
+        **per_process_meta(m),
     }
+
+
+def per_process_meta(m) -> dict:
+    """meta.json's `world` for a timing run under --per-process: this process timed its own device alone, the
+    launch's other processes into the sibling folders rank-R; {} for a run of one process."""
+    from qgsa_bench.experiments.parallel import launched_rank, launched_size
+
+    if not m.per_process or launched_size() == 1:
+        return {}
+    return {"world": {"processes": launched_size(), "rank": launched_rank(),
+                      "mode": "per-process: each process timed its own device into OUT/rank-R"}}
 
 
 def warn_unstable(warn, unstable: list[str]) -> None:

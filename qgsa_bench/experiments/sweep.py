@@ -13,6 +13,7 @@ from qgsa_bench import QGSAError
 from qgsa_bench.build import build
 from qgsa_bench.config import SweepConfig
 from qgsa_bench.efficiency.compiled import compiled_engine
+from qgsa_bench.experiments.parallel import per_process_folder, timing_alone
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.measure import Case
 from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, PEER_COLUMNS, STAT_COLUMNS, THROUGHPUT_COLUMNS, Progress,
@@ -54,7 +55,9 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
     settings = {**m.settings(), "device": device_name(resolve_device(m.device)), "pipelines": list(cfg.pipelines),
                 "compile": m.compile}
     settings.pop("batch")  # rows carry their batch size: a later run may add sizes to the folder
-    with Results(cfg.out, "sweep-resolution", settings, cfg.overwrite) as res:
+    rank = timing_alone("sweep-resolution", m.per_process)  # never timed by processes that share a host
+    out = cfg.out if rank is None else per_process_folder(cfg.out, rank)
+    with Results(out, "sweep-resolution", settings, cfg.overwrite, rank=rank) as res:
         built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
                       attn_implementation=m.attn_implementation, warn=warn)
         k, k_note = resolve_k(m.k, m.checkpoint)

@@ -9,7 +9,10 @@ changed. One step (per batch of B questions):
   L_sparse, L_entropy, L_kvar, L_qlen as in Algorithm 1
 AdamW, linear warm-up then cosine decay, gradient-norm clipping. Checkpoints (QGSA tensors, config,
 optimiser, scheduler, step, RNG states) are written atomically every `save_every` steps and at the
-end; `resume` continues from the last one with the same next-step losses.
+end; `resume` continues from the last one with the same next-step losses. Under a launch of several processes
+the steps are data-parallel (experiments/ddp.py: --batch per process, global batch W x --batch); the main
+process alone writes the log and the checkpoints, and a checkpoint resumes under any number of processes
+that gives the same global batch.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import json
 import math
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,8 +75,10 @@ class StepInputs:
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, built, data, encoder=None, nouns=None):
+    def __init__(self, cfg: TrainConfig, built, data, encoder=None, nouns=None, parallel=None):
         self.cfg, self.built, self.data, self.samples = cfg, built, data, data.samples
+        self.parallel = parallel  # ddp.DataParallel under a launch or mixed precision, else None
+        self.global_batch = cfg.batch * (parallel.world.size if parallel else 1)
         self.adapter, self.module = built.adapter, built.module
         self.encoder, self.nouns = encoder, nouns
         # the runs trained and compared (L_cs): after the encoder (the paper) or inside it (qgsa-vision@vision:L)
@@ -84,7 +90,9 @@ class Trainer:
         self._features: dict[str, torch.Tensor] = {}
         self._attribution: dict[str, torch.Tensor] = {}
         self._sufficient: dict[str, torch.Tensor] = {}
-        self.steps_per_epoch = math.ceil(len(self.samples) / cfg.batch)
+        self.steps_per_epoch = math.ceil(len(self.samples) / self.global_batch)
+        if parallel:  # every global batch must give every process a question
+            parallel.shard(self.batch_at(self.steps_per_epoch - 1))
         self.total_steps = cfg.epochs * self.steps_per_epoch
         if cfg.max_steps is not None:
             self.total_steps = min(self.total_steps, cfg.max_steps)
@@ -97,7 +105,8 @@ class Trainer:
     def batch_at(self, step: int) -> list:
         epoch, index = divmod(step, self.steps_per_epoch)
         order = torch.randperm(len(self.samples), generator=torch.Generator().manual_seed(self.cfg.seed * 1009 + epoch))
-        return [self.samples[i] for i in order[index * self.cfg.batch:(index + 1) * self.cfg.batch].tolist()]
+        size = self.global_batch
+        return [self.samples[i] for i in order[index * size:(index + 1) * size].tolist()]
 
     def features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The frozen part of the encoder: V (B, N, d_v) after it, or with --insert vision:L the hidden
@@ -214,14 +223,22 @@ class Trainer:
         start = time.perf_counter()
         tau = tau_at(self.step, self.total_steps, self.cfg.tau_start, self.cfg.tau_end)
         self.module.train()
-        terms = self.losses(self.inputs(self.batch_at(self.step)), tau)
+        batch, par = self.batch_at(self.step), self.parallel
+        own = par.shard(batch) if par else batch
+        draws = par.draws([self.run, self.random_run], self.generator, len(batch)) if par else nullcontext()
+        with draws, (par.autocast() if par else nullcontext()):
+            terms = self.losses(self.inputs(own), tau)
         values = {k: float(v.detach()) for k, v in terms.items() if not k.startswith("_")}
+        if par:
+            values = par.mean_values(values, len(own), len(batch))
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
             raise QGSAError(f"non-finite loss at step {self.step + 1} ({', '.join(f'{k}={values[k]}' for k in bad)}): "
                             f"training stopped; the last good checkpoint is kept in {self.cfg.out}/{CHECKPOINT}")
         self.optimizer.zero_grad(set_to_none=True)
         terms["loss"].backward()
+        if par:
+            par.sync_gradients(self.module.parameters(), len(own), len(batch))
         if self.cfg.budget_target:
             # With a budget target f_comp is clipped apart from the rest: under one global norm the scorer's
             # large gradients scale f_comp's small ones (q is a mean of LM embeddings) towards Adam's epsilon.
@@ -235,6 +252,8 @@ class Trainer:
         self.scheduler.step()
         self.module.eval()
         k, c = terms["_k"], terms["_c"]
+        if par:  # the global batch's
+            k, c = par.gathered(k), par.gathered(c)
         self.step += 1
         return {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch + 1, **values,
                 "k_mean": float(k.mean()), "k_std": float(k.std(unbiased=False)),
@@ -244,19 +263,34 @@ class Trainer:
     # ---- checkpoints ---------------------------------------------------------------------
     def save(self, path: Path) -> None:
         save_checkpoint(path, self.module, self.built.loaded.provenance(), {
-            "train_config": self.cfg.to_dict(), "step": self.step, "total_steps": self.total_steps,
+            "train_config": self.cfg.to_dict(), "global_batch": self.global_batch, "step": self.step,
+            "total_steps": self.total_steps,
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "rng": {"generator": self.generator.get_state(), "torch": torch.get_rng_state()},
         })
 
+    def identity(self) -> dict:
+        """What a resumed run must share with this one (TrainConfig.run_identity), its batch the global batch:
+        a run resumes under any number of processes that gives the same global batch."""
+        return {**self.cfg.run_identity(), "batch": self.global_batch}
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process writes the log and checkpoints (the main one of a launch)."""
+        return self.parallel is None or self.parallel.world.is_main
+
     def resume_from(self, ckpt: Path) -> None:
-        """Continue the run saved in `ckpt`; QGSAError where it was made with other settings."""
-        _, payload = load_checkpoint(ckpt, self.built.loaded.provenance())
+        """Continue the run saved in `ckpt` (read by the main process, sent to the others); QGSAError where it
+        was made with other settings."""
+        from qgsa_bench.experiments.parallel import joined, shared_outcome
+
+        payload = shared_outcome(joined(), lambda: load_checkpoint(ckpt, self.built.loaded.provenance())[1])
         if "optimizer" not in payload:
             raise QGSAError(f"{ckpt} holds the module's weights only (a shipped copy, no trainer state): it can be "
                             f"read with --checkpoint but not resumed; start a new --out")
-        saved = TrainConfig(**payload["train_config"]).run_identity()
-        differs = [k for k, v in self.cfg.run_identity().items() if saved.get(k) != v]
+        saved = {**TrainConfig(**payload["train_config"]).run_identity(),
+                 "batch": payload.get("global_batch", payload["train_config"]["batch"])}
+        differs = [k for k, v in self.identity().items() if saved.get(k) != v]
         if differs:
             raise QGSAError(f"--resume with other settings than {ckpt} was made with ({', '.join(differs)}): "
                             f"resume with the same settings, or start a new --out")
@@ -285,33 +319,44 @@ def _budget_by_type(trainer: Trainer) -> dict:
 
 
 def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) -> dict:
-    with Results(cfg.out, "train", cfg.run_identity(), cfg.overwrite) as res:
+    """Train the QGSA module of `cfg` into `cfg.out` (module docstring); the summary (steps, final losses, k per
+    question type, checkpoint path). Data-parallel under a launch of several processes (ddp.py); only the main
+    process writes. Raises QGSAError for bad input before any step (settings other than the folder's, a missing
+    checkpoint with `resume`, a global batch leaving a process without questions, --skip-bad under a launch),
+    parallel.WorldLost when another process stopped."""
+    from qgsa_bench.experiments.parallel import join_world, shared_outcome
+
+    world = join_world(cfg.device)
+    if world.size > 1 and cfg.skip_bad:
+        raise QGSAError("--skip-bad under a launch of several processes would let a dropped image shift the rows of "
+                        "the other processes' random draws: repair or remove the images, or train in one process")
+    identity = {**cfg.run_identity(), "batch": cfg.batch * world.size}
+    with Results(cfg.out, "train", identity, cfg.overwrite) as res:
         ckpt = res.path(CHECKPOINT)
-        if resume and not ckpt.exists():
+        if resume and not res.exists(CHECKPOINT):
             raise QGSAError(f"nothing to resume: {ckpt} does not exist")
-        resume = ckpt.exists()  # the same command again continues the run its folder holds
+        resume = res.exists(CHECKPOINT)  # the same command again continues the run its folder holds
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, cfg.skip_bad, cfg.seed)
-        trainer = _trainer(cfg, data, warn)
+        trainer = _trainer(cfg, data, warn, world)
         if resume:
             trainer.resume_from(ckpt)
             if trainer.step >= trainer.total_steps:
                 res.finished(f"this training ({trainer.step} of {trainer.total_steps} steps)")
         if warn and 0 < trainer.total_steps <= cfg.warmup_steps:
             warn(warmup_warning(cfg, trainer.total_steps))
-        res.path("config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+        res.write_text("config.json", json.dumps(cfg.to_dict(), indent=2) + "\n")
         built = trainer.built
         meta = res.write_meta(run_meta(
-            built, **data.meta(), train_config=cfg.to_dict(),
-            align_encoder=None if trainer.encoder is None else trainer.encoder.name,
+            built, **data.meta(), train_config=cfg.to_dict(), global_batch=trainer.global_batch,
+            world=world.meta(), align_encoder=None if trainer.encoder is None else trainer.encoder.name,
             spacy_model=None if trainer.nouns is None else trainer.nouns.model,
             note="RANDOM base weights: a smoke test, not a trained selector" if built.loaded.weights == "random"
             else ""))
-        res.claim("config.json")
         if progress:
             progress(f"training {cfg.model} on {data.name}", -(trainer.total_steps - trainer.step))
         started = time.perf_counter()
         last = _train_loop(trainer, res.path("train_log.csv"), ckpt, progress)
-        res.claim(*[name for name in ("train_log.csv", CHECKPOINT) if res.path(name).exists()])
+        res.claim(*[name for name in ("train_log.csv", CHECKPOINT) if res.exists(name)])
         summary = {
             "steps": trainer.step, "total_steps": trainer.total_steps, "wall_s": time.perf_counter() - started,
             "weights": built.loaded.weights, "final": last, "k_by_question_type": _budget_by_type(trainer),
@@ -319,11 +364,15 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
         }
         res.write_meta({**meta, **data.meta()})  # again: images skipped under --skip-bad are known only now
         if last is not None:
-            log = np.genfromtxt(res.path("train_log.csv"), delimiter=",", names=True)
-            summary["step_s_median"] = float(np.median(np.atleast_1d(log["step_s"])))
-        res.path("summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
-        res.claim("summary.json")
+            summary["step_s_median"] = shared_outcome(world, lambda: median_step_s(res.path("train_log.csv")))
+        res.write_text("summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     return summary
+
+
+def median_step_s(log: Path) -> float:
+    """The median `step_s` (seconds) of a training log (train_log.csv)."""
+    frame = np.genfromtxt(log, delimiter=",", names=True)
+    return float(np.median(np.atleast_1d(frame["step_s"])))
 
 
 def warmup_warning(cfg: TrainConfig, total_steps: int) -> str:
@@ -335,8 +384,13 @@ def warmup_warning(cfg: TrainConfig, total_steps: int) -> str:
             f"lower --warmup-steps")
 
 
-def _trainer(cfg: TrainConfig, data, warn=None) -> Trainer:
-    """The base model with a fresh QGSA module of the training's config, the L_align encoders, the trainer."""
+def _trainer(cfg: TrainConfig, data, warn=None, world=None) -> Trainer:
+    """The base model with a fresh QGSA module of the training's config, the L_align encoders, the trainer;
+    data-parallel (ddp.DataParallel) over `world` (parallel.World) of several processes or under mixed
+    precision. Raises QGSAError for mixed precision off the GPU."""
+    from qgsa_bench.experiments.ddp import DataParallel, check_mixed_precision
+
+    check_mixed_precision(cfg.mixed_precision, cfg.device)
     qcfg = QGSAConfig(soft_mask_space=cfg.soft_mask_space, projection=cfg.projection, fill=cfg.fill,
                       tau=cfg.tau_start)
     built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, None, cfg.seed, warn=warn)
@@ -350,24 +404,30 @@ def _trainer(cfg: TrainConfig, data, warn=None) -> Trainer:
 
         encoder = make_encoder(cfg.align_encoder, built.adapter, cfg.clip_checkpoint)
         nouns = NounExtractor(cfg.spacy_model)
-    return Trainer(cfg, built, data, encoder, nouns)
+    parallel = None
+    if (world is not None and world.size > 1) or cfg.mixed_precision != "no":
+        from qgsa_bench.experiments.parallel import World
+
+        parallel = DataParallel(world or World(), cfg.mixed_precision, cpu=built.device.type == "cpu")
+    return Trainer(cfg, built, data, encoder, nouns, parallel)
 
 
 def _train_loop(trainer: Trainer, log_path: Path, ckpt: Path, progress=None) -> dict | None:
     """Steps until the end, a log row each, a checkpoint every save_every steps and at the end: the last row."""
-    cfg, last, columns = trainer.cfg, None, LOG_COLUMNS
-    if log_path.exists() and log_path.stat().st_size:  # a resumed run keeps its log's columns (older versions)
+    cfg, last, columns, main = trainer.cfg, None, LOG_COLUMNS, trainer.is_main
+    if main and log_path.exists() and log_path.stat().st_size:  # a resumed run keeps its log's columns
         with log_path.open(newline="") as existing:
             columns = next(csv.reader(existing))
-    with log_path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        if handle.tell() == 0:
+    with log_path.open("a", newline="") if main else nullcontext() as handle:  # the main process writes
+        writer = csv.DictWriter(handle, fieldnames=columns) if main else None
+        if main and handle.tell() == 0:
             writer.writeheader()
         while trainer.step < trainer.total_steps:
             last = trainer.train_step()
-            writer.writerow({k: last.get(k) for k in columns})
-            handle.flush()
-            if trainer.step % cfg.save_every == 0 or trainer.step == trainer.total_steps:
+            if main:
+                writer.writerow({k: last.get(k) for k in columns})
+                handle.flush()
+            if main and (trainer.step % cfg.save_every == 0 or trainer.step == trainer.total_steps):
                 trainer.save(ckpt)
             if progress:
                 progress(f"step {trainer.step}/{trainer.total_steps} loss {last['loss']:.3f} cs {last['l_cs']:.3f} "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.selectors.selection import Selection, as_budget, pack
+from qgsa_bench.selectors.selection import Selection, as_budget, pack, uniform
 
 
 def gumbel_selection(scores: torch.Tensor, k, k_cont: torch.Tensor, tau: float, tau_sig_min: float = 0.05,
@@ -24,7 +24,7 @@ def gumbel_selection(scores: torch.Tensor, k, k_cont: torch.Tensor, tau: float, 
     """
     B, N = scores.shape
     k = as_budget(k, B, N, scores.device)
-    u = torch.rand(scores.shape, generator=generator, device=scores.device, dtype=scores.dtype)
+    u = uniform(B, N, scores.device, generator, scores.dtype)  # one draw (B, N), as torch.rand(scores.shape)
     gumbel = -torch.log(-torch.log(u.clamp(1e-10, 1.0 - 1e-7)))
     logits = (scores + gumbel) / tau
     s_tilde = torch.softmax(logits, dim=1)

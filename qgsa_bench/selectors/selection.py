@@ -95,11 +95,31 @@ class SampleDraws:
         return torch.stack(rows).to(device)
 
 
-def uniform(B: int, n: int, device, generator) -> torch.Tensor:
-    """(B, n) uniforms in [0, 1) from a torch.Generator (one draw for the batch), SampleDraws or None."""
+class ShardDraws:
+    """One process's rows of draws made for a whole global batch (data-parallel training): every process
+    draws (`rows`, n) from the same seeded generator, as one process training on the global batch does, and
+    keeps rows `start::stride` (its questions of the global batch). Its rows are thus the one-process run's,
+    and every process's generator stays in step with it."""
+
+    def __init__(self, generator: torch.Generator, rows: int, start: int, stride: int):
+        self.generator, self.rows, self.start, self.stride = generator, rows, start, stride
+
+    def uniform(self, B: int, n: int, device, dtype=None) -> torch.Tensor:
+        """(B, n) uniforms in [0, 1). Raises ValueError when B is not this process's share of the rows."""
+        u = torch.rand(self.rows, n, generator=self.generator, device=device, dtype=dtype)[self.start::self.stride]
+        if u.shape[0] != B:
+            raise ValueError(f"{u.shape[0]} rows of the global batch for a batch of {B}")
+        return u
+
+
+def uniform(B: int, n: int, device, generator, dtype=None) -> torch.Tensor:
+    """(B, n) uniforms in [0, 1) from a torch.Generator (one draw for the batch), SampleDraws, ShardDraws or
+    None; `dtype` None: torch's default."""
     if isinstance(generator, SampleDraws):
-        return generator.uniform(B, n, device)
-    return torch.rand(B, n, generator=generator, device=device)
+        return generator.uniform(B, n, device).to(dtype or torch.get_default_dtype())
+    if isinstance(generator, ShardDraws):
+        return generator.uniform(B, n, device, dtype)
+    return torch.rand(B, n, generator=generator, device=device, dtype=dtype)
 
 
 def random_selection(B: int, N: int, k, device, generator: "torch.Generator | SampleDraws | None" = None,

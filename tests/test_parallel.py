@@ -1,0 +1,197 @@
+"""Several processes (accelerate launch / torchrun, two or three CPU processes on gloo): data-parallel eval,
+grounding, sweep-budget accuracy and train give the one-process numbers; timing commands refuse a launch unless
+--per-process; a process that dies leaves a folder that resumes. The launched processes run as subprocesses."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from qgsa_bench import QGSAError
+from qgsa_bench.experiments.parallel import World, in_rounds, launched_size, shared_outcome, timing_alone
+
+ROOT = Path(__file__).resolve().parents[1]
+BASE = str(ROOT / "results" / "shapes" / "base-model")
+EVAL = ["eval", "--model", BASE, "--dataset", "shapes", "--limit", "9", "--pipelines", "dense,fastv@lm:2,random",
+        "--k", "8", "--max-new-tokens", "3", "--device", "cpu", "--batch", "2"]
+
+
+def _env(**more) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK", "LOCAL_RANK")}
+    return {**env, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", **more}
+
+
+def one(*args, **env) -> subprocess.CompletedProcess:
+    """`qgsa ARGS` in one process (one thread, as each launched process runs)."""
+    return subprocess.run([sys.executable, "-m", "qgsa_bench.cli", *map(str, args)], capture_output=True, text=True,
+                          env=_env(**env), timeout=300)
+
+
+def launch(n: int, *args, script=None, **env) -> subprocess.CompletedProcess:
+    """`qgsa ARGS` in `n` processes started by torchrun (gloo on the CPU)."""
+    target = [str(script)] if script else ["-m", "qgsa_bench.cli"]
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
+                           *target, *map(str, args)], capture_output=True, text=True, env=_env(**env), timeout=300)
+
+
+def accelerate_launch(n: int, *args) -> subprocess.CompletedProcess:
+    """`qgsa ARGS` in `n` CPU processes started by accelerate launch: --multi_gpu starts them through torch's
+    launcher (accelerate 1.x's --cpu starts one process unless MPI is configured); without a GPU they join over
+    gloo."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+                           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                           "--main_process_port", str(port), "-m", "qgsa_bench.cli", *map(str, args)],
+                          capture_output=True, text=True, env=_env(), timeout=300)
+
+
+def errors(result) -> list[str]:
+    return [line for line in result.stderr.splitlines() if "error:" in line and "elastic" not in line]
+
+
+def table(path: Path) -> pd.DataFrame:
+    """A results CSV without its latency columns (the one thing a process count may change)."""
+    frame = pd.read_csv(path)
+    return frame[[c for c in frame.columns if "latency" not in c]]
+
+
+def records(path: Path, key="latency_ms") -> list[dict]:
+    return [{k: v for k, v in json.loads(line).items() if k != key} for line in path.read_text().splitlines()]
+
+
+# ---- in one process -------------------------------------------------------------------------------------------
+def test_world_shards_whole_batches_strided():
+    batches = [[0, 1], [2, 3], [4, 5], [6]]
+    assert World(3, 1).rounds(4) == 2
+    assert [World(3, r).mine(batches, 0) for r in range(3)] == [[0, 1], [2, 3], [4, 5]]
+    assert [World(3, r).mine(batches, 1) for r in range(3)] == [[6], None, None]  # idle, not stuck
+
+
+def test_rounds_alone_are_the_batches(tiny):
+    from qgsa_bench.data import load_dataset
+
+    data = load_dataset("shapes", None, None, 5, False, 0)
+    batches = [data.samples[:2], data.samples[2:4], data.samples[4:]]
+    seen = list(in_rounds(World(), batches, lambda chunk, images: [s.id for s in chunk], data))
+    assert [ids for ids, _ in seen] == [[s.id for s in b] for b in batches]
+    assert [part for _, part in seen] == [[b] for b in batches]
+
+
+def test_alone_needs_no_process_group(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert launched_size() == 1 and timing_alone("ablate", False) is None
+    assert shared_outcome(World(), lambda: 7) == 7
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    with pytest.raises(QGSAError, match="ablate times, and this launch started 2 processes"):
+        timing_alone("ablate", False)
+    assert timing_alone("ablate", True) == 1
+    monkeypatch.setenv("WORLD_SIZE", "two")
+    with pytest.raises(QGSAError, match="not a positive number of processes"):
+        launched_size()
+
+
+def test_help_does_not_import_accelerate():
+    code = "import sys; from qgsa_bench.cli import app; print('accelerate' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=_env())
+    assert result.stdout.strip() == "False"
+
+
+# ---- launched -------------------------------------------------------------------------------------------------
+def test_eval_two_processes_equal_one(tmp_path):
+    assert one(*EVAL, "--out", tmp_path / "one").returncode == 0
+    two = accelerate_launch(2, *EVAL, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert table(tmp_path / "two" / "eval.csv").equals(table(tmp_path / "one" / "eval.csv"))
+    assert records(tmp_path / "two" / "predictions.jsonl") == records(tmp_path / "one" / "predictions.jsonl")
+    overall = table(tmp_path / "one" / "eval.csv").query("scope == 'all'").set_index("pipeline").accuracy
+    assert overall["dense"] > overall["random"]  # a trained base: the predictions compared are answers
+    meta = json.loads((tmp_path / "two" / "meta.json").read_text())
+    assert meta["world"]["processes"] == 2 and meta["world"]["backend"] == "gloo"
+    assert not (tmp_path / "two" / "rank-1").exists() and errors(two) == []
+
+
+def test_a_dying_process_leaves_a_folder_that_resumes_in_one(tmp_path):
+    assert one(*EVAL, "--out", tmp_path / "one").returncode == 0
+    out = tmp_path / "two"
+    died = launch(2, *EVAL, "--out", out, script=ROOT / "tests" / "launch_dying.py", DIE_RANK="1", DIE_AT="2")
+    assert died.returncode != 0
+    said = [line for line in died.stderr.splitlines() if line.startswith(("interrupted", "error:"))]
+    assert len(said) == 1 and str(out) in said[0] and "resume" in said[0]
+    assert not (out / "eval.csv").exists()  # never looks finished
+    assert len((out / "predictions.jsonl").read_text().splitlines()) == 4  # round 1: two batches of two
+    resumed = one(*EVAL, "--out", out)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert table(out / "eval.csv").equals(table(tmp_path / "one" / "eval.csv"))
+
+
+def test_grounding_with_more_processes_than_batches(tmp_path):
+    args = ["grounding", "--model", BASE, "--dataset", "shapes", "--limit", 2, "--batch", 1, "--pipelines",
+            "fastv,random", "--budgets", 4, "--device", "cpu"]
+    assert one(*args, "--out", tmp_path / "one").returncode == 0
+    three = launch(3, *args, "--out", tmp_path / "three")  # process 2 answers nothing
+    assert three.returncode == 0, three.stderr[-3000:]
+    assert table(tmp_path / "three" / "grounding.csv").equals(table(tmp_path / "one" / "grounding.csv"))
+    assert records(tmp_path / "three" / "grounding.jsonl") == records(tmp_path / "one" / "grounding.jsonl")
+    assert json.loads((tmp_path / "three" / "meta.json").read_text())["world"]["processes"] == 3
+
+
+def test_sweep_budget_scores_in_parallel_once_timed(tmp_path):
+    args = ["sweep-budget", "--model", "tiny", "--pipelines", "dense,fastv,random", "--budgets", 4, "--dataset",
+            "shapes", "--limit", 5, "--eval-batch", 2, "--reps", 1, "--warmup", 0, "--no-flops", "--device", "cpu"]
+    out = tmp_path / "two"
+    refused = launch(2, *args, "--out", out)
+    assert refused.returncode != 0 and len(errors(refused)) == 1
+    assert errors(refused)[0].startswith("error: sweep-budget times every case, and this launch started 2")
+    assert one(*args, "--timing-only", "--out", out).returncode == 0
+    assert (out / "budget.csv").exists() and not (out / "accuracy.csv").exists()
+    scored = launch(2, *args, "--out", out)
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    assert one(*args, "--out", tmp_path / "one").returncode == 0
+    assert table(out / "accuracy.csv").equals(table(tmp_path / "one" / "accuracy.csv"))
+
+
+def test_timing_refuses_a_launch_unless_per_process(tmp_path):
+    args = ["sweep-resolution", "--model", "tiny", "--sizes", 64, "--pipelines", "dense,qgsa", "--reps", 2,
+            "--warmup", 0, "--no-flops", "--device", "cpu", "--out", tmp_path / "s"]
+    refused = launch(2, *args)
+    assert refused.returncode != 0 and len(errors(refused)) == 1 and not (tmp_path / "s").exists()
+    assert "sweep-resolution times, and this launch started 2 processes" in errors(refused)[0]
+    apart = launch(2, *args, "--per-process")
+    assert apart.returncode == 0, apart.stderr[-3000:]
+    for rank in (0, 1):
+        rows = pd.read_csv(tmp_path / "s" / f"rank-{rank}" / "sweep.csv")
+        assert list(rows["rank"]) == [rank, rank] and list(rows.case) == ["dense", "qgsa"]
+        world = json.loads((tmp_path / "s" / f"rank-{rank}" / "meta.json").read_text())["world"]
+        assert world["processes"] == 2 and world["rank"] == rank
+
+
+def test_train_two_processes_take_the_one_process_step(tmp_path):
+    args = ["train", "--model", "tiny", "--dataset", "shapes", "--limit", 8, "--max-steps", 1, "--kvar-coef", 0,
+            "--qlen-coef", 0, "--no-align", "--warmup-steps", 0, "--device", "cpu"]
+    assert one(*args, "--batch", 4, "--out", tmp_path / "one").returncode == 0
+    two = launch(2, *args, "--batch", 2, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    a = torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)
+    b = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=False)
+    assert a["global_batch"] == b["global_batch"] == 4 and a["step"] == b["step"] == 1
+    # the gradients themselves (AdamW's first moment after one step: (1 - beta1) x gradient) agree, and are not 0
+    moments = [(a["optimizer"]["state"][i]["exp_avg"], b["optimizer"]["state"][i]["exp_avg"])
+               for i in a["optimizer"]["state"]]
+    assert max(m.abs().max().item() for m, _ in moments) > 1e-4
+    for m_one, m_two in moments:
+        torch.testing.assert_close(m_two, m_one, rtol=1e-4, atol=1e-7)
+    for key, value in a["qgsa_state"].items():
+        torch.testing.assert_close(b["qgsa_state"][key], value, rtol=1e-5, atol=1e-6)
+    logs = [pd.read_csv(tmp_path / name / "train_log.csv") for name in ("one", "two")]
+    for column in ("loss", "l_cs", "l_answer", "l_attr", "k_mean"):
+        assert logs[1][column][0] == pytest.approx(logs[0][column][0], rel=1e-6)
+    assert not (tmp_path / "two" / "rank-1").exists()
