@@ -26,7 +26,8 @@ COMMANDS = list(_command_paths(typer.main.get_command(app)))
 
 def test_every_command_is_listed():
     assert {path[0] for path in COMMANDS} == {"info", "ask", "sweep-resolution", "sweep-budget", "count-flops",
-                                              "ablate", "report", "eval", "grounding", "train", "base-train", "data"}
+                                              "ablate", "report", "eval", "grounding", "train", "base-train", "data",
+                                              "lmms-eval"}
     assert ("data", "shapes") in COMMANDS
 
 
@@ -97,4 +98,4 @@ def test_a_loose_value_after_a_single_value_option_is_refused(tmp_path):
     """--batch takes one value in count-flops (several only in sweep-resolution): the 8 is not dropped silently."""
     result = runner.invoke(app, ["count-flops", "--model", "tiny", "--batch", "1", "8", "--out", str(tmp_path)])
     assert result.exit_code == 2
-    assert result.stderr.strip() == "error: unexpected argument(s) 8: only --budgets take several values"
+    assert result.stderr.strip() == "error: unexpected argument(s) 8: only --budgets, --image-size, --tiles take several values"

@@ -79,7 +79,7 @@ def test_a_fixed_batch_lowers_l_cs():
 
     @torch.no_grad()
     def l_cs():
-        tokens, valid, _ = built.run("qgsa").select(Encoded(V=x.V), x.q, k=6)  # eval mode: top-k
+        tokens, valid = built.run("qgsa").select(Encoded(V=x.V), x.q, k=6)[:2]  # eval mode: top-k
         sparse = a.answer_logprob(a.build_inputs(tokens, x.questions, valid), x.answers)
         rand = a.answer_logprob(a.build_inputs(built.module.project(x.V, fixed_random), x.questions,
                                                fixed_random.valid), x.answers)

@@ -62,14 +62,15 @@ POINTING_RULE = ("the kept patch nearest the centroid of the kept patches' centr
 def default_pipelines() -> tuple[str, ...]:
     """The seed paper's patch-level `qgsa`, `random`, `norm`, then every registered selector that keeps a subset
     of the patches, at its default insertion point (`random@post-vision`, `fastv`, `qgsa-vision`, ...). Left
-    out: `dense` and `dense-bypass` (they keep every patch) and `downsample` (it keeps the whole image at a
-    lower resolution: no patch of the image is chosen, so there is nothing to ground)."""
+    out: `dense` and `dense-bypass` (they keep every patch), `downsample` (it keeps the whole image at a
+    lower resolution: no patch of the image is chosen, so there is nothing to ground) and the tile selectors
+    (they choose tiles of a split image; grounding runs on one view)."""
     from qgsa_bench.selectors.registry import REGISTRY
 
     names = list(PATCH_LEVEL)
     for name, cls in REGISTRY.items():
         selector = cls()
-        if selector.keeps_all or "input" in selector.points:
+        if selector.keeps_all or "input" in selector.points or "tiles" in selector.points:
             continue
         names.append(f"{name}@{selector.points[0]}" if selector.patch_form else name)
     return tuple(names)
