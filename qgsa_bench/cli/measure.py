@@ -143,13 +143,14 @@ def count_flops_command(
     (SmolVLM: tiles + a global view; tile selectors qgsa-tiles, random-tiles, global-only at --tiles).
     Cross-checks: a published vision-tower count and the analytic LM prefill."""
     from qgsa_bench.experiments.count import CountConfig, run_count
+    from qgsa_bench.experiments.count_views import run_count_views
 
     cfg = CountConfig(model=model, resolution=resolution, pipelines=pipeline_list(pipelines),
                       budgets=ints("--budgets", budgets), batch=batch, decode_tokens=decode_tokens, by_depth=by_depth,
                       budget_unit=budget_unit, out=str(out), overwrite=overwrite,
                       image_sizes=image_sizes("--image-size", image_size), splitting=image_splitting,
                       longest_edge=longest_edge, tiles=ints("--tiles", tiles))
-    run_and_show(run_count, cfg, warn=warn, table="table.md",
+    run_and_show(run_count_views if cfg.image_sizes else run_count, cfg, warn=warn, table="table.md",
                  files=("flops.csv", "crosscheck.json", "meta.json", "table.md"))
 
 

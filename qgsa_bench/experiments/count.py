@@ -129,12 +129,9 @@ def _fits(model: str) -> bool:
 
 
 def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
+    """count-flops over one square view of cfg.resolution px (split images: count_views.run_count_views)."""
     from qgsa_bench.models.registry import load_preset
 
-    if cfg.image_sizes:
-        from qgsa_bench.experiments.count_views import run_count_views
-
-        return run_count_views(cfg, progress)
     preset = load_preset(cfg.model)  # a registry name: the copies are built from its preset
     scale = cfg.by_depth == "yes" or (cfg.by_depth == "auto" and not _fits(cfg.model))
     probe = build_at_depth(cfg.model, 1)

@@ -60,7 +60,7 @@ def _cases(cfg, probe, n_tiles: int, n_tokens: int, size: str) -> list[tuple]:
     return cases
 
 
-def run_count_views(cfg, progress=None) -> Path:
+def run_count_views(cfg, progress=None, warn=None) -> Path:
     """count-flops over `cfg.image_sizes` (CountConfig); the results folder."""
     if not _fits(cfg.model):
         raise QGSAError(f"count-flops --image-size counts {cfg.model} itself, which does not fit in free memory here: "

@@ -305,3 +305,22 @@ def cut(text: str, until: tuple[str, ...]) -> str:
     for stop in until:
         text = text.split(stop, 1)[0]
     return text
+
+
+FILELOCK_NOTE = ("filelock {version} has no filelock._api, which lmms-eval 0.7.3's evaluator imports to make dataset file "
+                 "locks re-entrant (_enable_reentrant_filelocks, for nested load_dataset calls); that patch is skipped")
+
+
+def filelock_workaround() -> str:
+    """lmms-eval 0.7.3's simple_evaluate imports `filelock._api`, which filelock 4 no longer has (ModuleNotFoundError
+    before any task loads). Where it is missing, mark lmms-eval's patch as done so that simple_evaluate runs; the note
+    meta.json keeps ('' where nothing was skipped)."""
+    import importlib.util
+    from importlib.metadata import version
+
+    if importlib.util.find_spec("filelock._api") is not None:
+        return ""
+    from lmms_eval import evaluator
+
+    evaluator._enable_reentrant_filelocks._patched = True
+    return FILELOCK_NOTE.format(version=version("filelock"))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from lmms_eval.api.model import lmms
 
 from qgsa_bench import QGSAError
-from qgsa_bench.integrations.lmms import MODEL_ID, Bridge, Request, parse_model_args
+from qgsa_bench.integrations.lmms import MODEL_ID, Bridge, Request, filelock_workaround, parse_model_args
 
 
 class QGSALMM(lmms):
@@ -23,8 +23,6 @@ class QGSALMM(lmms):
 
     def __init__(self, bridge: Bridge | None = None, **model_args):
         super().__init__()
-        from qgsa_bench.integrations.lmms_run import filelock_workaround
-
         self.workaround = filelock_workaround()  # lmms-eval's own CLI calls simple_evaluate after building this
         if bridge is None:
             from qgsa_bench.build import build

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from qgsa_bench import QGSAError
 from qgsa_bench.experiments.driver import Results, Table
-from qgsa_bench.integrations.lmms import FLOP_STAGES, Bridge, ModelArgs, lmms_eval_version
+from qgsa_bench.integrations.lmms import FLOP_STAGES, Bridge, ModelArgs, filelock_workaround, lmms_eval_version
 
 LMMS_COLUMNS = ["model", "weights", "qgsa_weights", "lmms_eval", "task", "task_version", "output_type", "metric",
                 "filter", "value", "stderr", "n", "pipeline", "point", "k", "share", "visual_tokens_kept_mean",
@@ -183,25 +183,6 @@ DECODING = ("greedy always (temperature, top_p, num_beams, do_sample not read); 
 FLOP_NOTE = ("fvcore, one multiply-add = one FLOP, per sample as it ran (alone: its own prompt length, visual tokens "
              "at each stage, generated tokens or option lengths), counted once per distinct shape; flops_* columns: "
              "means over a task's samples")
-
-
-FILELOCK_NOTE = ("filelock {version} has no filelock._api, which lmms-eval 0.7.3's evaluator imports to make dataset file "
-                 "locks re-entrant (_enable_reentrant_filelocks, for nested load_dataset calls); that patch is skipped")
-
-
-def filelock_workaround() -> str:
-    """lmms-eval 0.7.3's simple_evaluate imports `filelock._api`, which filelock 4 no longer has (ModuleNotFoundError
-    before any task loads). Where it is missing, mark lmms-eval's patch as done so that simple_evaluate runs; the note
-    meta.json keeps ('' where nothing was skipped)."""
-    import importlib.util
-    from importlib.metadata import version
-
-    if importlib.util.find_spec("filelock._api") is not None:
-        return ""
-    from lmms_eval import evaluator
-
-    evaluator._enable_reentrant_filelocks._patched = True
-    return FILELOCK_NOTE.format(version=version("filelock"))
 
 
 def evaluate(bridge: Bridge, manager, tasks: list[str], batch: int, options: dict, cli_args) -> dict:
