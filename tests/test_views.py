@@ -244,3 +244,33 @@ def test_ask_answers_on_the_models_own_views(tmp_path):
                          (["--pipeline", "global-only"], "global-only chooses among the tiles of a split image")]:
         bad = CliRunner().invoke(app, [*base, *extra])
         assert bad.exit_code == 2 and words in bad.stderr, bad.output
+
+
+def test_sweep_budget_times_and_counts_a_split_image(tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    out = tmp_path / "sweep"
+    args = ["sweep-budget", "--model", "tiny", "--image-size", "200x150", "--image-splitting", "--pipelines",
+            "dense,global-only,qgsa-tiles,fastv@lm:1", "--tiles", "1", "3", "--budgets", "48", "--reps", "2",
+            "--warmup", "0", "--decode-tokens", "2"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out / "budget.csv").set_index("case")
+    assert list(rows.index) == ["dense", "global-only", "qgsa-tiles T=1", "qgsa-tiles T=3", "fastv@lm:1 k=48"]
+    assert rows.n_visual_tokens.tolist() == [208, 16, 32, 64, 208]  # 13 views x 16; the global view + T tiles
+    assert rows.loc["qgsa-tiles T=3", "budget_unit"] == "tiles" and rows.loc["qgsa-tiles T=3", "budget"] == 3
+    vision = rows.flops_vision
+    assert vision["dense"] == 13 * vision["global-only"] and vision["qgsa-tiles T=3"] == 4 * vision["global-only"]
+    assert (rows.image_size == "200x150").all() and rows.latency_ms_median.gt(0).all()
+    assert "a 200x150 image split by the model's processor" in (out / "table.md").read_text()
+    for extra, words in [(["--tiles", "13"], "--tiles 13 is above the 12 tiles of this image"),
+                         (["--dataset", "shapes"], "accuracy on split images is not measured by sweep-budget yet")]:
+        bad = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / "bad")])
+        assert bad.exit_code == 2 and words in bad.stderr, bad.output
+    one_view = CliRunner().invoke(app, ["sweep-budget", "--model", "tiny", "--pipelines", "dense,qgsa-tiles",
+                                        "--budgets", "4", "--out", str(tmp_path / "one")])
+    assert one_view.exit_code == 2 and "qgsa-tiles chooses among the tiles of a split image: give --image-size" \
+        in one_view.stderr

@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from qgsa_bench import QGSAError
 from qgsa_bench.cli.app import command, text_or_none, warn
 from qgsa_bench.cli.data import untrained, warned_when_started
 from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, floats, image_sizes, ints
@@ -93,14 +94,24 @@ def sweep_budget(
     timing_only: bool = typer.Option(False, "--timing-only", help="Stop once every case is timed: the same command "
                                      "later scores --dataset, also data-parallel under accelerate launch / torchrun "
                                      "(README, 'Several processes')."),
+    image_size: ImageSizes = [],
+    image_splitting: ImageSplitting = None,
+    longest_edge: LongestEdge = None,
+    tiles: Tiles = ["1", "2", "4"],
     out: Path = typer.Option(Path("results/budget"), help="Results folder (budget.csv, accuracy.csv with --dataset, "
                                                           "comparisons.csv, meta.json, table.md)."),
     overwrite: Overwrite = False,
 ):
-    """Every selector at several budgets: FLOPs by stage, latency with intervals, accuracy (with --dataset)."""
+    """Every selector at several budgets: FLOPs by stage, latency with intervals, accuracy (with --dataset).
+
+    With --image-size WxH: one image as the model's processor splits it (SmolVLM: tiles + a global view), timed and
+    counted; tile selectors (qgsa-tiles, random-tiles, global-only) at --tiles."""
     from qgsa_bench.config import SelectorCheckpoints
     from qgsa_bench.experiments.budget import DEFAULT_SHARES, BudgetConfig, run_budget
 
+    sizes = image_sizes("--image-size", image_size)
+    if len(sizes) > 1:
+        raise QGSAError("sweep-budget times one image: give one --image-size (count-flops takes several)")
     checkpoints = SelectorCheckpoints(tuple(checkpoint))
     measure = measure_config(timing, model=model, batch=batch, checkpoint=checkpoints.default)
     cfg = BudgetConfig(measure=measure, resolution=resolution, pipelines=pipeline_list(pipelines),
@@ -110,7 +121,8 @@ def sweep_budget(
                        checkpoints=checkpoints.by_selector, budget_unit=budget_unit, overwrite=overwrite,
                        allocations=tuple(a.strip() for a in allocate.split(",") if a.strip()),
                        fcomp_checkpoint=text_or_none(fcomp_checkpoint), oracle_split=oracle_split,
-                       oracle_limit=oracle_limit, timing_only=timing_only)
+                       oracle_limit=oracle_limit, timing_only=timing_only, image_size=sizes[0] if sizes else None,
+                       splitting=image_splitting, longest_edge=longest_edge, tiles=ints("--tiles", tiles))
     # with --dataset only: accuracy is an untrained selector's (FLOPs and latency do not depend on the weights)
     message = dataset and untrained(cfg.specs, 0, lambda spec: cfg.checkpoints.get(spec.selector.name)
                                     or measure.checkpoint, "--checkpoint [SELECTOR=]PATH")

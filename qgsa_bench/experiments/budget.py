@@ -26,6 +26,7 @@ from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.results import run_meta
 from qgsa_bench.run.spec import check_options, parse_specs
+from qgsa_bench.run.tiles import check_views
 from qgsa_bench.runtime import dtype_name
 
 BUDGET_CSV = "budget.csv"
@@ -36,7 +37,8 @@ DEFAULT_SELECTORS = ("dense", "qgsa", "random", "norm", "fastv", "pdrop", "spars
                      "downsample", "qgsa-vision")
 BUDGET_COLUMNS = ["budget", "budget_unit", "budget_share", "selector", "point", "question_guided", "training",
                   "allocation", "budget_mean_realised", "budget_std", "flops_share_of_dense", *SWEEP_COLUMNS,
-                  "accuracy", "delta_vs_dense_points", "n_eval", "latency_ms_per_query_eval"]
+                  "accuracy", "delta_vs_dense_points", "n_eval", "latency_ms_per_query_eval",
+                  "image_size"]  # --image-size: the split image (WxH)
 ACCURACY_COLUMNS = ["budget", "budget_share", "case", "pipeline", "selector", "point", "allocation", "scope",
                     "question_type", "n", "n_scored", "accuracy", "delta_vs_dense_points", "k_mean", "k_std",
                     "n_visual_tokens_mean", "flops_total", "flops_share_of_dense", "latency_ms_per_query"]
@@ -74,6 +76,12 @@ class BudgetConfig:
     # stop once the cases are timed (budget.csv written); the folder then resumes the accuracy part, also under a
     # launch of several processes (timing is never spread over processes). Not a setting.
     timing_only: bool = False
+    # the image as the model's processor splits it (models/views.py): (width, height) px of the generated picture
+    # (or --image), splitting and longest edge (None: the model's own), the tile selectors' budgets in tiles
+    image_size: tuple[int, int] | None = None
+    splitting: bool | None = None
+    longest_edge: int | None = None
+    tiles: tuple[int, ...] = (1, 2, 4)
 
     def __post_init__(self):
         if not self.pipelines:
@@ -89,6 +97,21 @@ class BudgetConfig:
         if not self.budgets and (not self.shares or any(not 0 < s <= 1 for s in self.shares)):
             raise QGSAError(f"--shares are fractions of the dense visual tokens in (0, 1], got {list(self.shares)}")
         self._check_allocations()
+        self._check_views()
+
+    def _check_views(self) -> None:
+        split = self.image_size is not None
+        if not split and (self.splitting is not None or self.longest_edge is not None):
+            raise QGSAError("--image-splitting and --longest-edge describe how the model's processor splits an image: "
+                            "give --image-size WIDTHxHEIGHT too")
+        if split and self.resolution is not None:
+            raise QGSAError("--resolution is one square view; --image-size splits the image as the model's processor "
+                            "does: give one of them")
+        if split and self.dataset:
+            raise QGSAError("accuracy on split images is not measured by sweep-budget yet (eval runs one square view): "
+                            "drop --dataset to time and count the split image, or drop --image-size")
+        if any(t < 1 for t in self.tiles):
+            raise QGSAError(f"--tiles are tiles kept besides the global view, at least 1 each, got {list(self.tiles)}")
 
     def _check_allocations(self) -> None:
         from qgsa_bench.config import check_allocation
@@ -158,13 +181,30 @@ def kept_tokens(run, budget: int, n_dense: int, unit: str) -> int:
     return tokens_for_layer_average(budget, n_dense, point.layers, run.adapter.lm_depth)
 
 
-def _cases(cfg: BudgetConfig, built, budgets: list[int], n_dense: int, resolution: int, engines) -> list[Case]:
+def _cases(cfg: BudgetConfig, built, budgets: list[int], n_dense: int, resolution: int, engines,
+           n_tiles: int | None = None) -> list[Case]:
+    """Every (pipeline, budget) case. `n_tiles`: the tiles of a split image (--image-size): tile selectors run at
+    each --tiles T (`T=` in the label), global-only once; QGSAError for a selector that cannot take the image or
+    a T above its tiles."""
     cases, a = [], built.adapter
     for spec in cfg.specs:
         if spec.selector.keeps_all:  # dense, dense-bypass: one case, no budget
             cases.append(Case(spec.text, built.run(spec)))
             continue
         run = engines.get(spec.selector.name, built.engine).run(spec)
+        if n_tiles is not None:
+            check_views(run.spec)
+        elif run.spec.point.kind == "tiles":
+            raise QGSAError(f"{spec.text} chooses among the tiles of a split image: give --image-size WIDTHxHEIGHT")
+        if run.spec.point.kind == "tiles":
+            if spec.selector.keeps_no_tiles:
+                cases.append(Case(spec.text, run))
+                continue
+            for t in cfg.tiles:
+                if t > n_tiles:
+                    raise QGSAError(f"--tiles {t} is above the {n_tiles} tiles of this image: pick 1 .. {n_tiles}")
+                cases.append(Case(f"{spec.text} T={t}", run, t))
+            continue
         for b in budgets:
             if run.spec.point.kind == "input" and a.resolution_for_tokens(b) > a.dense_resolution(resolution):
                 continue
@@ -192,12 +232,21 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                   attn_implementation=m.attn_implementation, warn=warn)
     a = built.adapter
     resolution = cfg.resolution or a.image_size
-    n_dense = a.n_dense_tokens(resolution)
+    image = load_image(m.image) if m.image else demo_image()
+    splitting, n_tiles = None, None
+    if cfg.image_size:  # the model's own views of one image (run/tiles.py)
+        splitting = a.splitting(cfg.splitting, cfg.longest_edge)
+        image = image.resize(cfg.image_size)
+        views = a.views([image], splitting)
+        resolution, n_tiles = splitting.tile, views.counts[0] - 1
+        n_dense = views.counts[0] * a.n_dense_tokens(splitting.tile)
+    else:
+        n_dense = a.n_dense_tokens(resolution)
     budgets = resolve_budgets(cfg, n_dense)
     unknown = [n for n in cfg.checkpoints if n not in {s.selector.name for s in cfg.specs}]
     if unknown:
         raise QGSAError(f"--checkpoint {unknown[0]}=...: no pipeline '{unknown[0]}' in --pipelines")
-    cases = _cases(cfg, built, budgets, n_dense, resolution, _engines(cfg, built))
+    cases = _cases(cfg, built, budgets, n_dense, resolution, _engines(cfg, built), n_tiles)
     for case in cases:  # every bad point or budget is found before any work starts
         res = case.run.resolution(resolution, case.k)
         if case.k is not None and case.run.spec.patches and case.k > a.n_patches(res):
@@ -211,6 +260,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                 "budget_unit": cfg.budget_unit, "checkpoints": dict(cfg.checkpoints), "dataset": cfg.dataset,
                 "data_dir": cfg.data_dir, "split": cfg.split, "limit": cfg.limit, "eval_batch": cfg.eval_batch,
                 "max_new_tokens": cfg.max_new_tokens, "compile": m.compile,
+                **({"image_size": "x".join(map(str, cfg.image_size)), "splitting": vars(splitting),
+                    "tiles": list(cfg.tiles)} if splitting else {}),
                 **({"allocations": list(cfg.allocations), "fcomp_checkpoint": cfg.fcomp_checkpoint,
                     "oracle_split": cfg.oracle_split, "oracle_limit": cfg.oracle_limit}
                    if cfg.allocations != ("fixed",) else {})}
@@ -237,16 +288,16 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                                        **(data.meta() if data else {}), **measure_meta(built, m),
                                        **({"world": world.meta()} if world.size > 1 else {})))
         if progress and not timed:  # one phase each: a timed step takes far longer than a scored sample
-            progress(f"timing {len(cases)} cases at {resolution}px",
+            where = f"a {'x'.join(map(str, cfg.image_size))} image in {n_tiles + 1} views" if splitting else f"{resolution}px"
+            progress(f"timing {len(cases)} cases at {where}",
                      -steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops))
-        image = load_image(m.image) if m.image else demo_image()
         flop_memo: dict = {}  # FLOPs counted per (pipeline, budget, resolution): the allocations' reuse them
         if timed:
             rows = [timed[c.label] for c in cases]
         else:
             rows, pairs = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, resolution, m.reps,
                                         m.warmup, m.decode_tokens, m.count_flops, progress,
-                                        timing_deadline(m, 1, 0), flop_memo=flop_memo)
+                                        timing_deadline(m, 1, 0), flop_memo=flop_memo, splitting=splitting)
             base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
                     "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
             _describe_rows(cfg, built, cases, rows, n_dense, base)
@@ -429,8 +480,14 @@ def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: di
     dense_flops = next((r.get("flops_total") for c, r in zip(cases, rows) if c.run.spec.is_dense), None)
     for case, row in zip(cases, rows):
         own = cfg.checkpoints.get(case.run.spec.selector.name)
-        budget = n_dense if case.k is None else int(case.label.rpartition("k=")[2])
-        row.update({"budget": budget, "budget_share": budget / n_dense, "budget_unit": cfg.budget_unit,
+        if case.run.spec.point is not None and case.run.spec.point.kind == "tiles":  # budget: tiles besides the global
+            budget, share, unit = case.k or 0, row["n_visual_tokens"] / n_dense, "tiles"
+        else:
+            budget = n_dense if case.k is None else int(case.label.rpartition("k=")[2])
+            share, unit = budget / n_dense, cfg.budget_unit
+        if cfg.image_size:
+            row["image_size"] = "x".join(map(str, cfg.image_size))
+        row.update({"budget": budget, "budget_share": share, "budget_unit": unit,
                     **describe(case.run), **base, "allocation": None if case.k is None else "fixed",
                     "qgsa_weights": f"checkpoint:{own}" if own else built.qgsa_weights})
         if dense_flops and row.get("flops_total") is not None:

@@ -116,7 +116,8 @@ def case_labels(names: list[str]) -> list[str]:
 
 def measure_cases(cases: list[Case], images: list, questions: list[str], resolution: int, reps: int | str,
                   warmup: int, decode_tokens: int, flops: bool = True, progress: Progress | None = None,
-                  deadline: float | None = None, flop_memo: dict | None = None) -> tuple[list[dict], list[dict]]:
+                  deadline: float | None = None, flop_memo: dict | None = None,
+                  splitting=None) -> tuple[list[dict], list[dict]]:
     """(one row per case: FLOPs by stage, latency statistics by stage, tokens, k, peak memory, speedup vs
     the first dense case with its interval; one row per pair of cases: their latency ratio and interval).
 
@@ -124,7 +125,9 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
     verdict lacks evidence (`stats.compare`: an unstable pair needs its distribution-free interval to
     settle), at least MIN_AUTO_ROUNDS, at most MAX_AUTO_ROUNDS, or until the clock (`timing.now`) passes
     `deadline`.
-    `flop_memo`: FLOPs already counted (see `stage_flops`), shared across calls by the caller."""
+    `flop_memo`: FLOPs already counted (see `stage_flops`), shared across calls by the caller. `splitting`
+    (models.views.Splitting): every case runs on the images as the model's processor splits them (the same
+    views for all), not on one square view of `resolution` px."""
     adapter = cases[0].run.adapter
     pixels, rows = {}, []
     for case in cases:
@@ -132,7 +135,7 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
             case.k = case.run.input_budget(questions, resolution)
         res = case.run.resolution(resolution, case.k)
         if res not in pixels:
-            pixels[res] = adapter.pixel_values(images, res)
+            pixels[res] = adapter.views(images, splitting) if splitting else adapter.pixel_values(images, res)
         row = {"case": case.label, "pipeline": case.pipeline, "resolution": resolution,
                "effective_resolution": res, "n_patches": adapter.n_patches(res)}
         if flops:

@@ -307,8 +307,9 @@ def pareto_figure(meta: dict, frame, accuracy=None):
         spare[0].legend(handles.values(), handles.keys(), loc="center", ncol=2 if len(handles) > 12 else 1, **legend)
     else:
         fig.legend(handles.values(), handles.keys(), loc="lower center", ncol=min(len(handles), 5), **legend)
-    res = meta.get("settings", {}).get("resolution", "?")
-    fig.suptitle(f"Selectors at equal budgets: {model_name(meta)} ({meta.get('weights', '?')} weights), {res} px",
+    s = meta.get("settings", {})
+    res = f"a {s['image_size']} image in tiles" if s.get("image_size") else f"{s.get('resolution', '?')} px"
+    fig.suptitle(f"Selectors at equal budgets: {model_name(meta)} ({meta.get('weights', '?')} weights), {res}",
                  fontsize=10)
     fig.pareto_flagged, fig.pareto_accuracy = bool(flagged), bool(accuracy_y)
     fig.pareto_legend_below = not spare

@@ -183,8 +183,11 @@ def budget_markdown(frame, meta: dict | None, accuracy=None) -> str:
     with its n and 95 % interval; per question type, each type's n beside it."""
     meta = meta or {}
     notes = Notes()
-    lines = header(meta, f"Selectors at equal budgets, {meta.get('settings', {}).get('resolution', '?')} px "
-                         f"({meta.get('dense_visual_tokens', '?')} dense visual tokens)")
+    s = meta.get("settings", {})
+    where = (f"a {s['image_size']} image split by the model's processor into {s['resolution']}-px tiles + a global view"
+             if s.get("image_size") else f"{s.get('resolution', '?')} px")
+    lines = header(meta, f"Selectors at equal budgets, {where} ({meta.get('dense_visual_tokens', '?')} dense visual "
+                         f"tokens)")
     lines += [f"Budget: {meta.get('budget_rule', 'visual tokens reaching the LM')}. FLOPs: multiply-adds (fvcore), "
               "G = 10^9, for the whole batch end to end.  ", ""]
     has_acc = "accuracy" in frame and frame["accuracy"].notna().any()
