@@ -168,7 +168,7 @@ def test_bad_tile_settings_are_one_error(tiny, call, words):
 
 
 def test_llava_takes_one_view(llava_tiny):
-    with pytest.raises(QGSAError, match="llava models take one view: --image-splitting and --longest-edge are"):
+    with pytest.raises(QGSAError, match="llava models take one view \\(no tiles\\): --image-size, --image-splitting and --longest-edge"):
         llava_tiny.adapter.splitting(True)
 
 
@@ -274,3 +274,41 @@ def test_sweep_budget_times_and_counts_a_split_image(tmp_path):
                                         "--budgets", "4", "--out", str(tmp_path / "one")])
     assert one_view.exit_code == 2 and "qgsa-tiles chooses among the tiles of a split image: give --image-size" \
         in one_view.stderr
+
+
+def test_what_a_first_afternoon_found(tmp_path):
+    """Found by trying the README as a new user: a tile selector without a tile budget kept every tile
+    (f_comp predicts visual tokens, not tiles); global-only ignored --k; --budget-unit layer-avg was ignored on
+    split images; an in-LM budget's share read 1.0; a tile selector on one view was told about a default budget
+    it never typed; llava was told to drop options it never gave."""
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    path = tmp_path / "photo.png"
+    noise(200, 150).save(path)
+    ask = ["ask", "--model", "tiny", "--image", str(path), "-q", QUESTION, "--image-splitting"]
+    count = ["count-flops", "--model", "tiny", "--image-size", "200x150", "--image-splitting"]
+    for args, words in [
+        ([*ask, "--pipeline", "qgsa-tiles"], "qgsa-tiles needs a budget in tiles (--k T, --tiles T): f_comp predicts"),
+        ([*ask, "--pipeline", "global-only", "--k", "2"], "global-only keeps no tile (the global view alone) and takes no"),
+        ([*count, "--pipelines", "dense,fastv@lm:1", "--budgets", "40", "--budget-unit", "layer-avg"],
+         "drop --budget-unit layer-avg and --by-depth yes"),
+        (["count-flops", "--model", "tiny", "--pipelines", "qgsa-tiles", "--tiles", "1"],
+         "qgsa-tiles chooses among the tiles of a split image: give --image-size WIDTHxHEIGHT"),
+        (["count-flops", "--model", "llava-tiny", "--image-size", "200x150", "--pipelines", "dense"],
+         "llava-tiny takes one view (no tiles)"),
+    ]:
+        result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "x")])
+        assert result.exit_code == 2 and words in result.stderr, (args, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1
+    out = tmp_path / "count"
+    result = CliRunner().invoke(app, [*count, "--pipelines", "dense,fastv@lm:1,qgsa-tiles", "--budgets", "52", "--tiles",
+                                      "2", "--decode-tokens", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    share = pd.read_csv(out / "flops.csv").set_index("pipeline").budget_share
+    assert share.to_dict() == pytest.approx({"dense": 1.0, "fastv@lm:1": 52 / 208, "qgsa-tiles": 48 / 208}, abs=1e-6)
+    assert json.loads((out / "meta.json").read_text())["command"].startswith("qgsa count-flops --model tiny")

@@ -91,7 +91,9 @@ def ask(
     weights: Weights = "auto",
     checkpoint: Optional[Path] = typer.Option(None, help="QGSA checkpoint from `qgsa train` (else random init)."),
     resolution: Resolution = None,
-    k: Optional[int] = typer.Option(None, help="Fixed number of patches for sparse pipelines (default: f_comp)."),
+    k: Optional[int] = typer.Option(None, help="The selector's budget: visual tokens (the paper's qgsa/random/norm: "
+                                               "patches; tile selectors: tiles besides the global view). Default: "
+                                               "f_comp's (tile selectors need one)."),
     max_new_tokens: MaxNewTokens = 16,
     device: Device = "auto",
     dtype: Dtype = "auto",

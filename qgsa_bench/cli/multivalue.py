@@ -124,7 +124,11 @@ def command_line(ctx=None) -> str:
 
     ctx = ctx or current_context()
     source = _click("core").ParameterSource
-    parts = ["qgsa", *ctx.command_path.split()[1:]]  # the console script, whatever argv[0] was
+    names, c = [], ctx
+    while c.parent is not None:  # the subcommands' names, whatever the program was called (python3 -m ...)
+        names.append(c.info_name)
+        c = c.parent
+    parts = ["qgsa", *reversed(names)]
     for param in ctx.command.params:
         if ctx.get_parameter_source(param.name) != source.COMMANDLINE:
             continue

@@ -17,7 +17,8 @@ MODEL_HELP = ("Registry name (smolvlm-256m, smolvlm-500m, llava-1.5-7b; tests: t
               "model directory (Idefics3/SmolVLM or LLaVA-1.5).")
 PIPELINE_HELP = ("dense | dense-bypass | qgsa | random | norm (the paper's, post-vision) | fastv | pdrop | sparsevlm "
                  "| visionzip | divprune | downsample | qgsa-vision, or SELECTOR@POINT with POINT post-vision, "
-                 "vision:L or lm:K (e.g. random@vision:4).")
+                 "vision:L or lm:K (e.g. random@vision:4); on split images (--image-splitting) also the tile "
+                 "selectors qgsa-tiles | random-tiles | global-only.")
 
 # ---- the model and how it runs
 Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
@@ -74,8 +75,8 @@ BudgetUnit = Annotated[str, typer.Option(help="tokens: visual tokens after the l
 ImageSplitting = Annotated[Optional[bool], typer.Option(
     "--image-splitting/--no-image-splitting",
     help="The model's own image processor: split the image into tiles + a global view (SmolVLM: up to 4 x 4 "
-         "tiles of 512 px, 1,088 visual tokens for a square photo), or one view of the tile size. Unset: the "
-         "model's own setting with --image-size, else one square view of --resolution px (the paper's form).")]
+         "tiles of 512 px, 1,088 visual tokens for a square photo), or one view of the tile size. Unset: one square "
+         "view of --resolution px (the paper's form), or where a command takes an image size, the model's own setting.")]
 LongestEdge = Annotated[Optional[int], typer.Option(
     help="With --image-splitting: resize the longest edge to this many px before tiling (a multiple of the "
          "tile size; SmolVLM's own: 2048).")]

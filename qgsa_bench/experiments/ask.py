@@ -57,6 +57,8 @@ def answer(built: Built, image_path: str, question: str, pipeline="dense", resol
         "insertion_point": run.spec.where() if run.spec.patches or run.spec.is_dense else str(run.spec.point),
         "n_visual_tokens": int(prepared.inputs.n_visual[0]),  # entering the LM
         "k": prepared.kept(0),  # kept by the selector (in the LM: after its last cut)
+        **({"tiles_kept": len(prepared.selected_tiles(0)), "views_encoded": len(prepared.shown[0])}
+           if prepared.selected_tiles(0) is not None else {}),
         "visual_tokens_layer_avg": round(layer_average(prepared.inputs, prepared.plan, built.adapter.lm_depth), 2),
         **prepared.patch_fields(0),
         "prompt_tokens": int(prepared.inputs.attention_mask[0].sum()),

@@ -73,13 +73,18 @@ class CountConfig:
             raise QGSAError(f"--by-depth must be auto, yes or no, got '{self.by_depth}'")
         if self.budget_unit not in ("tokens", "layer-avg"):
             raise QGSAError(f"--budget-unit must be tokens or layer-avg, got '{self.budget_unit}'")
+        self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field)
         if not self.image_sizes and (self.splitting is not None or self.longest_edge is not None):
             raise QGSAError("--image-splitting and --longest-edge describe the model's own views of an image: give "
                             "--image-size WIDTHxHEIGHT too (or drop them for one square view of --resolution px)")
+        tiles = [s.text for s in self.specs if s.at_tiles]
+        if tiles and not self.image_sizes:
+            raise QGSAError(f"{tiles[0]} chooses among the tiles of a split image: give --image-size WIDTHxHEIGHT "
+                            f"(and --image-splitting where the model's own setting is off)")
         if self.image_sizes and self.resolution is not None:
             raise QGSAError("--resolution is one square view; --image-size splits the image as the model's processor "
                             "does: give one of them")
-        self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field)
+
 
 
 def analytic_prefill(text_config, n: int, batch: int = 1) -> int:

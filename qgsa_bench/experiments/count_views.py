@@ -62,6 +62,14 @@ def _cases(cfg, probe, n_tiles: int, n_tokens: int, size: str) -> list[tuple]:
 
 def run_count_views(cfg, progress=None, warn=None) -> Path:
     """count-flops over `cfg.image_sizes` (CountConfig); the results folder."""
+    from qgsa_bench.models.registry import load_preset
+
+    if load_preset(cfg.model).get("family") != "idefics3":
+        raise QGSAError(f"{cfg.model} takes one view (no tiles): count it with --resolution, or use a SmolVLM model "
+                        f"(smolvlm-256m, smolvlm-500m) with --image-size")
+    if cfg.budget_unit != "tokens" or cfg.by_depth == "yes":
+        raise QGSAError("count-flops --image-size counts the model itself with budgets in visual tokens after the last "
+                        "cut: drop --budget-unit layer-avg and --by-depth yes")
     if not _fits(cfg.model):
         raise QGSAError(f"count-flops --image-size counts {cfg.model} itself, which does not fit in free memory here: "
                         f"use a smaller model, or count one square view (--resolution) on depth-reduced copies")
@@ -82,7 +90,7 @@ def run_count_views(cfg, progress=None, warn=None) -> Path:
         if res.path(VIEWS_TABLE.file).exists():
             res.finished(f"the counts of {sum(len(p[2]) for p in plans)} cases")
         meta = {**run_meta(probe), "model": cfg.model, "weights": "random", "views": splitting.describe(),
-                "counting": "the model itself at its full depth", "flop_convention": FLOP_CONVENTION}
+                "counting": "Counted on the model itself, at its full depth", "flop_convention": FLOP_CONVENTION}
         meta.pop("architecture_hash", None)
         meta = res.write_meta(meta)
         one_view = count_flops(a.patch_features, a.views([picture(512, 512)], a.splitting(False)).pixel_values,
@@ -123,8 +131,9 @@ def _rows(cfg, cases, counted: list[dict], size: str, tile: int, text) -> list[d
         row.update({"pipeline": spec.text, "budget": budget, "budget_unit": unit, "model": cfg.model,
                     "weights": "random (counted: FLOPs do not depend on weight values)", "resolution": tile,
                     "image_size": size})
-        if dense:
-            row["budget_share"] = row["n_visual_tokens"] / dense["n_visual_tokens"]
+        if dense:  # tiles: the visual tokens of the views encoded; in-LM: the budget, of the image's visual tokens
+            kept = row["n_visual_tokens"] if unit != "tokens" else budget
+            row["budget_share"] = (kept or dense["n_visual_tokens"]) / dense["n_visual_tokens"]
             row["flops_share_of_dense"] = row["flops_total"] / dense["flops_total"]
             row["flops_saved_pct"] = 100 * (1 - row["flops_share_of_dense"])
         rows.append(row)

@@ -73,6 +73,10 @@ class LMMSConfig:
             raise QGSAError("--pipelines needs at least one pipeline")
         self.model_args(self.pipelines[0])  # k, share, batch, max_new_tokens checked once
         self.specs = parse_specs(self.pipelines)
+        tiles = [s.text for s in self.specs if s.at_tiles]
+        if tiles:
+            raise QGSAError(f"{tiles[0]} chooses among the tiles of a split image, and qgsa lmms-eval feeds one square "
+                            f"view: use a selector of one view (README, 'SmolVLM as it runs')")
         check_options(self.specs, self.k if self.share is None else 1, self.checkpoint)
 
     def model_args(self, pipeline: str) -> ModelArgs:
@@ -192,8 +196,32 @@ def evaluate(bridge: Bridge, manager, tasks: list[str], batch: int, options: dic
 
     from qgsa_bench.integrations.lmms_model import QGSALMM
 
-    return simple_evaluate(model=QGSALMM.around(bridge), tasks=tasks, task_manager=manager, batch_size=batch,
-                           log_samples=True, cli_args=cli_args, **options)
+    try:
+        return simple_evaluate(model=QGSALMM.around(bridge), tasks=tasks, task_manager=manager, batch_size=batch,
+                               log_samples=True, cli_args=cli_args, **options)
+    except Exception as err:  # a task's data set that cannot be reached (offline, no cache) is one line
+        unreachable = _unreachable(err)
+        if unreachable:
+            raise QGSAError(f"a task's data could not be loaded ({unreachable}): fill the HF cache with it where the "
+                            f"hub is reachable (HF_HUB_OFFLINE unset), or run a local task (--include-path DIR)") from None
+        raise
+
+
+def _unreachable(err: BaseException) -> str:
+    """The first line of the hub/network failure in err's chain (causes, contexts, retries), '' for none."""
+    seen, todo = set(), [err]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        text = str(e)
+        if isinstance(e, ConnectionError) or type(e).__name__ in ("OfflineModeIsEnabled", "LocalEntryNotFoundError") \
+                or "Couldn't reach" in text:
+            return (text.strip().splitlines() or [type(e).__name__])[0][:200]
+        last = getattr(e, "last_attempt", None)  # tenacity's RetryError keeps the final attempt's exception
+        todo += [e.__cause__, e.__context__, last.exception() if last is not None and last.failed else None]
+    return ""
 
 
 def samples_file(label: str) -> str:

@@ -124,8 +124,8 @@ class VLMAdapter:
         tokenizer that has no tile markers."""
         own = self.loaded.splitting
         if own is None:
-            raise QGSAError(f"{self.family} models take one view: --image-splitting and --longest-edge are "
-                            f"SmolVLM's (Idefics3) settings; drop them")
+            raise QGSAError(f"{self.family} models take one view (no tiles): --image-size, --image-splitting and "
+                            f"--longest-edge are SmolVLM's (Idefics3) settings; drop them")
         chosen = replace(own, split=own.split if split is None else split,
                          longest_edge=own.longest_edge if longest_edge is None else longest_edge)
         chosen.check()

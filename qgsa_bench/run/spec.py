@@ -60,6 +60,11 @@ class Spec:
                             f"so use lm:1 .. lm:{lm_depth - 1}")
         return replace(self, point=point)
 
+    @property
+    def at_tiles(self) -> bool:
+        """Whether it chooses tiles of a split image (insertion point `tiles`, bound or by default)."""
+        return (self.point.kind if self.point else self.selector.points[0]) == "tiles"
+
     def where(self) -> str:
         """Where the selection sits, as tables show it."""
         if self.selector.keeps_all:
