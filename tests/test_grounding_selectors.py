@@ -34,9 +34,12 @@ def box_data(limit=4):
 
 def test_every_selector_keeps_patches_of_the_image_at_its_budget(tiny):
     """Every registered selector (but dense, dense-bypass and downsample, which keep every patch or the whole
-    image) gives patches in 0..N-1: b of them for the patch-level forms, b x s^2 (b visual tokens) for the rest,
-    VisionZip's selected tokens plus its merged ones making b."""
-    assert {s.partition("@")[0] for s in SPECS} == set(REGISTRY) - {"dense", "dense-bypass", "downsample"}
+    image, and the tile selectors, which choose tiles of a split image) gives patches in 0..N-1: b of them for the
+    patch-level forms, b x s^2 (b visual tokens) for the rest, VisionZip's selected tokens plus its merged ones
+    making b."""
+    tiles = {name for name, cls in REGISTRY.items() if cls.points == ("tiles",)}
+    assert tiles == {"qgsa-tiles", "random-tiles", "global-only"}
+    assert {s.partition("@")[0] for s in SPECS} == set(REGISTRY) - {"dense", "dense-bypass", "downsample"} - tiles
     data, samples = box_data(3)
     chunk, images = data.open_images(samples)
     a = tiny.adapter
