@@ -6,7 +6,9 @@
 #                                                       -> sweep-smolvlm-256m.csv (column compile)
 #   2. LLaVA-1.5-7B (random weights, bf16) at 576 / 192 / 64 visual tokens, dense and the field's selectors,
 #      batch 8                                          -> budget-llava.csv (column batch)
-#   3. the selectors on SmolVLM-256M at 576 px (inside the encoder too), batch 8 -> budget-selectors.csv
+#   3. the selectors on SmolVLM-256M at 576 px (inside the encoder too), batch 8 -> budget-selectors.csv, and
+#      SmolVLM-256M on a 2048x2048 photo as its processor splits it (17 views): dense, global-only and the tile
+#      selectors at 1 / 2 / 4 tiles, batch 1 and 8     -> rows appended to budget-selectors.csv (image_size)
 #   4. sweep-resolution SmolVLM-500M at 224 384 576, batch 1 and 8 -> sweep-smolvlm-500m.csv
 #   5. the ablation on SmolVLM-500M at 512 px         -> ablate.csv
 #   6. LLaVA-1.5-7B at batch 1                        -> rows appended to budget-llava.csv
@@ -32,12 +34,14 @@ if [ "$QUICK" = "--quick" ]; then
   COMPILE="default"; COMPILE_RES=64; TIMING="--reps 3 --warmup 1"; ABLATE_RES=64; ABLATE_TIMING="--reps 2 --warmup 0"
   K=5; LLAVA="llava-tiny"; LLAVA_RES=84; LLAVA_BUDGETS="16 4"; SEL_RES=64; INSIDE="random@vision:1"; BIG=2
   BUDGET_TIMING="--reps 2 --warmup 1"; COMPILE_TIMING="--reps 3 --warmup 1"; SUITE_SECONDS=${SUITE_SECONDS:-1200}
+  TILED="--image-size 200x150 --image-splitting"
 else
   SMALL="smolvlm-256m"; LARGE="smolvlm-500m"; SIZES="224 336 384 448 576"; SIZES_LARGE="224 384 576"; BATCHES="1 8"
   DEVICE="--device cuda --dtype bf16"; COMPILE="reduce-overhead"; COMPILE_RES=384
   TIMING="--reps auto --max-time 45 --warmup 3"; ABLATE_RES=512; ABLATE_TIMING="--reps 10 --warmup 3"; K=17
   LLAVA="llava-1.5-7b"; LLAVA_RES=336; LLAVA_BUDGETS="192 64"; SEL_RES=576; INSIDE="random@vision:3"; BIG=8
   BUDGET_TIMING="--reps auto --max-time 30 --warmup 3"; COMPILE_TIMING="--reps 10 --warmup 3"
+  TILED="--image-size 2048x2048"
   SUITE_SECONDS=${SUITE_SECONDS:-540}
 fi
 SECONDS=0
@@ -90,6 +94,13 @@ step budget-selectors 60 $QGSA sweep-budget --model "$SMALL" --weights random $D
   --shares 0.1 0.25 --batch "$BIG" --pipelines "dense,qgsa,$INSIDE,qgsa-vision,fastv,visionzip,divprune,downsample" \
   $BUDGET_TIMING --decode-tokens 8 --no-flops --out "$WORK/budget-selectors"
 collect budget-selectors budget.csv budget-selectors.csv
+for b in $BATCHES; do
+  # shellcheck disable=SC2086
+  step "budget-tiles-b$b" 45 $QGSA sweep-budget --model "$SMALL" --weights random $DEVICE $TILED --tiles 1 2 4 \
+    --batch "$b" --pipelines dense,global-only,qgsa-tiles,random-tiles $BUDGET_TIMING --decode-tokens 8 --no-flops \
+    --out "$WORK/budget-tiles-b$b"
+  collect "budget-tiles-b$b" budget.csv budget-selectors.csv
+done
 if [ -n "$SIZES_LARGE" ]; then
   # shellcheck disable=SC2086
   step "sweep-$LARGE" 60 $QGSA sweep-resolution --model "$LARGE" --weights random $DEVICE --sizes $SIZES_LARGE \
