@@ -55,12 +55,14 @@ def lmms_eval_command(
 ):
     """lmms-eval's tasks answered by any model, selector and budget; lmms-eval's own options after `--` (e.g.
     `-- --limit 100`). Scores per task against counted FLOPs in lmms.csv; `qgsa report` reads it."""
+    from qgsa_bench.integrations.lmms import ModelArgs
     from qgsa_bench.integrations.lmms_run import LMMSConfig, run_lmms
 
-    cfg = LMMSConfig(tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()), model=model,
-                     pipelines=pipeline_list(pipelines), k=k, share=share, checkpoint=text_or_none(checkpoint),
-                     weights=weights, device=device, dtype=dtype, resolution=resolution, seed=seed, batch=batch,
-                     max_new_tokens=max_new_tokens, count_flops=not no_flops, include_path=text_or_none(include_path),
+    args = ModelArgs(model=model, k=k, share=share, checkpoint=text_or_none(checkpoint), weights=weights, device=device,
+                     dtype=dtype, resolution=resolution, seed=seed, batch_size=batch, max_new_tokens=max_new_tokens,
+                     count_flops=not no_flops)
+    cfg = LMMSConfig(tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
+                     pipelines=pipeline_list(pipelines), args=args, include_path=text_or_none(include_path),
                      lmms_args=tuple(ctx.meta.get(PASSED_ON, ())), out=str(out), overwrite=overwrite)
     run_and_show(run_lmms, cfg, warn=warn, table="table.md",
                  files=("lmms.csv", "samples_*.jsonl", "lmms_results_*.json", "table.md", "meta.json"))

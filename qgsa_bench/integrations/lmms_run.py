@@ -14,7 +14,7 @@ before any answer; a refused run leaves no results folder behind (driver.Results
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from qgsa_bench import QGSAError
@@ -41,23 +41,12 @@ OURS["max_batch_size"] = "--batch"
 
 @dataclass
 class LMMSConfig:
-    """`qgsa lmms-eval`: tasks, a model, pipelines at one budget, and lmms-eval's own options (`lmms_args`, the
-    tokens after `--`)."""
+    """`qgsa lmms-eval`: tasks, pipelines, the model and budget they share (`args`, lmms-eval's model arguments;
+    each pipeline's own `pipeline`), and lmms-eval's own options (`lmms_args`, the tokens after `--`)."""
 
     tasks: tuple[str, ...]
-    model: str = "smolvlm-256m"
     pipelines: tuple[str, ...] = ("dense",)
-    k: int | None = None
-    share: float | None = None
-    checkpoint: str | None = None
-    weights: str = "auto"
-    device: str = "auto"
-    dtype: str = "fp32"
-    resolution: int | None = None
-    seed: int = 0
-    batch: int = 1
-    max_new_tokens: int = 16
-    count_flops: bool = True
+    args: ModelArgs = field(default_factory=ModelArgs)
     include_path: str | None = None
     lmms_args: tuple[str, ...] = ()
     out: str = "results/lmms"
@@ -71,22 +60,23 @@ class LMMSConfig:
             raise QGSAError("--tasks needs at least one lmms-eval task (e.g. --tasks pope,gqa)")
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one pipeline")
-        self.model_args(self.pipelines[0])  # k, share, batch, max_new_tokens checked once
         self.specs = parse_specs(self.pipelines)
         tiles = [s.text for s in self.specs if s.at_tiles]
         if tiles:
             raise QGSAError(f"{tiles[0]} chooses among the tiles of a split image, and qgsa lmms-eval feeds one square "
                             f"view: use a selector of one view (README, 'SmolVLM as it runs')")
-        check_options(self.specs, self.k if self.share is None else 1, self.checkpoint)
+        check_options(self.specs, self.args.k if self.args.share is None else 1, self.args.checkpoint)
 
     def model_args(self, pipeline: str) -> ModelArgs:
-        return ModelArgs(model=self.model, pipeline=pipeline, k=self.k, share=self.share, checkpoint=self.checkpoint,
-                         weights=self.weights, device=self.device, dtype=self.dtype, resolution=self.resolution,
-                         seed=self.seed, batch_size=self.batch, max_new_tokens=self.max_new_tokens,
-                         count_flops=self.count_flops)
+        """The shared model arguments with this pipeline."""
+        return replace(self.args, pipeline=pipeline)
 
     def settings(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "device", "overwrite", "specs")}
+        """meta.json's settings: the tasks, pipelines, shared model arguments (but the device) and lmms-eval's options."""
+        shared = {("batch" if key == "batch_size" else key): value for key, value in asdict(self.args).items()
+                  if key not in ("pipeline", "device")}
+        return {"tasks": self.tasks, "pipelines": self.pipelines, **shared, "include_path": self.include_path,
+                "lmms_args": self.lmms_args}
 
 
 def lmms_options(tokens: tuple[str, ...]) -> tuple[dict, object]:
@@ -159,7 +149,8 @@ def run_lmms(cfg: LMMSConfig, progress=None, warn=None) -> Path:
         from qgsa_bench.build import build
         from qgsa_bench.results import run_meta
 
-        built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
+        a = cfg.args
+        built = build(a.model, a.weights, a.device, a.dtype, a.checkpoint, a.seed, warn=warn)
         bridges = [Bridge(built, cfg.model_args(spec.text), spec) for spec in cfg.specs]  # every check first
         meta = res.write_meta(run_meta(built, lmms_eval=version, lmms_eval_workaround=filelock_workaround(),
                                        tasks=tasks, lmms_options=options,
@@ -172,7 +163,7 @@ def run_lmms(cfg: LMMSConfig, progress=None, warn=None) -> Path:
                 if progress:
                     progress(f"{bridge.label}: done before", 1)
                 continue
-            results = evaluate(bridge, manager, tasks, cfg.batch, options, cli_args)
+            results = evaluate(bridge, manager, tasks, cfg.args.batch_size, options, cli_args)
             write_pipeline(res, bridge, results, meta)
             meta = res.write_meta({**meta, **task_meta(results, meta)})
             if progress:
