@@ -18,20 +18,19 @@ from __future__ import annotations
 import torch
 
 from qgsa_bench.selectors.base import Selector, SelectState
+from qgsa_bench.selectors.baselines import Random
 from qgsa_bench.selectors.registry import register
-from qgsa_bench.selectors.selection import Selection, random_selection, topk_selection
+from qgsa_bench.selectors.selection import Selection
 
 
 @register
-class RandomTiles(Selector):
+class RandomTiles(Random):
+    """`random`'s draw (k of each sample's valid items with `state.generator`) over the image's tiles."""
+
     name = "random-tiles"
     paper = "baseline (uniform sampling of tiles without replacement)"
     points = ("tiles",)
-
-    def select(self, state: SelectState, k: torch.Tensor) -> Selection:
-        """k (B,) of each sample's valid tiles, drawn with `state.generator`."""
-        B, n = state.valid.shape
-        return random_selection(B, n, k, state.valid.device, state.generator, state.valid)
+    patch_form = False
 
 
 @register
@@ -62,8 +61,4 @@ class QGSATiles(Selector):
         patch_scores = state.module.scorer(state.q, V.to(state.q.dtype)).float()  # (B, N_v)
         n = state.valid.shape[1]
         inside = torch.nn.functional.one_hot(where.clamp(min=0), n).float() * (where >= 0)[..., None]  # (B, N_v, n)
-        return (inside * patch_scores[..., None]).sum(1) / inside.sum(1).clamp(min=1)
-
-    def select(self, state: SelectState, k: torch.Tensor) -> Selection:
-        scores = self.scores(state).masked_fill(~state.valid, float("-inf"))
-        return topk_selection(scores, k)
+        return (inside * patch_scores[..., None]).sum(1) / inside.sum(1).clamp(min=1)  # top-T: Selector.select
