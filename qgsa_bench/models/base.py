@@ -275,40 +275,41 @@ class VLMAdapter:
             vvalid[b, :n] = True
         return LMInputs(embeds, mask, positions_of(mask), n_vis, vindex, vvalid)
 
-    def prompt_length(self, pieces: list) -> int:
-        """Tokens of a prompt given as pieces (`prompt_pieces`): its text tokenised as `_splice` does, plus its
-        visual-token slots."""
-        length, text = len(self.start_ids()), ""
-        for piece in [*pieces, 0]:
+    def prompt_segments(self, pieces: list) -> list:
+        """The prompt of `pieces` (`prompt_pieces`) in the order the LM reads it: token-id lists (consecutive text
+        tokenised as one string, as the model's processor tokenises the whole prompt; the first after
+        `start_ids`) and visual-slot counts (int)."""
+        segments, text = [], ""
+        for piece in [*pieces, 0]:  # a closing empty slot ends the last text
             if isinstance(piece, str):
                 text += piece
                 continue
-            length += len(self.tokenize(text)) + piece if text else piece
+            ids = (self.start_ids() if not segments else []) + (self.tokenize(text) if text else [])
+            segments += [ids] if ids else []
+            segments += [piece] if piece else []
             text = ""
-        return length
+        return segments
+
+    def prompt_length(self, pieces: list) -> int:
+        """Tokens of a prompt given as pieces: its text's tokens plus its visual-token slots."""
+        return sum(len(s) if isinstance(s, list) else s for s in self.prompt_segments(pieces))
 
     def _splice(self, pieces: list, vis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(one sample's prompt embeddings (L, d_q), the positions (n,) of its n visual tokens `vis` (n, d_q))
-        from `pieces` (text, or a count of slots filled from `vis` in order). Raises ValueError when the
-        slots do not hold exactly n tokens."""
-        parts, positions, used, length, text = [], [], 0, 0, ""
-        for piece in [*pieces, ""]:
-            if isinstance(piece, str):
-                text += piece
-                continue
-            ids = (self.start_ids() if not parts else []) + self.tokenize(text)
-            parts.append(self.embed(torch.tensor(ids, dtype=torch.long, device=self.device)) if ids else vis[:0])
+        from `pieces` (text, or a count of slots filled from `vis` in order), in the text embeddings' dtype.
+        Raises ValueError when the slots do not hold exactly n tokens."""
+        parts, positions, used, length, dtype = [], [], 0, 0, self.dtype
+        for segment in self.prompt_segments(pieces):
+            if isinstance(segment, list):
+                parts.append(self.embed(torch.tensor(segment, dtype=torch.long, device=self.device)))
+                dtype = parts[-1].dtype
+            else:
+                parts.append(vis[used: used + segment])
+                positions.append(torch.arange(segment, device=self.device) + length)
+                used += segment
             length += parts[-1].shape[0]
-            text = ""
-            parts.append(vis[used: used + piece])
-            positions.append(torch.arange(piece, device=self.device) + length)
-            used, length = used + piece, length + piece
-        if text:
-            parts.append(self.embed(torch.tensor((self.start_ids() if not parts else []) + self.tokenize(text),
-                                                 dtype=torch.long, device=self.device)))
         if used != vis.shape[0]:
             raise ValueError(f"the prompt has {used} visual-token slots for {vis.shape[0]} visual tokens")
-        dtype = parts[0].dtype if parts[0].numel() else self.dtype
         return torch.cat([p.to(dtype) for p in parts]), torch.cat(positions) if positions else vis.new_zeros(0).long()
 
     # ---- language model -------------------------------------------------------------------
