@@ -31,7 +31,7 @@ def views_info(built: Built, image_sizes, splitting, question: str = "What is sh
     from qgsa_bench.models.views import image_prompt, make_views
 
     a = built.adapter
-    n_v = (splitting.tile // a.patch_size) ** 2 // a.group_size
+    n_v = a.n_dense_tokens(splitting.tile)  # visual tokens per view
     rows = []
     for width, height in image_sizes:
         views = make_views([demo_image().resize((width, height))], splitting, built.loaded.image_mean,

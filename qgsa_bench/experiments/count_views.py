@@ -77,7 +77,7 @@ def run_count_views(cfg, progress=None, warn=None) -> Path:
     a = probe.adapter
     vision_depth, patch, width_v = a.vision_depth, a.patch_size, a.d_v
     splitting = a.splitting(cfg.splitting, cfg.longest_edge)
-    n_v = (splitting.tile // a.patch_size) ** 2 // a.group_size  # visual tokens per view
+    n_v = a.n_dense_tokens(splitting.tile)  # visual tokens per view
     plans = []
     for width, height in cfg.image_sizes:
         views = a.views([picture(width, height)], splitting)
