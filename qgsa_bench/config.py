@@ -74,14 +74,28 @@ class SweepConfig:
     out: str = "results/sweep"
     batches: tuple[int, ...] = ()  # several batch sizes (--batch 1 8 32); empty: measure.batch
     overwrite: bool = False  # empty a results folder of an earlier run first (driver.Results)
+    # the tiled analogue (issue 19): the model's own views of the image at each longest edge (SmolVLM: 512,
+    # 1024, 1536, 2048 px give a square image 1, 5, 10, 17 views) instead of one square view per size
+    longest_edges: tuple[int, ...] = ()
+    tiles: int | None = None  # the tile selectors' budget: tiles encoded besides the global view
 
     def __post_init__(self):
-        if not self.sizes:
+        if not self.sizes and not self.longest_edges:
             raise QGSAError("--sizes needs at least one resolution")
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one pipeline")
         self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field: settings() skip it)
         check_options(self.specs, self.measure.k, self.measure.checkpoint)
+        tiled = [s.text for s in self.specs if s.at_tiles]
+        if tiled and not self.longest_edges:
+            raise QGSAError(f"{tiled[0]} chooses among the tiles of a split image: sweep --longest-edge "
+                            f"(e.g. --longest-edge 1024 1536 2048), not --sizes")
+        needs_t = [s.text for s in self.specs if s.at_tiles and not s.selector.keeps_no_tiles]
+        if needs_t and self.tiles is None:
+            raise QGSAError(f"{needs_t[0]} keeps T tiles: give its budget with --tiles T (e.g. --tiles 1)")
+        if self.tiles is not None and (self.tiles < 1 or not needs_t):
+            raise QGSAError(f"--tiles is the budget of qgsa-tiles / random-tiles, at least 1 (got {self.tiles}"
+                            f"{'' if needs_t else ' and no such selector in --pipelines'})")
 
 
 @dataclass

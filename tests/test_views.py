@@ -312,3 +312,50 @@ def test_what_a_first_afternoon_found(tmp_path):
     share = pd.read_csv(out / "flops.csv").set_index("pipeline").budget_share
     assert share.to_dict() == pytest.approx({"dense": 1.0, "fastv@lm:1": 52 / 208, "qgsa-tiles": 48 / 208}, abs=1e-6)
     assert json.loads((out / "meta.json").read_text())["command"].startswith("qgsa count-flops --model tiny")
+
+
+def test_sweep_resolution_over_longest_edges_is_the_tiled_table4(tmp_path):
+    """`sweep-resolution --longest-edge`: the square demo image at 64/128/192 px on tiny's 64-px tiles is 1, 5
+    and 10 views; rows keyed by the edge, tile selectors at --tiles, FLOPs counted per edge (not reused across
+    edges, whose views have one size), bad edges and budgets one error line each."""
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    out = tmp_path / "sweep"
+    args = ["sweep-resolution", "--model", "tiny", "--reps", "1", "--warmup", "0", "--decode-tokens", "1"]
+    result = CliRunner().invoke(app, [*args, "--longest-edge", "64", "128", "192", "--pipelines",
+                                      "dense,global-only,fastv@lm:1", "--k", "12", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out / "sweep.csv").set_index(["longest_edge", "pipeline"])
+    assert rows.views.xs("dense", level=1).tolist() == [1, 5, 10]
+    assert rows.n_visual_tokens.xs("dense", level=1).tolist() == [16, 80, 160]
+    assert rows.n_visual_tokens.xs("global-only", level=1).tolist() == [16, 16, 16]
+    assert rows.n_patches.xs("dense", level=1).tolist() == [64, 320, 640]  # 64 patches per view
+    vision = rows.flops_vision
+    assert vision[(192, "dense")] == 10 * vision[(64, "dense")] == 10 * vision[(192, "global-only")]
+    assert (rows.resolution == rows.index.get_level_values(0)).all() and (rows.effective_resolution == 64).all()
+    assert "tiles of 64 px after resizing the longest edge to 128 px" in rows.image_input[(128, "dense")]
+    assert "| 192px edge, 10 views |" in (out / "table4.md").read_text()
+    t_out = tmp_path / "tiles"
+    result = CliRunner().invoke(app, [*args, "--longest-edge", "128", "192", "--pipelines", "dense,qgsa-tiles",
+                                      "--tiles", "2", "--out", str(t_out)])
+    assert result.exit_code == 0, result.output
+    tiled = pd.read_csv(t_out / "sweep.csv").set_index(["longest_edge", "pipeline"])
+    assert tiled.n_visual_tokens.xs("qgsa-tiles", level=1).tolist() == [48, 48]  # the global view + 2 tiles
+    assert tiled.flops_vision[(192, "qgsa-tiles")] == 3 * vision[(64, "dense")]
+    for extra, words in [
+        (["--longest-edge", "100"], "--longest-edge 100 is not a positive multiple of the tile size 64"),
+        (["--longest-edge", "64", "128", "--pipelines", "dense,qgsa-tiles", "--tiles", "1"],
+         "at --longest-edge 64 the image is one view (no tiles) and qgsa-tiles chooses among tiles"),
+        (["--longest-edge", "128", "--pipelines", "dense,qgsa-tiles", "--tiles", "5"],
+         "--tiles 5 is above the 4 tiles of the image at --longest-edge 128"),
+        (["--longest-edge", "128", "--pipelines", "dense,qgsa-tiles"], "give its budget with --tiles T"),
+        (["--sizes", "64", "--pipelines", "dense,qgsa-tiles", "--tiles", "1"], "sweep --longest-edge"),
+        (["--sizes", "64", "--longest-edge", "128"], "give one of them"),
+        (["--longest-edge", "128", "--pipelines", "dense", "--tiles", "1"], "no such selector in --pipelines"),
+    ]:
+        bad = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / "bad")])
+        assert bad.exit_code == 2 and words in bad.stderr, (extra, bad.output)
+        assert len(bad.stderr.strip().splitlines()) == 1

@@ -13,7 +13,7 @@ from qgsa_bench.cli.app import command, text_or_none, warn
 from qgsa_bench.cli.data import untrained, warned_when_started
 from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, floats, image_sizes, ints
 from qgsa_bench.cli.options import (PIPELINE_HELP, TIMING, Batch, Batches, BudgetUnit, Budgets, Checkpoint,
-                                    ImageSizes, ImageSplitting, LongestEdge, Tiles,
+                                    ImageSizes, ImageSplitting, LongestEdge, LongestEdges, Tiles,
                                     DecodeTokens, FcompCheckpoint, Model, OracleLimit, OracleSplit, Overwrite,
                                     Pipelines, Resolution, Shares, Sizes, pipeline_list)
 from qgsa_bench.cli.progress import run_and_show
@@ -36,10 +36,13 @@ def measure_config(timing: dict, **more):
 @TIMING.with_defaults(reps="auto")  # the main job: enough rounds for its own intervals (runner.measure_cases)
 def sweep_resolution(
     model: Model = "smolvlm-256m",
-    sizes: Sizes = ["224", "336", "384", "448", "576"],
+    sizes: Sizes = [],
+    longest_edge: LongestEdges = [],
     pipelines: Pipelines = "dense,dense-bypass,qgsa,random",
     k: Optional[int] = typer.Option(None, help="Fixed k for sparse pipelines (default 17, the paper's mean; f_comp "
                                                "with --checkpoint)."),
+    tiles: Optional[int] = typer.Option(None, "--tiles", help="With --longest-edge: tiles qgsa-tiles / random-tiles "
+                                        "encode besides the global view (their budget T)."),
     batch: Batches = ["1"],
     timing: dict = None,
     checkpoint: Checkpoint = None,
@@ -49,14 +52,21 @@ def sweep_resolution(
     out: Path = typer.Option(Path("results/sweep"), help="Results folder (sweep.csv, meta.json, table4.md)."),
     overwrite: Overwrite = False,
 ):
-    """FLOPs by stage (fvcore) and latency by stage for each pipeline at each resolution (Table 4)."""
+    """FLOPs by stage (fvcore) and latency by stage for each pipeline at each resolution (Table 4).
+
+    Sizes: --sizes (one square view each; default 224 336 384 448 576, the paper's) or --longest-edge (the image as
+    the model's processor splits it at each longest edge: tiles + a global view; tile selectors at --tiles T)."""
     from qgsa_bench.config import SweepConfig
     from qgsa_bench.experiments.sweep import run_sweep
 
+    if sizes and longest_edge:
+        raise QGSAError("--sizes are square views, --longest-edge the model's own split views: give one of them")
     batches = ints("--batch", batch)
+    edges = ints("--longest-edge", longest_edge) if longest_edge else []
     measure = measure_config(timing, model=model, batch=batches[0], k=k, checkpoint=text_or_none(checkpoint),
                              compile=compile)
-    cfg = SweepConfig(measure, ints("--sizes", sizes), pipeline_list(pipelines), str(out), batches, overwrite)
+    cfg = SweepConfig(measure, () if edges else ints("--sizes", sizes or ["224", "336", "384", "448", "576"]),
+                      pipeline_list(pipelines), str(out), batches, overwrite, longest_edges=tuple(edges), tiles=tiles)
     run_and_show(run_sweep, cfg, warn=warn, table="table4.md", files=("sweep.csv", "meta.json", "table4.md"))
 
 

@@ -88,6 +88,9 @@ Batches = multi_value_option("--batch", "INT", "Batch size(s), e.g. --batch 1 8 
 Budgets = multi_value_option("--budgets", "INT", "Visual tokens reaching the LM, e.g. --budgets 192 128 64.")
 ImageSizes = multi_value_option("--image-size", "WxH", "Image sizes in px, e.g. --image-size 2048x2048 1920x1080: "
                                                      "the image as the model's processor splits it.")
+LongestEdges = multi_value_option("--longest-edge", "INT", "Sweep the model's own split views instead of --sizes: "
+                                  "the longest edge the image is resized to before tiling, e.g. --longest-edge 512 1024 "
+                                  "1536 2048 (a square image: SmolVLM's 1, 5, 10, 17 views).")
 Tiles = multi_value_option("--tiles", "INT", "Tiles a tile selector keeps (qgsa-tiles, random-tiles), e.g. --tiles 1 2 4 8.")
 Shares = multi_value_option("--shares", "NUMBER", "Budgets as fractions of the dense visual tokens "
                                                   "(default 0.04 0.1 0.25 0.5) when --budgets is not given.")

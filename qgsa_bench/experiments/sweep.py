@@ -3,10 +3,16 @@
 Writes sweep.csv (one row per resolution x pipeline, appended as each resolution finishes),
 meta.json (command, commit, versions, device, weights, settings) and table4.md. A rerun with the
 same settings skips the rows already written.
+
+With --longest-edge (the tiled analogue, issue 19) each size is the longest edge the model's own processor
+resizes the image to before splitting it into tiles + a global view (models/views.py; a square image at 512,
+1024, 1536, 2048 px: 1, 5, 10, 17 views of SmolVLM's 512-px tiles); the rows' `resolution` is that longest
+edge, `views` the views encoded by dense and `n_patches` the patches of all views.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 from qgsa_bench import QGSAError
@@ -18,15 +24,18 @@ from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.measure import Case
 from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, PEER_COLUMNS, STAT_COLUMNS, THROUGHPUT_COLUMNS, Progress,
                                            case_labels, measure_cases, measure_meta, steps_per_resolution,
-                                           timing_clock, timing_deadline, warn_unstable)
+                                           paper_metrics, timing_clock, timing_deadline, warn_unstable)
 from qgsa_bench.models.images import demo_image, load_image
+from qgsa_bench.models.views import Splitting
 from qgsa_bench.results import run_meta
+from qgsa_bench.run.tiles import check_views
 from qgsa_bench.runtime import device_name, dtype_name, resolve_device
 
 PAPER_K = 17  # the seed paper's mean k for SmolVLM-256M (Table 1), the default fixed budget
 SWEEP_CSV = "sweep.csv"
 SWEEP_COLUMNS = [
     "model", "weights", "qgsa_weights", "device", "dtype", "batch", "resolution", "effective_resolution",
+    "longest_edge", "views", "image_input",
     "pipeline", "n_patches", "n_visual_tokens", "k", "prompt_tokens", "decode_tokens",
     "flops_total", "flops_vision", "flops_select", "flops_connector", "flops_prefill",
     "flops_decode_per_token", "flops_lm_head", "flops_prefill_attention", "attn_visual_flops",
@@ -53,7 +62,8 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
     m = cfg.measure
     # the run's identity: a later run may add sizes and batch sizes to the folder, nothing else
     settings = {**m.settings(), "device": device_name(resolve_device(m.device)), "pipelines": list(cfg.pipelines),
-                "compile": m.compile}
+                "compile": m.compile,
+                **({"longest_edges": list(cfg.longest_edges), "tiles": cfg.tiles} if cfg.longest_edges else {})}
     settings.pop("batch")  # rows carry their batch size: a later run may add sizes to the folder
     rank = timing_alone("sweep-resolution", m.per_process)  # never timed by processes that share a host
     out = cfg.out if rank is None else per_process_folder(cfg.out, rank)
@@ -62,29 +72,42 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
                       attn_implementation=m.attn_implementation, warn=warn)
         k, k_note = resolve_k(m.k, m.checkpoint)
         variants, engines = _variants(cfg, built)
-        for size in cfg.sizes:  # every budget at every size, before any work
+        image = load_image(m.image) if m.image else demo_image()
+        points = _points(cfg, built, image)
+        for size, point in points.items():  # every budget at every size, before any work
             for spec, mode in variants.values():
-                check_k_fits(engines[mode].run(spec), size, budget_of(spec, k))
+                if point is None:
+                    check_k_fits(engines[mode].run(spec), size, budget_of(spec, k))
+                else:
+                    point.check(engines[mode].run(spec), budget_of(spec, k, cfg.tiles))
+        sizes = list(points)
         batches = cfg.batches or (m.batch,)
         done = {(int(b), int(r), c) for b, r, c in res.done(SWEEP_TABLE)}
-        meta = res.write_meta(run_meta(built, sizes=list(cfg.sizes), batches=list(batches),
+        meta = res.write_meta(run_meta(built, sizes=sizes, batches=list(batches),
                                        pipelines=list(cfg.pipelines), compile=m.compile, k_rule=k_note,
+                                       **({"image_input": {s: p.describe() for s, p in points.items()}}
+                                          if cfg.longest_edges else {}),
                                        **measure_meta(built, m)))
-        todo = [(b, s, [c for c in variants if (b, s, c) not in done]) for b in batches for s in cfg.sizes]
+        todo = [(b, s, [c for c in variants if (b, s, c) not in done]) for b in batches for s in sizes]
         todo = [(b, s, cs) for b, s, cs in todo if cs]
         if not todo:
             res.finished(f"every (batch, size, pipeline) asked for ({len(batches)} x {len(cfg.sizes)} x {len(variants)})")
         if progress:
             total = sum(steps_per_resolution(len(cs), m.reps, m.warmup, m.count_flops) for _, _, cs in todo)
             progress(f"{len(todo)} (batch, resolution) pair(s) to measure", -total)  # negative: announce the total
-        image = load_image(m.image) if m.image else demo_image()
         started, unstable, stopping, flop_memo = timing_clock(), [], {}, {}
         for index, (batch, size, todo_cases) in enumerate(todo):
-            cases = [Case(c, engines[variants[c][1]].run(variants[c][0]), budget_of(variants[c][0], k),
-                          variants[c][1]) for c in todo_cases]
-            rows, pairs = measure_cases(cases, [image] * batch, [m.question] * batch, size, m.reps, m.warmup,
+            point = points[size]
+            cases = [Case(c, engines[variants[c][1]].run(variants[c][0]),
+                          budget_of(variants[c][0], k, cfg.tiles), variants[c][1]) for c in todo_cases]
+            rows, pairs = measure_cases(cases, [image] * batch, [m.question] * batch,
+                                        size if point is None else point.splitting.tile, m.reps, m.warmup,
                                         m.decode_tokens, m.count_flops, progress,
-                                        timing_deadline(m, len(todo), index, started), flop_memo)
+                                        timing_deadline(m, len(todo), index, started),
+                                        flop_memo.setdefault(size, {}),  # a view's size repeats across edges
+                                        splitting=None if point is None else point.splitting)
+            if point is not None:
+                point.describe_rows(built.adapter, cases, rows, pairs)
             base = {"model": m.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
                     "device": meta["device"], "dtype": dtype_name(built.dtype), "batch": batch,
                     "decode_tokens": m.decode_tokens}
@@ -111,9 +134,66 @@ def _variants(cfg: SweepConfig, built) -> tuple[dict, dict]:
     return variants, engines
 
 
-def budget_of(spec, k: int | None) -> int | None:
-    """The sweep's budget for one spec: k for every selector, None for the paths that keep every token."""
-    return None if spec.selector.keeps_all else k
+def budget_of(spec, k: int | None, tiles: int | None = None) -> int | None:
+    """The sweep's budget for one spec: k for every selector, `tiles` (T) for a tile selector, None for the
+    paths that keep every token and for global-only."""
+    if spec.selector.keeps_all or spec.selector.keeps_no_tiles:
+        return None
+    return tiles if spec.at_tiles else k
+
+
+@dataclass
+class EdgePoint:
+    """One size of a --longest-edge sweep: the model's processor settings at that longest edge and the views
+    it makes of the sweep's image (`views`: tiles + the global view)."""
+
+    splitting: Splitting
+    views: int
+
+    def describe(self) -> str:
+        return f"{self.splitting.describe()}: {self.views} views"
+
+    def check(self, run, budget: int | None) -> None:
+        """Raises QGSAError for a selector that cannot take split images, a tile budget above the image's tiles
+        at this edge (or an image not split there), or an in-LM budget above its visual tokens."""
+        check_views(run.spec)
+        tiles, edge = self.views - 1, self.splitting.longest_edge
+        if run.spec.at_tiles and budget is not None:
+            if not tiles:
+                raise QGSAError(f"at --longest-edge {edge} the image is one view (no tiles) and {run.label} chooses "
+                                f"among tiles: drop {edge} from --longest-edge, or the tile selector")
+            if budget > tiles:
+                raise QGSAError(f"--tiles {budget} is above the {tiles} tiles of the image at --longest-edge {edge} "
+                                f"({run.label}): use --tiles 1 .. {tiles}, or drop {edge}")
+        elif budget is not None:
+            n = self.views * run.adapter.n_dense_tokens(self.splitting.tile)
+            if budget > n:
+                raise QGSAError(f"k={budget} is above the {n} visual tokens at --longest-edge {edge} for {run.label}:"
+                                f" use a smaller --k or larger edges")
+
+    def describe_rows(self, adapter, cases, rows: list[dict], pairs: list[dict]) -> None:
+        """Rows (and comparison pairs) keyed by the longest edge; patches and the seed's 1 - k/N over all views
+        (none for tile selectors, whose budget is in tiles)."""
+        edge = self.splitting.longest_edge
+        n_patches = self.views * adapter.n_patches(self.splitting.tile)
+        for case, row in zip(cases, rows):
+            row.update(resolution=edge, longest_edge=edge, views=self.views, image_input=self.describe(),
+                       n_patches=n_patches)
+            row.update(paper_metrics(case.run.spec, n_patches, None if case.run.spec.at_tiles else row["k"]))
+        for pair in pairs:
+            pair["resolution"] = edge
+
+
+def _points(cfg: SweepConfig, built, image) -> dict:
+    """size -> None (one square view of that many px) or, with --longest-edge, its EdgePoint. Raises
+    QGSAError for a model without tiles or an edge the processor cannot use."""
+    if not cfg.longest_edges:
+        return {size: None for size in cfg.sizes}
+    points = {}
+    for edge in cfg.longest_edges:
+        splitting = built.adapter.splitting(True, edge)
+        points[edge] = EdgePoint(splitting, built.adapter.views([image], splitting).counts[0])
+    return points
 
 
 def check_k_fits(run, resolution: int, k: int | None) -> None:

@@ -42,6 +42,15 @@ PEER_NOTE = (
     "(grouped-query K/V, norms, the head on the last position).")
 
 
+def size_cell(row) -> str:
+    """A sweep row's size: one square view of R px, or (sweep-resolution --longest-edge) the longest edge the
+    model's processor resized the image to and the views it made."""
+    views = row.get("views")
+    if views is None or views != views:  # absent or NaN: a square view
+        return f"{int(row['resolution'])}px"
+    return f"{int(row['resolution'])}px edge, {int(views)} view{'s' if int(views) > 1 else ''}"
+
+
 def table4_markdown(frame, meta: dict | None) -> str:
     frame = with_dense_comparison(frame)
     if "batch" not in frame:
@@ -55,7 +64,7 @@ def table4_markdown(frame, meta: dict | None) -> str:
          "measured speedup vs dense [95 % CI]", "images/s", "generated tokens/s", "paper FLOPs↓ (1−k/N)",
          "paper speedup (N/k)", "end-to-end GFLOPs", "measured end-to-end FLOPs↓ vs dense",
          "LM visual-attention FLOPs↓ vs dense"],
-        ([int(r["batch"]), f"{int(r['resolution'])}px", r["_case"], int(r["n_patches"]),
+        ([int(r["batch"]), size_cell(r), r["_case"], int(r["n_patches"]),
           fmt(r["n_visual_tokens"], ".0f"),
           f"{fmt(r['latency_ms_median'])} [{fmt(r.get('latency_ms_p10'))}–{fmt(r.get('latency_ms_p90'))}]",
           speedup_cell(r, notes), fmt(r.get("throughput_images_per_s"), ".2f"), fmt(r.get("throughput_tokens_per_s"), ".1f"),
@@ -69,7 +78,7 @@ def table4_markdown(frame, meta: dict | None) -> str:
             ["Batch", "Resolution", "Pipeline", "prompt tokens n", "visual tokens entering the LM",
              "visual tokens, mean over LM layers", "FastV formula, prefill GFLOPs (2ndm FFN)",
              "3-matrix FFN formula (3ndm)", "counted prefill GFLOPs (fvcore)"],
-            ([int(r["batch"]), f"{int(r['resolution'])}px", r["_case"], fmt(r.get("prompt_tokens"), ".0f"),
+            ([int(r["batch"]), size_cell(r), r["_case"], fmt(r.get("prompt_tokens"), ".0f"),
               fmt(r["n_visual_tokens"], ".1f"), fmt(r.get("visual_tokens_layer_avg"), ".1f"),
               fmt(r["formula_fastv_prefill"] / 1e9, ".3f"), fmt(r["formula_ffn3_prefill"] / 1e9, ".3f"),
               fmt(r.get("flops_prefill", float("nan")) / 1e9, ".3f")] for _, r in frame.iterrows()))
