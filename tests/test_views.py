@@ -339,16 +339,19 @@ def test_sweep_resolution_over_longest_edges_is_the_tiled_table4(tmp_path):
     assert "tiles of 64 px after resizing the longest edge to 128 px" in rows.image_input[(128, "dense")]
     assert "| 192px edge, 10 views |" in (out / "table4.md").read_text()
     t_out = tmp_path / "tiles"
-    result = CliRunner().invoke(app, [*args, "--longest-edge", "128", "192", "--pipelines", "dense,qgsa-tiles",
+    result = CliRunner().invoke(app, [*args, "--longest-edge", "64", "128", "192", "--pipelines", "dense,qgsa-tiles",
                                       "--tiles", "2", "--out", str(t_out)])
     assert result.exit_code == 0, result.output
     tiled = pd.read_csv(t_out / "sweep.csv").set_index(["longest_edge", "pipeline"])
+    assert list(tiled.index) == [(64, "dense"), (128, "dense"), (128, "qgsa-tiles"), (192, "dense"),
+                                 (192, "qgsa-tiles")]  # one view at 64 px: no tile to choose, no row
+    again = CliRunner().invoke(app, [*args, "--longest-edge", "64", "128", "192", "--pipelines", "dense,qgsa-tiles",
+                                     "--tiles", "2", "--out", str(t_out)])
+    assert again.exit_code == 0 and "already holds" in again.output, again.output
     assert tiled.n_visual_tokens.xs("qgsa-tiles", level=1).tolist() == [48, 48]  # the global view + 2 tiles
     assert tiled.flops_vision[(192, "qgsa-tiles")] == 3 * vision[(64, "dense")]
     for extra, words in [
         (["--longest-edge", "100"], "--longest-edge 100 is not a positive multiple of the tile size 64"),
-        (["--longest-edge", "64", "128", "--pipelines", "dense,qgsa-tiles", "--tiles", "1"],
-         "at --longest-edge 64 the image is one view (no tiles) and qgsa-tiles chooses among tiles"),
         (["--longest-edge", "128", "--pipelines", "dense,qgsa-tiles", "--tiles", "5"],
          "--tiles 5 is above the 4 tiles of the image at --longest-edge 128"),
         (["--longest-edge", "128", "--pipelines", "dense,qgsa-tiles"], "give its budget with --tiles T"),

@@ -7,7 +7,8 @@ same settings skips the rows already written.
 With --longest-edge (the tiled analogue, issue 19) each size is the longest edge the model's own processor
 resizes the image to before splitting it into tiles + a global view (models/views.py; a square image at 512,
 1024, 1536, 2048 px: 1, 5, 10, 17 views of SmolVLM's 512-px tiles); the rows' `resolution` is that longest
-edge, `views` the views encoded by dense and `n_patches` the patches of all views.
+edge, `views` the views encoded by dense and `n_patches` the patches of all views. A selector choosing T tiles
+has no row where the image is one view (nothing to choose there); a T above the tiles at an edge is an error.
 """
 
 from __future__ import annotations
@@ -88,7 +89,8 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
                                        **({"image_input": {s: p.describe() for s, p in points.items()}}
                                           if cfg.longest_edges else {}),
                                        **measure_meta(built, m)))
-        todo = [(b, s, [c for c in variants if (b, s, c) not in done]) for b in batches for s in sizes]
+        todo = [(b, s, [c for c in variants if (b, s, c) not in done and applies(points[s], variants[c][0])])
+                for b in batches for s in sizes]
         todo = [(b, s, cs) for b, s, cs in todo if cs]
         if not todo:
             res.finished(f"every (batch, size, pipeline) asked for ({len(batches)} x {len(cfg.sizes)} x {len(variants)})")
@@ -158,10 +160,7 @@ class EdgePoint:
         at this edge (or an image not split there), or an in-LM budget above its visual tokens."""
         check_views(run.spec)
         tiles, edge = self.views - 1, self.splitting.longest_edge
-        if run.spec.at_tiles and budget is not None:
-            if not tiles:
-                raise QGSAError(f"at --longest-edge {edge} the image is one view (no tiles) and {run.label} chooses "
-                                f"among tiles: drop {edge} from --longest-edge, or the tile selector")
+        if run.spec.at_tiles and budget is not None and tiles:  # no tiles at all: not measured there (applies)
             if budget > tiles:
                 raise QGSAError(f"--tiles {budget} is above the {tiles} tiles of the image at --longest-edge {edge} "
                                 f"({run.label}): use --tiles 1 .. {tiles}, or drop {edge}")
@@ -182,6 +181,12 @@ class EdgePoint:
             row.update(paper_metrics(case.run.spec, n_patches, None if case.run.spec.at_tiles else row["k"]))
         for pair in pairs:
             pair["resolution"] = edge
+
+
+def applies(point: EdgePoint | None, spec) -> bool:
+    """Whether a case is measured at a size: a selector choosing T tiles is not where the image is one view (no
+    tile to choose; its row would repeat dense's), every other case everywhere."""
+    return point is None or point.views > 1 or not spec.at_tiles or spec.selector.keeps_no_tiles
 
 
 def _points(cfg: SweepConfig, built, image) -> dict:
