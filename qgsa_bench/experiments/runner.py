@@ -117,7 +117,7 @@ def case_labels(names: list[str]) -> list[str]:
 def measure_cases(cases: list[Case], images: list, questions: list[str], resolution: int, reps: int | str,
                   warmup: int, decode_tokens: int, flops: bool = True, progress: Progress | None = None,
                   deadline: float | None = None, flop_memo: dict | None = None,
-                  splitting=None) -> tuple[list[dict], list[dict]]:
+                  splitting=None, where: str | None = None) -> tuple[list[dict], list[dict]]:
     """(one row per case: FLOPs by stage, latency statistics by stage, tokens, k, peak memory, speedup vs
     the first dense case with its interval; one row per pair of cases: their latency ratio and interval).
 
@@ -127,8 +127,10 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
     `deadline`.
     `flop_memo`: FLOPs already counted (see `stage_flops`), shared across calls by the caller. `splitting`
     (models.views.Splitting): every case runs on the images as the model's processor splits them (the same
-    views for all), not on one square view of `resolution` px."""
+    views for all), not on one square view of `resolution` px. `where`: how progress names the size (default
+    "{resolution}px")."""
     adapter = cases[0].run.adapter
+    where = where or f"{resolution}px"
     pixels, rows = {}, []
     for case in cases:
         if case.k is None and case.run.spec.point.kind == "input":  # downsampling at f_comp's budget
@@ -143,10 +145,10 @@ def measure_cases(cases: list[Case], images: list, questions: list[str], resolut
                                    {} if flop_memo is None else flop_memo))
         rows.append(row)
         if progress:
-            progress(f"{resolution}px: FLOPs {case.label}", 1)
+            progress(f"{where}: FLOPs {case.label}", 1)
     case_pixels = [pixels[row["effective_resolution"]] for row in rows]
     rounds = _timing_rounds(cases, case_pixels, questions, reps, warmup, decode_tokens, deadline,
-                            lambda text, steps: progress(f"{resolution}px: {text}", steps) if progress else None)
+                            lambda text, steps: progress(f"{where}: {text}", steps) if progress else None)
     reference = next((i for i, c in enumerate(cases) if c.run.spec.is_dense), None)
     for i, row in enumerate(rows):
         row.update(_case_statistics(cases[i], rounds, i, len(questions), decode_tokens))

@@ -107,7 +107,8 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
                                         m.decode_tokens, m.count_flops, progress,
                                         timing_deadline(m, len(todo), index, started),
                                         flop_memo.setdefault(size, {}),  # a view's size repeats across edges
-                                        splitting=None if point is None else point.splitting)
+                                        splitting=None if point is None else point.splitting,
+                                        where=None if point is None else f"edge {size}px, {point.views} views")
             if point is not None:
                 point.describe_rows(built.adapter, cases, rows, pairs)
             base = {"model": m.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
