@@ -270,9 +270,11 @@ class TrainConfig:
     save_every: int = 50
     mixed_precision: str = "no"  # no | bf16 | fp16: the losses under accelerate's autocast (GPUs only; ddp.py)
     cache_features: bool = False
-    # Where the scorer sits: "post-vision" (the paper) or "vision:L" (inside the encoder: the selected units
-    # go on through the encoder's remaining layers; the `qgsa-vision@vision:L` pipeline).
+    # Where the scorer sits: "post-vision" (the paper), "vision:L" (inside the encoder: the selected units
+    # go on through the encoder's remaining layers; the `qgsa-vision@vision:L` pipeline) or "tiles" (before the
+    # encoder on the model's own split views: qgsa-tiles at --fixed-k T tiles).
     insert: str = "post-vision"
+    longest_edge: int | None = None  # --insert tiles: the processor's longest edge (None: the model's own)
     device: str = "auto"
     dtype: str = "fp32"  # the module trains in the base's dtype (bf16 on a GPU would train it in bf16)
     seed: int = 0
@@ -293,11 +295,16 @@ class TrainConfig:
             from qgsa_bench.selectors.base import parse_point
 
             point = parse_point(self.insert)
-            if point.kind != "vision":
-                raise QGSAError(f"--insert takes post-vision or vision:L, got '{self.insert}'")
+            if point.kind not in ("vision", "tiles"):
+                raise QGSAError(f"--insert takes post-vision, vision:L or tiles, got '{self.insert}'")
             if self.lambda_attr or self.budget_target:
                 raise QGSAError("--lambda-attr, --attr-budget and --suff-budget score patches after the encoder: "
                                 "use them with --insert post-vision")
+            if point.kind != "tiles" and self.longest_edge is not None:
+                raise QGSAError("--longest-edge splits the images into tiles: it goes with --insert tiles")
+            if point.kind == "tiles" and self.fixed_k is None:
+                raise QGSAError("--insert tiles trains qgsa-tiles at a budget in tiles: give --fixed-k T (f_comp "
+                                "predicts visual tokens, not tiles)")
         if self.fixed_k is not None and self.fixed_k < 1:
             raise QGSAError(f"--fixed-k must be at least 1, got {self.fixed_k}")
         if self.soft_mask_space not in SOFT_MASK_SPACES:

@@ -220,7 +220,58 @@ def test_qgsa_inside_the_encoder_gets_gradient_and_keeps_the_base_frozen(tmp_pat
 
 
 def test_insert_point_is_checked():
-    with pytest.raises(QGSAError, match="--insert takes post-vision or vision:L"):
+    with pytest.raises(QGSAError, match="--insert takes post-vision, vision:L or tiles"):
         TrainConfig(insert="lm:2")
+    with pytest.raises(QGSAError, match="give --fixed-k T"):
+        TrainConfig(insert="tiles")
+    with pytest.raises(QGSAError, match="it goes with --insert tiles"):
+        TrainConfig(insert="vision:2", longest_edge=128)
     with pytest.raises(QGSAError, match="use them with --insert post-vision"):
         TrainConfig(insert="vision:2", lambda_attr=1.0)
+
+
+def test_qgsa_tiles_trains_by_gumbel_over_tiles_and_keeps_the_base_frozen(tmp_path):
+    """--insert tiles --fixed-k 2: the scorer chooses 2 of the 4 tiles of each image (tiny's 64-px tiles at
+    longest edge 128) from the global view; L_cs (against 2 random tiles) reaches the scorer through the chosen
+    tiles' straight-through weights, L_align through their features; only the global view and the chosen tiles
+    are encoded; the base is never changed; the checkpoint then runs as qgsa-tiles (and, reading the same final
+    features, as qgsa at post-vision)."""
+    cfg = TrainConfig(model="tiny", dataset="shapes", limit=8, batch=8, epochs=3, lr=1e-2, warmup_steps=1,
+                      device="cpu", weights="random", out=str(tmp_path / "t"), soft_mask_space="logits", fixed_k=2,
+                      entropy_coef=0.0, tau_start=0.5, tau_end=0.5, insert="tiles", longest_edge=128,
+                      lambda_attr=0.0)
+    from qgsa_bench.experiments.train import _trainer
+
+    data = load_dataset("shapes", None, "train", 8)
+    trainer = _trainer(cfg, data)  # with L_align's noun encoder (the LM's embeddings) and spaCy
+    built = trainer.built
+    base = {k: v.clone() for k, v in built.loaded.model.state_dict().items()}
+    x = trainer.inputs(data.samples)
+    assert x.V is None and x.views.counts == [5] * 8  # 2 x 2 tiles + the global view each
+    encoded = []
+    real = built.adapter.patch_features
+    built.adapter.patch_features = lambda px: encoded.append(px.shape[0]) or real(px)
+    built.module.train()
+    terms = trainer.losses(x, tau=0.5)
+    assert encoded == [8, 16, 8, 16]  # global views, 2 chosen tiles each; the same for the random baseline
+    built.adapter.patch_features = real
+    for name in ("l_cs", "l_align"):
+        grads = torch.autograd.grad(terms[name], list(built.module.scorer.parameters()), retain_graph=True,
+                                    allow_unused=True)
+        assert any(g is not None and g.abs().sum() > 0 for g in grads), name
+    assert terms["_k"].tolist() == [2.0] * 8
+    built.module.eval()
+    scorer = [p.clone() for p in built.module.scorer.parameters()]
+    for _ in range(2):
+        trainer.train_step()
+    assert any(not torch.equal(p, q) for p, q in zip(scorer, built.module.scorer.parameters()))
+    assert all(torch.equal(base[k], v) for k, v in built.loaded.model.state_dict().items())
+    trainer.save(tmp_path / "t.pt")
+    ask = ["ask", "-m", "tiny", "-i", "examples/shapes.png", "-q", "what color?", "--checkpoint", str(tmp_path / "t.pt"),
+           "--max-new-tokens", "1", "--weights", "random"]
+    result = runner.invoke(app, [*ask, "-p", "qgsa-tiles", "--k", "2", "--image-splitting", "--longest-edge", "128"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*ask, "-p", "qgsa"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*ask, "-p", "qgsa-vision@vision:1"])
+    assert result.exit_code == 2 and "trained at tiles (qgsa train --insert tiles)" in result.stderr

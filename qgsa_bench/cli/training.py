@@ -10,7 +10,8 @@ import typer
 
 from qgsa_bench import QGSAError
 from qgsa_bench.cli.app import command, console, key_value_table, text_or_none, warn
-from qgsa_bench.cli.options import DataDir, Device, Dtype, Limit, Model, Overwrite, Resolution, Seed, SkipBad, Weights
+from qgsa_bench.cli.options import (DataDir, Device, Dtype, Limit, LongestEdge, Model, Overwrite, Resolution, Seed,
+                                    SkipBad, Weights)
 from qgsa_bench.cli.progress import run_and_show
 
 
@@ -41,10 +42,10 @@ def train(
     lambda_answer: float = typer.Option(1.0, help="Not in the paper (0 there): weight of L_answer = "
                                                   "-log P(a | V_sparse, q)."),
     lambda_attr: Optional[float] = typer.Option(
-        None, show_default="1.0; 0 with --insert vision:L",
+        None, show_default="1.0; 0 with --insert vision:L or tiles",
         help="Not in the paper (0 there): weight of L_attr (scores follow the frozen base's own per-patch "
              "attribution of the answer, see README). It scores patches after the encoder: not with --insert "
-             "vision:L."),
+             "vision:L or tiles."),
     attr_budget: float = typer.Option(0.0, help="Not in the paper: f_comp's k follows the number of patches holding "
                                                 "this share of the attribution (L_budget; 0: off; f_comp then "
                                                 "learns from this target alone)."),
@@ -68,8 +69,11 @@ def train(
     projection: str = typer.Option("connector", help="Selected patches -> LM: connector (the model's own) or w_vis "
                                                      "(the paper's; an LM trained on its connector ignores W_vis "
                                                      "tokens, README)."),
-    insert: str = typer.Option("post-vision", help="Where the scorer sits: post-vision (the paper) or vision:L "
-                               "(inside the encoder after layer L; evaluate with --pipelines qgsa-vision@vision:L)."),
+    insert: str = typer.Option("post-vision", help="Where the scorer sits: post-vision (the paper), vision:L "
+                               "(inside the encoder after layer L; evaluate with --pipelines qgsa-vision@vision:L) or "
+                               "tiles (before the encoder, choosing --fixed-k T tiles of the model's own split views; "
+                               "evaluate with qgsa-tiles)."),
+    longest_edge: LongestEdge = None,
     fill: str = typer.Option("zero", help="With --projection connector: unselected patches are zero or a learned vector."),
     resolution: Resolution = None,
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in all."),
@@ -105,7 +109,8 @@ def train(
         attr_budget=attr_budget, suff_budget=suff_budget,
         no_cs=no_cs or selection_only, no_align=no_align or selection_only, fixed_k=fixed_k,
         align_encoder=align_encoder, clip_checkpoint=text_or_none(clip_checkpoint), spacy_model=spacy_model,
-        soft_mask_space=soft_mask_space, projection=projection, fill=fill, insert=insert, resolution=resolution,
+        soft_mask_space=soft_mask_space, projection=projection, fill=fill, insert=insert, longest_edge=longest_edge,
+        resolution=resolution,
         max_steps=max_steps, save_every=save_every, cache_features=cache_features, device=device, dtype=dtype,
         mixed_precision=mixed_precision,
         seed=seed, out=str(out), overwrite=overwrite)

@@ -9,7 +9,9 @@ changed. One step (per batch of B questions):
   L_sparse, L_entropy, L_kvar, L_qlen as in Algorithm 1
 AdamW, linear warm-up then cosine decay, gradient-norm clipping. Checkpoints (QGSA tensors, config,
 optimiser, scheduler, step, RNG states) are written atomically every `save_every` steps and at the
-end; `resume` continues from the last one with the same next-step losses. Under a launch of several processes
+end; `resume` continues from the last one with the same next-step losses. With --insert tiles the scorer
+chooses T tiles of the model's own split views before the encoder (qgsa-tiles; L_cs against T random tiles,
+L_align on the chosen tiles' features, the chosen tiles' visual tokens weighted by the straight-through mask). Under a launch of several processes
 the steps are data-parallel (experiments/ddp.py: --batch per process, global batch W x --batch); the main
 process alone writes the log and the checkpoints, and a checkpoint resumes under any number of processes
 that gives the same global batch.
@@ -38,7 +40,9 @@ from qgsa_bench.qgsa import losses
 from qgsa_bench.qgsa.checkpoint import load_checkpoint, save_checkpoint
 from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.results import run_meta
+from qgsa_bench.models.views import Views
 from qgsa_bench.run.post_vision import Visual
+from qgsa_bench.run.tiles import encode_views
 from qgsa_bench.run.vision import Encoded, vision_from, vision_until
 from qgsa_bench.selectors.selection import gather_patches
 
@@ -66,12 +70,13 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 @dataclass
 class StepInputs:
-    V: torch.Tensor  # (B, N, d_v) frozen patch features
+    V: torch.Tensor | None  # (B, N, d_v) frozen patch features (None at --insert tiles: `views`)
     q: torch.Tensor  # (B, d_q)
     lengths: torch.Tensor  # (B,) question lengths in tokens
     questions: list[str]
     answers: list[str]
     ids: list[str]
+    views: Views | None = None  # --insert tiles: the images as the model's processor splits them
 
 
 class Trainer:
@@ -81,10 +86,13 @@ class Trainer:
         self.global_batch = cfg.batch * (parallel.world.size if parallel else 1)
         self.adapter, self.module = built.adapter, built.module
         self.encoder, self.nouns = encoder, nouns
-        # the runs trained and compared (L_cs): after the encoder (the paper) or inside it (qgsa-vision@vision:L)
-        self.inside = cfg.insert != "post-vision"
-        self.run = built.run(f"qgsa-vision@{cfg.insert}" if self.inside else "qgsa")
-        self.random_run = built.run(f"random@{cfg.insert}" if self.inside else "random")
+        # the runs trained and compared (L_cs): after the encoder (the paper), inside it (qgsa-vision@vision:L),
+        # or before it choosing tiles (qgsa-tiles against random-tiles, on the model's own views)
+        self.tiles = built.adapter.splitting(True, cfg.longest_edge) if cfg.insert == "tiles" else None
+        self.inside = cfg.insert not in ("post-vision", "tiles")
+        names = (("qgsa-tiles", "random-tiles") if self.tiles else (f"qgsa-vision@{cfg.insert}", f"random@{cfg.insert}")
+                 if self.inside else ("qgsa", "random"))
+        self.run, self.random_run = built.run(names[0]), built.run(names[1])
         self.resolution = self.run.resolution(cfg.resolution or self.adapter.image_size)
         self.generator = built.engine.generator  # Gumbel noise and random subsets, saved in checkpoints
         self._features: dict[str, torch.Tensor] = {}
@@ -118,7 +126,10 @@ class Trainer:
     @torch.no_grad()
     def inputs(self, batch) -> StepInputs:
         a = self.adapter
-        if self.cfg.cache_features:  # the base is frozen, so features never change: compute once
+        if self.tiles is not None:  # each step encodes the global views and the chosen tiles (run/tiles.py)
+            batch, images = self.data.open_images(batch)
+            V, views = None, a.views(images, self.tiles) if batch else None
+        elif self.cfg.cache_features:  # the base is frozen, so features never change: compute once
             missing, images = self.data.open_images([s for s in batch if s.id not in self._features])
             if missing:
                 V = self.features(a.pixel_values(images, self.resolution))
@@ -134,7 +145,8 @@ class Trainer:
         questions = [s.question for s in batch]
         lengths = torch.tensor(a.question_lengths(questions), device=a.device)
         return StepInputs(V, a.question_embedding(questions), lengths, questions,
-                          [main_answer(s.answers) for s in batch], [s.id for s in batch])
+                          [main_answer(s.answers) for s in batch], [s.id for s in batch],
+                          views if self.tiles is not None else None)
 
     @staticmethod
     def _per_question(cache: dict, x: StepInputs, compute) -> torch.Tensor:
@@ -163,6 +175,14 @@ class Trainer:
         """(visual tokens, random-baseline function k -> its visual tokens, features of the scored items,
         their count), through the run's own select stage (and, inside the encoder, its remaining layers)."""
         cfg = self.cfg
+        if self.tiles is not None:  # tiles chosen by Gumbel straight-through, their tokens weighted by the mask
+            enc = encode_views(self.run, x.views, x.q, cfg.fixed_k, tau)
+            visual = self.run.select(enc, x.q)
+
+            def random_tiles(k):
+                return self.random_run.select(encode_views(self.random_run, x.views, x.q, k), x.q)
+
+            return visual, random_tiles, enc.unit_features, enc.n_units
         if not self.inside:
             enc = Encoded(V=x.V)
             visual = self.run.select(enc, x.q, k=cfg.fixed_k, tau=tau, budget_grad=not cfg.budget_target)

@@ -156,14 +156,17 @@ class Run:
 
     def _check_checkpoint_point(self) -> None:
         """A QGSA checkpoint scores the features of the insertion point it was trained at (`qgsa train
-        --insert`): a selector of the module at another point would read other features. Raises QGSAError."""
+        --insert`): a selector of the module at another point would read other features. `tiles` and
+        `post-vision` read the same features (the encoder's final patch features; at `tiles` the global view's),
+        so a checkpoint of either serves both. Raises QGSAError."""
         trained = getattr(self.module, "trained_at", None)
         sel = self.spec.selector
         if not trained or not sel.uses_module or sel.keeps_all:
             return
         here = "post-vision" if self.spec.patches else str(self.spec.point)
-        if here != trained:
-            use = "qgsa" if trained == "post-vision" else f"qgsa-vision@{trained}"
+        final = ("post-vision", "tiles")
+        if here != trained and not (here in final and trained in final):
+            use = {"post-vision": "qgsa", "tiles": "qgsa-tiles"}.get(trained, f"qgsa-vision@{trained}")
             raise QGSAError(f"the QGSA checkpoint was trained at {trained} (qgsa train --insert {trained}) and "
                             f"{self.label} selects at {here}: its scores would read other features; use "
                             f"--pipelines {use} with it, or another --checkpoint")

@@ -62,16 +62,20 @@ def tile_state(run, views: Views, V_global: torch.Tensor, q) -> SelectState:
     return state
 
 
-def choose_tiles(run, views: Views, V_global: torch.Tensor, q, k) -> Selection:
-    """The tile selector's choice: a Selection over each sample's tiles (indices row-major). Raises QGSAError
-    for a budget outside 1..the image's tiles."""
+def choose_tiles(run, views: Views, V_global: torch.Tensor, q, k, tau: float | None = None
+                 ) -> tuple[Selection, SelectState]:
+    """The tile selector's choice: (a Selection over each sample's tiles (indices row-major), the state it chose
+    from: per tile features (B, n_max, d_v)). `tau`: a trainable selector in training mode (Gumbel temperature,
+    `qgsa train --insert tiles`). Raises QGSAError for a budget outside 1..the image's tiles."""
     sel = run.spec.selector
     state = tile_state(run, views, V_global, q)
+    if tau is not None:
+        state.cache["tau"] = tau
     B = V_global.shape[0]
     if sel.keeps_no_tiles:
         if k is not None:
             raise QGSAError(f"{run.label} keeps no tile (the global view alone) and takes no budget: drop --k")
-        return sel.select(state, torch.zeros(B, dtype=torch.long, device=V_global.device))
+        return sel.select(state, torch.zeros(B, dtype=torch.long, device=V_global.device)), state
     if k is None:
         raise QGSAError(f"{run.label} needs a budget in tiles (--k T, --tiles T): f_comp predicts visual tokens, "
                         f"not tiles")
@@ -83,13 +87,14 @@ def choose_tiles(run, views: Views, V_global: torch.Tensor, q, k) -> Selection:
     k = run.budget(k, q, int(n_tiles.min()), B, V_global.device, where, "tiles")
     selection = sel.select(state, k)
     check_budget(selection.k, n_tiles, where, "tiles")
-    return selection
+    return selection, state
 
 
-def encode_views(run, views: Views, q, k):
+def encode_views(run, views: Views, q, k, tau: float | None = None):
     """The vision stage on Views: every view encoded, or at `tiles` the global views, the selector's choice,
     then the chosen tiles. -> Encoded with V (M', N_v, d_v) for the encoded views, sample by sample in prompt
-    order, and `shown` (per sample, the encoded views' indices among its views)."""
+    order, `shown` (per sample, the encoded views' indices among its views) and at `tiles` the selection with
+    the tiles' features (`unit_features` (B, n_max, d_v), `n_units` = n_max). `tau`: see choose_tiles."""
     from qgsa_bench.run.vision import Encoded
 
     a, B = run.adapter, views.batch
@@ -98,7 +103,7 @@ def encode_views(run, views: Views, q, k):
                        shown=[list(range(n)) for n in views.counts])
     glob = [views.first[b] + views.counts[b] - 1 for b in range(B)]
     V_global = a.patch_features(views.pixel_values[glob])  # (B, N_v, d_v)
-    selection = choose_tiles(run, views, V_global, q, k)
+    selection, state = choose_tiles(run, views, V_global, q, k, tau)
     chosen = [sorted(selection.indices[b][selection.valid[b]].tolist()) for b in range(B)]
     rows = [views.first[b] + t for b in range(B) for t in chosen[b]]
     V_tiles = a.patch_features(views.pixel_values[rows]) if rows else None  # only the chosen tiles are encoded
@@ -109,7 +114,8 @@ def encode_views(run, views: Views, q, k):
             i += len(chosen[b])
         parts.append(V_global[b: b + 1])
     shown = [chosen[b] + [views.counts[b] - 1] for b in range(B)]
-    return Encoded(V=torch.cat(parts), views=views, shown=shown, selection=selection)
+    return Encoded(V=torch.cat(parts), views=views, shown=shown, selection=selection,
+                   unit_features=state.features, n_units=state.features.shape[1])
 
 
 def view_tokens(run, enc):
@@ -122,6 +128,8 @@ def view_tokens(run, enc):
     n_max = max(counts) * n_v
     tokens = per_view.new_zeros(views.batch, n_max, per_view.shape[2])
     valid = torch.zeros(views.batch, n_max, dtype=torch.bool, device=per_view.device)
+    if enc.selection is not None and enc.selection.weights is not None:  # training a tile selector
+        per_view = per_view * _tile_weights(enc)[:, None, None]
     layouts, start = [], 0
     for b, shown in enumerate(enc.shown):
         n = len(shown) * n_v
@@ -131,3 +139,15 @@ def view_tokens(run, enc):
         markers = views.markers(b)
         layouts.append(image_prompt([markers[i] for i in shown], [n_v] * len(shown), views.grids[b]))
     return tokens, valid, layouts
+
+
+def _tile_weights(enc) -> torch.Tensor:
+    """(M',) each encoded view's weight: a chosen tile's straight-through mask value (training a tile selector:
+    1.0 forward, the soft mask's gradient backward; qgsa.gumbel.gumbel_selection), the global view's 1."""
+    shown, sel = enc.shown, enc.selection
+    ones = torch.ones(sum(map(len, shown)), device=enc.V.device, dtype=enc.V.dtype)
+    parts = []
+    for b, views in enumerate(shown):
+        by_tile = dict(zip(sel.indices[b][sel.valid[b]].tolist(), sel.weights[b][sel.valid[b]]))
+        parts += [by_tile[t] if t in by_tile else ones[0] for t in views[:-1]] + [ones[0]]  # the global view: 1
+    return torch.stack(parts).to(enc.V.dtype)

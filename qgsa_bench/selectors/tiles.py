@@ -11,6 +11,8 @@ qgsa-tiles    QGSA's scorer (the seed paper, Eq. 1) with the question over the g
               score is the mean of the scores of the patches inside it; top-T (budget T, or f_comp(q)'s k up
               to the image's tiles when none is given). The seed paper scores patches after the encoder; scoring
               the global view to choose tiles before encoding them is this project's placement (issue 19).
+              Trained with `qgsa train --insert tiles --fixed-k T` (the paper's Gumbel straight-through over
+              tiles: each chosen tile's visual tokens carry its mask weight into the LM).
 """
 
 from __future__ import annotations
@@ -54,6 +56,21 @@ class QGSATiles(Selector):
     points = ("tiles",)
     question_guided = True
     uses_module = True
+
+    def select(self, state: SelectState, k: torch.Tensor) -> Selection:
+        """Top-T tiles by `scores`; with the module in training mode and a temperature in `state.cache["tau"]`
+        (`qgsa train --insert tiles`), the seed paper's Gumbel straight-through selection (Eq. 3-4) over the
+        tiles at the fixed budget T, so that the answer's loss reaches the scorer through the tiles' weights."""
+        tau = state.cache.get("tau")
+        if tau is None or not state.module.training:
+            return super().select(state, k)
+        from qgsa_bench.qgsa.gumbel import gumbel_selection
+
+        cfg = state.module.config
+        scores = self.scores(state).masked_fill(~state.valid, -1e4)  # a missing tile: never drawn
+        k = torch.as_tensor(k, dtype=torch.long, device=scores.device).expand(scores.shape[0])
+        return gumbel_selection(scores, k, k.to(scores.dtype), tau, cfg.tau_sig_min, cfg.soft_mask_space,
+                                state.generator)
 
     def scores(self, state: SelectState) -> torch.Tensor:
         """(B, n) each tile's mean patch score s_i = scorer(q, v_i) over the global view's patches inside it."""
