@@ -67,18 +67,22 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def tasks(tmp_path_factory):
-    """A folder of two lmms-eval tasks (generation, multiple choice) over the first N shapes test questions, the
-    questions `qgsa eval --dataset shapes --limit N` answers, written as a parquet file."""
+def write_tasks(folder):
+    """`folder` made a folder of two lmms-eval tasks (generation, multiple choice) over the first N shapes test
+    questions, the questions `qgsa eval --dataset shapes --limit N` answers, written as a parquet file."""
     from qgsa_bench.data import shapes
 
-    folder = tmp_path_factory.mktemp("lmms-tasks")
+    folder.mkdir(parents=True, exist_ok=True)
     data = shapes.write_parquet(shapes.generate(N // 2, split="test")[:N], folder, "test")
     (folder / "utils.py").write_text(UTILS)
     (folder / "shapes_qa.yaml").write_text(QA + COMMON.format(data=data))
     (folder / "shapes_mc.yaml").write_text(MC + COMMON.format(data=data))
     return folder
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    return write_tasks(tmp_path_factory.mktemp("lmms-tasks"))
 
 
 @pytest.fixture(autouse=True)
