@@ -251,3 +251,46 @@ def test_lmms_eval_own_cli_under_torchrun(lmms_alone, tmp_path):
         assert results[task][f"{metric},none"] == sum(scores.values()) / 7  # lmms.csv rounds to 6 digits
         samples = [json.loads(line) for line in next((tmp_path / "own").glob(f"*/*_samples_{task}.jsonl")).open()]
         assert {s["doc_id"]: s[metric] for s in samples} == scores  # every document, scored as one process did
+
+
+# ---- one process's work under a launch: count-flops and ask on the main process only, base-train refused ------
+ONE_PROCESS = [["count-flops", "--model", "tiny", "--pipelines", "dense,fastv", "--budgets", 4, "--decode-tokens", 2],
+               ["ask", "--model", "tiny", "--question", "what color is the circle?", "--max-new-tokens", 2,
+                "--device", "cpu"]]
+
+
+def test_one_process_commands_on_a_launch_s_other_process(tmp_path, image_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    runner, out = CliRunner(), tmp_path / "out"
+    count, ask = ONE_PROCESS
+    for args in ([*count, "--out", out / "count"], [*ask, "--image", image_path, "--out", out / "ask.json"]):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")  # stops at once, says nothing
+    base = ["base-train", "--steps", 1, "--vision-steps", 0, "--out", out / "base"]
+    assert (runner.invoke(app, [str(a) for a in base]).exit_code, out.exists()) == (2, False)
+    monkeypatch.setenv("RANK", "0")
+    refused = runner.invoke(app, [str(a) for a in base])
+    assert refused.exit_code == 2 and refused.stderr.strip().splitlines() == [
+        "error: base-train runs in one process (it trains the small shapes base on one device; `qgsa train` is "
+        "data-parallel), and this launch started 2: run it without accelerate launch or torchrun"]
+    assert not out.exists()
+
+
+def test_count_flops_and_ask_run_once_under_a_launch(tmp_path, image_path):
+    count, ask = ONE_PROCESS
+    assert one(*count, "--out", tmp_path / "one").returncode == 0
+    two = launch(2, *count, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    said = [line for line in two.stderr.splitlines() if line.startswith("warning:")]
+    assert said == ["warning: count-flops is one process's work (the same result in any number): process 0 of this "
+                    "launch's 2 runs it, the others stop at once"]
+    assert table(tmp_path / "two" / "flops.csv").equals(table(tmp_path / "one" / "flops.csv"))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["one", "two"]
+    asked = launch(2, *ask, "--image", image_path)
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    assert asked.stdout.count("qgsa ask: dense") == 1

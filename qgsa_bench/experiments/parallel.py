@@ -217,8 +217,29 @@ def timing_alone(command: str, per_process: bool) -> int | None:
     return launched_rank()
 
 
-__all__ = ["World", "WorldLost", "everywhere", "in_rounds", "is_main_process", "join_world", "joined", "launched_rank", "launched_size",
-           "per_process_folder", "shared_outcome", "timing_alone", "timeout_s"]
+def main_only(command: str, warn=None) -> bool:
+    """Whether this process runs `command`, deterministic work of one process (count-flops counts, ask answers one
+    question): True without a launch and on the main process of a launch, which says once through `warn` that it
+    alone runs it; False on the launch's other processes, which then stop at once (status 0), never joining a
+    process group. Raises QGSAError for a bad launcher environment."""
+    size = launched_size()
+    if size > 1 and is_main_process() and warn is not None:
+        warn(f"{command} is one process's work (the same result in any number): process 0 of this launch's {size} "
+             f"runs it, the others stop at once")
+    return size == 1 or is_main_process()
+
+
+def one_process(command: str, why: str) -> None:
+    """Raises QGSAError under a launch of several processes, saying `why` `command` runs in one process."""
+    size = launched_size()
+    if size > 1:
+        raise QGSAError(f"{command} runs in one process ({why}), and this launch started {size}: run it without "
+                        f"accelerate launch or torchrun")
+
+
+__all__ = ["World", "WorldLost", "everywhere", "in_rounds", "is_main_process", "join_world", "joined", "launched_rank",
+           "launched_size", "main_only", "one_process", "per_process_folder", "shared_outcome", "timing_alone",
+           "timeout_s"]
 
 
 def in_rounds(world: World, batches: list, work, data):
