@@ -2,8 +2,10 @@
 
 A launcher sets WORLD_SIZE, RANK and LOCAL_RANK in every process's environment; a command started without one
 is a world of one process and never imports accelerate. `join_world()` (eval, grounding, sweep-budget's
-accuracy, train) starts the process group through accelerate's `PartialState` (gloo on CPUs, NCCL on GPUs,
-each process on the GPU of its LOCAL_RANK) with a timeout on every collective.
+accuracy, train, lmms-eval) starts the process group through accelerate's `PartialState` (gloo on CPUs, NCCL on
+GPUs, each process on the GPU of its LOCAL_RANK) with a timeout on every collective. One process's work
+(count-flops, ask) runs on the main process alone (`main_only`); base-train refuses a launch (`one_process`);
+timing commands refuse it unless --per-process (`timing_alone`).
 
 Shards (`World.mine`): the samples left to do are cut into batches of `--batch` exactly as one process cuts
 them, and batch j goes to process j mod W (strided by batch). Every batch is thus the batch a one-process run
