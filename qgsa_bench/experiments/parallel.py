@@ -157,8 +157,8 @@ def join_world(device: str = "auto") -> World:
         if state.num_processes == 1 and not torch.cuda.is_available():  # started before us, e.g. lmms-eval's CLI
             raise QGSAError(f"WORLD_SIZE={size} but accelerate was started for one process before qgsa-bench "
                             f"joined (torch sees no GPU, and accelerate then spreads over CPU processes only "
-                            f"when told): set ACCELERATE_USE_CPU=1, e.g. ACCELERATE_USE_CPU=1 torchrun "
-                            f"--nproc_per_node {size} -m lmms_eval --model qgsa ...")
+                            f"when told): set ACCELERATE_USE_CPU=1 for the launch, e.g. ACCELERATE_USE_CPU=1 "
+                            f"torchrun --nproc_per_node {size} -m lmms_eval --model qgsa ...")
         raise QGSAError(f"WORLD_SIZE={size} but the process group holds {state.num_processes} processes: start the "
                         f"command with accelerate launch or torchrun")
     _JOINED = World(state.num_processes, state.process_index, str(state.backend))
