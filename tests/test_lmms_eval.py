@@ -67,18 +67,22 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
-@pytest.fixture(scope="module")
-def tasks(tmp_path_factory):
-    """A folder of two lmms-eval tasks (generation, multiple choice) over the first N shapes test questions, the
-    questions `qgsa eval --dataset shapes --limit N` answers, written as a parquet file."""
+def write_tasks(folder):
+    """`folder` made a folder of two lmms-eval tasks (generation, multiple choice) over the first N shapes test
+    questions, the questions `qgsa eval --dataset shapes --limit N` answers, written as a parquet file."""
     from qgsa_bench.data import shapes
 
-    folder = tmp_path_factory.mktemp("lmms-tasks")
+    folder.mkdir(parents=True, exist_ok=True)
     data = shapes.write_parquet(shapes.generate(N // 2, split="test")[:N], folder, "test")
     (folder / "utils.py").write_text(UTILS)
     (folder / "shapes_qa.yaml").write_text(QA + COMMON.format(data=data))
     (folder / "shapes_mc.yaml").write_text(MC + COMMON.format(data=data))
     return folder
+
+
+@pytest.fixture(scope="module")
+def tasks(tmp_path_factory):
+    return write_tasks(tmp_path_factory.mktemp("lmms-tasks"))
 
 
 @pytest.fixture(autouse=True)
@@ -193,3 +197,18 @@ def test_model_arguments_it_cannot_parse(values, message):
     with pytest.raises(QGSAError, match=message.replace("(", r"\(").replace(")", r"\)")):
         parse_model_args(values)
     assert parse_model_args({"k": "8", "count_flops": "false", "max_batch_size": None}).k == 8
+
+
+def test_padding_copies_are_not_answered():
+    """Under a launch lmms-eval pads a process's requests with copies marked __padding_only__ (their answers are
+    thrown away): the model answers only the real requests, and answers nothing when all are copies."""
+    from types import SimpleNamespace
+
+    from qgsa_bench.integrations.lmms_model import answered
+
+    real, copy = SimpleNamespace(metadata={"task": "t", "doc_id": 0}), SimpleNamespace(metadata={"__padding_only__": True})
+    asked = []
+    out = answered([real, copy, real], "", lambda requests: asked.append(len(requests)) or ["a", "b"])
+    assert out == ["a", "", "b"] and asked == [2]
+    assert answered([copy, copy], (0.0, False), lambda requests: asked.append(requests)) == [(0.0, False)] * 2
+    assert asked == [2]

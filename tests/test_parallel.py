@@ -33,14 +33,14 @@ def one(*args, **env) -> subprocess.CompletedProcess:
                           env=_env(**env), timeout=300)
 
 
-def launch(n: int, *args, script=None, **env) -> subprocess.CompletedProcess:
-    """`qgsa ARGS` in `n` processes started by torchrun (gloo on the CPU)."""
-    target = [str(script)] if script else ["-m", "qgsa_bench.cli"]
+def launch(n: int, *args, script=None, module="qgsa_bench.cli", **env) -> subprocess.CompletedProcess:
+    """`qgsa ARGS` (or `python -m MODULE ARGS`) in `n` processes started by torchrun (gloo on the CPU)."""
+    target = [str(script)] if script else ["-m", module]
     return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
                            *target, *map(str, args)], capture_output=True, text=True, env=_env(**env), timeout=300)
 
 
-def accelerate_launch(n: int, *args) -> subprocess.CompletedProcess:
+def accelerate_launch(n: int, *args, **env) -> subprocess.CompletedProcess:
     """`qgsa ARGS` in `n` CPU processes started by accelerate launch: --multi_gpu starts them through torch's
     launcher (accelerate 1.x's --cpu starts one process unless MPI is configured); without a GPU they join over
     gloo."""
@@ -50,7 +50,7 @@ def accelerate_launch(n: int, *args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
                            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                            "--main_process_port", str(port), "-m", "qgsa_bench.cli", *map(str, args)],
-                          capture_output=True, text=True, env=_env(), timeout=300)
+                          capture_output=True, text=True, env=_env(**env), timeout=300)
 
 
 def errors(result) -> list[str]:
@@ -196,3 +196,101 @@ def test_train_two_processes_take_the_one_process_step(tmp_path):
     for column in ("loss", "l_cs", "l_answer", "l_attr", "k_mean"):
         assert logs[1][column][0] == pytest.approx(logs[0][column][0], rel=1e-6)
     assert not (tmp_path / "two" / "rank-1").exists()
+
+
+# ---- lmms-eval under a launch: lmms-eval shards the documents and gathers the scores itself ----------------------
+LMMS = ["lmms-eval", "--model", BASE, "--device", "cpu", "--tasks", "shapes_qa,shapes_mc", "--pipelines",
+        "dense,fastv@lm:2", "--k", 8, "--batch", 2, "--max-new-tokens", 10]
+
+
+@pytest.fixture(scope="module")
+def lmms_alone(tmp_path_factory):
+    """(the local tasks' folder, the datasets cache, `qgsa lmms-eval` in one process on 7 of their 8 documents)."""
+    pytest.importorskip("lmms_eval", reason="lmms-eval is not installed (pip install 'qgsa-bench[lmms]')")
+    from test_lmms_eval import write_tasks
+
+    root = tmp_path_factory.mktemp("lmms-launch")
+    tasks, cache = write_tasks(root / "tasks"), str(root / "datasets-cache")
+    alone = one(*LMMS, "--include-path", tasks, "--out", root / "one", "--", "--limit", 7, HF_DATASETS_CACHE=cache)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    return tasks, cache, root / "one"
+
+
+def test_lmms_eval_two_processes_equal_one(lmms_alone, tmp_path):
+    tasks, cache, alone = lmms_alone
+    # 7 documents on 2 processes: lmms-eval deals 4 and 3, and pads process 1 with a copy it never answers
+    two = accelerate_launch(2, *LMMS, "--include-path", tasks, "--out", tmp_path / "two", "--", "--limit", 7,
+                            HF_DATASETS_CACHE=cache)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two"]  # one folder, written by the main process
+    assert table(tmp_path / "two" / "lmms.csv").equals(table(alone / "lmms.csv"))  # scores, tokens, FLOPs
+    for name in ("samples_dense.jsonl", "samples_fastv_lm_2.jsonl"):
+        assert (tmp_path / "two" / name).read_text() == (alone / name).read_text()  # in document order
+    rows = pd.read_csv(alone / "lmms.csv")
+    assert set(rows.n) == {7} and rows.flops_total.notna().all()
+    meta = json.loads((tmp_path / "two" / "meta.json").read_text())
+    assert meta["world"]["processes"] == 2 and meta["world"]["backend"] == "gloo"
+    assert "d mod processes" in meta["world"]["shards"] and errors(two) == []
+
+
+def test_lmms_eval_own_cli_under_torchrun(lmms_alone, tmp_path):
+    """lmms-eval's own CLI builds the qgsa model, which joins the process group lmms-eval's Accelerator started
+    (on CPUs only when told: ACCELERATE_USE_CPU=1); the scores and answers are the one-process run's."""
+    tasks, cache, alone = lmms_alone
+    args = ["--model", "qgsa", "--model_args", f"model={BASE},device=cpu,pipeline=fastv@lm:2,k=8,max_new_tokens=10",
+            "--tasks", "shapes_qa,shapes_mc", "--include_path", tasks, "--limit", 7, "--batch_size", 2,
+            "--log_samples", "--output_path", tmp_path / "own"]
+    two = launch(2, *args, module="lmms_eval", HF_DATASETS_CACHE=cache, ACCELERATE_USE_CPU="1")
+    assert two.returncode == 0, two.stderr[-3000:]
+    said = two.stdout + two.stderr  # process 0 post-processes its 4 documents of 7 (process 1 shows no bar)
+    assert "Postprocessing: 100%" in said and "| 4/4 [" in said and "| 7/7 [" not in said
+    results = json.loads(next((tmp_path / "own").glob("*/*_results.json")).read_text())["results"]
+    ours = [json.loads(line) for line in (alone / "samples_fastv_lm_2.jsonl").read_text().splitlines()]
+    for task, metric in (("shapes_qa", "exact_match"), ("shapes_mc", "acc")):
+        scores = {s["doc_id"]: s[metric] for s in ours if s["task"] == task}
+        assert results[task][f"{metric},none"] == sum(scores.values()) / 7  # lmms.csv rounds to 6 digits
+        samples = [json.loads(line) for line in next((tmp_path / "own").glob(f"*/*_samples_{task}.jsonl")).open()]
+        assert {s["doc_id"]: s[metric] for s in samples} == scores  # every document, scored as one process did
+
+
+# ---- one process's work under a launch: count-flops and ask on the main process only, base-train refused ------
+ONE_PROCESS = [["count-flops", "--model", "tiny", "--pipelines", "dense,fastv", "--budgets", 4, "--decode-tokens", 2],
+               ["ask", "--model", "tiny", "--question", "what color is the circle?", "--max-new-tokens", 2,
+                "--device", "cpu"]]
+
+
+def test_one_process_commands_on_a_launch_s_other_process(tmp_path, image_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    runner, out = CliRunner(), tmp_path / "out"
+    count, ask = ONE_PROCESS
+    for args in ([*count, "--out", out / "count"], [*ask, "--image", image_path, "--out", out / "ask.json"]):
+        result = runner.invoke(app, [str(a) for a in args])
+        assert (result.exit_code, result.stdout, result.stderr) == (0, "", "")  # stops at once, says nothing
+    base = ["base-train", "--steps", 1, "--vision-steps", 0, "--out", out / "base"]
+    assert (runner.invoke(app, [str(a) for a in base]).exit_code, out.exists()) == (2, False)
+    monkeypatch.setenv("RANK", "0")
+    refused = runner.invoke(app, [str(a) for a in base])
+    assert refused.exit_code == 2 and refused.stderr.strip().splitlines() == [
+        "error: base-train runs in one process (it trains the small shapes base on one device; `qgsa train` is "
+        "data-parallel), and this launch started 2: run it without accelerate launch or torchrun"]
+    assert not out.exists()
+
+
+def test_count_flops_and_ask_run_once_under_a_launch(tmp_path, image_path):
+    count, ask = ONE_PROCESS
+    assert one(*count, "--out", tmp_path / "one").returncode == 0
+    two = launch(2, *count, "--out", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    said = [line for line in two.stderr.splitlines() if line.startswith("warning:")]
+    assert said == ["warning: count-flops is one process's work (the same result in any number): process 0 of this "
+                    "launch's 2 runs it, the others stop at once"]
+    assert table(tmp_path / "two" / "flops.csv").equals(table(tmp_path / "one" / "flops.csv"))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["one", "two"]
+    asked = launch(2, *ask, "--image", image_path)
+    assert asked.returncode == 0, asked.stderr[-3000:]
+    assert asked.stdout.count("qgsa ask: dense") == 1

@@ -109,7 +109,10 @@ def ask(
     global-only, with --k tiles)."""
     from qgsa_bench.config import AskConfig
     from qgsa_bench.experiments.ask import ask as run_ask
+    from qgsa_bench.experiments.parallel import main_only
 
+    if not main_only("ask", warn):  # one question: answered (and timed) once, by the main process
+        return
     cfg = AskConfig(image=str(image), question=question, model=model, pipeline=pipeline, weights=weights,
                     checkpoint=text_or_none(checkpoint), resolution=resolution, k=k, max_new_tokens=max_new_tokens,
                     device=device, dtype=dtype, seed=seed, image_splitting=image_splitting, longest_edge=longest_edge)

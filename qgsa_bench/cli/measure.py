@@ -166,7 +166,10 @@ def count_flops_command(
     Cross-checks: a published vision-tower count and the analytic LM prefill."""
     from qgsa_bench.experiments.count import CountConfig, run_count
     from qgsa_bench.experiments.count_views import run_count_views
+    from qgsa_bench.experiments.parallel import main_only
 
+    if not main_only("count-flops", warn):  # counting gives the same numbers in one process as in many
+        return
     cfg = CountConfig(model=model, resolution=resolution, pipelines=pipeline_list(pipelines),
                       budgets=ints("--budgets", budgets), batch=batch, decode_tokens=decode_tokens, by_depth=by_depth,
                       budget_unit=budget_unit, out=str(out), overwrite=overwrite,

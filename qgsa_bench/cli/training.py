@@ -153,7 +153,9 @@ def base_train(
 ):
     """Train a small Idefics3 (every weight) on the shapes set so QGSA has a base model that can answer."""
     from qgsa_bench.experiments.basetrain import BaseTrainConfig, run_base_train
+    from qgsa_bench.experiments.parallel import one_process
 
+    one_process("base-train", "it trains the small shapes base on one device; `qgsa train` is data-parallel")
     if dataset != "shapes":  # BaseTrainConfig (basetrain.py) has no data set: it generates shapes
         raise QGSAError(f"base-train supports --dataset shapes only (got '{dataset}'): it needs unlimited labelled data")
     cfg = BaseTrainConfig(out=str(out), steps=steps, batch=batch, questions_per_image=questions_per_image, lr=lr,

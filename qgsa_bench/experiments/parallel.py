@@ -2,8 +2,10 @@
 
 A launcher sets WORLD_SIZE, RANK and LOCAL_RANK in every process's environment; a command started without one
 is a world of one process and never imports accelerate. `join_world()` (eval, grounding, sweep-budget's
-accuracy, train) starts the process group through accelerate's `PartialState` (gloo on CPUs, NCCL on GPUs,
-each process on the GPU of its LOCAL_RANK) with a timeout on every collective.
+accuracy, train, lmms-eval) starts the process group through accelerate's `PartialState` (gloo on CPUs, NCCL on
+GPUs, each process on the GPU of its LOCAL_RANK) with a timeout on every collective. One process's work
+(count-flops, ask) runs on the main process alone (`main_only`); base-train refuses a launch (`one_process`);
+timing commands refuse it unless --per-process (`timing_alone`).
 
 Shards (`World.mine`): the samples left to do are cut into batches of `--batch` exactly as one process cuts
 them, and batch j goes to process j mod W (strided by batch). Every batch is thus the batch a one-process run
@@ -152,6 +154,11 @@ def join_world(device: str = "auto") -> World:
            or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes"))
     state = PartialState(cpu=cpu, timeout=timedelta(seconds=timeout_s()))
     if state.num_processes != size:
+        if state.num_processes == 1 and not torch.cuda.is_available():  # started before us, e.g. lmms-eval's CLI
+            raise QGSAError(f"WORLD_SIZE={size} but accelerate was started for one process before qgsa-bench "
+                            f"joined (torch sees no GPU, and accelerate then spreads over CPU processes only "
+                            f"when told): set ACCELERATE_USE_CPU=1 for the launch, e.g. ACCELERATE_USE_CPU=1 "
+                            f"torchrun --nproc_per_node {size} -m lmms_eval --model qgsa ...")
         raise QGSAError(f"WORLD_SIZE={size} but the process group holds {state.num_processes} processes: start the "
                         f"command with accelerate launch or torchrun")
     _JOINED = World(state.num_processes, state.process_index, str(state.backend))
@@ -212,8 +219,29 @@ def timing_alone(command: str, per_process: bool) -> int | None:
     return launched_rank()
 
 
-__all__ = ["World", "WorldLost", "everywhere", "in_rounds", "is_main_process", "join_world", "joined", "launched_rank", "launched_size",
-           "per_process_folder", "shared_outcome", "timing_alone", "timeout_s"]
+def main_only(command: str, warn=None) -> bool:
+    """Whether this process runs `command`, deterministic work of one process (count-flops counts, ask answers one
+    question): True without a launch and on the main process of a launch, which says once through `warn` that it
+    alone runs it; False on the launch's other processes, which then stop at once (status 0), never joining a
+    process group. Raises QGSAError for a bad launcher environment."""
+    size = launched_size()
+    if size > 1 and is_main_process() and warn is not None:
+        warn(f"{command} is one process's work (the same result in any number): process 0 of this launch's {size} "
+             f"runs it, the others stop at once")
+    return size == 1 or is_main_process()
+
+
+def one_process(command: str, why: str) -> None:
+    """Raises QGSAError under a launch of several processes, saying `why` `command` runs in one process."""
+    size = launched_size()
+    if size > 1:
+        raise QGSAError(f"{command} runs in one process ({why}), and this launch started {size}: run it without "
+                        f"accelerate launch or torchrun")
+
+
+__all__ = ["World", "WorldLost", "everywhere", "in_rounds", "is_main_process", "join_world", "joined", "launched_rank",
+           "launched_size", "main_only", "one_process", "per_process_folder", "shared_outcome", "timing_alone",
+           "timeout_s"]
 
 
 def in_rounds(world: World, batches: list, work, data):

@@ -9,6 +9,14 @@
     meta.json               lmms-eval's version, the tasks and their versions, the settings, the weights
 Every check (lmms-eval installed, the options after `--`, the tasks, the pipelines against the model) runs
 before any answer; a refused run leaves no results folder behind (driver.Results).
+
+Under a launch of several processes (accelerate launch / torchrun ... -m qgsa_bench.cli lmms-eval) every
+process joins the launch (parallel.join_world) and lmms-eval shards the documents and gathers the scores itself
+(lmms_model.py); the processes' per-sample logs (visual tokens, FLOPs) are gathered to every process, and only
+the main process writes the folder (driver.Results): one lmms.csv, samples in document order, one meta.json
+naming the world. With --batch 1 every answer is the one-process run's; with a larger --batch a process's
+batches hold other documents than one process's (d, d + W, ...), so answers equal the one-process run's only
+as far as the model's batched answers equal its solo answers.
 """
 
 from __future__ import annotations
@@ -26,6 +34,8 @@ LMMS_COLUMNS = ["model", "weights", "qgsa_weights", "lmms_eval", "task", "task_v
                 "visual_tokens_to_lm_mean", *(f"flops_{s}" for s in FLOP_STAGES), "flops_total",
                 "flops_share_of_dense", "note"]
 LMMS_TABLE = Table("lmms.csv", tuple(LMMS_COLUMNS), ("pipeline", "task", "metric", "filter"))
+LMMS_SHARDS = ("lmms-eval's own: document d of a task on process d mod processes (its padding copies not answered); "
+               "samples and metrics gathered to process 0")
 RANDOM_NOTE = "RANDOM weights: scores are meaningless"
 # lmms-eval options that `qgsa lmms-eval` gives itself, and those of lmms-eval's CLI around simple_evaluate
 OURS = {"model": "--model/--pipelines/--k/--share", "model_args": "--model/--pipelines/--k/--share/--checkpoint",
@@ -138,10 +148,14 @@ def resolve_tasks(tasks: tuple[str, ...], include_path: str | None):
 def run_lmms(cfg: LMMSConfig, progress=None, warn=None) -> Path:
     """Every pipeline of `cfg` through lmms-eval's evaluator on `cfg.tasks`; the results folder. Raises QGSAError
     (before any answer) for lmms-eval missing, a bad option after `--`, an unknown task, or a pipeline the model
-    cannot run at the budget; resumes a folder whose earlier run finished some pipelines."""
+    cannot run at the budget; resumes a folder whose earlier run finished some pipelines. Data-parallel under a
+    launch of several processes (module docstring): parallel.WorldLost when another process stopped."""
+    from qgsa_bench.experiments.parallel import everywhere, join_world
+
     version = lmms_eval_version()
     options, cli_args = lmms_options(cfg.lmms_args)
     manager, tasks = resolve_tasks(cfg.tasks, cfg.include_path)
+    world = join_world(cfg.args.device)
     with Results(cfg.out, "lmms-eval", cfg.settings(), cfg.overwrite) as res:
         done = {key[0] for key in res.done(LMMS_TABLE)}
         if all(spec.text in done for spec in cfg.specs):
@@ -151,9 +165,13 @@ def run_lmms(cfg: LMMSConfig, progress=None, warn=None) -> Path:
 
         a = cfg.args
         built = build(a.model, a.weights, a.device, a.dtype, a.checkpoint, a.seed, warn=warn)
-        bridges = [Bridge(built, cfg.model_args(spec.text), spec) for spec in cfg.specs]  # every check first
+        try:  # every check first; the same facts on every process: the main process says it
+            bridges = [Bridge(built, cfg.model_args(spec.text), spec) for spec in cfg.specs]
+        except QGSAError as err:
+            raise everywhere(world, err) from None
         meta = res.write_meta(run_meta(built, lmms_eval=version, lmms_eval_workaround=filelock_workaround(),
                                        tasks=tasks, lmms_options=options,
+                                       world={**world.meta(), "shards": LMMS_SHARDS},
                                        decoding=DECODING, flop_convention=FLOP_NOTE,
                                        note=RANDOM_NOTE if built.loaded.weights == "random" else "pretrained weights"))
         if progress:
@@ -163,9 +181,10 @@ def run_lmms(cfg: LMMSConfig, progress=None, warn=None) -> Path:
                 if progress:
                     progress(f"{bridge.label}: done before", 1)
                 continue
-            results = evaluate(bridge, manager, tasks, cfg.args.batch_size, options, cli_args)
+            results = evaluate(bridge, manager, tasks, cfg.args.batch_size, options, cli_args, world.size)
+            gather_logs(world, bridge)
             write_pipeline(res, bridge, results, meta)
-            meta = res.write_meta({**meta, **task_meta(results, meta)})
+            meta = res.write_meta({**meta, **task_meta(results or {}, meta)})  # the main process's
             if progress:
                 progress(f"{bridge.label}: answered", 1)
         res.replace(LMMS_TABLE, with_dense_share(res.rows(LMMS_TABLE)))
@@ -180,16 +199,20 @@ FLOP_NOTE = ("fvcore, one multiply-add = one FLOP, per sample as it ran (alone: 
              "means over a task's samples")
 
 
-def evaluate(bridge: Bridge, manager, tasks: list[str], batch: int, options: dict, cli_args) -> dict:
+def evaluate(bridge: Bridge, manager, tasks: list[str], batch: int, options: dict, cli_args,
+             processes: int = 1) -> dict | None:
     """lmms-eval's simple_evaluate with this bridge as the model (samples logged; lmms-eval's defaults where no
-    option says otherwise, bootstrap_iters included); its results dict."""
+    option says otherwise, bootstrap_iters included); its results dict (None on a process other than the main one
+    of a launch). Several processes: lmms-eval's collectives go through torch.distributed's group, which
+    join_world started (its `torchrun` backend, as lmms-eval's own CLI picks once a group exists)."""
     from lmms_eval.evaluator import simple_evaluate
 
     from qgsa_bench.integrations.lmms_model import QGSALMM
 
+    backend = {"distributed_executor_backend": "torchrun"} if processes > 1 else {}
     try:
         return simple_evaluate(model=QGSALMM.around(bridge), tasks=tasks, task_manager=manager, batch_size=batch,
-                               log_samples=True, cli_args=cli_args, **options)
+                               log_samples=True, cli_args=cli_args, **backend, **options)
     except Exception as err:  # a task's data set that cannot be reached (offline, no cache) is one line
         unreachable = _unreachable(err)
         if unreachable:
@@ -220,19 +243,29 @@ def samples_file(label: str) -> str:
     return "samples_" + "".join(c if c.isalnum() or c in "-_." else "_" for c in label) + ".jsonl"
 
 
-def write_pipeline(res: Results, bridge: Bridge, results: dict, meta: dict) -> None:
-    """One pipeline's files: the per-sample log (lmms-eval's fields + `task` + `qgsa`), lmms-eval's results and the
-    rows of lmms.csv (written last: a pipeline with rows is finished)."""
+def gather_logs(world, bridge: Bridge) -> None:
+    """Every process's per-sample logs in `bridge.logs` (a launch's processes answer disjoint documents)."""
+    if world.size > 1:
+        bridge.logs = {key: log for part in world.all_gather(bridge.logs) for key, log in part.items()}
+
+
+def write_pipeline(res: Results, bridge: Bridge, results: dict | None, meta: dict) -> None:
+    """One pipeline's files: the per-sample log (lmms-eval's fields + `task` + `qgsa`, in document order), lmms-eval's
+    results and the rows of lmms.csv (written last: a pipeline with rows is finished). Every process of a launch
+    calls it; the main process's `results` (the others' are None) are written (driver.Results)."""
     name = samples_file(bridge.label)
-    res.path(name).unlink(missing_ok=True)  # an interrupted earlier attempt of this pipeline
-    records = [{"task": task, **sample, "qgsa": bridge.logs.get((task, sample["doc_id"]))}
-               for task, samples in (results.get("samples") or {}).items() for sample in samples]
-    res.append_records(name, records)
-    kept = {key: value for key, value in results.items() if key != "samples"}
     results_name = name.replace("samples_", "lmms_results_").replace(".jsonl", ".json")
-    res.path(results_name).write_text(json.dumps(kept, indent=1, default=str) + "\n")
-    res.claim(results_name)
-    res.append(LMMS_TABLE, table_rows(bridge, results, meta))
+    records = kept = rows = None
+    if results is not None:
+        records = [{"task": task, **sample, "qgsa": bridge.logs.get((task, sample["doc_id"]))}
+                   for task, samples in (results.get("samples") or {}).items()
+                   for sample in sorted(samples, key=lambda s: s["doc_id"])]  # a launch gathers them rank by rank
+        kept = {key: value for key, value in results.items() if key != "samples"}
+        rows = table_rows(bridge, results, meta)
+    # written whole: replaces an interrupted earlier attempt of this pipeline
+    res.write_text(name, "".join(json.dumps(r, default=str) + "\n" for r in records) if records is not None else "")
+    res.write_text(results_name, json.dumps(kept, indent=1, default=str) + "\n")
+    res.append(LMMS_TABLE, rows or [])
 
 
 def task_meta(results: dict, meta: dict) -> dict:
