@@ -125,3 +125,18 @@ def test_base_train_refuses_a_tiled_preset_without_a_frozen_encoder(tmp_path):
     assert result.exit_code == 2 and "pass --init DIR --freeze-vision" in result.output, result.output
     result = invoke("base-train", "--dataset", "vqa-rad", "--out", tmp_path / "t", "--steps", 1)
     assert result.exit_code == 2 and "shapes or shapes-hires" in result.output, result.output
+
+
+def test_qgsa_tiles_takes_a_post_vision_checkpoint_and_refuses_one_from_inside_the_encoder():
+    """qgsa-tiles' scorer reads the global view's patch features after the encoder: what a post-vision module
+    was trained on. A module trained inside the encoder (vision:2) scores other features: refused."""
+    from qgsa_bench import QGSAError
+    from qgsa_bench.build import build
+
+    base, ckpt = ROOT / "results" / "shapes" / "base-model", ROOT / "results" / "shapes" / "checkpoints"
+    built = build(str(base), weights="pretrained", device="cpu", dtype="fp32", checkpoint=str(ckpt / "qgsa-attr.pt"))
+    assert built.engine.run("qgsa-tiles").module.trained_at == "post-vision"
+    inside = build(str(base), weights="pretrained", device="cpu", dtype="fp32",
+                   checkpoint=str(ckpt / "qgsa-vision2.pt"))
+    with pytest.raises(QGSAError, match="trained at vision:2 .* qgsa-tiles selects at tiles"):
+        inside.engine.run("qgsa-tiles")

@@ -162,7 +162,7 @@ class Run:
         if not trained or not sel.uses_module or sel.keeps_all:
             return
         here = "post-vision" if self.spec.patches else str(self.spec.point)
-        if here != trained:
+        if here != trained and trained not in sel.checkpoint_points:
             use = "qgsa" if trained == "post-vision" else f"qgsa-vision@{trained}"
             raise QGSAError(f"the QGSA checkpoint was trained at {trained} (qgsa train --insert {trained}) and "
                             f"{self.label} selects at {here}: its scores would read other features; use "

@@ -98,6 +98,9 @@ class Selector:
     keeps_all = False
     uses_module = False
     keeps_no_tiles = False  # at `tiles`: keeps no tile and takes no budget (global-only)
+    # the other insertion points whose QGSA checkpoints score the very features this selector's module reads
+    # (qgsa-tiles: the global view's patch features after the encoder, what a post-vision module learned on)
+    checkpoint_points: tuple[str, ...] = ()
 
     def default_point(self, vision_depth: int, lm_depth: int) -> Point:
         return Point(self.points[0])

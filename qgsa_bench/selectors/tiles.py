@@ -11,6 +11,8 @@ qgsa-tiles    QGSA's scorer (the seed paper, Eq. 1) with the question over the g
               score is the mean of the scores of the patches inside it; top-T (budget T, or f_comp(q)'s k up
               to the image's tiles when none is given). The seed paper scores patches after the encoder; scoring
               the global view to choose tiles before encoding them is this project's placement (issue 19).
+              Its scorer reads the global view's patch features after the encoder, the features a module
+              trained at post-vision scores, so a post-vision checkpoint serves it as it is.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class QGSATiles(Selector):
     points = ("tiles",)
     question_guided = True
     uses_module = True
+    checkpoint_points = ("post-vision",)
 
     def scores(self, state: SelectState) -> torch.Tensor:
         """(B, n) each tile's mean patch score s_i = scorer(q, v_i) over the global view's patches inside it."""
