@@ -140,3 +140,25 @@ def test_qgsa_tiles_takes_a_post_vision_checkpoint_and_refuses_one_from_inside_t
                    checkpoint=str(ckpt / "qgsa-vision2.pt"))
     with pytest.raises(QGSAError, match="trained at vision:2 .* qgsa-tiles selects at tiles"):
         inside.engine.run("qgsa-tiles")
+
+
+@torch.no_grad()
+def test_the_flops_of_qgsa_tiles_hold_its_scorer_over_the_global_view(tiny):
+    """The chosen tiles leave the traced graph as Python indices: the count still holds the scorer (Eq. 1 over
+    the global view's patches), exactly what fvcore counts for the scorer alone; random-tiles adds nothing."""
+    from qgsa_bench.efficiency.flops import count_flops
+    from qgsa_bench.run.observers import FlopCounter
+
+    splitting = tiny.adapter.splitting(True, 128)
+    views = tiny.adapter.views([shapes.hires(1)[0].image], splitting)
+    question = ["what color is the circle?"]
+
+    def vision(name):
+        counter = FlopCounter(tiny.engine, [tiny.loaded.model, tiny.module])
+        tiny.engine.run(name).execute(views, question, k=1, observer=counter)
+        return counter.counts["vision"].total
+
+    q = tiny.adapter.question_embedding(question)
+    V = tiny.adapter.patch_features(views.pixel_values[-1:])  # the global view (1, N_v, d_v)
+    scorer = count_flops(tiny.module.scorer, q, V, modules=[tiny.module]).total
+    assert scorer > 0 and vision("qgsa-tiles") == vision("random-tiles") + scorer
