@@ -57,6 +57,8 @@ def test_eval_on_split_images_equals_each_samples_own_answer(tmp_path, tiny):
                     "--limit", 6, *SPLIT, "--pipelines", ",".join(PIPELINES), "--k", 2, "--batch", 3,
                     "--max-new-tokens", 3, "--out", out)
     assert result.exit_code == 0, result.output
+    warning = next(line for line in result.output.splitlines() if line.startswith("warning:"))
+    assert "qgsa-tiles reads the QGSA module" in warning  # global-only takes no budget: no f_comp, no module
     records = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
     assert len(records) == 6 * len(PIPELINES)
     samples = {s.id: s for s in shapes.hires(3, seed=0)}
