@@ -145,8 +145,18 @@ class EvalConfig:
     fcomp_checkpoint: str | None = None  # the QGSA checkpoint whose f_comp allocates (default: --checkpoint)
     oracle_split: str | None = None  # oracle-type's held-out split (default: val)
     oracle_limit: int | None = None  # its samples (default: --limit)
+    image_splitting: bool | None = None  # the model's own views (models/views.py); None: one square view
+    longest_edge: int | None = None
 
     def __post_init__(self):
+        if self.longest_edge is not None and not self.image_splitting:
+            raise QGSAError("--longest-edge sets how the model's processor tiles the image: add --image-splitting")
+        if self.image_splitting is not None and self.resolution is not None:
+            raise QGSAError("--resolution is one square view; --image-splitting/--no-image-splitting use the model's "
+                            "own processor (its tile size): give one of them")
+        if self.image_splitting is not None and self.allocate:
+            raise QGSAError("--allocate spreads budgets over one view's visual tokens; on the model's own views "
+                            "give tile selectors a budget in tiles with --k: drop --allocate or --image-splitting")
         if self.batch < 1:
             raise QGSAError(f"--batch must be at least 1, got {self.batch}")
         if self.max_new_tokens < 1:
@@ -380,6 +390,7 @@ class ShapesConfig:
     n: int = 200
     split: str = "test"
     seed: int = 0
+    hires: bool = False  # the shapes-hires set (448-px canvases, small objects inside 224-px tiles)
 
     def __post_init__(self):
         from qgsa_bench.data.shapes import SPLIT_OFFSET

@@ -9,6 +9,7 @@ Each data set has its own rule (`SCORING`), whatever the number of references a 
 | `aokvqa` multiple choice | 1 if the picked choice is `choices[correct_choice_idx]` | the same script |
 | `refcoco` | exact match against any one of the referent's expressions (each is a correct answer) | RefCOCO's annotation: several expressions per referent; the box metric is `qgsa grounding` |
 | `shapes` | exact match (one reference answer) | this project's generator |
+| `shapes-hires` | exact match (one reference answer) | this project's generator |
 
 A sample without references (A-OKVQA's test split: the answers are private) has no score (None),
 never 0. Normalisation (both sides) follows the official VQA evaluation (Antol et al.; the
@@ -117,6 +118,7 @@ SCORING = {
                "multiple choice: picked == choices[correct_choice_idx] (allenai/aokvqa evaluation/eval_predictions.py)"),
     "refcoco": (_exact, "exact match against any one of the referent's expressions"),
     "shapes": (_exact, "exact match"),
+    "shapes-hires": (_exact, "exact match"),
 }
 
 

@@ -66,11 +66,17 @@ def warned_when_started(run, message: str | None):
 @EVALUATION
 def eval_command(
     model: Model = "smolvlm-256m",
-    dataset: str = typer.Option("shapes", "--dataset", "-d", help="vqa-rad | aokvqa | refcoco | shapes (generated)."),
+    dataset: str = typer.Option("shapes", "--dataset", "-d", help="vqa-rad | aokvqa | refcoco | shapes | shapes-hires "
+                                                                   "(generated; shapes-hires: 448-px canvases, small "
+                                                                   "objects, for split images)."),
     evaluation: dict = None,
     pipelines: Pipelines = "dense,qgsa",
-    k: Optional[int] = typer.Option(None, help="Fixed k for sparse pipelines (default: f_comp per question); with "
-                                               "--allocate: the mean budget the allocation holds."),
+    k: Optional[int] = typer.Option(None, help="Fixed budget for sparse pipelines (default: f_comp per question), in "
+                                               "each selector's units: visual tokens (patches for the paper's qgsa, "
+                                               "random, norm); for the tile selectors qgsa-tiles and random-tiles "
+                                               "(with --image-splitting) tiles, what sweep-budget calls --tiles. "
+                                               "Dense and global-only take none. With --allocate: the mean budget "
+                                               "the allocation holds."),
     allocate: Optional[str] = typer.Option(None, "--allocate", metavar="fixed|fcomp|oracle-type|PATH",
                                            help="Who decides how many: every sample --k (fixed), in proportion to "
                                                 "f_comp(q) (fcomp), the best budget per question type learned on "
@@ -150,12 +156,14 @@ def data_shapes(
     out: Path = typer.Option(..., help="Folder to write (RefCOCO parquet layout: data/{split}-*.parquet)."),
     split: str = typer.Option("test", help="train | val | test (each split has its own images)."),
     seed: int = typer.Option(0, help="Generator seed: the same seed gives the same data."),
+    hires: bool = typer.Option(False, "--hires", help="The shapes-hires set (as --dataset shapes-hires): 448-px "
+                                                      "canvases, 3-8 small objects each inside one 224-px tile."),
 ):
     """Generate the synthetic multi-object `shapes` set and write it in the RefCOCO parquet layout."""
     from qgsa_bench.config import ShapesConfig
     from qgsa_bench.data import shapes
 
-    cfg = ShapesConfig(out=str(out), n=n, split=split, seed=seed)
-    samples = shapes.generate(cfg.n, seed=cfg.seed, split=cfg.split)
+    cfg = ShapesConfig(out=str(out), n=n, split=split, seed=seed, hires=hires)
+    samples = (shapes.hires if cfg.hires else shapes.generate)(cfg.n, seed=cfg.seed, split=cfg.split)
     path = shapes.write_parquet(samples, out, cfg.split)
     console.print(f"wrote {len(samples)} questions on {n} images to {path}")

@@ -155,7 +155,8 @@ TIMING = OptionBlock("timing", device=(Device, "auto"), dtype=(Dtype, "auto"), a
 # trains: a checkpoint is scored in the numerics it was trained in; --dtype auto or bf16 for speed on a GPU)
 EVALUATION = OptionBlock("evaluation", data_dir=(DataDir, None), split=(Split, None), limit=(Limit, None),
                          skip_bad=(SkipBad, False), weights=(Weights, "auto"), checkpoint=(Checkpoint, None),
-                         device=(Device, "auto"), dtype=(Dtype, "fp32"), resolution=(Resolution, None), seed=(Seed, 0))
+                         device=(Device, "auto"), dtype=(Dtype, "fp32"), resolution=(Resolution, None), seed=(Seed, 0),
+                         image_splitting=(ImageSplitting, None), longest_edge=(LongestEdge, None))
 
 
 def pipeline_list(text: str) -> tuple[str, ...]:

@@ -8,7 +8,6 @@ from typing import Optional
 
 import typer
 
-from qgsa_bench import QGSAError
 from qgsa_bench.cli.app import command, console, key_value_table, text_or_none, warn
 from qgsa_bench.cli.options import (DataDir, Device, Dtype, Limit, LongestEdge, Model, Overwrite, Resolution, Seed,
                                     SkipBad, Weights)
@@ -133,7 +132,10 @@ def default_lambda_attr(insert: str) -> float:
 
 @command("base-train")
 def base_train(
-    dataset: str = typer.Option("shapes", "--dataset", "-d", help="Only `shapes`: the generated set the base model learns."),
+    dataset: str = typer.Option("shapes", "--dataset", "-d", help="A generated set the base model learns: shapes | "
+                                                                   "shapes-hires (448-px canvases, small objects)."),
+    preset: str = typer.Option("shapes-base", help="Architecture preset (models/presets/train): shapes-base (one "
+                                                   "224-px view) | shapes-tiled (2x2 tiles of 224 px + a global view)."),
     out: Path = typer.Option(Path("runs/shapes-base"), help="Model folder (save_pretrained: model + tokenizer)."),
     steps: int = typer.Option(8000, help="Optimiser steps of connector + LM (fresh generated images every step)."),
     batch: int = typer.Option(48, help="Questions per step."),
@@ -146,6 +148,8 @@ def base_train(
                                                 "labels for N steps, then freeze it (0: train everything jointly)."),
     vision_lr: float = typer.Option(2e-3, help="Peak learning rate of the vision warm-up (warm-up, then cosine)."),
     aux_weight: float = typer.Option(1.0, help="With --vision-steps 0: weight of the per-patch label loss (0: off)."),
+    freeze_vision: bool = typer.Option(False, "--freeze-vision", help="Keep --init's vision encoder as it is (no "
+                                       "warm-up, no patch labels): connector + LM learn. Needed by shapes-tiled."),
     eval_every: int = typer.Option(500, help="Held-out accuracy every N steps."),
     eval_images: int = typer.Option(100, help="Held-out test images (two questions each)."),
     device: Device = "cpu",
@@ -156,9 +160,8 @@ def base_train(
     from qgsa_bench.experiments.parallel import one_process
 
     one_process("base-train", "it trains the small shapes base on one device; `qgsa train` is data-parallel")
-    if dataset != "shapes":  # BaseTrainConfig (basetrain.py) has no data set: it generates shapes
-        raise QGSAError(f"base-train supports --dataset shapes only (got '{dataset}'): it needs unlimited labelled data")
-    cfg = BaseTrainConfig(out=str(out), steps=steps, batch=batch, questions_per_image=questions_per_image, lr=lr,
+    cfg = BaseTrainConfig(dataset=dataset, preset=preset, freeze_vision=freeze_vision, out=str(out), steps=steps,
+                          batch=batch, questions_per_image=questions_per_image, lr=lr,
                           max_minutes=max_minutes, init=text_or_none(init), curriculum_steps=curriculum_steps,
                           vision_steps=vision_steps, vision_lr=vision_lr, aux_weight=aux_weight,
                           eval_every=eval_every, eval_images=eval_images, device=device, seed=seed)

@@ -19,16 +19,16 @@ from qgsa_bench.data.files import data_folder
 from qgsa_bench.data.types import VQASample, open_image
 
 _FILE_SETS: dict[str, ModuleType] = {"vqa-rad": vqa_rad, "aokvqa": aokvqa, "refcoco": refcoco}
-DATASETS = (*_FILE_SETS, "shapes")
+DATASETS = (*_FILE_SETS, *shapes.GENERATED)  # shapes, shapes-hires: generated
 HUB_REPOS = {name: module.HUB_REPO for name, module in _FILE_SETS.items()}
 
 
 def splits_of(name: str) -> tuple[str, ...]:
-    return tuple(shapes.SPLIT_OFFSET) if name == "shapes" else _FILE_SETS[name].SPLITS
+    return tuple(shapes.SPLIT_OFFSET) if name in shapes.GENERATED else _FILE_SETS[name].SPLITS
 
 
 def default_split(name: str) -> str:
-    return "test" if name == "shapes" else _FILE_SETS[name].DEFAULT_SPLIT
+    return "test" if name in shapes.GENERATED else _FILE_SETS[name].DEFAULT_SPLIT
 
 
 @dataclass
@@ -80,12 +80,12 @@ def load_dataset(name: str, data_dir=None, split: str | None = None, limit: int 
     split = split or default_split(name)
     if split not in splits_of(name):
         raise QGSAError(f"{name} has no split '{split}': use one of {', '.join(splits_of(name))}")
-    if name == "shapes":
+    if name in shapes.GENERATED:
         if data_dir is not None:
-            raise QGSAError("--dataset shapes is generated from --seed and reads no files: to read shapes data written "
+            raise QGSAError(f"--dataset {name} is generated from --seed and reads no files: to read shapes data written "
                             "by `qgsa data shapes --out DIR`, pass --dataset refcoco --data-dir DIR")
         n_images = shapes.DEFAULT_IMAGES if limit is None else math.ceil(limit / shapes.QUESTIONS_PER_IMAGE)
-        samples = shapes.generate(n_images, seed=seed, split=split)[:limit]
+        samples = shapes.GENERATED[name](n_images, seed=seed, split=split)[:limit]
         return LoadedData(name, split, samples, f"generated (seed {seed})", skip_bad)
     module = _FILE_SETS[name]
     folder, source, provenance = _locate(name, module, data_dir, split)

@@ -8,6 +8,14 @@ about different objects where possible, of four types:
   count  "how many squares are there?"        (digits, as VQA normalisation writes them)
 Several objects per image is the point: only then does the question decide which patches matter.
 Boxes [x, y, w, h] are the tight boxes of each object's drawn pixels (None for count and "no").
+
+`shapes-hires` (`hires`): the same objects and question types on a larger canvas (448 px) that SmolVLM's
+processor splits into 224-px tiles (2 x 2 + a global view), 3-8 objects per image. Object sides are the same
+fractions of a 224-px TILE as the base set's of its 224-px image, so inside a tile an object looks as it
+does in `shapes`, while the global view (the whole canvas shrunk to 224 px) shows it at half that size.
+No object straddles a tile boundary (each lies wholly inside one tile, 2 px clear of its edges): a question
+about one object then needs exactly one tile, which is what a tile selector's budget of one tile tests.
+Boxes are in canvas pixels.
 """
 
 from __future__ import annotations
@@ -27,16 +35,24 @@ QUESTION_TYPES = ("color", "shape", "exist", "count")
 SPLIT_OFFSET = {"train": 0, "val": 1, "test": 2}
 QUESTIONS_PER_IMAGE = 2
 DEFAULT_IMAGES = 200
+HIRES = {"image_size": 448, "tile": 224, "objects": (3, 8)}  # the `shapes-hires` set
 
 
-def _place(rng: random.Random, size: int, n: int) -> list[dict]:
+def _inside_one_tile(x: int, y: int, side: int, tile: int | None) -> bool:
+    """True when the square [x, x + side) x [y, y + side) lies in one tile, 2 px clear of its edges."""
+    return tile is None or all((v - 2) // tile == (v + side + 1) // tile for v in (x, y))
+
+
+def _place(rng: random.Random, size: int, n: int, tile: int | None = None) -> list[dict]:
+    """n objects at random on a size x size canvas, 4 px apart; sides as fractions of `tile` (default: the
+    canvas), each wholly inside one tile when `tile` is given (at most n: a crowded draw gives up after 200)."""
     objects, boxes = [], []
     for _ in range(n):
         for _try in range(200):
             size_name = rng.choice(list(SIZES))
-            side = int(rng.uniform(*SIZES[size_name]) * size)
+            side = int(rng.uniform(*SIZES[size_name]) * (tile or size))
             x, y = rng.randint(2, size - side - 2), rng.randint(2, size - side - 2)
-            if all(x + side + 4 <= bx or bx + bs + 4 <= x or y + side + 4 <= by or by + bs + 4 <= y
+            if _inside_one_tile(x, y, side, tile) and all(x + side + 4 <= bx or bx + bs + 4 <= x or y + side + 4 <= by or by + bs + 4 <= y
                    for bx, by, bs in boxes):
                 boxes.append((x, y, side))
                 objects.append({"shape": rng.choice(SHAPES), "color": rng.choice(list(COLORS)),
@@ -144,25 +160,38 @@ def _questions(rng: random.Random, objects: list[dict], n: int = QUESTIONS_PER_I
 
 
 def generate(n_images: int = DEFAULT_IMAGES, seed: int = 0, split: str = "test", image_size: int = 224,
-             objects: tuple[int, int] = (2, 5), questions: int = QUESTIONS_PER_IMAGE):
+             objects: tuple[int, int] = (2, 5), questions: int = QUESTIONS_PER_IMAGE, tile: int | None = None,
+             name: str = "shapes"):
     """Deterministic: the same arguments give the same images, questions and boxes.
 
     `objects`: the range of objects per image (base-train's curriculum starts with one); `questions`
-    per image (base-train asks more of each image it encodes)."""
+    per image (base-train asks more of each image it encodes); `tile` (px): objects sized for and kept
+    inside tiles of this size (None: the canvas is the unit); `name`: the set's name in ids and `dataset`,
+    and part of the random stream (so `shapes-hires` draws other images than `shapes`)."""
     from qgsa_bench.data.types import VQASample
 
     samples = []
     for index in range(n_images):
-        rng = random.Random(f"shapes/{seed}/{SPLIT_OFFSET.get(split, 3)}/{index}")
-        placed = _place(rng, image_size, rng.randint(*objects))
+        rng = random.Random(f"{name}/{seed}/{SPLIT_OFFSET.get(split, 3)}/{index}")
+        placed = _place(rng, image_size, rng.randint(*objects), tile)
         image = draw(placed, image_size)
         for q, (kind, question, answer, ref) in enumerate(_questions(rng, placed, questions)):
             samples.append(VQASample(
-                id=f"shapes-{split}-{index:05d}-{q}", question=question, answers=[answer], image=image,
+                id=f"{name}-{split}-{index:05d}-{q}", question=question, answers=[answer], image=image,
                 question_type=kind, box=None if ref is None else tuple(float(v) for v in placed[ref]["box"]),
-                split=split, dataset="shapes",
+                split=split, dataset=name,
                 extra={"image_index": index, "referent": ref, "objects": placed}))
     return samples
+
+
+def hires(n_images: int = DEFAULT_IMAGES, seed: int = 0, split: str = "test", questions: int = QUESTIONS_PER_IMAGE,
+          objects: tuple[int, int] | None = None):
+    """The `shapes-hires` set (module docstring): 448-px canvases, 3-8 objects inside 224-px tiles."""
+    return generate(n_images, seed, split, HIRES["image_size"], objects or HIRES["objects"], questions,
+                    tile=HIRES["tile"], name="shapes-hires")
+
+
+GENERATED = {"shapes": generate, "shapes-hires": hires}  # the generated sets, by the name users type
 
 
 def write_parquet(samples, out: Path, split: str) -> Path:
@@ -181,7 +210,7 @@ def write_parquet(samples, out: Path, split: str) -> Path:
         rows.append({
             "question_id": s.id, "image": {"bytes": encoded[index], "path": f"{index:05d}.png"},
             "question": s.question, "answer": list(s.answers), "bbox": None if s.box is None else list(s.box),
-            "question_type": s.question_type, "file_name": f"{index:05d}.png", "dataset": "shapes",
+            "question_type": s.question_type, "file_name": f"{index:05d}.png", "dataset": s.dataset,
         })
     path = Path(out) / "data" / f"{split}-00000-of-00001.parquet"
     path.parent.mkdir(parents=True, exist_ok=True)

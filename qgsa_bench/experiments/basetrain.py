@@ -8,6 +8,13 @@ built with `tokenizers` from the data's vocabulary. Training is the dense pipeli
 batches (every step new images, so no epoch and no over-fitting), AdamW with warm-up and cosine decay.
 The result is saved with `save_pretrained` (model + tokenizer) so that `--model DIR` loads it through
 the same `from_pretrained` path as SmolVLM.
+
+A preset with image splitting on (`shapes-tiled`: 448-px images cut into 2 x 2 tiles of 224 px + a global
+view, 5 views, 245 visual tokens) trains on the model's own views: transformers' Idefics3ImageProcessor,
+every view encoded, the prompt with each tile's <row_r_col_c> marker (the run's views path: models/views.py,
+run/tiles.py). It continues a one-view base (`--init`) with the encoder frozen (`--freeze-vision`), adds
+the tile markers to its tokenizer (new embedding and head rows) and saves the image processor's settings
+with the model, so that `--model DIR` splits images as it was trained to.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from qgsa_bench.metrics import exact_match
 from qgsa_bench.models.idefics3 import PROMPT_PREFIX, PROMPT_SUFFIX, Idefics3Adapter
 from qgsa_bench.models.registry import LoadedModel
 from qgsa_bench.models.tokenizer import WORD_LEVEL_KIND, build_word_tokenizer
+from qgsa_bench.models.views import Splitting, tile_token
 from qgsa_bench.runtime import resolve_device
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<global-img>", "<fake_token_around_image>",
@@ -58,6 +66,9 @@ class BaseTrainConfig:
     aux_weight: float = 1.0  # with --vision-steps 0 only: the patch-label loss added during joint training
     seed: int = 0
     device: str = "cpu"
+    dataset: str = "shapes"  # a generated set (shapes.GENERATED): shapes | shapes-hires
+    preset: str = "shapes-base"  # models/presets/train/*.json: shapes-base | shapes-tiled
+    freeze_vision: bool = False  # keep --init's encoder as it is (no vision warm-up, no patch labels)
 
     def __post_init__(self):
         for name in ("steps", "batch", "questions_per_image", "eval_every", "eval_images"):
@@ -67,11 +78,57 @@ class BaseTrainConfig:
             raise QGSAError("--vision-steps and --aux-weight must not be negative")
         if self.batch % self.questions_per_image:
             raise QGSAError(f"--batch {self.batch} must be a multiple of --questions-per-image {self.questions_per_image}")
+        if self.dataset not in shapes.GENERATED:
+            raise QGSAError(f"base-train needs unlimited labelled data: --dataset {' or '.join(shapes.GENERATED)}, "
+                            f"got '{self.dataset}'")
+        if self.freeze_vision and not self.init:
+            raise QGSAError("--freeze-vision keeps the encoder of --init: pass --init DIR (a base-train model folder)")
+        if preset_splitting(shapes_preset(self.preset)) and not self.freeze_vision:
+            raise QGSAError(f"--preset {self.preset} splits images into tiles; its patch labels exist for one view "
+                            f"only, so it trains connector + LM on a trained encoder: pass --init DIR --freeze-vision")
 
 
-def shapes_preset() -> dict:
-    path = resources.files("qgsa_bench.models").joinpath("presets/train/shapes-base.json")
+def shapes_preset(name: str = "shapes-base") -> dict:
+    """A training preset (models/presets/train/NAME.json). Raises QGSAError for an unknown name."""
+    folder = resources.files("qgsa_bench.models").joinpath("presets/train")
+    path = folder.joinpath(f"{name}.json")
+    if not path.is_file():
+        names = sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".json"))
+        raise QGSAError(f"unknown --preset '{name}': use one of {', '.join(names)}")
     return json.loads(path.read_text())
+
+
+def preset_splitting(preset: dict) -> Splitting | None:
+    """The preset's `processor` block as Splitting when it splits images; None for one view."""
+    settings = preset.get("processor")
+    if not settings or not settings["do_image_splitting"]:
+        return None
+    return Splitting(True, settings["longest_edge"], settings["max_image_size"], settings.get("resample", 1))
+
+
+def add_tile_markers(model, tokenizer, splitting: Splitting | None) -> None:
+    """Give the tokenizer the <row_r_col_c> markers of `splitting`'s grid (new special tokens) and the model
+    their embedding and LM-head rows (transformers' resize_token_embeddings: new rows at the mean of the old)."""
+    if splitting is None:
+        return
+    side = splitting.longest_edge // splitting.tile
+    vocab = tokenizer.get_vocab()
+    new = [tile_token(r, c) for r in range(1, side + 1) for c in range(1, side + 1) if tile_token(r, c) not in vocab]
+    if new:
+        tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
+        model.resize_token_embeddings(len(tokenizer))
+
+
+def save_processor(out: Path, splitting: Splitting | None, preset: dict) -> None:
+    """Write the image processor's settings (preprocessor_config.json) next to a tiled model, so that loading
+    `--model DIR` splits images as in training."""
+    if splitting is None:
+        return
+    from transformers import Idefics3ImageProcessor
+
+    Idefics3ImageProcessor(do_image_splitting=True, size={"longest_edge": splitting.longest_edge},
+                           max_image_size={"longest_edge": splitting.tile}, resample=splitting.resample,
+                           image_mean=preset["image_mean"], image_std=preset["image_std"]).save_pretrained(out)
 
 
 def build_tokenizer():
@@ -83,10 +140,10 @@ def build_tokenizer():
     return build_word_tokenizer(texts, SPECIAL_TOKENS)
 
 
-def new_model(tokenizer, seed: int, device):
+def new_model(tokenizer, seed: int, device, preset_name: str = "shapes-base"):
     from transformers import AutoModelForImageTextToText, Idefics3Config
 
-    preset = shapes_preset()
+    preset = shapes_preset(preset_name)
     config = dict(preset["config"])
     vocab = tokenizer.get_vocab()
     config["image_token_id"] = vocab["<image>"]
@@ -98,7 +155,7 @@ def new_model(tokenizer, seed: int, device):
     return model.to(device), preset
 
 
-def load_base(folder: str, device):
+def load_base(folder: str, device, preset_name: str = "shapes-base"):
     """A model folder written by base-train, to continue training it (all weights trainable)."""
     from transformers import AutoModelForImageTextToText, AutoTokenizer
 
@@ -106,13 +163,35 @@ def load_base(folder: str, device):
         raise QGSAError(f"--init {folder} is not a model folder written by qgsa base-train (no config.json)")
     model = AutoModelForImageTextToText.from_pretrained(folder, attn_implementation="sdpa").to(device)
     model.requires_grad_(True)
-    return model, AutoTokenizer.from_pretrained(folder), shapes_preset()
+    return model, AutoTokenizer.from_pretrained(folder), shapes_preset(preset_name)
 
 
 def wrap(model, tokenizer, preset, source: str) -> LoadedModel:
-    return LoadedModel(name="shapes-base", source=source, weights="training", tokenizer_kind=WORD_LEVEL_KIND,
+    tile = model.config.vision_config.image_size
+    return LoadedModel(name=preset["name"], source=source, weights="training", tokenizer_kind=WORD_LEVEL_KIND,
                        model=model, tokenizer=tokenizer, image_mean=tuple(preset["image_mean"]),
-                       image_std=tuple(preset["image_std"]), special_tokens=tokenizer.get_vocab())
+                       image_std=tuple(preset["image_std"]), special_tokens=tokenizer.get_vocab(),
+                       splitting=preset_splitting(preset) or Splitting(False, 4 * tile, tile))
+
+
+def visual_inputs(adapter: Idefics3Adapter, images, per_image: int = 1):
+    """The visual tokens of `images` as the model's processor presents them, each repeated for `per_image`
+    consecutive questions: (tokens (B * per_image, n, d_q), valid (B * per_image, n) or None, layouts (per
+    question the image's prompt pieces) or None, V (views, N_v, d_v) the encoder's patch features). One view
+    of the encoder's size unless the model splits images (then every view: run/tiles.py's dense path)."""
+    splitting = adapter.loaded.splitting
+    if not splitting.split:
+        V = adapter.patch_features(adapter.pixel_values(images, adapter.image_size))
+        return adapter.connect(V).repeat_interleave(per_image, dim=0), None, None, V
+    from qgsa_bench.run.tiles import view_tokens
+    from qgsa_bench.run.vision import Encoded
+
+    views = adapter.views(images, splitting)
+    enc = Encoded(V=adapter.patch_features(views.pixel_values), views=views,
+                  shown=[list(range(n)) for n in views.counts])
+    tokens, valid, layouts = view_tokens(adapter, enc)
+    return (tokens.repeat_interleave(per_image, dim=0), valid.repeat_interleave(per_image, dim=0),
+            [layout for layout in layouts for _ in range(per_image)], enc.V)
 
 
 class PatchHeads(torch.nn.Module):
@@ -147,9 +226,8 @@ def dense_loss(adapter: Idefics3Adapter, samples, per_image: int, heads: PatchHe
     """Answer cross-entropy (teacher-forced) of `samples`, `per_image` consecutive questions per image:
     each image is encoded once. Plus aux_weight x the patch-label loss when heads are given."""
     images = samples[::per_image]
-    V = adapter.patch_features(adapter.pixel_values([s.image for s in images], adapter.image_size))
-    tokens = adapter.connect(V).repeat_interleave(per_image, dim=0)
-    inputs = adapter.build_inputs(tokens, [s.question for s in samples])
+    tokens, valid, layouts, V = visual_inputs(adapter, [s.image for s in images], per_image)
+    inputs = adapter.build_inputs(tokens, [s.question for s in samples], valid, layouts)
     loss = -adapter.answer_logprob(inputs, [f"{s.answers[0]}{END}" for s in samples]).mean()
     if heads is not None and aux_weight > 0:
         loss = loss + aux_weight * heads.loss(V, images, adapter)
@@ -162,8 +240,8 @@ def dense_accuracy(adapter: Idefics3Adapter, samples, batch: int = 50) -> dict[s
     hits: dict[str, list[float]] = {}
     for start in range(0, len(samples), batch):
         chunk = samples[start:start + batch]
-        pixel_values = adapter.pixel_values([s.image for s in chunk], adapter.image_size)
-        inputs = adapter.build_inputs(adapter.connect(adapter.patch_features(pixel_values)), [s.question for s in chunk])
+        tokens, valid, layouts, _ = visual_inputs(adapter, [s.image for s in chunk])
+        inputs = adapter.build_inputs(tokens, [s.question for s in chunk], valid, layouts)
         for s, ids in zip(chunk, adapter.generate(inputs, max_new_tokens=3)):
             score = exact_match(adapter.decode_text(ids), s.answers)
             hits.setdefault("all", []).append(score)
@@ -226,20 +304,24 @@ def run_base_train(cfg: BaseTrainConfig, progress=None) -> dict:
         raise QGSAError(f"{out} already holds a model: choose another --out or delete it")
     device = resolve_device(cfg.device)
     if cfg.init:
-        model, tokenizer, preset = load_base(cfg.init, device)
+        model, tokenizer, preset = load_base(cfg.init, device, cfg.preset)
     else:
         tokenizer = build_tokenizer()
-        model, preset = new_model(tokenizer, cfg.seed, device)
+        model, preset = new_model(tokenizer, cfg.seed, device, cfg.preset)
+    splitting = preset_splitting(preset)
+    add_tile_markers(model, tokenizer, splitting)
     adapter = Idefics3Adapter(wrap(model, tokenizer, preset, str(out)))
     model.train()
     with torch.random.fork_rng(devices=[]):  # seeded like the model, so that a rerun repeats the run
         torch.manual_seed(cfg.seed + 1)
         heads = PatchHeads(model.config.vision_config.hidden_size).to(device)
-    held_out = shapes.generate(cfg.eval_images, seed=cfg.seed, split="test")
+    generate = shapes.GENERATED[cfg.dataset]
+    held_out = generate(cfg.eval_images, seed=cfg.seed, split="test")
     out.mkdir(parents=True, exist_ok=True)
     log_rows, started, step, evals = [], time.perf_counter(), 0, []
-    vision = vision_warmup(adapter, heads, cfg, log_rows, started, progress) if cfg.vision_steps else {}
-    if cfg.vision_steps:  # phase 2: the encoder stays as phase 1 left it; connector + LM learn
+    warm_up = cfg.vision_steps and not cfg.freeze_vision
+    vision = vision_warmup(adapter, heads, cfg, log_rows, started, progress) if warm_up else {}
+    if warm_up or cfg.freeze_vision:  # phase 2: the encoder stays as phase 1 (or --init) left it; connector + LM learn
         adapter.vision_model.requires_grad_(False)
         params = [p for p in model.parameters() if p.requires_grad]
         heads = None
@@ -249,11 +331,11 @@ def run_base_train(cfg: BaseTrainConfig, progress=None) -> dict:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.steps, cfg.warmup_steps))
     per_image = cfg.questions_per_image
     if progress:
-        progress("training connector + LM" if cfg.vision_steps else "training shapes-base", -cfg.steps)
+        progress("training connector + LM" if heads is None else f"training {preset['name']}", -cfg.steps)
     while step < cfg.steps:
-        objects = (1, 1) if step < cfg.curriculum_steps else (2, 5)
-        batch = shapes.generate(cfg.batch // per_image, seed=cfg.seed * 1_000_003 + step, split="train",
-                                objects=objects, questions=per_image)
+        one = {"objects": (1, 1)} if step < cfg.curriculum_steps else {}
+        batch = generate(cfg.batch // per_image, seed=cfg.seed * 1_000_003 + step, split="train", questions=per_image,
+                         **one)
         loss_value = _optimise(dense_loss(adapter, batch, per_image, heads, cfg.aux_weight), optimizer, params,
                                f"step {step + 1}", "--lr")
         scheduler.step()
@@ -274,12 +356,14 @@ def run_base_train(cfg: BaseTrainConfig, progress=None) -> dict:
     model.eval()
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
+    save_processor(out, splitting, preset)
     with (out / "base_train_log.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(log_rows[0]))
         writer.writeheader()
         writer.writerows(log_rows)
     summary = {"config": asdict(cfg), "steps": step, "wall_s": time.perf_counter() - started,
                "parameters": sum(p.numel() for p in model.parameters()), "held_out": evals,
-               "held_out_questions": len(held_out), "vocab_size": len(tokenizer.get_vocab()), "vision_warmup": vision}
+               "held_out_questions": len(held_out), "vocab_size": len(tokenizer.get_vocab()), "vision_warmup": vision,
+               "views": splitting.describe() if splitting else "one view"}
     (out / "base_train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -25,11 +25,12 @@ from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.metrics import SCORING, multiple_choice_score, score
 from qgsa_bench.results import run_meta
+from qgsa_bench.run.tiles import check_views
 
 EVAL_COLUMNS = [
     "model", "weights", "qgsa_weights", "dataset", "split", "pipeline", "scope", "question_type", "n",
     "n_scored", "accuracy", "delta_vs_dense_points", "mc_accuracy", "k_mean", "k_std", "n_visual_tokens_mean",
-    "latency_ms_per_query", "resolution", "allocation", "requested_mean", "note",
+    "latency_ms_per_query", "resolution", "allocation", "requested_mean", "note", "image_input", "tiles_mean",
 ]
 EVAL_TABLE = Table("eval.csv", tuple(EVAL_COLUMNS), ("pipeline", "scope", "question_type"))
 RANDOM_NOTE = "RANDOM weights: accuracy is meaningless"
@@ -54,10 +55,43 @@ def _multiple_choice(run, result, samples) -> list[int]:
     return picks
 
 
+def eval_splitting(cfg: EvalConfig, adapter):
+    """The model's own views for `cfg` (models/views.Splitting), or None for one square view. Raises QGSAError
+    for settings the processor or the model cannot take (Idefics3Adapter.splitting)."""
+    return None if cfg.image_splitting is None else adapter.splitting(cfg.image_splitting, cfg.longest_edge)
+
+
+def run_budget(run, k):
+    """The budget `run` gets: none for budget-free pipelines (dense, global-only), as the --k help says."""
+    return None if run.spec.selector.keeps_no_tiles else k
+
+
+def check_run(run, resolution: int, k, splitting) -> None:
+    """Before any work: `run` can take the input and the budget. On split images a tile selector's budget is
+    1..the most tiles `splitting` makes ((longest edge / tile)^2); an image with fewer tiles is refused when
+    it comes (run/tiles.py). Raises QGSAError."""
+    if splitting is None:
+        if run.spec.point.kind == "tiles":
+            raise QGSAError(f"{run.label} chooses among the tiles of a split image: add --image-splitting (the "
+                            f"model's own views), or use a selector of one view")
+        run.check(resolution, k)
+        return
+    check_views(run.spec)
+    if run.spec.point.kind != "tiles" or run.spec.selector.keeps_no_tiles:
+        return
+    most = (splitting.longest_edge // splitting.tile) ** 2
+    if k is None:
+        raise QGSAError(f"{run.label} needs a budget in tiles: --k T with 1 <= T <= {most}")
+    if not 1 <= k <= most:
+        raise QGSAError(f"--k {k} tiles is impossible for {run.label}: at --longest-edge {splitting.longest_edge} an "
+                        f"image has at most {most} tiles of {splitting.tile} px; use 1 <= --k <= {most}")
+
+
 @torch.no_grad()
 def evaluate_run(run, data, resolution: int, cfg: EvalConfig,
                  progress: Callable[[str, int], None] | None = None, done: dict | None = None,
-                 save: Callable[[list[dict]], None] | None = None, budgets: dict | None = None) -> list[dict]:
+                 save: Callable[[list[dict]], None] | None = None, budgets: dict | None = None,
+                 splitting=None) -> list[dict]:
     """Per-sample records of `data` (LoadedData) answered by `run` (run.stages.Run): prediction, score, k,
     visual tokens, latency share, selected patches, in the data set's order. Samples whose image cannot be
     read are dropped under --skip-bad. Resuming: `done` (sample id -> record) are kept as they are and not
@@ -66,13 +100,14 @@ def evaluate_run(run, data, resolution: int, cfg: EvalConfig,
     sample its solo result (the selection takes a budget per sample). Under a launch of several processes
     (`parallel.join_world`) each answers its share of the batches (`parallel.in_rounds`) and every process
     returns every record; `save` is called on every process with each round's records. Raises QGSAError for
-    an unreadable image without --skip-bad; parallel.WorldLost when another process stopped."""
+    an unreadable image without --skip-bad; parallel.WorldLost when another process stopped. `splitting`
+    (models/views.Splitting): each image as the model's processor splits it, else one square view."""
     from qgsa_bench.experiments.parallel import in_rounds, joined
 
     done = done or {}
     new = {}
     todo = [s for s in data.samples if s.id not in done]
-    work = lambda chunk, images: _batch_records(run, chunk, images, resolution, cfg, budgets)  # noqa: E731
+    work = lambda chunk, images: _batch_records(run, chunk, images, resolution, cfg, budgets, splitting)  # noqa: E731
     for records, part in in_rounds(joined(), list(batches(todo, cfg.batch)), work, data):
         new.update((r["id"], r) for r in records)
         if save and records:
@@ -91,24 +126,26 @@ def chunk_budget(budgets: dict | None, chunk, k=None):
     return values[0] if len(set(values)) == 1 else torch.tensor(values)
 
 
-def _batch_records(run, chunk, images, resolution: int, cfg: EvalConfig, budgets: dict | None = None) -> list[dict]:
+def _batch_records(run, chunk, images, resolution: int, cfg: EvalConfig, budgets: dict | None = None,
+                   splitting=None) -> list[dict]:
     """One timed batch (selection, prefill, decode) and its per-sample records, in the chunk's order. A batch
     that cannot run at once (downsampling at different budgets: f_comp's per question, or an allocation's)
-    runs in groups of one budget (`Run.budget_groups`), each timed as its own batch."""
+    runs in groups of one budget (`Run.budget_groups`), each timed as its own batch. `splitting`: the
+    model's own views (records then keep `views` and the encoded `selected_tiles`)."""
     questions = [s.question for s in chunk]
-    k = chunk_budget(budgets, chunk, cfg.k)
+    k = chunk_budget(budgets, chunk, run_budget(run, cfg.k))
     groups = run.budget_groups(questions, resolution, k)
     if len(groups) > 1:
         by_index = {}
         for group in groups:
             part = _batch_records(run, [chunk[i] for i in group], [images[i] for i in group], resolution, cfg,
-                                  budgets)
+                                  budgets, splitting)
             by_index.update(zip(group, part))
         return [by_index[i] for i in range(len(chunk))]
     adapter = run.adapter
     seeds = run.sample_seeds(s.id for s in chunk)  # one sample, one selection, in any batch or shard
     with Stopwatch(adapter.device) as sw:
-        prepared = run.answer(images, questions, resolution, k, cfg.max_new_tokens, seeds)
+        prepared = run.answer(images, questions, resolution, k, cfg.max_new_tokens, seeds, splitting)
     generated = prepared.generated
     mc = (_multiple_choice(run, prepared, chunk)
           if all(s.choices for s in chunk) else [None] * len(chunk))
@@ -131,7 +168,7 @@ def _batch_records(run, chunk, images, resolution: int, cfg: EvalConfig, budgets
 
 
 @torch.no_grad()
-def warm_up(runs, data, resolution: int, cfg: EvalConfig) -> int:
+def warm_up(runs, data, resolution: int, cfg: EvalConfig, splitting=None) -> int:
     """One untimed run of every pipeline on the first readable batch, before anything is timed, so that
     first-call costs (allocations, thread pools, lazy initialisation) fall on no pipeline's latency and
     the latency column does not depend on the order of --pipelines. The random baseline's generator is
@@ -145,14 +182,17 @@ def warm_up(runs, data, resolution: int, cfg: EvalConfig) -> int:
             if chunk:
                 for run in runs:
                     group = run.budget_groups([s.question for s in chunk], resolution, cfg.k)[0]
-                    run.answer([images[i] for i in group], [chunk[i].question for i in group], resolution, cfg.k,
-                               cfg.max_new_tokens, run.sample_seeds(chunk[i].id for i in group))
+                    run.answer([images[i] for i in group], [chunk[i].question for i in group], resolution,
+                               run_budget(run, cfg.k), cfg.max_new_tokens, run.sample_seeds(chunk[i].id for i in group),
+                               splitting)
                 return len(chunk)
     return 0
 
 
 def summarise(records: list[dict], pipeline: str, scope: str, qtype: str) -> dict:
     ks = [r["k"] for r in records if r["k"] is not None]
+    tiles = [len(r["selected_tiles"]) if r.get("selected_tiles") is not None else r["views"] - 1
+             for r in records if r.get("views") is not None]
     mc = [r["mc_correct"] for r in records if r["mc_correct"] is not None]
     scored = [r["score"] for r in records if r["score"] is not None]
     return {
@@ -162,6 +202,7 @@ def summarise(records: list[dict], pipeline: str, scope: str, qtype: str) -> dic
         "k_mean": float(np.mean(ks)) if ks else None, "k_std": float(np.std(ks)) if ks else None,
         "n_visual_tokens_mean": float(np.mean([r["n_visual_tokens"] for r in records])),
         "latency_ms_per_query": float(np.mean([r["latency_ms"] for r in records])),
+        "tiles_mean": float(np.mean(tiles)) if tiles else None,
     }
 
 
@@ -194,16 +235,20 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         if not left and res.exists(EVAL_TABLE.file):
             res.finished(f"this evaluation ({len(data.samples)} samples x {len(labels)} pipelines)")
         built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
-        resolution = cfg.resolution or built.adapter.image_size
+        splitting = eval_splitting(cfg, built.adapter)
+        resolution = splitting.tile if splitting else cfg.resolution or built.adapter.image_size
         runs = [built.run(spec) for spec in cfg.specs]  # every point checked against the model before any work
         for run in runs:  # every resolution and budget too: a refused run writes nothing
-            run.check(resolution, cfg.k)
+            check_run(run, resolution, cfg.k, splitting)
+        image_input = (f"the model's processor: {splitting.describe()}" if splitting
+                       else f"one square view of {resolution} px (the paper's form)")
         random_weights = built.loaded.weights == "random"
         private = not any(s.answers or s.correct_choice is not None for s in data.samples)
         note = PRIVATE_NOTE if private else (RANDOM_NOTE if random_weights else "")
         meta = res.write_meta(run_meta(
             built, **data.meta(), resolution=resolution, scoring=SCORING[data.name][1],
-            note=note or "pretrained weights", world=world.meta(),
+            note=note or "pretrained weights", world=world.meta(), image_input=image_input,
+            **({"splitting": vars(splitting)} if splitting else {}),
             latency="mean per query over the batches (selection, prefill and decode), after one untimed warm-up "
                     "batch of every pipeline"))
         allocated = {}
@@ -226,7 +271,7 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
             if left < total:
                 progress("resumed", total - left)
         if left:
-            warm_up(runs, data, resolution, cfg)
+            warm_up(runs, data, resolution, cfg, splitting)
 
         def save(records):
             res.append_records(PREDICTIONS, [{**r, "weights": built.loaded.weights} for r in records])
@@ -235,7 +280,7 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         for run in runs:
             own = allocated.get(run.label)
             records = evaluate_run(run, data, resolution, cfg, progress, done.get(run.label, {}), save,
-                                   own.by_id() if own else None)
+                                   own.by_id() if own else None, splitting)
             all_records += records
             rows += [{**row, "dense": run.spec.is_dense, **allocation_fields(own)}
                      for row in summary_rows(records, run.label)]
@@ -245,7 +290,8 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         if not all_records:
             raise QGSAError(f"{data.name} split '{data.split}': no image could be read ({data.skipped} skipped)")
         base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
-                "dataset": data.name, "split": data.split, "resolution": resolution, "note": note}
+                "dataset": data.name, "split": data.split, "resolution": resolution, "note": note,
+                "image_input": image_input}
         res.replace(EVAL_TABLE, [{**base, **r} for r in with_delta_vs_dense(rows)])
         unequal = unequal_tokens(rows)
         if unequal and warn:

@@ -104,8 +104,14 @@ class GroundingConfig:
     seed: int = 0
     out: str = "results/grounding"
     overwrite: bool = False
+    image_splitting: bool | None = None  # the model's own views: not grounded yet (refused)
+    longest_edge: int | None = None
 
     def __post_init__(self):
+        if self.image_splitting or self.longest_edge is not None:
+            raise QGSAError("grounding compares one view's kept patches with the referent's box; on the model's own "
+                            "views (tiles + a global view) it is not built yet: drop --image-splitting and "
+                            "--longest-edge (qgsa eval --image-splitting records each sample's selected tiles)")
         if self.batch < 1:
             raise QGSAError(f"--batch must be at least 1, got {self.batch}")
         if self.limit is not None and self.limit < 1:
@@ -155,7 +161,7 @@ def box_samples(cfg):
     `qgsa report` drawing them again. `cfg`: anything with the DATA_FIELDS attributes (GroundingConfig,
     EvalConfig, `settings_samples`). Raises QGSAError where none has a box."""
     # shapes: about half the questions have a box, so generate enough; file data sets: boxes on all
-    limit = None if cfg.limit is None else (4 * cfg.limit if cfg.dataset == "shapes" else cfg.limit)
+    limit = None if cfg.limit is None else (4 * cfg.limit if cfg.dataset.startswith("shapes") else cfg.limit)
     data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, limit, cfg.skip_bad, cfg.seed)
     samples = [s for s in data.samples if s.box is not None][: cfg.limit]
     if not samples:

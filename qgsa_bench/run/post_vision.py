@@ -42,7 +42,7 @@ def visual_tokens(run, enc: Encoded, q: torch.Tensor | None, k=None, tau: float 
     if enc.views is not None:  # the model's own views (run/tiles.py)
         from qgsa_bench.run.tiles import view_tokens
 
-        tokens, valid, layouts = view_tokens(run, enc)
+        tokens, valid, layouts = view_tokens(a, enc)
         return Visual(tokens, valid, enc.selection, layouts)
     if enc.units is not None:  # selected inside the encoder
         return Visual(a.connect_units(enc.units), enc.valid, enc.selection)

@@ -45,8 +45,9 @@ class Spec:
     def reads_checkpoint(self, k) -> bool:
         """Whether a QGSA checkpoint changes this spec's run: it scores with the module, its patches go
         through the module's projection (the paper's patch-level form), or, without a fixed k, f_comp(q)
-        gives its budget."""
-        return self.selector.uses_module or self.patches or (k is None and not self.selector.keeps_all)
+        gives its budget (never for dense or global-only, which take no budget)."""
+        budget_free = self.selector.keeps_all or self.selector.keeps_no_tiles
+        return self.selector.uses_module or self.patches or (k is None and not budget_free)
 
     def bind(self, vision_depth: int, lm_depth: int) -> "Spec":
         """This spec with its insertion point resolved and checked against a model's depths."""

@@ -118,10 +118,10 @@ def encode_views(run, views: Views, q, k, tau: float | None = None):
                    unit_features=state.features, n_units=state.features.shape[1])
 
 
-def view_tokens(run, enc):
-    """The select stage on Views: the connector on every encoded view, each sample's views concatenated.
-    -> (tokens (B, n_max, d_q), valid (B, n_max), layouts: per sample its image's prompt pieces)."""
-    a, views = run.adapter, enc.views
+def view_tokens(a, enc):
+    """The select stage on Views: adapter `a`'s connector on every encoded view, each sample's views
+    concatenated. -> (tokens (B, n_max, d_q), valid (B, n_max), layouts: per sample its image's prompt pieces)."""
+    views = enc.views
     per_view = a.connect(enc.V)  # (M', n_v, d_q)
     n_v = per_view.shape[1]
     counts = [len(s) for s in enc.shown]

@@ -34,8 +34,12 @@ class Encoded:
     shown: list[list[int]] | None = None  # per sample, its encoded views (indices among its views)
 
     def traced(self) -> tuple[torch.Tensor, ...]:
-        """The tensors a FLOP count traces through."""
-        return tuple(t for t in (self.V, self.units, self.last_input) if t is not None)
+        """The tensors a FLOP count traces through. At `tiles` also the selector's tile scores: the chosen tiles
+        leave the trace as Python indices, so without them a question-guided scorer would count nothing."""
+        scores = None
+        if self.shown is not None and self.selection is not None and torch.is_tensor(self.selection.scores):
+            scores = self.selection.scores
+        return tuple(t for t in (self.V, self.units, self.last_input, scores) if t is not None)
 
     def kept(self) -> list[int]:
         """Patches (or kept units' patches) per sample leaving the encoder."""

@@ -11,6 +11,8 @@ qgsa-tiles    QGSA's scorer (the seed paper, Eq. 1) with the question over the g
               score is the mean of the scores of the patches inside it; top-T (budget T, or f_comp(q)'s k up
               to the image's tiles when none is given). The seed paper scores patches after the encoder; scoring
               the global view to choose tiles before encoding them is this project's placement (issue 19).
+              Its scorer reads the global view's patch features after the encoder, the features a module
+              trained at post-vision scores, so a post-vision checkpoint serves it as it is (Run's check).
               Trained with `qgsa train --insert tiles --fixed-k T` (the paper's Gumbel straight-through over
               tiles: each chosen tile's visual tokens carry its mask weight into the LM).
 """
