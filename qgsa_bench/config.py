@@ -312,6 +312,9 @@ class TrainConfig:
                                 "use them with --insert post-vision")
             if point.kind != "tiles" and self.longest_edge is not None:
                 raise QGSAError("--longest-edge splits the images into tiles: it goes with --insert tiles")
+            if point.kind == "tiles" and self.cache_features:
+                raise QGSAError("--cache-features keeps one view's features; with --insert tiles each step encodes the "
+                                "global views and the tiles chosen: drop --cache-features")
             if point.kind == "tiles" and self.fixed_k is None:
                 raise QGSAError("--insert tiles trains qgsa-tiles at a budget in tiles: give --fixed-k T (f_comp "
                                 "predicts visual tokens, not tiles)")

@@ -224,6 +224,8 @@ def test_insert_point_is_checked():
         TrainConfig(insert="lm:2")
     with pytest.raises(QGSAError, match="give --fixed-k T"):
         TrainConfig(insert="tiles")
+    with pytest.raises(QGSAError, match="drop --cache-features"):
+        TrainConfig(insert="tiles", fixed_k=1, cache_features=True)
     with pytest.raises(QGSAError, match="it goes with --insert tiles"):
         TrainConfig(insert="vision:2", longest_edge=128)
     with pytest.raises(QGSAError, match="use them with --insert post-vision"):

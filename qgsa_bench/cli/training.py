@@ -119,6 +119,8 @@ def train(
             ("median step time", f"{summary.get('step_s_median', float('nan')) * 1000:.1f} ms"),
             ("base weights", summary["weights"])]
     rows += [(k, f"{v:.4f}") for k, v in final.items() if (k.startswith("l_") or k == "loss") and isinstance(v, float)]
+    if cfg.fixed_k is not None:
+        rows.append(("budget", f"fixed {'T' if cfg.insert == 'tiles' else 'k'}={cfg.fixed_k} (f_comp not trained)"))
     for qtype, stats in summary["k_by_question_type"].items():
         rows.append((f"k ({qtype}, n={stats['n']})", f"{stats['k_mean']:.1f} ± {stats['k_std']:.1f}"))
     rows.append(("checkpoint", summary["checkpoint"]))

@@ -326,7 +326,10 @@ class Trainer:
 
 
 def _budget_by_type(trainer: Trainer) -> dict:
-    """The trained f_comp's k (inference) per question type over the training questions."""
+    """The trained f_comp's k (inference) per question type over the training questions; none with --fixed-k
+    (every selection took the fixed budget, so f_comp was never trained and its k would mean nothing)."""
+    if trainer.cfg.fixed_k is not None:
+        return {}
     by_type: dict[str, list[int]] = {}
     with torch.no_grad():
         for start in range(0, len(trainer.samples), 64):
