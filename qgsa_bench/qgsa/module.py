@@ -73,14 +73,19 @@ class QGSAModule(nn.Module):
         stops Eq. 4's gradient into f_comp (the rescaling by k_cont), so that f_comp learns from a direct
         budget target only (train --attr-budget / --suff-budget).
         """
-        scores = self.scorer(q, V.to(q.dtype))
+        return self.select_scores(self.scorer(q, V.to(q.dtype)), q, k, tau, generator, budget_grad)
+
+    def select_scores(self, scores: torch.Tensor, q: torch.Tensor, k=None, tau: float | None = None,
+                      generator: torch.Generator | None = None, budget_grad: bool = True) -> Selection:
+        """`select` on scores already made (B, n) from the scorer (qgsa-tiles: a tile's mean patch score):
+        top-k in eval mode, Gumbel straight-through (Eq. 3-4) in training mode; k None: f_comp(q)'s budget."""
         c = None
         if k is not None:  # an explicit k must fit (the selector raises otherwise); f_comp not run
             k_sel = torch.as_tensor(k, dtype=torch.long, device=q.device).expand(q.shape[0])
             k_cont = k_sel.to(q.dtype)
         else:  # a predicted budget larger than N (tiny images) takes every patch
             k_pred, k_cont, c = self.budget(q)
-            k_sel = k_pred.clamp(max=V.shape[1])
+            k_sel = k_pred.clamp(max=scores.shape[1])
         if not self.training:
             selection = topk_selection(scores, k_sel)
         else:

@@ -60,19 +60,14 @@ class QGSATiles(Selector):
     uses_module = True
 
     def select(self, state: SelectState, k: torch.Tensor) -> Selection:
-        """Top-T tiles by `scores`; with the module in training mode and a temperature in `state.cache["tau"]`
-        (`qgsa train --insert tiles`), the seed paper's Gumbel straight-through selection (Eq. 3-4) over the
-        tiles at the fixed budget T, so that the answer's loss reaches the scorer through the tiles' weights."""
+        """Top-T tiles by `scores` through the QGSA module (QGSAModule.select_scores); with the module in training
+        mode (`qgsa train --insert tiles`, temperature in `state.cache["tau"]`) the seed paper's Gumbel
+        straight-through selection (Eq. 3-4) over the tiles, so that the answer's loss reaches the scorer through
+        the chosen tiles' weights. A missing tile (an image with fewer) is never chosen."""
+        module = state.module
+        scores = self.scores(state).masked_fill(~state.valid, -1e4)
         tau = state.cache.get("tau")
-        if tau is None or not state.module.training:
-            return super().select(state, k)
-        from qgsa_bench.qgsa.gumbel import gumbel_selection
-
-        cfg = state.module.config
-        scores = self.scores(state).masked_fill(~state.valid, -1e4)  # a missing tile: never drawn
-        k = torch.as_tensor(k, dtype=torch.long, device=scores.device).expand(scores.shape[0])
-        return gumbel_selection(scores, k, k.to(scores.dtype), tau, cfg.tau_sig_min, cfg.soft_mask_space,
-                                state.generator)
+        return module.select_scores(scores, state.q, k, module.config.tau if tau is None else tau, state.generator)
 
     def scores(self, state: SelectState) -> torch.Tensor:
         """(B, n) each tile's mean patch score s_i = scorer(q, v_i) over the global view's patches inside it."""
@@ -80,4 +75,4 @@ class QGSATiles(Selector):
         patch_scores = state.module.scorer(state.q, V.to(state.q.dtype)).float()  # (B, N_v)
         n = state.valid.shape[1]
         inside = torch.nn.functional.one_hot(where.clamp(min=0), n).float() * (where >= 0)[..., None]  # (B, N_v, n)
-        return (inside * patch_scores[..., None]).sum(1) / inside.sum(1).clamp(min=1)  # top-T: Selector.select
+        return (inside * patch_scores[..., None]).sum(1) / inside.sum(1).clamp(min=1)  # top-T: select
