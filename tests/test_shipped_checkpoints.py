@@ -74,8 +74,30 @@ def test_every_result_names_a_committed_checkpoint():
     assert named, "no result names a checkpoint: the scan is broken"
     for path, metas in named.items():
         shipped = MAPPED.get(path, path)
-        assert shipped.startswith("results/shapes/checkpoints/") and (ROOT / shipped).is_file(), (path, metas)
-    assert {Path(MAPPED.get(path, path)).stem for path in named} <= set(FILES)
+        assert shipped.startswith(("results/shapes/checkpoints/", "results/tiles/checkpoints/")) and \
+            (ROOT / shipped).is_file(), (path, metas)
+    assert {Path(MAPPED.get(path, path)).stem for path in named} <= set(FILES) | set(TILE_FILES)
+
+
+# results/tiles/accuracy.sh: qgsa-attr's recipe on the tiled base (results/tiles/shapes-tiled-base), one 224-px view
+# of the shapes-hires train split
+TILES = RESULTS / "tiles"
+TILE_FILES = sorted(path.stem for path in (TILES / "checkpoints").glob("*.pt"))
+
+
+@pytest.mark.parametrize("name", TILE_FILES)
+def test_shipped_tile_checkpoint(name):
+    from qgsa_bench.build import build
+
+    path = TILES / "checkpoints" / f"{name}.pt"
+    assert path.stat().st_size < 1_000_000
+    base = build(str(TILES / "shapes-tiled-base"), "pretrained", "cpu", "fp32").loaded.provenance()
+    module, payload = load_checkpoint(path, base)
+    assert "optimizer" not in payload and "rng" not in payload
+    want = {**COMMON, **PAPER, **ATTR, "dataset": "shapes-hires"}
+    assert {key: payload["train_config"][key] for key in want} == want and module.trained_at == "post-vision"
+    assert payload["step"] == payload["total_steps"] == want["epochs"] * math.ceil(want["limit"] / want["batch"])
+    assert payload["provenance"]["command"].startswith("qgsa train --model results/tiles/shapes-tiled-base ")
 
 
 @pytest.fixture(scope="module")

@@ -36,7 +36,8 @@ from qgsa_bench.metrics import exact_match
 from qgsa_bench.models.idefics3 import PROMPT_PREFIX, PROMPT_SUFFIX, Idefics3Adapter
 from qgsa_bench.models.registry import LoadedModel
 from qgsa_bench.models.tokenizer import WORD_LEVEL_KIND, build_word_tokenizer
-from qgsa_bench.models.views import Splitting, tile_token
+from qgsa_bench.experiments.basetrain_views import add_tile_markers, preset_splitting, save_processor, visual_inputs
+from qgsa_bench.models.views import Splitting
 from qgsa_bench.runtime import resolve_device
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<global-img>", "<fake_token_around_image>",
@@ -98,39 +99,6 @@ def shapes_preset(name: str = "shapes-base") -> dict:
     return json.loads(path.read_text())
 
 
-def preset_splitting(preset: dict) -> Splitting | None:
-    """The preset's `processor` block as Splitting when it splits images; None for one view."""
-    settings = preset.get("processor")
-    if not settings or not settings["do_image_splitting"]:
-        return None
-    return Splitting(True, settings["longest_edge"], settings["max_image_size"], settings.get("resample", 1))
-
-
-def add_tile_markers(model, tokenizer, splitting: Splitting | None) -> None:
-    """Give the tokenizer the <row_r_col_c> markers of `splitting`'s grid (new special tokens) and the model
-    their embedding and LM-head rows (transformers' resize_token_embeddings: new rows at the mean of the old)."""
-    if splitting is None:
-        return
-    side = splitting.longest_edge // splitting.tile
-    vocab = tokenizer.get_vocab()
-    new = [tile_token(r, c) for r in range(1, side + 1) for c in range(1, side + 1) if tile_token(r, c) not in vocab]
-    if new:
-        tokenizer.add_special_tokens({"additional_special_tokens": new}, replace_extra_special_tokens=False)
-        model.resize_token_embeddings(len(tokenizer))
-
-
-def save_processor(out: Path, splitting: Splitting | None, preset: dict) -> None:
-    """Write the image processor's settings (preprocessor_config.json) next to a tiled model, so that loading
-    `--model DIR` splits images as in training."""
-    if splitting is None:
-        return
-    from transformers import Idefics3ImageProcessor
-
-    Idefics3ImageProcessor(do_image_splitting=True, size={"longest_edge": splitting.longest_edge},
-                           max_image_size={"longest_edge": splitting.tile}, resample=splitting.resample,
-                           image_mean=preset["image_mean"], image_std=preset["image_std"]).save_pretrained(out)
-
-
 def build_tokenizer():
     """Word-level vocabulary of the shapes questions and answers plus the prompt's own words."""
     texts = [PROMPT_PREFIX, PROMPT_SUFFIX.format(question="")]
@@ -172,26 +140,6 @@ def wrap(model, tokenizer, preset, source: str) -> LoadedModel:
                        model=model, tokenizer=tokenizer, image_mean=tuple(preset["image_mean"]),
                        image_std=tuple(preset["image_std"]), special_tokens=tokenizer.get_vocab(),
                        splitting=preset_splitting(preset) or Splitting(False, 4 * tile, tile))
-
-
-def visual_inputs(adapter: Idefics3Adapter, images, per_image: int = 1):
-    """The visual tokens of `images` as the model's processor presents them, each repeated for `per_image`
-    consecutive questions: (tokens (B * per_image, n, d_q), valid (B * per_image, n) or None, layouts (per
-    question the image's prompt pieces) or None, V (views, N_v, d_v) the encoder's patch features). One view
-    of the encoder's size unless the model splits images (then every view: run/tiles.py's dense path)."""
-    splitting = adapter.loaded.splitting
-    if not splitting.split:
-        V = adapter.patch_features(adapter.pixel_values(images, adapter.image_size))
-        return adapter.connect(V).repeat_interleave(per_image, dim=0), None, None, V
-    from qgsa_bench.run.tiles import view_tokens
-    from qgsa_bench.run.vision import Encoded
-
-    views = adapter.views(images, splitting)
-    enc = Encoded(V=adapter.patch_features(views.pixel_values), views=views,
-                  shown=[list(range(n)) for n in views.counts])
-    tokens, valid, layouts = view_tokens(adapter, enc)
-    return (tokens.repeat_interleave(per_image, dim=0), valid.repeat_interleave(per_image, dim=0),
-            [layout for layout in layouts for _ in range(per_image)], enc.V)
 
 
 class PatchHeads(torch.nn.Module):
