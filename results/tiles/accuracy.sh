@@ -11,6 +11,7 @@
 #    shapes-hires train split (what the global view shows), slimmed into results/tiles/checkpoints/; the committed
 #    results/shapes/checkpoints/*.pt are refused on the tiled base (its vocabulary holds 4 more tokens, the tile
 #    markers, and its LM embeddings moved: another architecture hash);
+#    and a module trained where it chooses (qgsa train --insert tiles --fixed-k 1), into qgsa-tiles-trained.pt;
 # 3. eval on 300 questions of the shapes-hires test split (seed 0), per question type: dense tiled, global-only,
 #    qgsa-tiles and random-tiles at T = 1, 2, 4 tiles (T = 4 of 4 is every tile: equal to dense, a check), and
 #    the one-view base at 224 px (the paper's form) as a reference;
@@ -28,6 +29,7 @@ OUT=${OUT:-results/tiles/accuracy-shapes}
 RETRAIN=${RETRAIN:-0}
 BASE=results/tiles/shapes-tiled-base
 CKPT=results/tiles/checkpoints/qgsa-tiles-attr.pt
+CKPT_TILES=results/tiles/checkpoints/qgsa-tiles-trained.pt
 LIMIT=${LIMIT:-300}
 
 if [ "$RETRAIN" = 1 ]; then
@@ -42,10 +44,22 @@ if [ "$RETRAIN" = 1 ]; then
   ${TRAIN/qgsa/$QGSA}
   python3 results/shapes/checkpoints/slim.py "$RUNS/qgsa-attr" "$CKPT" "$TRAIN"
   cp "$RUNS/qgsa-attr/summary.json" results/tiles/models/qgsa-tiles-attr-summary.json
+  # the module trained where it chooses: qgsa train --insert tiles (Gumbel straight-through over the tiles, L_cs
+  # against one random tile; about 20 minutes)
+  TRAIN_TILES="qgsa train --model $BASE --dataset shapes-hires --split train --limit 1600 --batch 8 --insert tiles \
+--fixed-k 1 --projection connector --soft-mask-space logits --lambda-answer 1.0 --lr 1e-3 --epochs 3 --warmup-steps 20 \
+--align-encoder lm --device cpu --out $RUNS/qgsa-tiles-t1"
+  ${TRAIN_TILES/qgsa/$QGSA}
+  python3 results/shapes/checkpoints/slim.py "$RUNS/qgsa-tiles-t1" "$CKPT_TILES" "$TRAIN_TILES"
+  cp "$RUNS/qgsa-tiles-t1/summary.json" results/tiles/models/qgsa-tiles-trained-summary.json
 fi
 
 EVAL=(--model "$BASE" --device cpu --dataset shapes-hires --split test --limit "$LIMIT" --batch 8 --max-new-tokens 3)
 $QGSA eval "${EVAL[@]}" --image-splitting --pipelines dense,global-only --out "$OUT/eval-dense"
+for T in 1 2; do
+  $QGSA eval "${EVAL[@]}" --image-splitting --pipelines qgsa-tiles --k "$T" --checkpoint "$CKPT_TILES" \
+    --out "$OUT/eval-tiles-trained-t$T"
+done
 for T in 1 2 4; do
   $QGSA eval "${EVAL[@]}" --image-splitting --pipelines qgsa-tiles,random-tiles --k "$T" --checkpoint "$CKPT" \
     --out "$OUT/eval-tiles-t$T"

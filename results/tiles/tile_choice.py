@@ -2,7 +2,8 @@
 exist with answer yes) of the shapes-hires test split, how often each tile selector's chosen tiles hold the referent
 (the tile of its box centre; objects never straddle tiles), the accuracy when they do and when they do not, and how
 often QGSA's scorer (the committed module, over the global view's patches) ranks the referent's tile first when a tile
-is scored by the mean of its patch scores (qgsa-tiles' rule) or by their maximum.
+is scored by the mean of its patch scores (qgsa-tiles' rule) or by their maximum; for the committed post-vision module
+and for the module trained at tiles.
 
     python3 results/tiles/tile_choice.py results/tiles/accuracy-shapes > results/tiles/accuracy-shapes/tile_choice.md
 """
@@ -17,7 +18,9 @@ import torch
 from qgsa_bench.build import build
 from qgsa_bench.data import shapes
 
-BASE, CKPT = "results/tiles/shapes-tiled-base", "results/tiles/checkpoints/qgsa-tiles-attr.pt"
+BASE = "results/tiles/shapes-tiled-base"
+CKPTS = {"post-vision module (qgsa-tiles-attr.pt)": "results/tiles/checkpoints/qgsa-tiles-attr.pt",
+         "trained at tiles (qgsa-tiles-trained.pt)": "results/tiles/checkpoints/qgsa-tiles-trained.pt"}
 
 
 def referent_tile(box) -> int:
@@ -29,12 +32,13 @@ def referent_tile(box) -> int:
 def chosen(out: Path, samples: dict) -> list[str]:
     """Per selector and T: referent in the chosen tiles (%), accuracy with it and without it."""
     lines = ["| selector | T | question type | referent's tile chosen | accuracy when chosen | when not |", "|---|---|---|---|---|---|"]
-    for path in sorted(out.glob("eval-tiles-t*/predictions.jsonl")):
+    for path in sorted(out.glob("eval-tiles-*/predictions.jsonl")):
         groups = collections.defaultdict(list)
+        trained = " (trained at tiles)" if path.parent.name.startswith("eval-tiles-trained") else ""
         for r in map(json.loads, path.read_text().splitlines()):
             s = samples[r["id"]]
             if s.box is not None:
-                groups[(r["pipeline"], len(r["selected_tiles"]), s.question_type)].append(
+                groups[(r["pipeline"] + trained, len(r["selected_tiles"]), s.question_type)].append(
                     (referent_tile(s.box) in r["selected_tiles"], r["score"]))
         for (name, t, kind), rows in sorted(groups.items()):
             hit = [score for h, score in rows if h]
@@ -46,9 +50,9 @@ def chosen(out: Path, samples: dict) -> list[str]:
 
 
 @torch.no_grad()
-def scorer_ranks(samples: list) -> list[str]:
+def scorer_ranks(samples: list, checkpoint: str) -> list[str]:
     """How often the scorer's best tile is the referent's, by the mean (qgsa-tiles) or the max of patch scores."""
-    built = build(BASE, "pretrained", "cpu", "fp32", checkpoint=CKPT)
+    built = build(BASE, "pretrained", "cpu", "fp32", checkpoint=checkpoint)
     a, splitting = built.adapter, built.adapter.splitting()
     hits = collections.defaultdict(list)
     for s in samples:
@@ -70,8 +74,9 @@ def main(out: Path) -> str:
     by_id = {s.id: s for s in test}
     one_object = [s for s in test if s.box is not None]
     return "\n".join(["## Chosen tiles and the referent", "", *chosen(out, by_id), "",
-                      "## QGSA's scorer over the global view: the best tile by mean or max", "",
-                      *scorer_ranks(one_object), ""]) + "\n"
+                      *[line for name, path in CKPTS.items() for line in
+                        (f"## QGSA's scorer over the global view, {name}: the best tile by mean or max", "",
+                         *scorer_ranks(one_object, path), "")]]) + "\n"
 
 
 if __name__ == "__main__":
