@@ -80,9 +80,15 @@ def test_every_result_names_a_committed_checkpoint():
 
 
 # results/tiles/accuracy.sh: qgsa-attr's recipe on the tiled base (results/tiles/shapes-tiled-base), one 224-px view
-# of the shapes-hires train split
+# of the shapes-hires train split; and the module trained where it chooses (--insert tiles --fixed-k 1, 3 epochs,
+# no L_attr, each step encoding the chosen tiles)
 TILES = RESULTS / "tiles"
 TILE_FILES = sorted(path.stem for path in (TILES / "checkpoints").glob("*.pt"))
+TILE_RECIPES = {
+    "qgsa-tiles-attr": ({**COMMON, **PAPER, **ATTR, "dataset": "shapes-hires"}, "post-vision"),
+    "qgsa-tiles-trained": ({**COMMON, **PAPER, **FIX, "dataset": "shapes-hires", "lr": 1e-3, "epochs": 3,
+                            "insert": "tiles", "fixed_k": 1, "cache_features": False}, "tiles"),
+}
 
 
 @pytest.mark.parametrize("name", TILE_FILES)
@@ -94,8 +100,8 @@ def test_shipped_tile_checkpoint(name):
     base = build(str(TILES / "shapes-tiled-base"), "pretrained", "cpu", "fp32").loaded.provenance()
     module, payload = load_checkpoint(path, base)
     assert "optimizer" not in payload and "rng" not in payload
-    want = {**COMMON, **PAPER, **ATTR, "dataset": "shapes-hires"}
-    assert {key: payload["train_config"][key] for key in want} == want and module.trained_at == "post-vision"
+    want, point = TILE_RECIPES[name]
+    assert {key: payload["train_config"][key] for key in want} == want and module.trained_at == point
     assert payload["step"] == payload["total_steps"] == want["epochs"] * math.ceil(want["limit"] / want["batch"])
     assert payload["provenance"]["command"].startswith("qgsa train --model results/tiles/shapes-tiled-base ")
 
