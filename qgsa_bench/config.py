@@ -93,9 +93,11 @@ class SweepConfig:
         needs_t = [s.text for s in self.specs if s.at_tiles and not s.selector.keeps_no_tiles]
         if needs_t and self.tiles is None:
             raise QGSAError(f"{needs_t[0]} keeps T tiles: give its budget with --tiles T (e.g. --tiles 1)")
-        if self.tiles is not None and (self.tiles < 1 or not needs_t):
-            raise QGSAError(f"--tiles is the budget of qgsa-tiles / random-tiles, at least 1 (got {self.tiles}"
-                            f"{'' if needs_t else ' and no such selector in --pipelines'})")
+        if self.tiles is not None and not needs_t:
+            raise QGSAError("--tiles is the budget of qgsa-tiles / random-tiles, and no such selector is in "
+                            "--pipelines: add one, or drop --tiles")
+        if self.tiles is not None and self.tiles < 1:
+            raise QGSAError(f"--tiles counts the tiles encoded besides the global view: at least 1, got {self.tiles}")
 
 
 @dataclass
@@ -301,17 +303,17 @@ class TrainConfig:
             raise QGSAError(f"--warmup-steps must be 0 or more, got {self.warmup_steps}")
         if self.lr <= 0 or self.tau_start <= 0 or self.tau_end <= 0:
             raise QGSAError("--lr, --tau-start and --tau-end must be positive")
+        if self.insert != "tiles" and self.longest_edge is not None:
+            raise QGSAError("--longest-edge splits the images into tiles: it goes with --insert tiles")
         if self.insert != "post-vision":
             from qgsa_bench.selectors.base import parse_point
 
-            point = parse_point(self.insert)
-            if point.kind not in ("vision", "tiles"):
+            if self.insert.partition(":")[0] not in ("vision", "tiles"):
                 raise QGSAError(f"--insert takes post-vision, vision:L or tiles, got '{self.insert}'")
+            point = parse_point(self.insert)
             if self.lambda_attr or self.budget_target:
                 raise QGSAError("--lambda-attr, --attr-budget and --suff-budget score patches after the encoder: "
                                 "use them with --insert post-vision")
-            if point.kind != "tiles" and self.longest_edge is not None:
-                raise QGSAError("--longest-edge splits the images into tiles: it goes with --insert tiles")
             if point.kind == "tiles" and self.cache_features:
                 raise QGSAError("--cache-features keeps one view's features; with --insert tiles each step encodes the "
                                 "global views and the tiles chosen: drop --cache-features")

@@ -321,6 +321,8 @@ def test_sweep_resolution_over_longest_edges_is_the_tiled_table4(tmp_path):
     """`sweep-resolution --longest-edge`: the square demo image at 64/128/192 px on tiny's 64-px tiles is 1, 5
     and 10 views; rows keyed by the edge, tile selectors at --tiles, FLOPs counted per edge (not reused across
     edges, whose views have one size), bad edges and budgets one error line each."""
+    import json
+
     import pandas as pd
     from typer.testing import CliRunner
 
@@ -348,6 +350,9 @@ def test_sweep_resolution_over_longest_edges_is_the_tiled_table4(tmp_path):
     tiled = pd.read_csv(t_out / "sweep.csv").set_index(["longest_edge", "pipeline"])
     assert list(tiled.index) == [(64, "dense"), (128, "dense"), (128, "qgsa-tiles"), (192, "dense"),
                                  (192, "qgsa-tiles")]  # one view at 64 px: no tile to choose, no row
+    assert "no row for qgsa-tiles at edge 64px: the image is one view there" in result.stderr
+    assert json.loads((t_out / "meta.json").read_text())["not_measured"]["cases"] == ["qgsa-tiles at edge 64px"]
+    assert tiled.image_input[(64, "dense")].startswith("one 64-px view (at longest edge 64 px the image fits one")
     again = CliRunner().invoke(app, [*args, "--longest-edge", "64", "128", "192", "--pipelines", "dense,qgsa-tiles",
                                      "--tiles", "2", "--out", str(t_out)])
     assert again.exit_code == 0 and "already holds" in again.output, again.output
@@ -361,8 +366,38 @@ def test_sweep_resolution_over_longest_edges_is_the_tiled_table4(tmp_path):
         (["--longest-edge", "128", "--pipelines", "dense,qgsa-tiles"], "give its budget with --tiles T"),
         (["--sizes", "64", "--pipelines", "dense,qgsa-tiles", "--tiles", "1"], "sweep --longest-edge"),
         (["--sizes", "64", "--longest-edge", "128"], "give one of them"),
-        (["--longest-edge", "128", "--pipelines", "dense", "--tiles", "1"], "no such selector in --pipelines"),
+        (["--longest-edge", "128", "--pipelines", "dense", "--tiles", "1"], "no such selector is in --pipelines"),
     ]:
         bad = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / "bad")])
         assert bad.exit_code == 2 and words in bad.stderr, (extra, bad.output)
         assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_what_a_fresh_user_found_in_session_five(tmp_path):
+    """Found by trying the README as a new user: --longest-edge was silently ignored where the model does not
+    split (info, count-flops, train at post-vision); train --insert tiles with T above an image's tiles (or an edge
+    giving one view) failed at its first step after writing a folder that then refused the corrected command;
+    --insert bogus listed insertion points train refuses; --tiles without a tile selector read as 'too small'."""
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    train = ["train", "--model", "tiny", "--dataset", "shapes", "--limit", "8", "--max-steps", "1"]
+    for args, words in [
+        (["info", "--model", "tiny", "--image-size", "200x150", "--longest-edge", "128"],
+         "--longest-edge 128 sets where the processor tiles the image, and this model's image splitting is off"),
+        (["count-flops", "--model", "tiny", "--image-size", "200x150", "--pipelines", "dense", "--longest-edge", "128"],
+         "add --image-splitting, or drop --longest-edge"),
+        ([*train, "--fixed-k", "1", "--longest-edge", "128"], "it goes with --insert tiles"),
+        ([*train, "--insert", "bogus"], "--insert takes post-vision, vision:L or tiles, got 'bogus'"),
+        ([*train, "--insert", "tiles", "--fixed-k", "9", "--longest-edge", "128"],
+         "--fixed-k 9 is above the 4 tiles of a training image at longest edge 128 px: use --fixed-k 1 .. 4"),
+        ([*train, "--insert", "tiles", "--fixed-k", "1", "--longest-edge", "64"],
+         "at longest edge 64 px a training image is one view (no tile to choose)"),
+        (["sweep-resolution", "--model", "tiny", "--longest-edge", "128", "--pipelines", "dense", "--tiles", "2"],
+         "no such selector is in --pipelines: add one, or drop --tiles"),
+    ]:
+        out = tmp_path / "out"
+        result = CliRunner().invoke(app, [*args, "--out", str(out)] if args[0] != "info" else args)
+        assert result.exit_code == 2 and words in result.stderr, (args, result.output)
+        assert len(result.stderr.strip().splitlines()) == 1 and not out.exists(), args

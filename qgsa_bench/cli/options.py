@@ -87,7 +87,9 @@ Batches = multi_value_option("--batch", "INT", "Batch size(s), e.g. --batch 1 8 
                                                "repeated): latency and throughput per size.")
 Budgets = multi_value_option("--budgets", "INT", "Visual tokens reaching the LM, e.g. --budgets 192 128 64.")
 ImageSizes = multi_value_option("--image-size", "WxH", "Image sizes in px, e.g. --image-size 2048x2048 1920x1080: "
-                                                     "the image as the model's processor splits it.")
+                                                     "the image as the model's processor makes its views (tiles + a "
+                                                     "global view where it splits, as SmolVLM's does; models whose "
+                                                     "processor does not split need --image-splitting).")
 LongestEdges = multi_value_option("--longest-edge", "INT", "Sweep the model's own split views instead of --sizes: "
                                   "the longest edge the image is resized to before tiling, e.g. --longest-edge 512 1024 "
                                   "1536 2048 (a square image: SmolVLM's 1, 5, 10, 17 views).")

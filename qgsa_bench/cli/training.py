@@ -9,8 +9,7 @@ from typing import Optional
 import typer
 
 from qgsa_bench.cli.app import command, console, key_value_table, text_or_none, warn
-from qgsa_bench.cli.options import (DataDir, Device, Dtype, Limit, LongestEdge, Model, Overwrite, Resolution, Seed,
-                                    SkipBad, Weights)
+from qgsa_bench.cli.options import DataDir, Device, Dtype, Limit, Model, Overwrite, Resolution, Seed, SkipBad, Weights
 from qgsa_bench.cli.progress import run_and_show
 
 
@@ -72,7 +71,9 @@ def train(
                                "(inside the encoder after layer L; evaluate with --pipelines qgsa-vision@vision:L) or "
                                "tiles (before the encoder, choosing --fixed-k T tiles of the model's own split views; "
                                "evaluate with qgsa-tiles)."),
-    longest_edge: LongestEdge = None,
+    longest_edge: Optional[int] = typer.Option(None, help="With --insert tiles: resize the longest edge to this many "
+                                               "px before tiling (a multiple of the tile size; default: the model's "
+                                               "processor's)."),
     fill: str = typer.Option("zero", help="With --projection connector: unselected patches are zero or a learned vector."),
     resolution: Resolution = None,
     max_steps: Optional[int] = typer.Option(None, help="Stop after this many steps in all."),

@@ -91,6 +91,13 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
                                        **measure_meta(built, m)))
         todo = [(b, s, [c for c in variants if (b, s, c) not in done and applies(points[s], variants[c][0])])
                 for b in batches for s in sizes]
+        skipped = [f"{c} at edge {s}px" for s in sizes for c in variants if not applies(points[s], variants[c][0])]
+        if skipped:  # said once, and kept in meta.json
+            meta = res.write_meta({**meta, "not_measured": {"cases": skipped, "why": "the image is one view there: "
+                                                            "no tile to choose"}})
+            if warn:
+                warn(f"no row for {', '.join(skipped)}: the image is one view there (no tile to choose; the row would "
+                     f"repeat dense's)")
         todo = [(b, s, cs) for b, s, cs in todo if cs]
         if not todo:
             res.finished(f"every (batch, size, pipeline) asked for ({len(batches)} x {len(cfg.sizes)} x {len(variants)})")
@@ -154,6 +161,9 @@ class EdgePoint:
     views: int
 
     def describe(self) -> str:
+        if self.views == 1:
+            return (f"one {self.splitting.tile}-px view (at longest edge {self.splitting.longest_edge} px the image "
+                    f"fits one tile: no tiles)")
         return f"{self.splitting.describe()}: {self.views} views"
 
     def check(self, run, budget: int | None) -> None:

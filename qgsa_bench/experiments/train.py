@@ -93,6 +93,8 @@ class Trainer:
         names = (("qgsa-tiles", "random-tiles") if self.tiles else (f"qgsa-vision@{cfg.insert}", f"random@{cfg.insert}")
                  if self.inside else ("qgsa", "random"))
         self.run, self.random_run = built.run(names[0]), built.run(names[1])
+        if self.tiles is not None:
+            self._check_tiles()
         self.resolution = self.run.resolution(cfg.resolution or self.adapter.image_size)
         self.generator = built.engine.generator  # Gumbel noise and random subsets, saved in checkpoints
         self._features: dict[str, torch.Tensor] = {}
@@ -108,6 +110,21 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg.warmup_steps))
         self.step = 0
+
+    def _check_tiles(self) -> None:
+        """--insert tiles: the first training image's tiles hold the fixed budget T. Raises QGSAError before any
+        step or file (an image of one view has no tile to choose)."""
+        batch, images = self.data.open_images(self.samples[:1])
+        if not batch:
+            return
+        n_tiles = self.adapter.views(images, self.tiles).counts[0] - 1
+        edge = self.tiles.longest_edge
+        if n_tiles == 0:
+            raise QGSAError(f"at longest edge {edge} px a training image is one view (no tile to choose): give a larger "
+                            f"--longest-edge (a multiple of {self.tiles.tile} px)")
+        if self.cfg.fixed_k > n_tiles:
+            raise QGSAError(f"--fixed-k {self.cfg.fixed_k} is above the {n_tiles} tiles of a training image at longest "
+                            f"edge {edge} px: use --fixed-k 1 .. {n_tiles}")
 
     # ---- data ----------------------------------------------------------------------------
     def batch_at(self, step: int) -> list:

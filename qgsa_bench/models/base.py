@@ -120,14 +120,18 @@ class VLMAdapter:
     # ---- the model's own views (models/views.py) ---------------------------------------------
     def splitting(self, split: bool | None = None, longest_edge: int | None = None) -> Splitting:
         """The model's processor settings (LoadedModel.splitting) with `split` / `longest_edge` where given.
-        Raises QGSAError for a family without tiles, settings the processor cannot use, or splitting with a
-        tokenizer that has no tile markers."""
+        Raises QGSAError for a family without tiles, settings the processor cannot use, a longest edge without
+        splitting, or splitting with a tokenizer that has no tile markers."""
         own = self.loaded.splitting
         if own is None:
             raise QGSAError(f"{self.family} models take one view (no tiles): --image-size, --image-splitting and "
                             f"--longest-edge are SmolVLM's (Idefics3) settings; drop them")
         chosen = replace(own, split=own.split if split is None else split,
                          longest_edge=own.longest_edge if longest_edge is None else longest_edge)
+        if longest_edge is not None and not chosen.split:
+            raise QGSAError(f"--longest-edge {longest_edge} sets where the processor tiles the image, and this model's "
+                            f"image splitting is {'off' if split is None else 'turned off'}: add --image-splitting, or "
+                            f"drop --longest-edge")
         chosen.check()
         if chosen.split:
             missing = [t for t in (tile_token(1, 1), "<global-img>") if t not in self.loaded.special_tokens]
