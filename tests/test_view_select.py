@@ -161,3 +161,77 @@ def test_bad_budgets_on_split_images_are_one_error(tiny, spec, k, words):
     with pytest.raises(QGSAError) as err:
         tiny.engine.run(spec).prepare([noise(200, 150)], [QUESTION], 0, k=k, splitting=tiny.adapter.splitting(True))
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_tile_budgets_in_visual_tokens():
+    from qgsa_bench.run.tiles import tiles_for_budget, tokens_of_tiles
+
+    assert [tiles_for_budget(k, "tokens", 64, 16, "qgsa-tiles") for k in (128, 191, 192, 320, 576, 1088)] == \
+        [1, 1, 2, 4, 8, 16]  # the global view's 64, then whole tiles of 64
+    assert [tokens_of_tiles(T, 64) for T in (1, 2, 4, 8)] == [128, 192, 320, 576]
+    for k, unit, words in [(127, "tokens", "qgsa-tiles at 127 visual tokens is impossible: the global view takes 64 "
+                                           "and each tile 64 more, and the image has 16 tiles (128 .. 1088 visual "
+                                           "tokens)"),
+                           (1152, "tokens", "(128 .. 1088 visual tokens)"),
+                           (17, "tiles", "qgsa-tiles at 17 tiles is impossible: the image has 16 tiles besides the "
+                                         "global view (1 .. 16 tiles)"),
+                           (0, "tiles", "(1 .. 16 tiles)"), (2, "patches", "--tile-unit must be tiles or tokens")]:
+        with pytest.raises(QGSAError) as err:
+            tiles_for_budget(k, unit, 64, 16, "qgsa-tiles")
+        assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_count_flops_puts_hired_and_the_peers_at_the_tile_selectors_visual_tokens(tmp_path):
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    out = tmp_path / "count"
+    args = ["count-flops", "--model", "tiny", "--image-size", "200x150", "--image-splitting", "--pipelines",
+            "dense,qgsa-tiles,hired,visionzip,random@vision:1,fastv@lm:1", "--tiles", "32", "48", "--tile-unit",
+            "tokens", "--budgets-from-tiles", "--decode-tokens", "2"]
+    result = CliRunner().invoke(app, [*args, "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out / "flops.csv")
+    tiles = rows[rows.pipeline == "qgsa-tiles"]
+    assert tiles.budget.tolist() == [32, 48] and (tiles.budget_unit == "tokens").all()
+    assert tiles.views_encoded.tolist() == [2, 3] and tiles.n_visual_tokens.tolist() == [32, 48]  # 16 per view
+    for peer in ("hired", "visionzip", "random@vision:1", "fastv@lm:1"):
+        own = rows[rows.pipeline == peer]
+        assert own.budget.tolist() == [32, 48] and (own.budget_unit == "tokens").all(), peer
+        assert own.budget_share.tolist() == pytest.approx([32 / 208, 48 / 208], abs=1e-6)  # CSV: 6 digits
+    dense = rows[rows.pipeline == "dense"].iloc[0]
+    hired = rows[rows.pipeline == "hired"]
+    assert (hired.flops_vision >= dense.flops_vision).all() and (hired.n_visual_tokens == hired.budget).all()
+    assert (rows[rows.pipeline == "random@vision:1"].flops_vision < dense.flops_vision).all()
+    bad = CliRunner().invoke(app, [*args[:-6], "--tiles", "20", "--tile-unit", "tokens", "--out", str(tmp_path / "b")])
+    assert bad.exit_code == 2 and "qgsa-tiles on the 200x150 image at 20 visual tokens is impossible" in bad.stderr
+
+
+def test_sweep_budget_and_ask_take_tile_budgets_in_visual_tokens(tmp_path):
+    import json
+
+    import pandas as pd
+    from typer.testing import CliRunner
+
+    from qgsa_bench.cli import app
+
+    out = tmp_path / "sweep"
+    result = CliRunner().invoke(app, [
+        "sweep-budget", "--model", "tiny", "--image-size", "200x150", "--image-splitting", "--pipelines",
+        "dense,qgsa-tiles,hired", "--tiles", "32", "--tile-unit", "tokens", "--budgets-from-tiles", "--reps", "1",
+        "--warmup", "0", "--decode-tokens", "1", "--no-flops", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out / "budget.csv").set_index("case")
+    assert list(rows.index) == ["dense", "qgsa-tiles k=32", "hired k=32"]
+    assert rows.budget_unit.tolist() == ["tokens"] * 3 and rows.n_visual_tokens.tolist() == [208, 32, 32]
+    path = tmp_path / "photo.png"
+    noise(200, 150).save(path)
+    answer = tmp_path / "a.json"
+    result = CliRunner().invoke(app, ["ask", "--model", "tiny", "--image", str(path), "-q", QUESTION, "--image-splitting",
+                                      "--pipeline", "qgsa-tiles", "--k", "48", "--tile-unit", "tokens",
+                                      "--max-new-tokens", "1", "--out", str(answer)])
+    assert result.exit_code == 0, result.output
+    got = json.loads(answer.read_text())
+    assert (got["tiles_kept"], got["budget"], got["budget_unit"], got["n_visual_tokens"]) == (2, 48, "tokens", 48)

@@ -124,9 +124,9 @@ def post_vision(run, enc: Encoded, q, k, tau=None, budget_grad: bool = True):
     if sel.attention == "received":
         last = unit_mean(a.vision_attention_received(a.vision_depth - 1, enc.last_input), units)  # (M, n_v)
         state.attention = joint(last, views)[0]
-    if enc.content_input is not None:  # HiRED: the global view's patches in an early layer
-        first = a.vision_attention_received(sel.content_layer - 1, enc.content_input)  # (M, N_v)
-        state.cache["content_attention"] = first[[views.first[b] + views.counts[b] - 1 for b in range(views.batch)]]
+    if enc.content_input is not None:  # HiRED: the global view's patches in an early layer (only the global view's)
+        glob = [views.first[b] + views.counts[b] - 1 for b in range(views.batch)]
+        state.cache["content_attention"] = a.vision_attention_received(sel.content_layer - 1, enc.content_input[glob])
     where = where_text(run.spec.point, valid, views)
     selection = sel.select(state, joint_budget(run, k, q, views, valid, where))
     check_budget(selection.k, valid.sum(1), where)
