@@ -235,3 +235,13 @@ def test_sweep_budget_and_ask_take_tile_budgets_in_visual_tokens(tmp_path):
     assert result.exit_code == 0, result.output
     got = json.loads(answer.read_text())
     assert (got["tiles_kept"], got["budget"], got["budget_unit"], got["n_visual_tokens"]) == (2, 48, "tokens", 48)
+
+
+@torch.no_grad()
+def test_hired_on_one_view_is_the_top_k_by_last_layer_attention(tiny, llava_tiny, images):
+    for built, res in ((tiny, 64), (llava_tiny, 84)):
+        result = built.engine.run("hired").prepare(images, ["what?", "where?"], res, k=5)
+        assert result.inputs.n_visual.tolist() == [5, 5]
+        scores = result.selection.scores  # the attention each unit receives in the last vision layer run
+        for b in range(2):
+            assert result.selection.indices[b].tolist() == sorted(scores[b].topk(5).indices.tolist())
