@@ -370,9 +370,12 @@ class AskConfig:
     seed: int = 0
     image_splitting: bool | None = None  # the model's own views (models/views.py); None: one square view
     longest_edge: int | None = None
+    tile_unit: str = "tiles"  # a tile selector's --k: tiles, or visual tokens (run/tiles.tiles_for_budget)
 
     def __post_init__(self):
         self.spec = parse_spec(self.pipeline)  # parsed once, here (not a field)
+        if self.tile_unit not in ("tiles", "tokens"):
+            raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
         if self.longest_edge is not None and not self.image_splitting:
             raise QGSAError("--longest-edge sets how the model's processor tiles the image: add --image-splitting")
         if self.image_splitting is not None and self.resolution is not None:

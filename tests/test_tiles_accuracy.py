@@ -83,7 +83,7 @@ def test_eval_on_split_images_equals_each_samples_own_answer(tmp_path, tiny):
     (("--pipelines", "qgsa-tiles", "--k", 1), "add --image-splitting"),
     (("--pipelines", "random-tiles", "--k", 5, *SPLIT), "use 1 <= --k <= 4"),
     (("--pipelines", "qgsa-tiles", *SPLIT), "needs a budget in tiles"),
-    (("--pipelines", "qgsa", "--k", 4, *SPLIT), "selects among the visual tokens of one view"),
+    (("--pipelines", "qgsa", "--k", 4, *SPLIT), "selects single patches of one view"),
     (("--longest-edge", 128), "add --image-splitting"),
     (("--image-splitting", "--longest-edge", 100), "not a positive multiple of the tile size"),
 ])

@@ -156,9 +156,10 @@ def test_vision_flops_of_a_split_image_are_views_times_one_view(tiny):
     (lambda t: t.engine.run("random-tiles").prepare([noise(200, 150)], [QUESTION], 0, k=13,
                                                     splitting=t.adapter.splitting(True)),
      "budget 13 tiles is impossible at tiles (12 tiles in the image with the fewest): pick 1 <= budget <= 12"),
-    (lambda t: t.engine.run("random@post-vision").prepare([noise(200, 150)], [QUESTION], 0, k=2,
+    (lambda t: t.engine.run("random").prepare([noise(200, 150)], [QUESTION], 0, k=2,
                                                           splitting=t.adapter.splitting(True)),
-     "random@post-vision selects among the visual tokens of one view; on an image split into tiles use dense"),
+     "random selects single patches of one view (the seed paper's form); on an image split into tiles give it whole "
+     "visual tokens, e.g. random@post-vision"),
     (lambda t: t.engine.run("random-tiles@vision:1"), "selector 'random-tiles' cannot sit at vision:1"),
 ])
 def test_bad_tile_settings_are_one_error(tiny, call, words):
@@ -215,7 +216,7 @@ def test_count_flops_splits_images_and_counts_only_the_encoded_views(tmp_path):
     assert rows[rows.pipeline == "global-only"].iloc[0].flops_vision == one_view
     fastv = rows[rows.pipeline == "fastv@lm:1"].iloc[0]
     assert fastv.flops_vision == dense.flops_vision and fastv.flops_prefill < dense.flops_prefill
-    for extra, words in [(["--tiles", "13"], "qgsa-tiles at 13 tiles is impossible for the 200x150 image: it has 12"),
+    for extra, words in [(["--tiles", "13"], "qgsa-tiles on the 200x150 image at 13 tiles is impossible: the image has 12 tiles"),
                          (["--resolution", "64"], "--resolution is one square view; --image-size splits"),
                          (["--longest-edge", "100"], "--longest-edge 100 is not a positive multiple of the tile size 64")]:
         bad = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / "bad")])

@@ -12,7 +12,7 @@ from rich.table import Table
 from qgsa_bench.cli.app import command, console, key_value_table, text_or_none, warn, write_json
 from qgsa_bench import QGSAError
 from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, image_sizes
-from qgsa_bench.cli.options import (PIPELINE_HELP, Device, Dtype, ImageSizes, ImageSplitting, LongestEdge,
+from qgsa_bench.cli.options import (PIPELINE_HELP, Device, Dtype, ImageSizes, ImageSplitting, LongestEdge, TileUnit,
                                     MaxNewTokens, Model, Resolution, Seed, Weights)
 
 
@@ -92,7 +92,7 @@ def ask(
     checkpoint: Optional[Path] = typer.Option(None, help="QGSA checkpoint from `qgsa train` (else random init)."),
     resolution: Resolution = None,
     k: Optional[int] = typer.Option(None, help="The selector's budget: visual tokens (the paper's qgsa/random/norm: "
-                                               "patches; tile selectors: tiles besides the global view). Default: "
+                                               "patches; tile selectors: --tile-unit). Default: "
                                                "f_comp's (tile selectors need one)."),
     max_new_tokens: MaxNewTokens = 16,
     device: Device = "auto",
@@ -100,6 +100,7 @@ def ask(
     seed: Seed = 0,
     image_splitting: ImageSplitting = None,
     longest_edge: LongestEdge = None,
+    tile_unit: TileUnit = "tiles",
     out: Optional[Path] = typer.Option(None, help="Also write the result as JSON to this file."),
 ):
     """Answer one question about one image with one pipeline; show tokens, selection and latency.
@@ -115,7 +116,8 @@ def ask(
         return
     cfg = AskConfig(image=str(image), question=question, model=model, pipeline=pipeline, weights=weights,
                     checkpoint=text_or_none(checkpoint), resolution=resolution, k=k, max_new_tokens=max_new_tokens,
-                    device=device, dtype=dtype, seed=seed, image_splitting=image_splitting, longest_edge=longest_edge)
+                    device=device, dtype=dtype, seed=seed, image_splitting=image_splitting, longest_edge=longest_edge,
+                    tile_unit=tile_unit)
     result = run_ask(cfg, warn=warn)
     console.print(key_value_table(f"qgsa ask: {pipeline}", [(key, value) for key, value in result.items()
                                                              if value is not None]))

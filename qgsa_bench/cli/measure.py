@@ -13,7 +13,8 @@ from qgsa_bench.cli.app import command, text_or_none, warn
 from qgsa_bench.cli.data import untrained, warned_when_started
 from qgsa_bench.cli.multivalue import MULTI_VALUE_COMMAND, floats, image_sizes, ints
 from qgsa_bench.cli.options import (PIPELINE_HELP, TIMING, Batch, Batches, BudgetUnit, Budgets, Checkpoint,
-                                    ImageSizes, ImageSplitting, LongestEdge, LongestEdges, Tiles,
+                                    ImageSizes, ImageSplitting, LongestEdge, LongestEdges, Tiles, TileUnit,
+                                    BudgetsFromTiles,
                                     DecodeTokens, FcompCheckpoint, Model, OracleLimit, OracleSplit, Overwrite,
                                     Pipelines, Resolution, Shares, Sizes, pipeline_list)
 from qgsa_bench.cli.progress import run_and_show
@@ -108,6 +109,8 @@ def sweep_budget(
     image_splitting: ImageSplitting = None,
     longest_edge: LongestEdge = None,
     tiles: Tiles = ["1", "2", "4"],
+    tile_unit: TileUnit = "tiles",
+    budgets_from_tiles: BudgetsFromTiles = False,
     out: Path = typer.Option(Path("results/budget"), help="Results folder (budget.csv, accuracy.csv with --dataset, "
                                                           "comparisons.csv, meta.json, table.md)."),
     overwrite: Overwrite = False,
@@ -132,7 +135,8 @@ def sweep_budget(
                        allocations=tuple(a.strip() for a in allocate.split(",") if a.strip()),
                        fcomp_checkpoint=text_or_none(fcomp_checkpoint), oracle_split=oracle_split,
                        oracle_limit=oracle_limit, timing_only=timing_only, image_size=sizes[0] if sizes else None,
-                       splitting=image_splitting, longest_edge=longest_edge, tiles=ints("--tiles", tiles))
+                       splitting=image_splitting, longest_edge=longest_edge, tiles=ints("--tiles", tiles),
+                       tile_unit=tile_unit, budgets_from_tiles=budgets_from_tiles)
     # with --dataset only: accuracy is an untrained selector's (FLOPs and latency do not depend on the weights)
     message = dataset and untrained(cfg.specs, 0, lambda spec: cfg.checkpoints.get(spec.selector.name)
                                     or measure.checkpoint, "--checkpoint [SELECTOR=]PATH")
@@ -156,6 +160,8 @@ def count_flops_command(
     image_splitting: ImageSplitting = None,
     longest_edge: LongestEdge = None,
     tiles: Tiles = ["1", "2", "4", "8"],
+    tile_unit: TileUnit = "tiles",
+    budgets_from_tiles: BudgetsFromTiles = False,
     out: Path = typer.Option(Path("results/count"), help="Results folder (flops.csv, crosscheck.json, table.md)."),
     overwrite: Overwrite = False,
 ):
@@ -174,7 +180,8 @@ def count_flops_command(
                       budgets=ints("--budgets", budgets), batch=batch, decode_tokens=decode_tokens, by_depth=by_depth,
                       budget_unit=budget_unit, out=str(out), overwrite=overwrite,
                       image_sizes=image_sizes("--image-size", image_size), splitting=image_splitting,
-                      longest_edge=longest_edge, tiles=ints("--tiles", tiles))
+                      longest_edge=longest_edge, tiles=ints("--tiles", tiles), tile_unit=tile_unit,
+                      budgets_from_tiles=budgets_from_tiles)
     run_and_show(run_count_views if cfg.image_sizes else run_count, cfg, warn=warn, table="table.md",
                  files=("flops.csv", "crosscheck.json", "meta.json", "table.md"))
 

@@ -8,6 +8,7 @@ from qgsa_bench.build import Built, build
 from qgsa_bench.config import AskConfig
 from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.models.images import load_image
+from qgsa_bench.run.tiles import tiles_for_budget
 from qgsa_bench.run.lm import layer_average
 from qgsa_bench.runtime import device_name, dtype_name
 
@@ -19,19 +20,25 @@ def ask(cfg: AskConfig, warn=None, warmup: int = 1) -> dict:
     built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
     splitting = None if cfg.image_splitting is None else built.adapter.splitting(cfg.image_splitting, cfg.longest_edge)
     return answer(built, cfg.image, cfg.question, cfg.spec, cfg.resolution, cfg.k, cfg.max_new_tokens, warmup,
-                  splitting)
+                  splitting, cfg.tile_unit)
 
 
 @torch.no_grad()
 def answer(built: Built, image_path: str, question: str, pipeline="dense", resolution: int | None = None,
-           k: int | None = None, max_new_tokens: int = 16, warmup: int = 1, splitting=None) -> dict:
+           k: int | None = None, max_new_tokens: int = 16, warmup: int = 1, splitting=None,
+           tile_unit: str = "tiles") -> dict:
     """One answer, its visual tokens, selection and latency (one timed run after `warmup` untimed ones).
     `pipeline`: a spec (`NAME[@POINT]` or a parsed run.spec.Spec); `splitting` (models.views.Splitting): the
     image as the model's processor gives it, else one square view of `resolution` px. Raises QGSAError for
-    bad input."""
+    bad input. `tile_unit`: a tile selector's k in tiles or in visual tokens (run/tiles.tiles_for_budget)."""
     image = load_image(image_path)
     resolution = resolution or built.adapter.image_size
     run = built.run(pipeline)
+    budget = k
+    if run.spec.point.kind == "tiles" and k is not None and tile_unit == "tokens" and splitting is not None:
+        views = built.adapter.views([image], splitting)
+        k = tiles_for_budget(k, tile_unit, built.adapter.n_dense_tokens(splitting.tile), views.counts[0] - 1,
+                             run.label)
 
     def once():
         prepared = run.answer([image], [question], resolution, k, max_new_tokens, splitting=splitting)
@@ -57,8 +64,8 @@ def answer(built: Built, image_path: str, question: str, pipeline="dense", resol
         "insertion_point": run.spec.where() if run.spec.patches or run.spec.is_dense else str(run.spec.point),
         "n_visual_tokens": int(prepared.inputs.n_visual[0]),  # entering the LM
         "k": prepared.kept(0),  # kept by the selector (in the LM: after its last cut)
-        **({"tiles_kept": len(prepared.selected_tiles(0)), "views_encoded": len(prepared.shown[0])}
-           if prepared.selected_tiles(0) is not None else {}),
+        **({"tiles_kept": len(prepared.selected_tiles(0)), "views_encoded": len(prepared.shown[0]),
+            "budget": budget, "budget_unit": tile_unit} if prepared.selected_tiles(0) is not None else {}),
         "visual_tokens_layer_avg": round(layer_average(prepared.inputs, prepared.plan, built.adapter.lm_depth), 2),
         **prepared.patch_fields(0),
         "prompt_tokens": int(prepared.inputs.attention_mask[0].sum()),

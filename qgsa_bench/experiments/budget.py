@@ -26,7 +26,7 @@ from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.results import run_meta
 from qgsa_bench.run.spec import check_options, parse_specs
-from qgsa_bench.run.tiles import check_views
+from qgsa_bench.run.tiles import check_views, tiles_for_budget, tokens_of_tiles
 from qgsa_bench.runtime import dtype_name
 
 BUDGET_CSV = "budget.csv"
@@ -82,6 +82,8 @@ class BudgetConfig:
     splitting: bool | None = None
     longest_edge: int | None = None
     tiles: tuple[int, ...] = (1, 2, 4)
+    tile_unit: str = "tiles"  # or "tokens": visual tokens, T = floor(k / n_v) - 1 tiles (run/tiles.tiles_for_budget)
+    budgets_from_tiles: bool = False  # the other selectors at the visual tokens of each tile budget, not --budgets
 
     def __post_init__(self):
         if not self.pipelines:
@@ -110,8 +112,12 @@ class BudgetConfig:
         if split and self.dataset:
             raise QGSAError("accuracy on split images is not measured by sweep-budget yet (eval runs one square view): "
                             "drop --dataset to time and count the split image, or drop --image-size")
+        if self.tile_unit not in ("tiles", "tokens"):
+            raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
         if any(t < 1 for t in self.tiles):
-            raise QGSAError(f"--tiles are tiles kept besides the global view, at least 1 each, got {list(self.tiles)}")
+            raise QGSAError(f"--tiles are budgets in {self.tile_unit}, at least 1 each, got {list(self.tiles)}")
+        if self.budgets_from_tiles and not split:
+            raise QGSAError("--budgets-from-tiles sets the budgets from the tiles of a split image: give --image-size")
 
     def _check_allocations(self) -> None:
         from qgsa_bench.config import check_allocation
@@ -184,9 +190,11 @@ def kept_tokens(run, budget: int, n_dense: int, unit: str) -> int:
 def _cases(cfg: BudgetConfig, built, budgets: list[int], n_dense: int, resolution: int, engines,
            n_tiles: int | None = None) -> list[Case]:
     """Every (pipeline, budget) case. `n_tiles`: the tiles of a split image (--image-size): tile selectors run at
-    each --tiles T (`T=` in the label), global-only once; QGSAError for a selector that cannot take the image or
-    a T above its tiles."""
+    each --tiles budget (`T=` in the label, or `k=` with --tile-unit tokens), global-only once, and with
+    --budgets-from-tiles the others at the visual tokens of each tile budget; QGSAError for a selector that cannot
+    take the image or a budget outside its tiles."""
     cases, a = [], built.adapter
+    n_v = n_dense // (n_tiles + 1) if n_tiles is not None else None
     for spec in cfg.specs:
         if spec.selector.keeps_all:  # dense, dense-bypass: one case, no budget
             cases.append(Case(spec.text, built.run(spec)))
@@ -201,9 +209,10 @@ def _cases(cfg: BudgetConfig, built, budgets: list[int], n_dense: int, resolutio
                 cases.append(Case(spec.text, run))
                 continue
             for t in cfg.tiles:
-                if t > n_tiles:
+                if cfg.tile_unit == "tiles" and t > n_tiles:
                     raise QGSAError(f"--tiles {t} is above the {n_tiles} tiles of this image: pick 1 .. {n_tiles}")
-                cases.append(Case(f"{spec.text} T={t}", run, t))
+                T = tiles_for_budget(t, cfg.tile_unit, n_v, n_tiles, spec.text)
+                cases.append(Case(f"{spec.text} {'T' if cfg.tile_unit == 'tiles' else 'k'}={t}", run, T))
             continue
         for b in budgets:
             if run.spec.point.kind == "input" and a.resolution_for_tokens(b) > a.dense_resolution(resolution):
@@ -243,6 +252,12 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
     else:
         n_dense = a.n_dense_tokens(resolution)
     budgets = resolve_budgets(cfg, n_dense)
+    if cfg.budgets_from_tiles and not n_tiles:
+        raise QGSAError("--budgets-from-tiles takes the budgets from the image's tiles, and this image is one view "
+                        "(image splitting off or an image within one tile): give --budgets instead")
+    if cfg.budgets_from_tiles:  # the peers at the visual tokens of each tile budget
+        n_v = n_dense // (n_tiles + 1)
+        budgets = [tokens_of_tiles(tiles_for_budget(t, cfg.tile_unit, n_v, n_tiles, "--tiles"), n_v) for t in cfg.tiles]
     unknown = [n for n in cfg.checkpoints if n not in {s.selector.name for s in cfg.specs}]
     if unknown:
         raise QGSAError(f"--checkpoint {unknown[0]}=...: no pipeline '{unknown[0]}' in --pipelines")
@@ -261,7 +276,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                 "data_dir": cfg.data_dir, "split": cfg.split, "limit": cfg.limit, "eval_batch": cfg.eval_batch,
                 "max_new_tokens": cfg.max_new_tokens, "compile": m.compile,
                 **({"image_size": "x".join(map(str, cfg.image_size)), "splitting": vars(splitting),
-                    "tiles": list(cfg.tiles)} if splitting else {}),
+                    "tiles": list(cfg.tiles), "tile_unit": cfg.tile_unit,
+                    "budgets_from_tiles": cfg.budgets_from_tiles} if splitting else {}),
                 **({"allocations": list(cfg.allocations), "fcomp_checkpoint": cfg.fcomp_checkpoint,
                     "oracle_split": cfg.oracle_split, "oracle_limit": cfg.oracle_limit}
                    if cfg.allocations != ("fixed",) else {})}
@@ -481,7 +497,9 @@ def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: di
     for case, row in zip(cases, rows):
         own = cfg.checkpoints.get(case.run.spec.selector.name)
         if case.run.spec.point is not None and case.run.spec.point.kind == "tiles":  # budget: tiles besides the global
-            budget, share, unit = case.k or 0, row["n_visual_tokens"] / n_dense, "tiles"
+            tokens = " k=" in case.label  # --tile-unit tokens: the budget as given, in visual tokens
+            budget = int(case.label.rpartition("k=")[2]) if tokens else case.k or 0
+            share, unit = row["n_visual_tokens"] / n_dense, "tokens" if tokens else "tiles"
         else:
             budget = n_dense if case.k is None else int(case.label.rpartition("k=")[2])
             share, unit = budget / n_dense, cfg.budget_unit

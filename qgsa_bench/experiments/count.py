@@ -66,7 +66,9 @@ class CountConfig:
     image_sizes: tuple[tuple[int, int], ...] = ()  # (width, height): split by the model's processor (count_views.py)
     splitting: bool | None = None  # with image_sizes: None = the model's own setting
     longest_edge: int | None = None
-    tiles: tuple[int, ...] = (1, 2, 4, 8)  # tile selectors' budgets
+    tiles: tuple[int, ...] = (1, 2, 4, 8)  # tile selectors' budgets, in `tile_unit`
+    tile_unit: str = "tiles"  # or "tokens": visual tokens, T = floor(k / n_v) - 1 tiles (run/tiles.tiles_for_budget)
+    budgets_from_tiles: bool = False  # the other selectors at the visual tokens of each tile budget, not --budgets
 
     def __post_init__(self):
         if self.by_depth not in ("auto", "yes", "no"):
@@ -77,6 +79,10 @@ class CountConfig:
         if not self.image_sizes and (self.splitting is not None or self.longest_edge is not None):
             raise QGSAError("--image-splitting and --longest-edge describe the model's own views of an image: give "
                             "--image-size WIDTHxHEIGHT too (or drop them for one square view of --resolution px)")
+        if self.tile_unit not in ("tiles", "tokens"):
+            raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
+        if self.budgets_from_tiles and not self.image_sizes:
+            raise QGSAError("--budgets-from-tiles sets the budgets from the tiles of a split image: give --image-size")
         tiles = [s.text for s in self.specs if s.at_tiles]
         if tiles and not self.image_sizes:
             raise QGSAError(f"{tiles[0]} chooses among the tiles of a split image: give --image-size WIDTHxHEIGHT "

@@ -25,7 +25,7 @@ from qgsa_bench.experiments.depth import build_at_depth, count_scaled
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.measure import peer_formulas
 from qgsa_bench.results import run_meta
-from qgsa_bench.run.tiles import check_views
+from qgsa_bench.run.tiles import check_views, tiles_for_budget, tokens_of_tiles
 
 VIEWS_TABLE = Table("flops.csv", tuple(COLUMNS), ("image_size", "pipeline", "budget"))
 
@@ -37,26 +37,36 @@ def picture(width: int, height: int):
     return demo_image().resize((width, height))
 
 
-def _cases(cfg, probe, n_tiles: int, n_tokens: int, size: str) -> list[tuple]:
-    """(spec, budget, budget unit) of every case at one image; QGSAError for one it cannot take."""
+def _cases(cfg, probe, n_tiles: int, n_v: int, size: str) -> list[tuple]:
+    """(spec, budget as given, its unit, the run's k) of every case at one image: tile selectors at each --tiles
+    (in --tile-unit; k = T tiles), the others at each --budgets k, or with --budgets-from-tiles at the visual
+    tokens of each tile budget ((T + 1) x n_v, the peers at equal visual tokens). QGSAError for a case the image
+    cannot take."""
+    tile_ks = None
+    n_tokens = (n_tiles + 1) * n_v
     cases = []
     for spec in cfg.specs:
         bound = probe.run(spec).spec
         check_views(bound)
         if bound.selector.keeps_all or bound.selector.keeps_no_tiles:
-            cases.append((spec, None, None))
+            cases.append((spec, None, None, None))
             continue
-        tiles = bound.point.kind == "tiles"
-        if tiles and not n_tiles:
-            raise QGSAError(f"{spec.text} chooses among tiles, and the {size} image is one view (image splitting off "
+        if not n_tiles and (bound.point.kind == "tiles" or cfg.budgets_from_tiles):
+            what = "chooses among tiles" if bound.point.kind == "tiles" else "takes its budgets from tiles"
+            raise QGSAError(f"{spec.text} {what}, and the {size} image is one view (image splitting off "
                             f"or an image within one tile): pass --image-splitting, or drop {spec.text}")
-        budgets, n = (cfg.tiles, n_tiles) if tiles else (cfg.budgets, n_tokens)
-        unit = "tiles" if tiles else "tokens"
+        if bound.point.kind == "tiles" or cfg.budgets_from_tiles:
+            tile_ks = tile_ks or [(b, tiles_for_budget(b, cfg.tile_unit, n_v, n_tiles, f"{spec.text} on the {size} "
+                                                       f"image")) for b in cfg.tiles]
+        if bound.point.kind == "tiles":
+            cases += [(spec, b, cfg.tile_unit, T) for b, T in tile_ks]
+            continue
+        budgets = [tokens_of_tiles(T, n_v) for _, T in tile_ks] if cfg.budgets_from_tiles else cfg.budgets
         for budget in budgets:
-            if not 1 <= budget <= n:
-                raise QGSAError(f"{spec.text} at {budget} {unit} is impossible for the {size} image: it has {n} {unit} "
-                                f"({'--tiles' if tiles else '--budgets'} 1 .. {n})")
-            cases.append((spec, budget, unit))
+            if not 1 <= budget <= n_tokens:
+                raise QGSAError(f"{spec.text} at {budget} tokens is impossible for the {size} image: it has {n_tokens} "
+                                f"tokens (--budgets 1 .. {n_tokens})")
+            cases.append((spec, budget, "tokens", budget))
     return cases
 
 
@@ -82,10 +92,11 @@ def run_count_views(cfg, progress=None, warn=None) -> Path:
     for width, height in cfg.image_sizes:
         views = a.views([picture(width, height)], splitting)
         size = f"{width}x{height}"
-        plans.append((size, views.counts[0], _cases(cfg, probe, views.counts[0] - 1, views.counts[0] * n_v, size)))
+        plans.append((size, views.counts[0], _cases(cfg, probe, views.counts[0] - 1, n_v, size)))
     settings = {"model": cfg.model, "image_sizes": [p[0] for p in plans], "splitting": vars(splitting),
                 "batch": cfg.batch, "decode_tokens": cfg.decode_tokens, "question": cfg.question,
-                "budgets": list(cfg.budgets), "tiles": list(cfg.tiles), "pipelines": list(cfg.pipelines)}
+                "budgets": "the visual tokens of each tile budget" if cfg.budgets_from_tiles else list(cfg.budgets),
+                "tiles": list(cfg.tiles), "tile_unit": cfg.tile_unit, "pipelines": list(cfg.pipelines)}
     with Results(cfg.out, "count-flops", settings, cfg.overwrite) as res:
         if res.path(VIEWS_TABLE.file).exists():
             res.finished(f"the counts of {sum(len(p[2]) for p in plans)} cases")
@@ -102,11 +113,11 @@ def run_count_views(cfg, progress=None, warn=None) -> Path:
         rows, checks = [], {"vision_per_view_counted": one_view}
         for size, n_views, cases in plans:
             width, height = map(int, size.split("x"))
-            counted = count_scaled(cfg.model, [(s, b) for s, b, _ in cases], splitting.tile, cfg.batch, cfg.question,
+            counted = count_scaled(cfg.model, [(s, k) for s, _, _, k in cases], splitting.tile, cfg.batch, cfg.question,
                                    cfg.decode_tokens, image=picture(width, height), progress=progress, direct=True,
                                    vision_depth=vision_depth, splitting=splitting)
             rows += _rows(cfg, cases, counted, size, splitting.tile, text)
-            dense = next((r for r, (s, _, _) in zip(counted, cases) if s.is_dense), None)
+            dense = next((r for r, (s, *_) in zip(counted, cases) if s.is_dense), None)
             if dense:
                 checks[size] = {"views": n_views, "vision_counted": dense["flops_vision"],
                                 "vision_views_times_one_view": n_views * one_view,
@@ -123,16 +134,16 @@ def run_count_views(cfg, progress=None, warn=None) -> Path:
 
 def _rows(cfg, cases, counted: list[dict], size: str, tile: int, text) -> list[dict]:
     """flops.csv rows of one image: the counts with budget, unit and share of this image's dense."""
-    dense = next((r for r, (s, _, _) in zip(counted, cases) if s.is_dense), None)
+    dense = next((r for r, (s, *_) in zip(counted, cases) if s.is_dense), None)
     rows = []
-    for row, (spec, budget, unit) in zip(counted, cases):
+    for row, (spec, budget, unit, _) in zip(counted, cases):
         row.update(peer_formulas(text, row["prompt_tokens"], row["n_visual_tokens"], cfg.batch,
                                  row.pop("layer_tokens"), row["visual_tokens_layer_avg"]))
         row.update({"pipeline": spec.text, "budget": budget, "budget_unit": unit, "model": cfg.model,
                     "weights": "random (counted: FLOPs do not depend on weight values)", "resolution": tile,
                     "image_size": size})
-        if dense:  # tiles: the visual tokens of the views encoded; in-LM: the budget, of the image's visual tokens
-            kept = row["n_visual_tokens"] if unit != "tokens" else budget
+        if dense:  # tiles: the visual tokens of the views encoded; the others: the budget, of the image's visual tokens
+            kept = row["n_visual_tokens"] if spec.at_tiles else budget
             row["budget_share"] = (kept or dense["n_visual_tokens"]) / dense["n_visual_tokens"]
             row["flops_share_of_dense"] = row["flops_total"] / dense["flops_total"]
             row["flops_saved_pct"] = 100 * (1 - row["flops_share_of_dense"])

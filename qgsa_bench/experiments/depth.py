@@ -119,11 +119,13 @@ def count_scaled(name: str, cases: list[tuple[Spec, int | None]], resolution: in
             run = built.run(spec)
             px = built.adapter.views(images, splitting) if splitting else \
                 built.adapter.pixel_values(images, run.resolution(resolution, k))
+            kept = {}
             counts[(i, extra)] = count_stage_flops(Case(spec.text, run, k), px, questions, decode_tokens,
-                                                   lm_only=extra is not None)
+                                                   lm_only=extra is not None, keep=kept)
             counts[(i, extra)].pop("trace")
-            if extra is None:
-                counts[(i, "shape")] = _shape(plans[i], run, images, questions, resolution, full, splitting)
+            if extra is None:  # split images: the counted run's own prompt (17 views: no second run of minutes)
+                counts[(i, "shape")] = _shape(plans[i], run, images, questions, resolution, full, splitting,
+                                              kept["result"] if splitting else None)
             if progress:
                 progress(f"counted {plans[i].pipeline} k={k} on a {depth}-layer copy", 1)
         del built
@@ -147,14 +149,15 @@ def count_scaled(name: str, cases: list[tuple[Spec, int | None]], resolution: in
     return rows
 
 
-def _shape(plan: Plan, run, images, questions, resolution: int, full: int, splitting=None) -> dict:
+def _shape(plan: Plan, run, images, questions, resolution: int, full: int, splitting=None, prepared=None) -> dict:
     """Visual tokens entering the LM, their average over the full model's layers, the prompt length and each
     full-model layer's sequence in prefill (`layer_tokens`, for the peers' formulas); split images: the views
-    and the tiles encoded (first sample)."""
+    and the tiles encoded (first sample). `prepared`: the counted run's Result (else the case runs again)."""
     from qgsa_bench.run.lm import layer_average
 
-    with run.engine.same_draws():
-        prepared = run.prepare(images, questions, resolution, plan.k, splitting=splitting)
+    if prepared is None:
+        with run.engine.same_draws():
+            prepared = run.prepare(images, questions, resolution, plan.k, splitting=splitting)
     views = {} if prepared.views is None else {
         "views": prepared.views.counts[0], "views_encoded": len(prepared.shown[0]),
         "image_size": "x".join(map(str, prepared.views.sizes[0][::-1]))}

@@ -87,13 +87,16 @@ def time_once(case: Case, pixel_values: torch.Tensor, questions: list[str], deco
 
 @torch.no_grad()
 def count_stage_flops(case: Case, pixel_values: torch.Tensor, questions: list[str], decode_tokens: int,
-                      lm_only: bool = False) -> dict:
+                      lm_only: bool = False, keep: dict | None = None) -> dict:
     """fvcore FLOPs (multiply-adds) per stage for the whole batch, plus the unsupported ops seen.
-    `lm_only`: count the LM stages only (vision and select reported as 0)."""
+    `lm_only`: count the LM stages only (vision and select reported as 0); `keep`: receives the counted run's
+    Result under "result" (its prompt and selection, so a caller need not run the case again)."""
     run = case.run
     a = run.adapter
     counter = FlopCounter(run.engine, [a.model, run.module], lm_only)
     result = run.execute(pixel_values, questions, case.k, max(decode_tokens, 1), stop=False, observer=counter)
+    if keep is not None:
+        keep["result"] = result
     c = counter.counts
     inputs, state = result.inputs, result.state
     e = inputs.inputs_embeds

@@ -136,14 +136,17 @@ def make_views(images, splitting: Splitting, mean, std) -> Views:
 def image_prompt(markers: list[str], counts: list[int], grid: tuple[int, int]) -> list[str | int]:
     """One image's part of the prompt as pieces: text, or an int n for n visual-token slots. `markers` and
     `counts`: the views in order (tiles row-major, then the global view) and the visual tokens each keeps.
-    Pass only the views to show (a tile selector's chosen tiles and the global view); the global view alone is
-    laid out as an unsplit image."""
+    Pass only the views to show (a tile selector's chosen tiles and the global view; the views keeping a token);
+    the global view alone is laid out as an unsplit image, tiles without the global view end with
+    <fake_token_around_image> where the global view would have closed the image."""
     rows, cols = grid
-    if not rows or len(markers) == 1:  # one view, or the global view alone: the unsplit layout
+    has_global = markers[-1] == GLOBAL
+    if not rows or (has_global and len(markers) == 1):  # one view, or the global view alone: the unsplit layout
         return [FAKE + GLOBAL, counts[-1], FAKE]
     pieces: list[str | int] = []
     per_row: dict[int, int] = {}
-    for marker, n in zip(markers[:-1], counts[:-1]):
+    tiles = list(zip(markers, counts))[:-1] if has_global else list(zip(markers, counts))
+    for marker, n in tiles:
         row = int(marker.split("_")[1])
         if per_row and row not in per_row:
             pieces.append("\n")
@@ -151,4 +154,4 @@ def image_prompt(markers: list[str], counts: list[int], grid: tuple[int, int]) -
         pieces += [FAKE + marker, n]
     if per_row:
         pieces.append("\n")
-    return pieces + ["\n" + FAKE + GLOBAL, counts[-1], FAKE]
+    return pieces + (["\n" + FAKE + GLOBAL, counts[-1], FAKE] if has_global else [FAKE])

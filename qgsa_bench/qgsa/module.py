@@ -65,15 +65,20 @@ class QGSAModule(nn.Module):
         return k, k_cont, c
 
     def select(self, q: torch.Tensor, V: torch.Tensor, k=None, tau: float | None = None,
-               generator: torch.Generator | None = None, budget_grad: bool = True) -> Selection:
+               generator: torch.Generator | None = None, budget_grad: bool = True,
+               valid: torch.Tensor | None = None) -> Selection:
         """Score the N patches of V (B, N, d_v) against q (B, d_q) and pick k of them.
 
         Training mode (self.training): Gumbel + straight-through (Eq. 3-4); eval: deterministic top-k.
         `k` overrides the predicted budget (fixed-k runs, baselines at the same k). `budget_grad=False`
         stops Eq. 4's gradient into f_comp (the rescaling by k_cont), so that f_comp learns from a direct
-        budget target only (train --attr-budget / --suff-budget).
+        budget target only (train --attr-budget / --suff-budget). `valid` (B, N): items that exist (the views of
+        a split image, padded in a batch); the others are never picked. None: all.
         """
-        return self.select_scores(self.scorer(q, V.to(q.dtype)), q, k, tau, generator, budget_grad)
+        scores = self.scorer(q, V.to(q.dtype))
+        if valid is not None:
+            scores = scores.masked_fill(~valid, float("-inf"))
+        return self.select_scores(scores, q, k, tau, generator, budget_grad)
 
     def select_scores(self, scores: torch.Tensor, q: torch.Tensor, k=None, tau: float | None = None,
                       generator: torch.Generator | None = None, budget_grad: bool = True) -> Selection:

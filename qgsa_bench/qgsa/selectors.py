@@ -34,7 +34,8 @@ class QGSA(Selector):
         tau = state.cache.get("tau")
         return module.select(state.q, state.features.to(state.q.dtype), k=k,
                              tau=module.config.tau if tau is None else tau, generator=state.generator,
-                             budget_grad=state.cache.get("budget_grad", True))
+                             budget_grad=state.cache.get("budget_grad", True),
+                             valid=None if bool(state.valid.all()) else state.valid)
 
 
 @register

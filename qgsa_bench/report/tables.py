@@ -308,6 +308,15 @@ def per_type_rows(types, frame, meta: dict, notes: Notes) -> tuple[list[str], li
     return head, rows
 
 
+def _tile_unit(settings: dict) -> str:
+    """How a count's tile selectors were budgeted (count-flops --tile-unit, --budgets-from-tiles)."""
+    text = ("; tile selectors: visual tokens (the global view's, then whole tiles)" if settings.get("tile_unit") ==
+            "tokens" else "; tile selectors: tiles encoded besides the global view")
+    if settings.get("budgets_from_tiles") or isinstance(settings.get("budgets"), str):  # count-flops: the rule
+        text += "; the other selectors at the visual tokens of each tile budget"
+    return text
+
+
 def count_markdown(rows: list[dict], meta: dict) -> str:
     """Counted FLOPs by stage per (pipeline, budget), and the cross-checks (count-flops)."""
     s = meta.get("settings", {})
@@ -317,7 +326,7 @@ def count_markdown(rows: list[dict], meta: dict) -> str:
     where = f"images split by its processor ({meta.get('views', '?')})" if views else f"at {s.get('resolution', '?')} px"
     lines = [f"## Counted FLOPs by stage: {meta.get('model', '?')} {where}, batch "
              f"{s.get('batch', '?')}, {s.get('decode_tokens', '?')} generated tokens", "",
-             f"{meta.get('counting', '')}. Budget: {unit}{'; tile selectors: tiles encoded besides the global view' if views else ''}. "
+             f"{meta.get('counting', '')}. Budget: {unit}{_tile_unit(s) if views else ''}. "
              f"Multiply-adds (fvcore), G = 10^9. Weights play no part in "
              f"a count (random weights). Command: `{meta.get('command', '?')}` (commit "
              f"{short_commit(meta.get('git_commit', '?'))}).", ""]

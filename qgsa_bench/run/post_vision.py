@@ -39,11 +39,8 @@ def visual_tokens(run, enc: Encoded, q: torch.Tensor | None, k=None, tau: float 
     """The post-vision stage of `run` (a stages.Run). `tau`/`budget_grad`: a trainable selector in training
     mode (Gumbel temperature; whether Eq. 4's rescaling trains f_comp)."""
     spec, a = run.spec, run.adapter
-    if enc.views is not None:  # the model's own views (run/tiles.py)
-        from qgsa_bench.run.tiles import view_tokens
-
-        tokens, valid, layouts = view_tokens(a, enc)
-        return Visual(tokens, valid, enc.selection, layouts)
+    if enc.views is not None:  # the model's own views (run/tiles.py, run/view_select.py)
+        return _view_tokens(run, enc, q, k, tau, budget_grad)
     if enc.units is not None:  # selected inside the encoder
         return Visual(a.connect_units(enc.units), enc.valid, enc.selection)
     V = enc.V
@@ -53,6 +50,21 @@ def visual_tokens(run, enc: Encoded, q: torch.Tensor | None, k=None, tau: float 
         tokens = a.connect(V)
         return Visual(tokens, torch.ones(tokens.shape[:2], dtype=torch.bool, device=V.device), None)
     return _unit_tokens(run, enc, q, k, tau, budget_grad)
+
+
+def _view_tokens(run, enc: Encoded, q, k, tau, budget_grad) -> Visual:
+    """Split images: one budget over every view's units at post-vision, the units kept at vision:L, or every
+    encoded view's tokens (dense, tiles, lm:K), each view under its marker in `layouts`."""
+    from qgsa_bench.run import view_select
+    from qgsa_bench.run.tiles import view_tokens
+
+    if enc.units is not None:  # selected inside the encoder
+        return Visual(run.adapter.connect_units(enc.units), enc.valid, enc.selection,
+                      view_select.layouts(enc.views, enc.view_counts))
+    if run.spec.point.kind == "post-vision" and not run.spec.selector.keeps_all:
+        return view_select.post_vision(run, enc, q, k, tau, budget_grad)
+    tokens, valid, layouts = view_tokens(run.adapter, enc)
+    return Visual(tokens, valid, enc.selection, layouts)
 
 
 def _state(run, features, q, patches=None, project=None, tau=None, budget_grad=True) -> SelectState:

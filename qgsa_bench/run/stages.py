@@ -107,7 +107,8 @@ class Result:
 
     def selected_patches(self, b: int) -> list[int] | None:
         """The patches (indices in [0, N), the image's raster order) behind sample b's kept visual tokens;
-        None without selection. VisionZip's merged tokens are in `merged_patches`."""
+        None without selection. VisionZip's merged tokens are in `merged_patches`. Split images: indices in the
+        joint frame of all views, patch p of view j (tiles row-major, then the global view) is j * N + p."""
         selection = self.kept_selection()
         if selection is None:
             return None
@@ -362,7 +363,9 @@ class Run:
         if torch.is_tensor(generated):  # forced decoding (timing): read after the clock stopped
             generated = generated.tolist()
         N = self.adapter.n_patches(pixel_values.shape[-1])
-        units = None if self.spec.patches or views is not None else self.adapter.unit_patches(N)
+        units = None if self.spec.patches else self.adapter.unit_patches(N)
+        if views is not None:  # the joint frame of every view: patch p of view j is j * N + p (run/view_select.py)
+            units = (torch.arange(max(views.counts))[:, None, None] * N + units[None]).reshape(-1, units.shape[1])
         result = Result(self.spec, pixel_values.shape[-1], N, inputs, visual.selection, plan, units, generated,
                         state, layer_tokens, views=views, shown=enc.shown)
         result.trace = [("vision", enc.kept()), ("select", visual.valid.sum(1).tolist()),

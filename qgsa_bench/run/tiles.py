@@ -7,7 +7,9 @@ never are, and their visual tokens never reach the LM. Select stage: the model's
 view (N_v patches -> n_v visual tokens), the views of a sample concatenated in prompt order (its tiles
 row-major, then its global view) with each view's marker in the prompt (`layouts`). A tile's features for
 the selector: the global view's patches whose centres fall inside the tile (`tile_of_patches`).
-Raises QGSAError for a tile budget outside 1..tiles, or a selector that cannot take split images.
+Selectors of whole visual tokens at vision:L and post-vision take split images with one budget over every
+view's visual tokens (run/view_select.py). Raises QGSAError for a tile budget outside 1..tiles, or a selector
+that cannot take split images.
 """
 
 from __future__ import annotations
@@ -21,14 +23,48 @@ from qgsa_bench.selectors.selection import Selection
 
 
 def check_views(spec) -> None:
-    """Which selectors take split images: dense, the tile selectors, and selectors inside the LM (their
-    budget counts every visual token of every view). Raises QGSAError for the others."""
+    """Which selectors take split images: dense, the tile selectors, and every selector of whole visual tokens
+    at vision:L, post-vision or lm:K (one budget over every view's visual tokens; run/view_select.py). Raises
+    QGSAError for the seed paper's patch-level form and for input-level selectors (downsample)."""
     kind = spec.point.kind if spec.point else None
     if spec.selector.keeps_all and not spec.patches or kind in ("tiles", "lm"):
         return
-    raise QGSAError(f"{spec.text} selects among the visual tokens of one view; on an image split into tiles use "
-                    f"dense, a tile selector (qgsa-tiles, random-tiles, global-only) or a selector inside the LM "
-                    f"(e.g. fastv@lm:2), or pass --no-image-splitting")
+    if not spec.patches and kind in ("vision", "post-vision"):
+        return
+    if spec.patches:
+        raise QGSAError(f"{spec.text} selects single patches of one view (the seed paper's form); on an image split "
+                        f"into tiles give it whole visual tokens, e.g. {spec.selector.name}@post-vision (k visual "
+                        f"tokens over all views), or pass --no-image-splitting")
+    raise QGSAError(f"{spec.text} changes the one image's resolution; on an image split into tiles use dense, a tile "
+                    f"selector (qgsa-tiles, random-tiles, global-only) or a selector at vision:L, post-vision or lm:K, "
+                    f"or pass --no-image-splitting")
+
+
+TILE_UNITS = ("tiles", "tokens")
+
+
+def tiles_for_budget(budget: int, unit: str, n_v: int, n_tiles: int, label: str) -> int:
+    """T, the tiles a tile selector keeps for `budget` in `unit`: "tiles" (T itself, besides the global view) or
+    "tokens" (visual tokens reaching the LM: the global view's n_v, then whole tiles of n_v each, T = floor(budget /
+    n_v) - 1). Raises QGSAError (one line, the allowed range) for an unknown unit or a T outside 1..n_tiles."""
+    if unit not in TILE_UNITS:
+        raise QGSAError(f"--tile-unit must be tiles or tokens, got '{unit}'")
+    if unit == "tiles":
+        if not 1 <= budget <= n_tiles:
+            raise QGSAError(f"{label} at {budget} tiles is impossible: the image has {n_tiles} tiles besides the global "
+                            f"view (1 .. {n_tiles} tiles)")
+        return budget
+    T = budget // n_v - 1
+    if not 1 <= T <= n_tiles:
+        raise QGSAError(f"{label} at {budget} visual tokens is impossible: the global view takes {n_v} and each tile "
+                        f"{n_v} more, and the image has {n_tiles} tiles ({2 * n_v} .. {(n_tiles + 1) * n_v} visual "
+                        f"tokens)")
+    return T
+
+
+def tokens_of_tiles(T: int, n_v: int) -> int:
+    """Visual tokens a tile selector keeping T tiles hands the LM: the global view's and the T tiles' (n_v each)."""
+    return (T + 1) * n_v
 
 
 def tile_of_patches(views: Views, b: int, patch_size: int, device) -> torch.Tensor:
@@ -97,10 +133,13 @@ def encode_views(run, views: Views, q, k, tau: float | None = None):
     the tiles' features (`unit_features` (B, n_max, d_v), `n_units` = n_max). `tau`: see choose_tiles."""
     from qgsa_bench.run.vision import Encoded
 
+    from qgsa_bench.run import view_select
+
     a, B = run.adapter, views.batch
-    if run.spec.point is None or run.spec.point.kind != "tiles":
-        return Encoded(V=a.patch_features(views.pixel_values), views=views,
-                       shown=[list(range(n)) for n in views.counts])
+    if run.spec.point.kind == "vision":  # one budget over every view's units, inside the encoder
+        return view_select.in_encoder(run, views, q, k)
+    if run.spec.point.kind != "tiles":
+        return view_select.encode_all(run, views)
     glob = [views.first[b] + views.counts[b] - 1 for b in range(B)]
     V_global = a.patch_features(views.pixel_values[glob])  # (B, N_v, d_v)
     selection, state = choose_tiles(run, views, V_global, q, k, tau)

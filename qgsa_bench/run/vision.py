@@ -32,22 +32,25 @@ class Encoded:
     unit_features: torch.Tensor | None = None  # (B, n, d_v) every unit's features where it was selected
     views: object | None = None  # models.views.Views: V is (M', N_v, d_v), the encoded views (run/tiles.py)
     shown: list[list[int]] | None = None  # per sample, its encoded views (indices among its views)
+    content_input: torch.Tensor | None = None  # (M, N_v, d_v) input of a selector's `content_layer` (HiRED)
+    view_counts: list[list[int]] | None = None  # vision:L on views: per sample, the units each view kept
 
     def traced(self) -> tuple[torch.Tensor, ...]:
-        """The tensors a FLOP count traces through. At `tiles` also the selector's tile scores: the chosen tiles
-        leave the trace as Python indices, so without them a question-guided scorer would count nothing."""
+        """The tensors a FLOP count traces through. On views also a selection's scores (at `tiles` the chosen
+        tiles leave the trace as Python indices, so without them a question-guided scorer would count nothing)
+        and HiRED's content-layer input."""
         scores = None
         if self.shown is not None and self.selection is not None and torch.is_tensor(self.selection.scores):
             scores = self.selection.scores
-        return tuple(t for t in (self.V, self.units, self.last_input, scores) if t is not None)
+        return tuple(t for t in (self.V, self.units, self.last_input, self.content_input, scores) if t is not None)
 
     def kept(self) -> list[int]:
         """Patches (or kept units' patches) per sample leaving the encoder."""
+        if self.units is not None:
+            return (self.valid.sum(1) * self.units.shape[2]).tolist()
         if self.shown is not None:  # views: every encoded view's patches
             return [len(s) * self.V.shape[1] for s in self.shown]
-        if self.units is None:
-            return [self.V.shape[1]] * self.V.shape[0]
-        return (self.valid.sum(1) * self.units.shape[2]).tolist()
+        return [self.V.shape[1]] * self.V.shape[0]
 
 
 def encode(run, pixel_values: torch.Tensor, q: torch.Tensor | None, k=None) -> Encoded:
