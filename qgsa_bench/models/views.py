@@ -155,3 +155,13 @@ def image_prompt(markers: list[str], counts: list[int], grid: tuple[int, int]) -
     if per_row:
         pieces.append("\n")
     return pieces + (["\n" + FAKE + GLOBAL, counts[-1], FAKE] if has_global else [FAKE])
+
+def tile_of_patches(views: Views, b: int, patch_size: int, device) -> torch.Tensor:
+    """(N_v,) the tile (row-major index in sample b's rows x cols) whose area holds each patch centre of the
+    global view (a g x g grid, g = S / patch size, covering the whole image)."""
+    rows, cols = views.grids[b]
+    g = views.size // patch_size
+    centre = (torch.arange(g, device=device, dtype=torch.float32) + 0.5) / g  # (g,) in [0, 1]
+    r = (centre * rows).floor().long().clamp(max=rows - 1)
+    c = (centre * cols).floor().long().clamp(max=cols - 1)
+    return (r[:, None] * cols + c[None, :]).reshape(-1)

@@ -12,26 +12,12 @@ through the connector here. Shapes: V (B, N, d_v) -> tokens (B, n, d_q), valid (
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import torch
 
-from qgsa_bench.run.vision import Encoded, kept_units, unit_mean
+from qgsa_bench.run.vision import Encoded, Visual, kept_units, unit_mean
 from qgsa_bench.selectors.base import SelectState
 from qgsa_bench.selectors.selection import Selection, all_selection, gather_patches
 
-
-class Visual(NamedTuple):
-    """The visual tokens reaching the LM: tokens (B, n, d_q), valid (B, n), and the selection behind them
-    (None where nothing was selected before the LM)."""
-
-    tokens: torch.Tensor
-    valid: torch.Tensor
-    selection: Selection | None
-    layouts: list | None = None  # split images: per sample its prompt pieces (models/views.image_prompt)
-
-    def traced(self) -> torch.Tensor:
-        return self.tokens
 
 
 def visual_tokens(run, enc: Encoded, q: torch.Tensor | None, k=None, tau: float | None = None,

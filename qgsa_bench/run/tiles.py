@@ -6,7 +6,7 @@ M views, (M, 3, S, S) -> V (M, N_v, d_v)). At insertion point `tiles` a selector
 never are, and their visual tokens never reach the LM. Select stage: the model's connector on each encoded
 view (N_v patches -> n_v visual tokens), the views of a sample concatenated in prompt order (its tiles
 row-major, then its global view) with each view's marker in the prompt (`layouts`). A tile's features for
-the selector: the global view's patches whose centres fall inside the tile (`tile_of_patches`).
+the selector: the global view's patches whose centres fall inside the tile (models/views.tile_of_patches).
 Selectors of whole visual tokens at vision:L and post-vision take split images with one budget over every
 view's visual tokens (run/view_select.py). Raises QGSAError for a tile budget outside 1..tiles, or a selector
 that cannot take split images.
@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from qgsa_bench import QGSAError
-from qgsa_bench.models.views import Views, image_prompt
+from qgsa_bench.models.views import Views, image_prompt, tile_of_patches
 from qgsa_bench.selectors.base import SelectState, check_budget
 from qgsa_bench.selectors.selection import Selection
 
@@ -66,16 +66,6 @@ def tokens_of_tiles(T: int, n_v: int) -> int:
     """Visual tokens a tile selector keeping T tiles hands the LM: the global view's and the T tiles' (n_v each)."""
     return (T + 1) * n_v
 
-
-def tile_of_patches(views: Views, b: int, patch_size: int, device) -> torch.Tensor:
-    """(N_v,) the tile (row-major index in sample b's rows x cols) whose area holds each patch centre of the
-    global view (a g x g grid, g = S / patch size, covering the whole image)."""
-    rows, cols = views.grids[b]
-    g = views.size // patch_size
-    centre = (torch.arange(g, device=device, dtype=torch.float32) + 0.5) / g  # (g,) in [0, 1]
-    r = (centre * rows).floor().long().clamp(max=rows - 1)
-    c = (centre * cols).floor().long().clamp(max=cols - 1)
-    return (r[:, None] * cols + c[None, :]).reshape(-1)
 
 
 def tile_state(run, views: Views, V_global: torch.Tensor, q) -> SelectState:

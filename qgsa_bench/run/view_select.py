@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.models.views import Views, image_prompt
-from qgsa_bench.run.tiles import tile_of_patches
+from qgsa_bench.models.views import Views, image_prompt, tile_of_patches
 from qgsa_bench.run.vision import Encoded, kept_units, unit_mean, vision_until
 from qgsa_bench.selectors.base import SelectState, check_budget
 
@@ -114,7 +113,7 @@ def where_text(point, valid: torch.Tensor, views: Views) -> str:
 
 def post_vision(run, enc: Encoded, q, k, tau=None, budget_grad: bool = True):
     """The post-vision stage on split images: k units of all views' -> the connector -> Visual with layouts."""
-    from qgsa_bench.run.post_vision import Visual
+    from qgsa_bench.run.vision import Visual
 
     a, sel, views = run.adapter, run.spec.selector, enc.views
     units = a.unit_patches(enc.V.shape[1], enc.V.device)  # (n_v, s^2)

@@ -10,6 +10,7 @@ so a batch gives each sample its solo result. Raises QGSAError for a budget outs
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -51,6 +52,19 @@ class Encoded:
         if self.shown is not None:  # views: every encoded view's patches
             return [len(s) * self.V.shape[1] for s in self.shown]
         return [self.V.shape[1]] * self.V.shape[0]
+
+
+class Visual(NamedTuple):
+    """The visual tokens reaching the LM: tokens (B, n, d_q), valid (B, n), and the selection behind them
+    (None where nothing was selected before the LM)."""
+
+    tokens: torch.Tensor
+    valid: torch.Tensor
+    selection: Selection | None
+    layouts: list | None = None  # split images: per sample its prompt pieces (models/views.image_prompt)
+
+    def traced(self) -> torch.Tensor:
+        return self.tokens
 
 
 def encode(run, pixel_values: torch.Tensor, q: torch.Tensor | None, k=None) -> Encoded:

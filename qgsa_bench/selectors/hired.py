@@ -16,7 +16,7 @@ patch's attention is the attention it receives averaged over every patch query a
 phases. Choices of this implementation: alpha = 0.5 (`ALPHA`; the paper leaves it a parameter); allocation by
 largest remainder, so that exactly k tokens are kept (the paper floors each share, leaving up to one token per
 tile unspent; every selector here keeps exactly its budget); a tile is the global view's patches whose centres
-fall inside it (run/tiles.tile_of_patches). On one view (no split) HiRED is the top-k units by last-layer
+fall inside it (models/views.tile_of_patches). On one view (no split) HiRED is the top-k units by last-layer
 attention. Shapes: attention (B, n) over the joint frame (view j's unit u is item j * n_v + u), content
 attention (B, N_v) over the global view's patches.
 """
