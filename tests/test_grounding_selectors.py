@@ -173,7 +173,7 @@ def test_bad_input_is_one_error_line(tmp_path, args, message):
 
 def test_default_pipelines_and_config():
     assert default_pipelines() == ("qgsa", "random", "norm", "random@post-vision", "norm@post-vision", "divprune",
-                                   "fastv", "pdrop", "sparsevlm", "visionzip", "qgsa@post-vision", "qgsa-vision")
+                                   "fastv", "hired", "pdrop", "sparsevlm", "visionzip", "qgsa@post-vision", "qgsa-vision")
     assert GroundingConfig(k=8).budget_list == (8,) and GroundingConfig().budget_list == (None,)
     assert GroundingConfig(budgets=(8, 4, 8)).budget_list == (4, 8)
     with pytest.raises(QGSAError, match="twice"):

@@ -55,8 +55,8 @@ def sweep_resolution(
 ):
     """FLOPs by stage (fvcore) and latency by stage for each pipeline at each resolution (Table 4).
 
-    Sizes: --sizes (one square view each; default 224 336 384 448 576, the paper's) or --longest-edge (the image as
-    the model's processor splits it at each longest edge: tiles + a global view; tile selectors at --tiles T)."""
+    Sizes: one square view each (the paper's sweep; default 224 336 384 448 576), or with --longest-edge the image as
+    the model's processor splits it at each longest edge (tiles + a global view; tile selectors at --tiles T)."""
     from qgsa_bench.config import SweepConfig
     from qgsa_bench.experiments.sweep import run_sweep
 

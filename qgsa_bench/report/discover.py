@@ -37,9 +37,10 @@ def added_later() -> dict[str, tuple[str, ...]]:
     from qgsa_bench.experiments.runner import PEER_COLUMNS, STAT_COLUMNS, THROUGHPUT_COLUMNS
 
     timing = (*STAT_COLUMNS, *THROUGHPUT_COLUMNS)
-    return {"sweep": ("case", *timing, *PEER_COLUMNS), "ablate": ("accuracy", "accuracy_n", *timing),
+    views = ("longest_edge", "views", "image_input")  # sweep-resolution --longest-edge (issue 19)
+    return {"sweep": ("case", *timing, *PEER_COLUMNS, *views), "ablate": ("accuracy", "accuracy_n", *timing),
             "eval": ("n_scored",), "budget": ("budget_unit", "speedup_equal_inputs", "allocation", "budget_mean_realised",
-                                                     "budget_std", "latency_ms_per_query_eval", "image_size"),
+                                                     "budget_std", "latency_ms_per_query_eval", "image_size", *views),
             "accuracy": ("allocation", "k_std", "latency_ms_per_query"),  # budget allocation (issue 22)
             # every selector at every budget (issue 22); a folder from before holds qgsa/random/norm/oracle at one k
             "grounding": ("acc_iou_0_5", "point", "question_guided", "budget", "budget_unit", "pointing", "share_in_box",
