@@ -100,7 +100,7 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
                      f"repeat dense's)")
         todo = [(b, s, cs) for b, s, cs in todo if cs]
         if not todo:
-            res.finished(f"every (batch, size, pipeline) asked for ({len(batches)} x {len(cfg.sizes)} x {len(variants)})")
+            res.finished(f"every (batch, size, pipeline) asked for ({len(batches)} x {len(sizes)} x {len(variants)})")
         if progress:
             total = sum(steps_per_resolution(len(cs), m.reps, m.warmup, m.count_flops) for _, _, cs in todo)
             progress(f"{len(todo)} (batch, resolution) pair(s) to measure", -total)  # negative: announce the total
