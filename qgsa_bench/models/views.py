@@ -102,6 +102,21 @@ class Views:
         """The same layout over other pixel values (M, 3, S, S) (a FLOP count's traced copy)."""
         return Views(pixel_values, self.counts, self.grids, self.sizes, self.splitting)
 
+    @property
+    def global_rows(self) -> list[int]:
+        """Each sample's global view's row in M (its last view)."""
+        return [first + n - 1 for first, n in zip(self.first, self.counts)]
+
+    def patch_tiles(self, patch_size: int, device) -> torch.Tensor:
+        """(B, N_v) for each patch of a sample's global view the tile holding its centre (`tile_of_patches`);
+        -1 throughout for a sample of one view (no tiles)."""
+        g = self.size // patch_size
+        out = torch.full((self.batch, g * g), -1, dtype=torch.long, device=device)
+        for b in range(self.batch):
+            if self.counts[b] > 1:
+                out[b] = tile_of_patches(self, b, patch_size, device)
+        return out
+
     def rows_of(self, b: int) -> slice:
         """Sample b's views in `pixel_values` (its tiles, then its global view)."""
         return slice(self.first[b], self.first[b] + self.counts[b])
@@ -155,6 +170,7 @@ def image_prompt(markers: list[str], counts: list[int], grid: tuple[int, int]) -
     if per_row:
         pieces.append("\n")
     return pieces + (["\n" + FAKE + GLOBAL, counts[-1], FAKE] if has_global else [FAKE])
+
 
 def tile_of_patches(views: Views, b: int, patch_size: int, device) -> torch.Tensor:
     """(N_v,) the tile (row-major index in sample b's rows x cols) whose area holds each patch centre of the

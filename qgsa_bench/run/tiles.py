@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from qgsa_bench import QGSAError
-from qgsa_bench.models.views import Views, image_prompt, tile_of_patches
+from qgsa_bench.models.views import Views, image_prompt
 from qgsa_bench.selectors.base import SelectState, check_budget
 from qgsa_bench.selectors.selection import Selection
 
@@ -72,14 +72,13 @@ def tile_state(run, views: Views, V_global: torch.Tensor, q) -> SelectState:
     """What insertion point `tiles` offers: per tile the mean of the global view's patch features inside it
     (B, n_max, d_v), valid (B, n_max) where the tile exists; `cache`: the global view's patches (B, N_v, d_v)
     and each patch's tile (B, N_v) (-1 where a sample has no tiles)."""
-    B, N_v, d = V_global.shape
+    B, d = V_global.shape[0], V_global.shape[2]
     tiles = [views.counts[b] - 1 for b in range(B)]
     n_max = max(max(tiles), 1)
-    where = torch.full((B, N_v), -1, dtype=torch.long, device=V_global.device)
+    where = views.patch_tiles(run.adapter.patch_size, V_global.device)  # (B, N_v)
     features = V_global.new_zeros(B, n_max, d)
     for b in range(B):
         if tiles[b]:
-            where[b] = tile_of_patches(views, b, run.adapter.patch_size, V_global.device)
             one_hot = torch.nn.functional.one_hot(where[b], n_max).to(V_global.dtype)  # (N_v, n_max)
             features[b] = (one_hot.T @ V_global[b]) / one_hot.sum(0).clamp(min=1)[:, None]
     valid = torch.arange(n_max, device=V_global.device)[None] < torch.tensor(tiles, device=V_global.device)[:, None]
@@ -130,8 +129,7 @@ def encode_views(run, views: Views, q, k, tau: float | None = None):
         return view_select.in_encoder(run, views, q, k)
     if run.spec.point.kind != "tiles":
         return view_select.encode_all(run, views)
-    glob = [views.first[b] + views.counts[b] - 1 for b in range(B)]
-    V_global = a.patch_features(views.pixel_values[glob])  # (B, N_v, d_v)
+    V_global = a.patch_features(views.pixel_values[views.global_rows])  # (B, N_v, d_v)
     selection, state = choose_tiles(run, views, V_global, q, k, tau)
     chosen = [sorted(selection.indices[b][selection.valid[b]].tolist()) for b in range(B)]
     rows = [views.first[b] + t for b in range(B) for t in chosen[b]]

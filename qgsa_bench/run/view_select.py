@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from qgsa_bench.models.views import Views, image_prompt, tile_of_patches
+from qgsa_bench.models.views import Views, image_prompt
 from qgsa_bench.run.vision import Encoded, kept_units, unit_mean, vision_until
 from qgsa_bench.selectors.base import SelectState, check_budget
 
@@ -65,13 +65,8 @@ def view_state(run, views: Views, X: torch.Tensor, valid: torch.Tensor, q, n_v: 
     state = SelectState(run.spec.point, X.mean(dim=2), valid, q=q, patches=X, generator=run.generator,
                         module=run.module, project=extra.pop("project", None))
     view_of = torch.arange(X.shape[1], device=X.device)[None].div(n_v, rounding_mode="floor").expand(views.batch, -1)
-    N_v = run.adapter.n_patches(views.size)
-    tiles = torch.full((views.batch, N_v), -1, dtype=torch.long, device=X.device)
-    for b in range(views.batch):
-        if views.counts[b] > 1:
-            tiles[b] = tile_of_patches(views, b, run.adapter.patch_size, X.device)
     state.cache.update(view_of=torch.where(valid, view_of, torch.full_like(view_of, -1)), views=list(views.counts),
-                       units_per_view=n_v, patch_tiles=tiles, **extra)
+                       units_per_view=n_v, patch_tiles=views.patch_tiles(run.adapter.patch_size, X.device), **extra)
     return state
 
 
@@ -124,8 +119,8 @@ def post_vision(run, enc: Encoded, q, k, tau=None, budget_grad: bool = True):
         last = unit_mean(a.vision_attention_received(a.vision_depth - 1, enc.last_input), units)  # (M, n_v)
         state.attention = joint(last, views)[0]
     if enc.content_input is not None:  # HiRED: the global view's patches in an early layer (only the global view's)
-        glob = [views.first[b] + views.counts[b] - 1 for b in range(views.batch)]
-        state.cache["content_attention"] = a.vision_attention_received(sel.content_layer - 1, enc.content_input[glob])
+        state.cache["content_attention"] = a.vision_attention_received(sel.content_layer - 1,
+                                                                      enc.content_input[views.global_rows])
     where = where_text(run.spec.point, valid, views)
     selection = sel.select(state, joint_budget(run, k, q, views, valid, where))
     check_budget(selection.k, valid.sum(1), where)
