@@ -187,6 +187,17 @@ def test_cli_train_and_clip_without_weights(tmp_path):
     assert "--clip-checkpoint PATH" in result.stderr and "--align-encoder lm" in result.stderr
 
 
+def steps_move_only_the_scorer(trainer, base: dict, steps: int) -> None:
+    """`steps` training steps change the QGSA scorer and leave every base weight (`base`: a copy of the base
+    model's state before training) bit for bit as it was."""
+    built = trainer.built
+    scorer = [p.clone() for p in built.module.scorer.parameters()]
+    for _ in range(steps):
+        trainer.train_step()
+    assert any(not torch.equal(p, q) for p, q in zip(scorer, built.module.scorer.parameters()))
+    assert all(torch.equal(base[k], v) for k, v in built.loaded.model.state_dict().items())
+
+
 def test_qgsa_inside_the_encoder_gets_gradient_and_keeps_the_base_frozen(tmp_path):
     """--insert vision:1: the scorer acts on layer 1's hidden states; L_cs's gradient reaches it through the
     frozen remaining vision layer, the connector and the LM; the base is never changed; the checkpoint then
@@ -207,11 +218,7 @@ def test_qgsa_inside_the_encoder_gets_gradient_and_keeps_the_base_frozen(tmp_pat
     grads = torch.autograd.grad(terms["l_cs"], list(built.module.scorer.parameters()), allow_unused=True)
     assert any(g is not None and g.abs().sum() > 0 for g in grads)  # L_cs reaches the scorer through the encoder
     built.module.eval()
-    scorer = [p.clone() for p in built.module.scorer.parameters()]
-    for _ in range(3):
-        trainer.train_step()
-    assert any(not torch.equal(p, q) for p, q in zip(scorer, built.module.scorer.parameters()))
-    assert all(torch.equal(base[k], v) for k, v in built.loaded.model.state_dict().items())
+    steps_move_only_the_scorer(trainer, base, 3)
     trainer.save(tmp_path / "v.pt")
     result = runner.invoke(app, ["ask", "-m", "tiny", "-i", "examples/shapes.png", "-q", "what color?", "-p",
                                  "qgsa-vision@vision:1", "--checkpoint", str(tmp_path / "v.pt"),
@@ -263,11 +270,7 @@ def test_qgsa_tiles_trains_by_gumbel_over_tiles_and_keeps_the_base_frozen(tmp_pa
         assert any(g is not None and g.abs().sum() > 0 for g in grads), name
     assert terms["_k"].tolist() == [2.0] * 8
     built.module.eval()
-    scorer = [p.clone() for p in built.module.scorer.parameters()]
-    for _ in range(2):
-        trainer.train_step()
-    assert any(not torch.equal(p, q) for p, q in zip(scorer, built.module.scorer.parameters()))
-    assert all(torch.equal(base[k], v) for k, v in built.loaded.model.state_dict().items())
+    steps_move_only_the_scorer(trainer, base, 2)
     trainer.save(tmp_path / "t.pt")
     ask = ["ask", "-m", "tiny", "-i", "examples/shapes.png", "-q", "what color?", "--checkpoint", str(tmp_path / "t.pt"),
            "--max-new-tokens", "1", "--weights", "random"]
