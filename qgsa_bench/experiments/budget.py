@@ -17,7 +17,7 @@ from pathlib import Path
 
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
-from qgsa_bench.config import EvalConfig, MeasureConfig
+from qgsa_bench.config import EvalConfig, MeasureConfig, check_input_options
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.measure import Case
 from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_cases, measure_meta,
@@ -25,6 +25,7 @@ from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_
 from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.results import run_meta
+from qgsa_bench.run.inputs import choose_input, describe_input
 from qgsa_bench.run.spec import check_options, parse_specs
 from qgsa_bench.run.tiles import check_views, tiles_for_budget, tokens_of_tiles
 from qgsa_bench.runtime import dtype_name
@@ -103,21 +104,23 @@ class BudgetConfig:
 
     def _check_views(self) -> None:
         split = self.image_size is not None
-        if not split and (self.splitting is not None or self.longest_edge is not None):
-            raise QGSAError("--image-splitting and --longest-edge describe how the model's processor splits an image: "
-                            "give --image-size WIDTHxHEIGHT too")
         if split and self.resolution is not None:
             raise QGSAError("--resolution is one square view; --image-size splits the image as the model's processor "
                             "does: give one of them")
-        if split and self.dataset:
+        check_input_options(self.resolution, self.splitting, self.longest_edge)
+        if self.dataset and (split or self.splitting):
             raise QGSAError("accuracy on split images is not measured by sweep-budget yet (eval runs one square view): "
-                            "drop --dataset to time and count the split image, or drop --image-size")
+                            "drop --dataset to time and count the split image, or drop --image-size and "
+                            "--image-splitting")
         if self.tile_unit not in ("tiles", "tokens"):
             raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
         if any(t < 1 for t in self.tiles):
             raise QGSAError(f"--tiles are budgets in {self.tile_unit}, at least 1 each, got {list(self.tiles)}")
-        if self.budgets_from_tiles and not split:
-            raise QGSAError("--budgets-from-tiles sets the budgets from the tiles of a split image: give --image-size")
+
+    def one_view_only(self) -> list[str]:
+        """What makes this sweep one square view even where the model splits (run/inputs.choose_input)."""
+        return [*(["--dataset (accuracy on split images)"] if self.dataset else []),
+                *(["--allocate"] if self.allocations != ("fixed",) else [])]
 
     def _check_allocations(self) -> None:
         from qgsa_bench.config import check_allocation
@@ -242,10 +245,14 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
     a = built.adapter
     resolution = cfg.resolution or a.image_size
     image = load_image(m.image) if m.image else demo_image()
-    splitting, n_tiles = None, None
-    if cfg.image_size:  # the model's own views of one image (run/tiles.py)
-        splitting = a.splitting(cfg.splitting, cfg.longest_edge)
-        image = image.resize(cfg.image_size)
+    n_tiles = None
+    # the model's own views of one image (run/tiles.py): of --image-size, else by default where the model splits
+    # (run/inputs.py: the picture's own size with --image, else a square photo at the longest edge)
+    splitting = (a.splitting(cfg.splitting, cfg.longest_edge) if cfg.image_size else
+                 choose_input(a, cfg.resolution, cfg.splitting, cfg.longest_edge, cfg.specs, cfg.one_view_only(), warn))
+    image_size = cfg.image_size or (splitting and (image.size if m.image else (splitting.longest_edge,) * 2))
+    if splitting:
+        image = image.resize(image_size)
         views = a.views([image], splitting)
         resolution, n_tiles = splitting.tile, views.counts[0] - 1
         n_dense = views.counts[0] * a.n_dense_tokens(splitting.tile)
@@ -275,7 +282,7 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                 "budget_unit": cfg.budget_unit, "checkpoints": dict(cfg.checkpoints), "dataset": cfg.dataset,
                 "data_dir": cfg.data_dir, "split": cfg.split, "limit": cfg.limit, "eval_batch": cfg.eval_batch,
                 "max_new_tokens": cfg.max_new_tokens, "compile": m.compile,
-                **({"image_size": "x".join(map(str, cfg.image_size)), "splitting": vars(splitting),
+                **({"image_size": "x".join(map(str, image_size)), "splitting": vars(splitting),
                     "tiles": list(cfg.tiles), "tile_unit": cfg.tile_unit,
                     "budgets_from_tiles": cfg.budgets_from_tiles} if splitting else {}),
                 **({"allocations": list(cfg.allocations), "fcomp_checkpoint": cfg.fcomp_checkpoint,
@@ -298,13 +305,14 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                 f"sweep-budget times every case, and this launch started {world.size} processes: processes sharing "
                 f"a host or a bus would time each other. Time it in one process first (the same command with "
                 f"--timing-only), then this launch scores the data set data-parallel; or add --per-process"))
-        meta = res.write_meta(run_meta(built, budgets=budgets, budget_unit=cfg.budget_unit,
+        meta = res.write_meta(run_meta(built, image_input=describe_input(splitting, resolution), budgets=budgets,
+                                       budget_unit=cfg.budget_unit,
                                        qgsa_checkpoints=dict(cfg.checkpoints), dense_visual_tokens=n_dense,
                                        pipelines=list(cfg.pipelines), budget_rule=budget_rule(cfg.budget_unit),
                                        **(data.meta() if data else {}), **measure_meta(built, m),
                                        **({"world": world.meta()} if world.size > 1 else {})))
         if progress and not timed:  # one phase each: a timed step takes far longer than a scored sample
-            where = f"a {'x'.join(map(str, cfg.image_size))} image in {n_tiles + 1} views" if splitting else f"{resolution}px"
+            where = f"a {'x'.join(map(str, image_size))} image in {n_tiles + 1} views" if splitting else f"{resolution}px"
             progress(f"timing {len(cases)} cases at {where}",
                      -steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops))
         flop_memo: dict = {}  # FLOPs counted per (pipeline, budget, resolution): the allocations' reuse them
@@ -316,7 +324,7 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                                         timing_deadline(m, 1, 0), flop_memo=flop_memo, splitting=splitting)
             base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
                     "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
-            _describe_rows(cfg, built, cases, rows, n_dense, base)
+            _describe_rows(cfg, built, cases, rows, n_dense, base, image_size)
             res.replace(BUDGET_TABLE, rows)  # at once: an interrupted accuracy run does not time again
             res.replace(COMPARISONS_TABLE, pairs)
             unstable = [r["case"] for r in rows if r.get("unstable")]
@@ -491,8 +499,9 @@ def budget_rule(unit: str) -> str:
              "last cut)") + "; qgsa/random/norm without @: k patches through the QGSA module's projection")
 
 
-def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: dict) -> None:
-    """Each case's row gains its budget, share, selector description, weights and FLOPs share of dense."""
+def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: dict, image_size=None) -> None:
+    """Each case's row gains its budget, share, selector description, weights and FLOPs share of dense, and
+    `image_size` ((width, height) px) where the image was split."""
     dense_flops = next((r.get("flops_total") for c, r in zip(cases, rows) if c.run.spec.is_dense), None)
     for case, row in zip(cases, rows):
         own = cfg.checkpoints.get(case.run.spec.selector.name)
@@ -503,8 +512,8 @@ def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: di
         else:
             budget = n_dense if case.k is None else int(case.label.rpartition("k=")[2])
             share, unit = budget / n_dense, cfg.budget_unit
-        if cfg.image_size:
-            row["image_size"] = "x".join(map(str, cfg.image_size))
+        if image_size:
+            row["image_size"] = "x".join(map(str, image_size))
         row.update({"budget": budget, "budget_share": share, "budget_unit": unit,
                     **describe(case.run), **base, "allocation": None if case.k is None else "fixed",
                     "qgsa_weights": f"checkpoint:{own}" if own else built.qgsa_weights})
