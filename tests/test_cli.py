@@ -80,3 +80,19 @@ def test_bad_input_gives_one_clear_line(tmp_path, image_path):
                     "checkpoint not found")
     _one_line_error(invoke(*base, "-i", image_path, "--k", 0), "--k must be at least 1")
     _one_line_error(invoke(*base, "-i", image_path, "-p", "qgsa", "--k", 65), "k=65 is impossible")
+
+
+@pytest.mark.parametrize("args, words", [
+    (["eval", "--bogus"], "error: No such option: --bogus"),
+    (["eval", "--batch", "x"], "error: Invalid value for '--batch'"),
+    (["nosuch"], "error: No such command 'nosuch'"),
+    (["data", "shapes", "--bogus"], "error: No such option: --bogus"),
+    (["sweep-resolution", "--sizes"], "error: Option '--sizes' requires an argument"),
+])
+def test_usage_errors_typer_finds_are_one_error_line_too(args, words):
+    """Typer and Click boxed their own usage errors over several lines (a fresh user's finding, session five):
+    one `error:` line, exit status 2, as every other bad input."""
+    result = invoke(*args)
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith(words), result.output
+    assert invoke("data", "--help").exit_code == 0 and invoke("info", "--help").exit_code == 0

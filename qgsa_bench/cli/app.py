@@ -11,7 +11,10 @@ from functools import wraps
 from pathlib import Path
 from typing import Optional
 
+import sys
+
 import typer
+import typer.core
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -19,7 +22,38 @@ from rich.table import Table
 from qgsa_bench import NothingToDo, QGSAError
 from qgsa_bench.cli.multivalue import command_line, current_context, no_stray_arguments
 
+# the Click that Typer runs on: its own copy (typer >= 0.20, `typer._click`) or the click package
+_click = getattr(typer.core, "_click", None) or __import__("click")
+_NoArgsIsHelp = getattr(_click.exceptions, "NoArgsIsHelpError", ())  # click >= 8.2
+_Abort = getattr(typer.core, "Abort", None) or _click.exceptions.Abort  # Ctrl-C at a prompt, EOF
+
+
+class OneLineErrors(typer.core.TyperGroup):
+    """The app's command group: a usage error that Typer and Click find before a command runs (an unknown option, a
+    missing or malformed value) is one `error:` line on stderr and exit status 2, as a QGSAError is, instead of
+    Typer's box of several lines. Everything else (help, exits, Ctrl-C) is Click's standalone behaviour."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except _NoArgsIsHelp as help_asked:  # `qgsa` or a group alone: its help
+            help_asked.show()
+            sys.exit(help_asked.exit_code)
+        except _click.ClickException as err:
+            where = getattr(getattr(err, "ctx", None), "command_path", None)
+            err_console.print(f"[red]error:[/red] {escape(err.format_message())}"
+                              f"{escape(f' (see {where} --help)') if where else ''}", soft_wrap=True)
+            sys.exit(err.exit_code)
+        except _Abort:
+            err_console.print("Aborted!", markup=False)
+            sys.exit(1)
+        sys.exit(rv if isinstance(rv, int) else 0)  # a command's typer.Exit(code) comes back as its code
+
+
 app = typer.Typer(
+    cls=OneLineErrors,
     help="Question-Guided Sparse Attention (QGSA) for SmolVLM and LLaVA-1.5, beside the field's visual-token selectors, measured end to end.",
     no_args_is_help=True,
     add_completion=False,

@@ -55,10 +55,10 @@ def sweep_resolution(
 ):
     """FLOPs by stage (fvcore) and latency by stage for each pipeline at each resolution (Table 4).
 
-    --sizes: one square view each (the paper's sweep), or --longest-edge: the image as the model's processor splits
-    it at each longest edge (tiles + a global view; tile selectors at --tiles T). Neither: the model's own views
-    at every longest edge up to its own (SmolVLM: 512 1024 1536 2048) where it splits and every pipeline takes
-    split images, else the paper's sizes 224 336 384 448 576 (with a warning naming the pipeline)."""
+    Square sizes, one view each (the paper's sweep), or longest edges: the image as the model's processor splits it
+    at each (tiles + a global view; tile selectors at --tiles T). Neither given: the model's own views at every
+    longest edge up to its own (SmolVLM: 512 1024 1536 2048) where it splits and every pipeline takes split
+    images, else the paper's sizes 224 336 384 448 576 (with a warning naming the pipeline)."""
     from qgsa_bench.config import SweepConfig
     from qgsa_bench.experiments.sweep import run_sweep
 

@@ -34,10 +34,10 @@ def check_views(spec) -> None:
     if spec.patches:
         raise QGSAError(f"{spec.text} selects single patches of one view (the seed paper's form); on an image split "
                         f"into tiles give it whole visual tokens, e.g. {spec.selector.name}@post-vision (k visual "
-                        f"tokens over all views), or pass --no-image-splitting")
+                        f"tokens over all views), or give one square view (--resolution R; sweep-resolution: --sizes)")
     raise QGSAError(f"{spec.text} changes the one image's resolution; on an image split into tiles use dense, a tile "
                     f"selector (qgsa-tiles, random-tiles, global-only) or a selector at vision:L, post-vision or lm:K, "
-                    f"or pass --no-image-splitting")
+                    f"or give one square view (--resolution R; sweep-resolution: --sizes)")
 
 
 TILE_UNITS = ("tiles", "tokens")
