@@ -77,6 +77,9 @@ def test_eval_on_split_images_equals_each_samples_own_answer(tmp_path, tiny):
     meta = json.loads((out / "meta.json").read_text())
     assert meta["splitting"] == {"split": True, "longest_edge": 128, "tile": 64, "resample": 1}
     assert meta["image_input"].startswith("the model's processor: tiles of 64 px")
+    table = (out / "table.md").read_text()  # --k counts tiles, k visual tokens: the table shows both
+    assert "| visual tokens | tiles encoded (mean) |" in table and "| 80.0 | 4.00 |" in table
+    assert "Input: the model's processor: tiles of 64 px" in table
 
 
 @pytest.mark.parametrize("args, words", [
