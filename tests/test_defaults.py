@@ -79,6 +79,8 @@ def test_default_train_runs_offline_without_clip_and_warns_once_about_warm_up(tm
     assert meta["align_encoder"] == "lm-input-embeddings" and meta["weights"] == "pretrained"
     log = pd.read_csv(out / "train_log.csv")
     assert list(log.step) == [1, 2] and (log.l_attr > 0).all() and (log.l_answer > 0).all()
+    # each step's own learning rate (it once logged the next step's: 15 % where the warning said 10 %)
+    assert log.lr.tolist() == pytest.approx([0.05e-3, 0.10e-3])
 
 
 def test_warm_up_warning_only_when_the_run_never_leaves_it(tmp_path):

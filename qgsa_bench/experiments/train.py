@@ -291,6 +291,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(budget, self.cfg.grad_clip)
         else:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.cfg.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]  # this step's (the scheduler then sets the next one's)
         self.optimizer.step()
         self.scheduler.step()
         self.module.eval()
@@ -301,7 +302,7 @@ class Trainer:
         return {"step": self.step, "epoch": (self.step - 1) // self.steps_per_epoch + 1, **values,
                 "k_mean": float(k.mean()), "k_std": float(k.std(unbiased=False)),
                 "c_mean": float(c.detach().mean()) if c is not None else None, "tau": tau,
-                "lr": self.optimizer.param_groups[0]["lr"], "step_s": time.perf_counter() - start}
+                "lr": lr, "step_s": time.perf_counter() - start}
 
     # ---- checkpoints ---------------------------------------------------------------------
     def save(self, path: Path) -> None:
