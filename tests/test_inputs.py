@@ -93,6 +93,7 @@ def test_ask_and_eval_take_the_models_own_views_by_default(tmp_path, tiled):
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(folder / "eval.csv")
     assert set(rows.image_input) == {OWN} and json.loads((folder / "meta.json").read_text())["image_input"] == OWN
+    assert set(rows.qgsa_weights) == {"not used"}  # no pipeline here reads the QGSA module (it was "random-init")
     explicit = tmp_path / "explicit"  # the same as naming the model's own settings
     result = invoke("eval", "--model", TILED, "--dataset", "shapes-hires", "--limit", 2, "--pipelines",
                     "dense,global-only,random-tiles", "--k", 1, "--max-new-tokens", 3, "--image-splitting",

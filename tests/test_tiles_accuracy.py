@@ -74,6 +74,7 @@ def test_eval_on_split_images_equals_each_samples_own_answer(tmp_path, tiny):
     rows = {row["pipeline"]: row for row in __import__("csv").DictReader((out / "eval.csv").open())
             if row["scope"] == "all"}
     assert [float(rows[p]["tiles_mean"]) for p in PIPELINES] == [4.0, 0.0, 2.0, 2.0]
+    assert [rows[p]["qgsa_weights"] for p in PIPELINES] == ["not used", "not used", "random-init (seed 0)", "not used"]
     meta = json.loads((out / "meta.json").read_text())
     assert meta["splitting"] == {"split": True, "longest_edge": 128, "tile": 64, "resample": 1}
     assert meta["image_input"].startswith("the model's processor: tiles of 64 px")

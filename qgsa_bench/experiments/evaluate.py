@@ -294,7 +294,10 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
                 "dataset": data.name, "split": data.split, "resolution": resolution, "note": note,
                 "image_input": image_input}
-        res.replace(EVAL_TABLE, [{**base, **r} for r in with_delta_vs_dense(rows)])
+        # the QGSA module's origin where the pipeline reads it (Spec.reads_checkpoint), else "not used"
+        reads = {run.label: run.spec.reads_checkpoint(cfg.k) for run in runs}
+        res.replace(EVAL_TABLE, [{**base, **r, **({} if reads.get(r["pipeline"], True) else {"qgsa_weights": "not used"})}
+                                 for r in with_delta_vs_dense(rows)])
         unequal = unequal_tokens(rows)
         if unequal and warn:
             warn(unequal)
