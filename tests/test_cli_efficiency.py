@@ -115,6 +115,7 @@ def test_ablate_trains_each_configuration_first(tmp_path):
                                                          "full": (False, False)}[name]
     assert json.loads((out / "train" / "fixed-k" / "config.json").read_text())["fixed_k"] == 5
     assert set(frame.accuracy_n) == {2}
+    assert json.loads((out / "meta.json").read_text())["image_input"] == "one square view of 64 px (the paper's form)"
 
 
 def test_report_without_arguments_finds_every_results_folder(tmp_path, monkeypatch):

@@ -24,6 +24,7 @@ from qgsa_bench.experiments.sweep import PAPER_K, check_k_fits
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.qgsa.checkpoint import load_checkpoint
 from qgsa_bench.results import run_meta
+from qgsa_bench.run.inputs import describe_input
 from qgsa_bench.runtime import device_name, dtype_name, resolve_device
 
 # name users type -> (label in tables, pipeline, fixed k?)
@@ -87,6 +88,8 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
             res.finished("every ablation configuration")
         meta = res.write_meta(run_meta(built, **{
             **measure_meta(built, m), "k_rule": f"fixed-k uses k={fixed_k}; the others use f_comp(q)",
+            # the seed paper's Table 5: its patch-level QGSA variants, trained and timed on one view
+            "image_input": describe_input(None, cfg.resolution),
             "note": ("RANDOM base weights: latency is the architecture's; any accuracy is meaningless"
                      if built.loaded.weights == "random" else "accuracy only for configurations with checkpoints"),
             "qgsa_weights": "per configuration (see the qgsa_weights column)"}))
