@@ -6,6 +6,13 @@ visual tokens. Every (selector, budget) is one case of the same alternating timi
 FLOPs by stage, latency with intervals and speedup against dense come from one measurement; with a data
 set, every case is also evaluated (accuracy overall and per question type, the data set's own scoring).
 
+Split images (the model's own views, models/views.py): `--image-size WxH` times and counts a generated picture
+(or --image) at that size as the processor splits it; `--dataset D --image-splitting [--longest-edge N]` scores
+each data set image split by the processor through evaluate.py's own path (`evaluate_run(..., splitting)`, the
+one `qgsa eval --image-splitting` runs), timed on --image-size's picture when given, else on the data set's first
+image. Tile selectors run at --tiles (tiles besides the global view), the others at --budgets visual tokens over
+all views. Options that disagree on the image (one square view vs split) are one `error:` line (`_check_views`).
+
 Writes budget.csv (one row per case), accuracy.csv (one row per case x scope), comparisons.csv,
 meta.json and table.md. `qgsa report` draws the accuracy-FLOPs Pareto figure from these files.
 """
@@ -41,7 +48,8 @@ BUDGET_COLUMNS = ["budget", "budget_unit", "budget_share", "selector", "point", 
                   "image_size"]  # --image-size: the split image (WxH)
 ACCURACY_COLUMNS = ["budget", "budget_share", "case", "pipeline", "selector", "point", "allocation", "scope",
                     "question_type", "n", "n_scored", "accuracy", "delta_vs_dense_points", "k_mean", "k_std",
-                    "n_visual_tokens_mean", "flops_total", "flops_share_of_dense", "latency_ms_per_query"]
+                    "n_visual_tokens_mean", "flops_total", "flops_share_of_dense", "latency_ms_per_query", "tiles_mean",
+                    "image_input"]  # split images (--dataset --image-splitting): the tiles encoded, the processor's settings
 BUDGET_TABLE = Table(BUDGET_CSV, tuple(BUDGET_COLUMNS), ("case",))
 ACCURACY_TABLE = Table(ACCURACY_CSV, tuple(ACCURACY_COLUMNS), ("case", "scope", "question_type"))
 
@@ -101,23 +109,39 @@ class BudgetConfig:
         self._check_allocations()
         self._check_views()
 
+    @property
+    def on_views(self) -> bool:
+        """Whether the image is the model's own views: a generated --image-size image timed and counted, or (with
+        --dataset and --image-splitting/--no-image-splitting) each data set image as the processor makes it."""
+        return self.image_size is not None or (self.dataset is not None and self.splitting is not None)
+
     def _check_views(self) -> None:
-        split = self.image_size is not None
-        if not split and (self.splitting is not None or self.longest_edge is not None):
+        """Raises QGSAError (one `error:` line naming what to give) for options that describe the image in two
+        ways or not at all."""
+        if not self.on_views and (self.splitting is not None or self.longest_edge is not None):
             raise QGSAError("--image-splitting and --longest-edge describe how the model's processor splits an image: "
-                            "give --image-size WIDTHxHEIGHT too")
-        if split and self.resolution is not None:
-            raise QGSAError("--resolution is one square view; --image-size splits the image as the model's processor "
-                            "does: give one of them")
-        if split and self.dataset:
-            raise QGSAError("accuracy on split images is not measured by sweep-budget yet (eval runs one square view): "
-                            "drop --dataset to time and count the split image, or drop --image-size")
+                            "give --image-size WIDTHxHEIGHT too (a generated image to time and count), or --dataset "
+                            "with --image-splitting (each data set image split, timed on the first)")
+        if self.on_views and self.resolution is not None:
+            raise QGSAError("--resolution is one square view; --image-size and --image-splitting split the image as the "
+                            "model's processor does: give one of them")
+        if self.image_size is not None and self.dataset and self.splitting is None:
+            raise QGSAError("--image-size times and counts a split image, and --dataset is scored on one square view "
+                            "unless it is split too: add --image-splitting (each data set image split by the model's "
+                            "processor, as qgsa eval --image-splitting does), or drop --image-size")
+        if self.dataset and self.on_views and self.longest_edge is not None and not self.splitting:
+            raise QGSAError("--longest-edge sets how the model's processor tiles the image: add --image-splitting")
+        adaptive = [a for a in self.allocations if a != "fixed"]
+        if self.dataset and self.on_views and adaptive:
+            raise QGSAError(f"--allocate {adaptive[0]} spreads budgets over one view's visual tokens; on split images "
+                            f"give fixed budgets (--tiles, --budgets): drop --allocate or --image-splitting")
         if self.tile_unit not in ("tiles", "tokens"):
             raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
         if any(t < 1 for t in self.tiles):
             raise QGSAError(f"--tiles are budgets in {self.tile_unit}, at least 1 each, got {list(self.tiles)}")
-        if self.budgets_from_tiles and not split:
-            raise QGSAError("--budgets-from-tiles sets the budgets from the tiles of a split image: give --image-size")
+        if self.budgets_from_tiles and not self.on_views:
+            raise QGSAError("--budgets-from-tiles sets the budgets from the tiles of a split image: give --image-size, or "
+                            "--dataset with --image-splitting")
 
     def _check_allocations(self) -> None:
         from qgsa_bench.config import check_allocation
@@ -241,11 +265,20 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                   attn_implementation=m.attn_implementation, warn=warn)
     a = built.adapter
     resolution = cfg.resolution or a.image_size
+    data = None
+    if cfg.dataset:
+        from qgsa_bench.data import load_dataset
+
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, False, m.seed)
     image = load_image(m.image) if m.image else demo_image()
-    splitting, n_tiles = None, None
-    if cfg.image_size:  # the model's own views of one image (run/tiles.py)
+    splitting, n_tiles, image_size, scored_split = None, None, None, data is not None and cfg.on_views
+    if cfg.on_views:  # the model's own views of one image (run/tiles.py)
         splitting = a.splitting(cfg.splitting, cfg.longest_edge)
-        image = image.resize(cfg.image_size)
+        if cfg.image_size:  # the generated picture (or --image) at that size
+            image = image.resize(cfg.image_size)
+        elif not m.image:  # --dataset --image-splitting: timed on the data set's first readable image, as it comes
+            image = first_image(data)
+        image_size = image.size
         views = a.views([image], splitting)
         resolution, n_tiles = splitting.tile, views.counts[0] - 1
         n_dense = views.counts[0] * a.n_dense_tokens(splitting.tile)
@@ -266,18 +299,15 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
         res = case.run.resolution(resolution, case.k)
         if case.k is not None and case.run.spec.patches and case.k > a.n_patches(res):
             raise QGSAError(f"budget {case.k} is above N = {a.n_patches(res)} patches for {case.pipeline}")
-    data = None
-    if cfg.dataset:
-        from qgsa_bench.data import load_dataset
-
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, False, m.seed)
     settings = {**m.settings(), "resolution": resolution, "pipelines": list(cfg.pipelines), "budgets": budgets,
                 "budget_unit": cfg.budget_unit, "checkpoints": dict(cfg.checkpoints), "dataset": cfg.dataset,
                 "data_dir": cfg.data_dir, "split": cfg.split, "limit": cfg.limit, "eval_batch": cfg.eval_batch,
                 "max_new_tokens": cfg.max_new_tokens, "compile": m.compile,
-                **({"image_size": "x".join(map(str, cfg.image_size)), "splitting": vars(splitting),
+                **({"image_size": "x".join(map(str, image_size)), "splitting": vars(splitting),
                     "tiles": list(cfg.tiles), "tile_unit": cfg.tile_unit,
-                    "budgets_from_tiles": cfg.budgets_from_tiles} if splitting else {}),
+                    "budgets_from_tiles": cfg.budgets_from_tiles, **({"scored_split": True} if scored_split else {}),
+                    **({"timed_image": "the data set's first image"} if image_size != cfg.image_size and not m.image
+                       else {})} if splitting else {}),
                 **({"allocations": list(cfg.allocations), "fcomp_checkpoint": cfg.fcomp_checkpoint,
                     "oracle_split": cfg.oracle_split, "oracle_limit": cfg.oracle_limit}
                    if cfg.allocations != ("fixed",) else {})}
@@ -299,12 +329,13 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                 f"a host or a bus would time each other. Time it in one process first (the same command with "
                 f"--timing-only), then this launch scores the data set data-parallel; or add --per-process"))
         meta = res.write_meta(run_meta(built, budgets=budgets, budget_unit=cfg.budget_unit,
+                                       image_input=view_input(splitting, resolution),
                                        qgsa_checkpoints=dict(cfg.checkpoints), dense_visual_tokens=n_dense,
                                        pipelines=list(cfg.pipelines), budget_rule=budget_rule(cfg.budget_unit),
                                        **(data.meta() if data else {}), **measure_meta(built, m),
                                        **({"world": world.meta()} if world.size > 1 else {})))
         if progress and not timed:  # one phase each: a timed step takes far longer than a scored sample
-            where = f"a {'x'.join(map(str, cfg.image_size))} image in {n_tiles + 1} views" if splitting else f"{resolution}px"
+            where = f"a {'x'.join(map(str, image_size))} image in {n_tiles + 1} views" if splitting else f"{resolution}px"
             progress(f"timing {len(cases)} cases at {where}",
                      -steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops))
         flop_memo: dict = {}  # FLOPs counted per (pipeline, budget, resolution): the allocations' reuse them
@@ -316,7 +347,7 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                                         timing_deadline(m, 1, 0), flop_memo=flop_memo, splitting=splitting)
             base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
                     "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
-            _describe_rows(cfg, built, cases, rows, n_dense, base)
+            _describe_rows(cfg, built, cases, rows, n_dense, base, image_size)
             res.replace(BUDGET_TABLE, rows)  # at once: an interrupted accuracy run does not time again
             res.replace(COMPARISONS_TABLE, pairs)
             unstable = [r["case"] for r in rows if r.get("unstable")]
@@ -331,7 +362,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                                        "allocations": {c.label: a.summary() for c, a in allocated.items()}})
             if progress:
                 progress(f"scoring {len(cases) + len(adaptive)} cases on {len(data.samples)} samples", -max(left, 1))
-            accuracy_rows = _accuracy(built, cases, rows, data, resolution, cfg, progress, done, save)
+            accuracy_rows = _accuracy(built, cases, rows, data, resolution, cfg, progress, done, save,
+                                      splitting if scored_split else None)
             if adaptive:
                 flops_at = _flops_at(built, image, resolution, m, flop_memo) if m.count_flops else None
                 more_rows, more_accuracy = _allocated_accuracy(built, allocated, rows, data, resolution, cfg,
@@ -341,6 +373,21 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
             res.replace(ACCURACY_TABLE, accuracy_rows)
             res.replace(BUDGET_TABLE, rows)  # with each case's accuracy
     return res.out
+
+
+def first_image(data):
+    """The first sample's image of `data` (LoadedData), RGB, at its own size: what `sweep-budget --dataset
+    --image-splitting` times and counts without --image-size. Raises QGSAError for an empty data set or an
+    unreadable image (data.open_images)."""
+    if not data.samples:
+        raise QGSAError(f"{data.name} split '{data.split}' has no samples: nothing to time or score")
+    return data.open_images(data.samples[:1])[1][0]
+
+
+def view_input(splitting, resolution: int) -> str:
+    """What the model's image input was, as eval.csv says it (`image_input`)."""
+    return (f"the model's processor: {splitting.describe()}" if splitting
+            else f"one square view of {resolution} px (the paper's form)")
 
 
 @dataclass(eq=False)  # a case is itself (a dict key), not its fields
@@ -491,8 +538,9 @@ def budget_rule(unit: str) -> str:
              "last cut)") + "; qgsa/random/norm without @: k patches through the QGSA module's projection")
 
 
-def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: dict) -> None:
-    """Each case's row gains its budget, share, selector description, weights and FLOPs share of dense."""
+def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: dict, image_size=None) -> None:
+    """Each case's row gains its budget, share, selector description, weights and FLOPs share of dense, and
+    `image_size` (width, height) of the split image timed, where there is one."""
     dense_flops = next((r.get("flops_total") for c, r in zip(cases, rows) if c.run.spec.is_dense), None)
     for case, row in zip(cases, rows):
         own = cfg.checkpoints.get(case.run.spec.selector.name)
@@ -503,8 +551,8 @@ def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: di
         else:
             budget = n_dense if case.k is None else int(case.label.rpartition("k=")[2])
             share, unit = budget / n_dense, cfg.budget_unit
-        if cfg.image_size:
-            row["image_size"] = "x".join(map(str, cfg.image_size))
+        if image_size:
+            row["image_size"] = "x".join(map(str, image_size))
         row.update({"budget": budget, "budget_share": share, "budget_unit": unit,
                     **describe(case.run), **base, "allocation": None if case.k is None else "fixed",
                     "qgsa_weights": f"checkpoint:{own}" if own else built.qgsa_weights})
@@ -512,8 +560,11 @@ def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: di
             row["flops_share_of_dense"] = row["flops_total"] / dense_flops
 
 
-def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress, done=None, save=None) -> list[dict]:
-    """Every case evaluated on the data set (per-sample scoring of evaluate.py), summarised per scope. `done`
+def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress, done=None, save=None,
+              splitting=None) -> list[dict]:
+    """Every case evaluated on the data set (per-sample scoring of evaluate.py, its very path:
+    `evaluate_run`), summarised per scope. `splitting`: each image as the model's processor splits it (as `qgsa eval
+    --image-splitting`; a tile selector's budget T tiles, global-only none), else one square view. `done`
     (case -> id -> record): finished by an interrupted run; `save`: each batch's new records, with their case.
     Each row and case gains its accuracy; the differences to dense are `_delta_vs_dense`'s."""
     from qgsa_bench.experiments.evaluate import evaluate_run, summary_rows, warm_up
@@ -521,18 +572,19 @@ def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress,
     ecfg = _eval_config(cfg, data)
     done = done or {}
     if any(s.id not in done.get(c.label, {}) for c in cases for s in data.samples):
-        warm_up([built.run("dense")], data, resolution, ecfg)
+        warm_up([built.run("dense")], data, resolution, ecfg, splitting)
     out = []
     for case, row in zip(cases, rows):
         ecfg.k = case.k
         keep = (lambda new, label=case.label: save([{**r, "case": label} for r in new])) if save else None
         with case.run.engine.same_draws():
-            records = evaluate_run(case.run, data, resolution, ecfg, progress, done.get(case.label, {}), keep)
+            records = evaluate_run(case.run, data, resolution, ecfg, progress, done.get(case.label, {}), keep,
+                                   splitting=splitting)
         for summary in summary_rows(records, case.pipeline):
             out.append({"budget": row["budget"], "budget_share": row["budget_share"], "case": case.label,
                         "selector": row["selector"], "point": row["point"], "flops_total": row.get("flops_total"),
                         "flops_share_of_dense": row.get("flops_share_of_dense"), "allocation": row.get("allocation"),
-                        **summary})
+                        "image_input": view_input(splitting, resolution), **summary})
         overall = next(s for s in summary_rows(records, case.pipeline) if s["scope"] == "all")
         row.update({"accuracy": overall["accuracy"], "n_eval": overall["n"],
                     "latency_ms_per_query_eval": overall["latency_ms_per_query"]})
