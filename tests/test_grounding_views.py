@@ -69,7 +69,7 @@ def test_the_tile_oracle_and_its_metrics_on_a_box_inside_one_tile(tiny):
     inside = sample([110, 60, 20, 20])  # in tile (1, 2) = 6
     r = oracle_tiles_record(inside, views, 0, 1, 8)
     assert r["tiles"] == [6] == r["referent_tiles"] and r["k"] == 1 and r["unit"] == "tiles"
-    assert (r["tile_hit"], r["tile_jaccard"], r["tile_iou"]) == (1, 1.0, 0.16)  # 400 / 2,500 px
+    assert (r["tile_hit"], r["tile_jaccard"], r["tile_iou"], r["referent_tile_share"]) == (1, 1.0, 0.16, 1.0)  # 400 / 2,500
     assert r["iou"] == 0.16 and r["n_patches"] == 64 and r["global_patches"] == 0 and r["patches"] is None
     assert r["share_in_box"] == round(9 / 64, 6) and r["pointing"] == 1  # 3 x 3 centres; (121.9, 71.9) points
     assert oracle_tiles_record(inside, views, 0, 3, 8)["tiles"] == [6]  # at most T: the box's tiles only
@@ -80,6 +80,7 @@ def test_the_tile_oracle_and_its_metrics_on_a_box_inside_one_tile(tiny):
     assert two["tiles"] == [6, 7] and two["tile_jaccard"] == 1.0
     far = split_record(inside, "x", 1, "tiles", 1, None, [0], views, 0, 8)
     assert (far["tile_hit"], far["tile_iou"], far["tile_jaccard"], far["iou"]) == (0, 0.0, 0.0, 0.0)
+    assert far["referent_tile_share"] == 0.0
     tokens = oracle_tokens_record(inside, views, 0, 2, 2, 4, 8, "oracle@tokens")  # on tile 6's patch grid
     assert tokens["tiles"] == [6] and tokens["k"] == 2 and all(p // 64 == 6 for p in tokens["patches"])
     assert tokens["iou"] > 0.5
@@ -98,7 +99,7 @@ def test_a_tile_selector_forced_to_the_referent_tile_hits(tiny, monkeypatch):
     result = tiny.engine.run("random-tiles").prepare([block_image()], [QUESTION], 0, k=1, splitting=splitting)
     assert result.selected_tiles(0) == [6]
     r = result_record(result, 0, sample([110, 60, 20, 20]), "random-tiles", 1, "tiles", 8)
-    assert (r["tiles"], r["tile_hit"], r["tile_jaccard"], r["k"]) == ([6], 1, 1.0, 1)
+    assert (r["tiles"], r["tile_hit"], r["tile_jaccard"], r["k"], r["referent_tile_share"]) == ([6], 1, 1.0, 1, 1.0)
     assert r["global_patches"] == 0  # the global view that comes with every tile selector is not counted
 
 
@@ -112,7 +113,7 @@ def test_at_full_budget_a_whole_token_selector_keeps_the_whole_image(tiny, spec)
     assert whole["iou"] == 1.0 and whole["n_patches"] == 13 * 64 and whole["global_patches"] == 64
     assert whole["tiles"] == list(range(12)) and whole["k"] == 208 and whole["share_in_box"] == 1.0
     part = result_record(result, 0, sample([110, 60, 20, 20]), spec, 208, "visual tokens", 8)
-    assert part["tile_hit"] == 1 and part["tile_jaccard"] == round(1 / 12, 6)
+    assert part["tile_hit"] == 1 and part["tile_jaccard"] == round(1 / 12, 6) == part["referent_tile_share"]
 
 
 def test_grounding_on_split_images_end_to_end(tmp_path, tiny):
@@ -145,7 +146,8 @@ def test_grounding_on_split_images_end_to_end(tmp_path, tiny):
     assert meta["budgets_of"]["oracle-tiles"] == [1, 2] and meta["splitting"]["longest_edge"] == 128
     rows = pd.read_csv(out / "grounding.csv")
     overall = rows[rows.question_type == "all"].set_index(["selector", "budget"])
-    assert overall.loc[("oracle-tiles", 1), "tile_hit"] == 100.0 and overall.loc[("qgsa-tiles", 2), "kept_tiles_mean"] == 2
+    assert overall.loc[("oracle-tiles", 1), "tile_hit"] == 100.0 == overall.loc[("oracle-tiles", 2), "referent_tile_share"]
+    assert overall.loc[("qgsa-tiles", 2), "kept_tiles_mean"] == 2
     assert (overall.image_input.str.startswith("the model's processor")).all()
     assert "tile hit %" in (out / "table3.md").read_text()
     report = invoke("report", "--results", out, "--out", tmp_path / "r")

@@ -63,7 +63,8 @@ PAIR_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selecto
 GROUNDING_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "point", "question_guided",
                      "budget", "budget_unit", "question_type", "n", "mean_iou", "median_iou", "acc_iou_0_5",
                      "pointing", "share_in_box", "kept_patches_mean", "k_mean", "resolution", "note",
-                     "image_input", "tile_hit", "tile_iou", "tile_jaccard", "kept_tiles_mean", "global_patches_mean"]
+                     "image_input", "tile_hit", "tile_iou", "tile_jaccard", "kept_tiles_mean", "global_patches_mean",
+                     "referent_tile_share"]
 GROUNDED = "grounding.jsonl"  # one record per (sample, pipeline, budget), appended as each batch finishes
 GROUNDING_TABLE = Table("grounding.csv", tuple(GROUNDING_COLUMNS), ("selector", "budget", "question_type"))
 PAIR_TABLE = Table("pairs.csv", tuple(PAIR_COLUMNS), ("selector", "budget"))
@@ -570,13 +571,14 @@ def summary_rows(records: list[dict], base: dict, info: dict, order: list[tuple]
 
 
 def tile_columns(part: list[dict]) -> dict:
-    """The tile-level columns of records on split images (grounding_views.py): tile_hit, tile_iou, tile_jaccard
-    in percent, the mean tiles touched and the mean kept patches of the global view; {} for one-view records (and
-    an unsplit image: no tile)."""
+    """The tile-level columns of records on split images (grounding_views.py): tile_hit, tile_iou, tile_jaccard,
+    referent_tile_share in percent, the mean tiles touched and the mean kept patches of the global view; {} for
+    one-view records (and an unsplit image: no tile)."""
     tiled = [r for r in part if r.get("tile_hit") is not None]
     if not tiled:
         return {}
-    out = {key: 100 * float(np.mean([r[key] for r in tiled])) for key in ("tile_hit", "tile_iou", "tile_jaccard")}
+    keys = ("tile_hit", "tile_iou", "tile_jaccard", "referent_tile_share")
+    out = {key: 100 * float(np.mean([r[key] for r in tiled])) for key in keys}
     out["kept_tiles_mean"] = float(np.mean([len(r["tiles"]) for r in tiled]))
     out["global_patches_mean"] = float(np.mean([r["global_patches"] for r in tiled]))
     return out

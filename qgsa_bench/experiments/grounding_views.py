@@ -26,6 +26,9 @@ kept tokens; the global view is no tile):
   tile_iou      IoU of the convex hull of the touched tiles' rectangles with the box
   tile_jaccard  |touched ∩ referent tiles| / |touched ∪ referent tiles|, the referent tiles being those the box
                 overlaps (positive area)
+  referent_tile_share  the share of the kept tile patches (the global view's left out) that lie in a referent
+                tile: where a selection puts its tile tokens (chance: the referent tiles' share of the tiles; 0 when it
+                keeps no tile patch)
 Oracles: `oracle-tiles` at each tile budget T keeps the referent tiles, most overlapped first, at most T (hit 1,
 Jaccard 1 where the box lies in at most T tiles; its IoU is the box's area over its tiles' hull: the tile-level
 ceiling); `oracle@tokens` at a budget of b visual tokens: the one-view oracle (metrics.oracle_patches, at most 4
@@ -45,7 +48,7 @@ GLOBAL_VIEW_RULE = ("tile selectors: the chosen tiles' rectangles (every patch o
                     "block of the whole image")
 TILE_RULE = ("tiles touched = a tile selector's chosen tiles, else the tiles holding a kept token; tile_hit: the box "
              "centre lies in a touched tile; tile_iou: hull of the touched tiles with the box; tile_jaccard: touched "
-             "vs the tiles the box overlaps")
+             "vs the tiles the box overlaps; referent_tile_share: the share of the kept tile patches in the box's tiles")
 
 
 def _overlap(rect, box) -> float:
@@ -100,7 +103,8 @@ def split_record(sample, label: str, budget, unit: str, k, patches, tiles, views
     record (`iou`, `pointing`, `share_in_box` on the kept patches' rectangles in original pixels; `n_patches`) and
     `views`, `grid_tiles` (rows, cols), `grid` (patches per view side), `view_boxes` (each view's rectangle in
     original pixels), `tiles` (touched), `referent_tiles`, `global_patches` (kept patches of the global view),
-    `tile_hit` (0/1), `tile_iou`, `tile_jaccard` (0..1; all three None for an unsplit image, which has no tile)."""
+    `tile_hit` (0/1), `tile_iou`, `tile_jaccard`, `referent_tile_share` (0..1; all four None for an unsplit image,
+    which has no tile)."""
     boxes = views.view_boxes(b)
     n, n_tiles = grid * grid, views.counts[b] - 1
     if tiles is None:
@@ -119,13 +123,16 @@ def split_record(sample, label: str, budget, unit: str, k, patches, tiles, views
                   iou=round(boxes_hull_iou(rects, box), 6), pointing=int(centres_pointing_hit(centres, box)),
                   share_in_box=round(centres_share_in_box(centres, box), 6))
     if not n_tiles:
-        return {**record, "referent_tiles": [], "tile_hit": None, "tile_iou": None, "tile_jaccard": None}
+        return {**record, "referent_tiles": [], "tile_hit": None, "tile_iou": None, "tile_jaccard": None,
+                "referent_tile_share": None}
     ref = referent_tiles(boxes, box)
     centre = (box[0] + box[2] / 2, box[1] + box[3] / 2)
     union = set(tiles) | set(ref)
+    in_tiles = [p // n for p in joint if p // n < n_tiles]  # the kept tile patches' tiles
     return {**record, "referent_tiles": ref, "tile_hit": int(any(_inside(centre, boxes[t]) for t in tiles)),
             "tile_iou": round(boxes_hull_iou([boxes[t] for t in tiles], box), 6),
-            "tile_jaccard": round(len(set(tiles) & set(ref)) / len(union), 6) if union else 0.0}
+            "tile_jaccard": round(len(set(tiles) & set(ref)) / len(union), 6) if union else 0.0,
+            "referent_tile_share": round(sum(t in ref for t in in_tiles) / len(in_tiles), 6) if in_tiles else 0.0}
 
 
 def result_record(result, b: int, sample, label: str, budget, unit: str, grid: int) -> dict:

@@ -46,7 +46,7 @@ def added_later() -> dict[str, tuple[str, ...]]:
             # every selector at every budget (issue 22); a folder from before holds qgsa/random/norm/oracle at one k
             "grounding": ("acc_iou_0_5", "point", "question_guided", "budget", "budget_unit", "pointing", "share_in_box",
                           "kept_patches_mean", "image_input", "tile_hit", "tile_iou", "tile_jaccard", "kept_tiles_mean",
-                          "global_patches_mean"),
+                          "global_patches_mean", "referent_tile_share"),
             "pairs": ("budget", "budget_unit"),
             "flops": ("budget", "budget_unit", "formula_fastv_prefill", "formula_ffn3_prefill", "image_size", "views",
                       "views_encoded")}

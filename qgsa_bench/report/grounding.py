@@ -53,8 +53,10 @@ SPLIT_NOTE = (
     "none, the whole image whatever the question). Every other selector keeps visual tokens over all views, its "
     "global-view tokens included as their blocks. **Tiles touched**: a tile selector's chosen tiles, else the tiles "
     "holding a kept token; **tile hit**: the box's centre lies in a touched tile; **tile IoU**: hull of the touched "
-    "tiles with the box; **tile Jaccard**: touched tiles vs the tiles the box overlaps. `oracle-tiles`: the box's "
-    "tiles (at most T); `oracle@tokens`: the one-view oracle on the patch grid of the box's tile.")
+    "tiles with the box; **tile Jaccard**: touched tiles vs the tiles the box overlaps; **in box's tiles**: the share "
+    "of the kept tile patches (global view left out) in the tiles the box overlaps (chance: their share of the "
+    "tiles). `oracle-tiles`: the box's tiles (at most T); `oracle@tokens`: the one-view oracle on the patch grid of "
+    "the box's tile.")
 
 
 def _budget_cell(row) -> str:
@@ -112,12 +114,12 @@ def selectors_grounding_markdown(frame, meta: dict | None) -> str:
         if not tiled:
             return []
         return [fmt(r.get("kept_tiles_mean"), ".2f"), fmt(r.get("tile_hit"), ".1f"), fmt(r.get("tile_iou"), ".1f"),
-                fmt(r.get("tile_jaccard"), ".1f")]
+                fmt(r.get("tile_jaccard"), ".1f"), fmt(r.get("referent_tile_share"), ".1f")]
 
     lines += markdown_rows(
         ["selector", "insertion point", "question-guided", "budget", "kept patches", "IoU %", "IoU ≥ 0.5 % [95 % CI]",
          "pointing % [95 % CI]", "in box %",
-         *(["tiles touched", "tile hit %", "tile IoU %", "tile Jaccard %"] if tiled else [])],
+         *(["tiles touched", "tile hit %", "tile IoU %", "tile Jaccard %", "in box's tiles %"] if tiled else [])],
         ([_grounding_flag(r["selector"], r, meta, notes), r.get("point", "–"),
           "yes" if str(r.get("question_guided")) == "True" else "no", _budget_cell(r),
           fmt(r.get("kept_patches_mean"), ".1f"), fmt(r["mean_iou"], ".1f"),
