@@ -155,6 +155,19 @@ def test_grounding_on_split_images_end_to_end(tmp_path, tiny):
     assert list((tmp_path / "r").glob("selections*.png"))  # drawn on the kept patches' rectangles
 
 
+def test_default_pipelines_on_split_images():
+    from qgsa_bench.experiments.grounding import GroundingConfig, default_pipelines
+
+    split = default_pipelines(True)
+    assert {"qgsa-tiles", "random-tiles", "hired", "fastv", "qgsa@post-vision"} <= set(split)
+    assert not {"qgsa", "random", "norm", "global-only", "dense", "downsample"} & set(split)
+    without_tiles = [s.text for s in GroundingConfig(image_splitting=True).specs]  # no --tiles: no tile selector
+    assert "qgsa-tiles" not in without_tiles and "hired" in without_tiles
+    assert [s.text for s in GroundingConfig(image_splitting=True, tiles=(2, 1, 2)).specs] == list(split)
+    assert GroundingConfig(image_splitting=True, tiles=(2, 1, 2)).tiles == (1, 2)
+    assert "tiles" not in GroundingConfig().settings()  # a one-view folder's settings as before
+
+
 @pytest.mark.parametrize("args, message", [
     (("--pipelines", "qgsa-tiles", "--tiles", 1), "chooses among the tiles of a split image: add --image-splitting"),
     (("--pipelines", "qgsa-tiles", *SPLIT), "needs budgets in tiles: give --tiles"),

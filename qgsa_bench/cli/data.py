@@ -127,6 +127,8 @@ def grounding(
         None, help="Comma-separated selectors, as qgsa eval takes them (NAME or NAME@POINT). Default: the paper's "
                    "patch-level qgsa, random, norm and every registered selector at its default insertion point "
                    "(downsample is left out: it keeps the whole image at a lower resolution, no patches to ground). "
+                   "With --image-splitting: every selector that takes split images, the tile selectors where --tiles "
+                   "gives their budgets (not global-only: it keeps no tile). "
                    + PIPELINE_HELP),
     budgets: GroundingBudgets = [],
     tiles: GroundingTiles = [],
