@@ -69,7 +69,9 @@ class MeasureConfig:
 @dataclass
 class SweepConfig:
     measure: MeasureConfig
-    sizes: tuple[int, ...] = (224, 336, 384, 448, 576)
+    # one square view per size (the paper's sweep); with neither sizes nor longest_edges, the model's own views at
+    # every longest edge up to its own where it splits, else PAPER_SIZES (experiments/sweep.default_sizes)
+    sizes: tuple[int, ...] = ()
     pipelines: tuple[str, ...] = ("dense", "dense-bypass", "qgsa", "random")
     out: str = "results/sweep"
     batches: tuple[int, ...] = ()  # several batch sizes (--batch 1 8 32); empty: measure.batch
@@ -80,14 +82,14 @@ class SweepConfig:
     tiles: int | None = None  # the tile selectors' budget: tiles encoded besides the global view
 
     def __post_init__(self):
-        if not self.sizes and not self.longest_edges:
-            raise QGSAError("--sizes needs at least one resolution")
+        if self.sizes and self.longest_edges:
+            raise QGSAError("--sizes are square views, --longest-edge the model's own split views: give one of them")
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one pipeline")
         self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field: settings() skip it)
         check_options(self.specs, self.measure.k, self.measure.checkpoint)
         tiled = [s.text for s in self.specs if s.at_tiles]
-        if tiled and not self.longest_edges:
+        if tiled and self.sizes:
             raise QGSAError(f"{tiled[0]} chooses among the tiles of a split image: sweep --longest-edge "
                             f"(e.g. --longest-edge 1024 1536 2048), not --sizes")
         needs_t = [s.text for s in self.specs if s.at_tiles and not s.selector.keeps_no_tiles]
@@ -119,6 +121,15 @@ class AblateConfig:
                                              "train_steps", "align_encoder", "eval_limit")}
 
 
+def check_input_options(resolution: int | None, split: bool | None, longest_edge: int | None) -> None:
+    """--resolution (one square view, the paper's form) and the processor's options (--image-splitting,
+    --no-image-splitting, --longest-edge) exclude each other (run/inputs.py). Raises QGSAError naming both."""
+    if resolution is not None and (split is not None or longest_edge is not None):
+        given = "--longest-edge" if split is None else "--image-splitting" if split else "--no-image-splitting"
+        raise QGSAError(f"--resolution is one square view (the paper's form); {given} uses the model's own processor "
+                        f"(its tile size): give one of them")
+
+
 @dataclass
 class EvalConfig:
     """`qgsa eval` and `qgsa grounding`: a model, a data set, pipelines (eval) or selectors (grounding)."""
@@ -147,15 +158,12 @@ class EvalConfig:
     fcomp_checkpoint: str | None = None  # the QGSA checkpoint whose f_comp allocates (default: --checkpoint)
     oracle_split: str | None = None  # oracle-type's held-out split (default: val)
     oracle_limit: int | None = None  # its samples (default: --limit)
-    image_splitting: bool | None = None  # the model's own views (models/views.py); None: one square view
+    # the model's own views (models/views.py); None: the model's own setting (run/inputs.choose_input)
+    image_splitting: bool | None = None
     longest_edge: int | None = None
 
     def __post_init__(self):
-        if self.longest_edge is not None and not self.image_splitting:
-            raise QGSAError("--longest-edge sets how the model's processor tiles the image: add --image-splitting")
-        if self.image_splitting is not None and self.resolution is not None:
-            raise QGSAError("--resolution is one square view; --image-splitting/--no-image-splitting use the model's "
-                            "own processor (its tile size): give one of them")
+        check_input_options(self.resolution, self.image_splitting, self.longest_edge)
         if self.image_splitting is not None and self.allocate:
             raise QGSAError("--allocate spreads budgets over one view's visual tokens; on the model's own views "
                             "give tile selectors a budget in tiles with --k: drop --allocate or --image-splitting")
@@ -368,7 +376,8 @@ class AskConfig:
     device: str = "auto"
     dtype: str = "auto"
     seed: int = 0
-    image_splitting: bool | None = None  # the model's own views (models/views.py); None: one square view
+    # the model's own views (models/views.py); None: the model's own setting (run/inputs.choose_input)
+    image_splitting: bool | None = None
     longest_edge: int | None = None
     tile_unit: str = "tiles"  # a tile selector's --k: tiles, or visual tokens (run/tiles.tiles_for_budget)
 
@@ -376,11 +385,7 @@ class AskConfig:
         self.spec = parse_spec(self.pipeline)  # parsed once, here (not a field)
         if self.tile_unit not in ("tiles", "tokens"):
             raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
-        if self.longest_edge is not None and not self.image_splitting:
-            raise QGSAError("--longest-edge sets how the model's processor tiles the image: add --image-splitting")
-        if self.image_splitting is not None and self.resolution is not None:
-            raise QGSAError("--resolution is one square view; --image-splitting/--no-image-splitting use the model's "
-                            "own processor (its tile size): give one of them")
+        check_input_options(self.resolution, self.image_splitting, self.longest_edge)
         if not self.question.strip():
             raise QGSAError("empty question: pass a non-empty --question")
         if self.k is not None and self.k < 1:

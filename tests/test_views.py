@@ -241,7 +241,7 @@ def test_ask_answers_on_the_models_own_views(tmp_path):
     answer = json.loads(out.read_text())
     assert answer["views"] == 13 and len(answer["selected_tiles"]) == 2 and answer["n_visual_tokens"] == 3 * 16
     assert answer["image_input"].startswith("the model's processor: tiles of 64 px")
-    for extra, words in [(["--longest-edge", "128"], "--longest-edge sets how the model's processor tiles the image"),
+    for extra, words in [(["--longest-edge", "128"], "--longest-edge 128 sets where the processor tiles the image, and this model's image splitting is off"),
                          (["--image-splitting", "--resolution", "64"], "--resolution is one square view"),
                          (["--pipeline", "global-only"], "global-only chooses among the tiles of a split image")]:
         bad = CliRunner().invoke(app, [*base, *extra])

@@ -105,9 +105,9 @@ def ask(
 ):
     """Answer one question about one image with one pipeline; show tokens, selection and latency.
 
-    The image is one square view of --resolution px (the paper's form), or with --image-splitting as the model's
-    own processor splits it (SmolVLM: tiles + a global view; tile selectors: qgsa-tiles, random-tiles,
-    global-only, with --k tiles)."""
+    The image as the model's own processor makes its views (SmolVLM: tiles + a global view; tile selectors:
+    qgsa-tiles, random-tiles, global-only, with --k tiles), or with --resolution one square view of that many px
+    (the paper's form; also where the pipeline takes one view only, e.g. the paper's patch-level qgsa)."""
     from qgsa_bench.config import AskConfig
     from qgsa_bench.experiments.ask import ask as run_ask
     from qgsa_bench.experiments.parallel import main_only

@@ -55,18 +55,18 @@ def sweep_resolution(
 ):
     """FLOPs by stage (fvcore) and latency by stage for each pipeline at each resolution (Table 4).
 
-    Sizes: one square view each (the paper's sweep; default 224 336 384 448 576), or with --longest-edge the image as
-    the model's processor splits it at each longest edge (tiles + a global view; tile selectors at --tiles T)."""
+    --sizes: one square view each (the paper's sweep), or --longest-edge: the image as the model's processor splits
+    it at each longest edge (tiles + a global view; tile selectors at --tiles T). Neither: the model's own views
+    at every longest edge up to its own (SmolVLM: 512 1024 1536 2048) where it splits and every pipeline takes
+    split images, else the paper's sizes 224 336 384 448 576 (with a warning naming the pipeline)."""
     from qgsa_bench.config import SweepConfig
     from qgsa_bench.experiments.sweep import run_sweep
 
-    if sizes and longest_edge:
-        raise QGSAError("--sizes are square views, --longest-edge the model's own split views: give one of them")
     batches = ints("--batch", batch)
     edges = ints("--longest-edge", longest_edge) if longest_edge else []
     measure = measure_config(timing, model=model, batch=batches[0], k=k, checkpoint=text_or_none(checkpoint),
                              compile=compile)
-    cfg = SweepConfig(measure, () if edges else ints("--sizes", sizes or ["224", "336", "384", "448", "576"]),
+    cfg = SweepConfig(measure, ints("--sizes", sizes) if sizes else (),
                       pipeline_list(pipelines), str(out), batches, overwrite, longest_edges=tuple(edges), tiles=tiles)
     run_and_show(run_sweep, cfg, warn=warn, table="table4.md", files=("sweep.csv", "meta.json", "table4.md"))
 
@@ -169,11 +169,12 @@ def count_flops_command(
 ):
     """FLOPs by stage for every pipeline at every budget, counted (no timing).
 
-    One square view of --resolution px, or with --image-size the image as the model's processor splits it
-    (SmolVLM: tiles + a global view; tile selectors qgsa-tiles, random-tiles, global-only at --tiles).
+    The image as the model's processor splits it (--image-size; default: a square photo at the model's longest
+    edge, 2048 x 2048 on SmolVLM: tiles + a global view; tile selectors qgsa-tiles, random-tiles, global-only at
+    --tiles), or one square view of --resolution px (the paper's form; also for models that do not split, and
+    wherever a pipeline takes one view only).
     Cross-checks: a published vision-tower count and the analytic LM prefill."""
-    from qgsa_bench.experiments.count import CountConfig, run_count
-    from qgsa_bench.experiments.count_views import run_count_views
+    from qgsa_bench.experiments.count import CountConfig, run_count_flops
     from qgsa_bench.experiments.parallel import main_only
 
     if not main_only("count-flops", warn):  # counting gives the same numbers in one process as in many
@@ -184,7 +185,7 @@ def count_flops_command(
                       image_sizes=image_sizes("--image-size", image_size), splitting=image_splitting,
                       longest_edge=longest_edge, tiles=ints("--tiles", tiles), tile_unit=tile_unit,
                       budgets_from_tiles=budgets_from_tiles)
-    run_and_show(run_count_views if cfg.image_sizes else run_count, cfg, warn=warn, table="table.md",
+    run_and_show(run_count_flops, cfg, warn=warn, table="table.md",
                  files=("flops.csv", "crosscheck.json", "meta.json", "table.md"))
 
 

@@ -27,7 +27,9 @@ Weights = Annotated[str, typer.Option(help="pretrained | random | auto (pretrain
 Device = Annotated[str, typer.Option(help="auto | cpu | cuda[:N].")]
 Dtype = Annotated[str, typer.Option(help="fp32 | bf16 | fp16 | auto (auto: bf16 on a GPU, fp32 on the CPU).")]
 Seed = Annotated[int, typer.Option(help="Seed for random weights, random init and the random baseline.")]
-Resolution = Annotated[Optional[int], typer.Option(help="Square input size in px (default: the model's native).")]
+Resolution = Annotated[Optional[int], typer.Option(help="One square view of this many px (the paper's form). Unset: "
+                                                        "the model's own views (SmolVLM: tiles + a global view), "
+                                                        "or one view of its native size where it does not split.")]
 Checkpoint = Annotated[Optional[Path], typer.Option(help="QGSA checkpoint from `qgsa train` (else a random-init "
                                                          "module; trained ones for results/shapes/base-model are "
                                                          "in results/shapes/checkpoints/).")]
@@ -75,11 +77,13 @@ BudgetUnit = Annotated[str, typer.Option(help="tokens: visual tokens after the l
 ImageSplitting = Annotated[Optional[bool], typer.Option(
     "--image-splitting/--no-image-splitting",
     help="The model's own image processor: split the image into tiles + a global view (SmolVLM: up to 4 x 4 "
-         "tiles of 512 px, 1,088 visual tokens for a square photo), or one view of the tile size. Unset: one square "
-         "view of --resolution px (the paper's form), or where a command takes an image size, the model's own setting.")]
+         "tiles of 512 px, 1,088 visual tokens for a square photo), or one view of the tile size. Unset: the "
+         "model's own setting (SmolVLM: split), unless --resolution asks for one square view (the paper's form) or "
+         "a pipeline takes one view only (the paper's patch-level qgsa/random/norm, downsample: then one square "
+         "view for every pipeline, with a warning).")]
 LongestEdge = Annotated[Optional[int], typer.Option(
-    help="With --image-splitting: resize the longest edge to this many px before tiling (a multiple of the "
-         "tile size; SmolVLM's own: 2048).")]
+    help="Where the model's processor splits: resize the longest edge to this many px before tiling (a multiple "
+         "of the tile size; SmolVLM's own: 2048).")]
 
 # ---- several values each (--sizes 224 336)
 Sizes = multi_value_option("--sizes", "INT", "Square resolutions in px, e.g. --sizes 224 336 384 448 576.")

@@ -8,6 +8,7 @@ from qgsa_bench.build import Built, build
 from qgsa_bench.config import AskConfig
 from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.models.images import load_image
+from qgsa_bench.run.inputs import choose_input, describe_input
 from qgsa_bench.run.tiles import tiles_for_budget
 from qgsa_bench.run.lm import layer_average
 from qgsa_bench.runtime import device_name, dtype_name
@@ -18,7 +19,8 @@ RANDOM_NOTE = "random weights: this answer is noise, not a model prediction"
 def ask(cfg: AskConfig, warn=None, warmup: int = 1) -> dict:
     """`qgsa ask` as configured: the model built, one answer with everything `answer` reports."""
     built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
-    splitting = None if cfg.image_splitting is None else built.adapter.splitting(cfg.image_splitting, cfg.longest_edge)
+    splitting = choose_input(built.adapter, cfg.resolution, cfg.image_splitting, cfg.longest_edge, [cfg.spec],
+                             warn=warn)
     return answer(built, cfg.image, cfg.question, cfg.spec, cfg.resolution, cfg.k, cfg.max_new_tokens, warmup,
                   splitting, cfg.tile_unit)
 
@@ -58,8 +60,7 @@ def answer(built: Built, image_path: str, question: str, pipeline="dense", resol
         "image": str(image_path),
         "resolution": resolution if splitting is None else None,
         "effective_resolution": prepared.resolution,
-        "image_input": (f"one square view of {prepared.resolution} px (the paper's form)" if splitting is None
-                        else f"the model's processor: {splitting.describe()}"),
+        "image_input": describe_input(splitting, prepared.resolution),
         "n_patches": prepared.n_patches,
         "insertion_point": run.spec.where() if run.spec.patches or run.spec.is_dense else str(run.spec.point),
         "n_visual_tokens": int(prepared.inputs.n_visual[0]),  # entering the LM

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
-from qgsa_bench.config import EvalConfig, MeasureConfig
+from qgsa_bench.config import EvalConfig, MeasureConfig, check_input_options
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.measure import Case
 from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_cases, measure_meta,
@@ -32,6 +32,7 @@ from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_
 from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.results import run_meta
+from qgsa_bench.run.inputs import choose_input, describe_input
 from qgsa_bench.run.spec import check_options, parse_specs
 from qgsa_bench.run.tiles import check_views, tiles_for_budget, tokens_of_tiles
 from qgsa_bench.runtime import dtype_name
@@ -109,39 +110,27 @@ class BudgetConfig:
         self._check_allocations()
         self._check_views()
 
-    @property
-    def on_views(self) -> bool:
-        """Whether the image is the model's own views: a generated --image-size image timed and counted, or (with
-        --dataset and --image-splitting/--no-image-splitting) each data set image as the processor makes it."""
-        return self.image_size is not None or (self.dataset is not None and self.splitting is not None)
-
     def _check_views(self) -> None:
-        """Raises QGSAError (one `error:` line naming what to give) for options that describe the image in two
-        ways or not at all."""
-        if not self.on_views and (self.splitting is not None or self.longest_edge is not None):
-            raise QGSAError("--image-splitting and --longest-edge describe how the model's processor splits an image: "
-                            "give --image-size WIDTHxHEIGHT too (a generated image to time and count), or --dataset "
-                            "with --image-splitting (each data set image split, timed on the first)")
-        if self.on_views and self.resolution is not None:
-            raise QGSAError("--resolution is one square view; --image-size and --image-splitting split the image as the "
-                            "model's processor does: give one of them")
-        if self.image_size is not None and self.dataset and self.splitting is None:
-            raise QGSAError("--image-size times and counts a split image, and --dataset is scored on one square view "
-                            "unless it is split too: add --image-splitting (each data set image split by the model's "
-                            "processor, as qgsa eval --image-splitting does), or drop --image-size")
-        if self.dataset and self.on_views and self.longest_edge is not None and not self.splitting:
-            raise QGSAError("--longest-edge sets how the model's processor tiles the image: add --image-splitting")
+        """Raises QGSAError (one `error:` line naming what to give) for options that describe the image in two ways;
+        where none is given, run/inputs.choose_input decides (the model's own views where it splits)."""
+        if self.image_size is not None and self.resolution is not None:
+            raise QGSAError("--resolution is one square view; --image-size splits the image as the model's processor "
+                            "does: give one of them")
+        check_input_options(self.resolution, self.splitting, self.longest_edge)
         adaptive = [a for a in self.allocations if a != "fixed"]
-        if self.dataset and self.on_views and adaptive:
+        if adaptive and (self.image_size is not None or self.splitting):
             raise QGSAError(f"--allocate {adaptive[0]} spreads budgets over one view's visual tokens; on split images "
-                            f"give fixed budgets (--tiles, --budgets): drop --allocate or --image-splitting")
+                            f"give fixed budgets (--tiles, --budgets): drop --allocate, or --image-size and "
+                            f"--image-splitting")
         if self.tile_unit not in ("tiles", "tokens"):
             raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
         if any(t < 1 for t in self.tiles):
             raise QGSAError(f"--tiles are budgets in {self.tile_unit}, at least 1 each, got {list(self.tiles)}")
-        if self.budgets_from_tiles and not self.on_views:
-            raise QGSAError("--budgets-from-tiles sets the budgets from the tiles of a split image: give --image-size, or "
-                            "--dataset with --image-splitting")
+
+    def one_view_only(self) -> list[str]:
+        """What makes this sweep one square view even where the model splits (run/inputs.choose_input): an allocation
+        other than fixed. A data set is no reason any more: each image is scored as the processor splits it."""
+        return ["--allocate"] if self.allocations != ("fixed",) else []
 
     def _check_allocations(self) -> None:
         from qgsa_bench.config import check_allocation
@@ -271,14 +260,19 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
 
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, False, m.seed)
     image = load_image(m.image) if m.image else demo_image()
-    splitting, n_tiles, image_size, scored_split = None, None, None, data is not None and cfg.on_views
-    if cfg.on_views:  # the model's own views of one image (run/tiles.py)
-        splitting = a.splitting(cfg.splitting, cfg.longest_edge)
-        if cfg.image_size:  # the generated picture (or --image) at that size
-            image = image.resize(cfg.image_size)
-        elif not m.image:  # --dataset --image-splitting: timed on the data set's first readable image, as it comes
-            image = first_image(data)
-        image_size = image.size
+    n_tiles, scored_split = None, False
+    # the model's own views of one image (run/tiles.py): of --image-size, else by default where the model splits
+    # (run/inputs.py: the picture's own size with --image, else with --dataset the data set's first image as it
+    # comes, else a square photo at the longest edge)
+    splitting = (a.splitting(cfg.splitting, cfg.longest_edge) if cfg.image_size else
+                 choose_input(a, cfg.resolution, cfg.splitting, cfg.longest_edge, cfg.specs, cfg.one_view_only(), warn))
+    if splitting and not cfg.image_size and not m.image and data is not None:
+        image = first_image(data)
+    image_size = cfg.image_size or (splitting and (image.size if m.image or data is not None
+                                                   else (splitting.longest_edge,) * 2))
+    if splitting:
+        scored_split = data is not None  # each data set image split as the processor does (eval's path)
+        image = image.resize(image_size)
         views = a.views([image], splitting)
         resolution, n_tiles = splitting.tile, views.counts[0] - 1
         n_dense = views.counts[0] * a.n_dense_tokens(splitting.tile)
@@ -306,8 +300,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                 **({"image_size": "x".join(map(str, image_size)), "splitting": vars(splitting),
                     "tiles": list(cfg.tiles), "tile_unit": cfg.tile_unit,
                     "budgets_from_tiles": cfg.budgets_from_tiles, **({"scored_split": True} if scored_split else {}),
-                    **({"timed_image": "the data set's first image"} if image_size != cfg.image_size and not m.image
-                       else {})} if splitting else {}),
+                    **({"timed_image": "the data set's first image"}
+                       if data is not None and not cfg.image_size and not m.image else {})} if splitting else {}),
                 **({"allocations": list(cfg.allocations), "fcomp_checkpoint": cfg.fcomp_checkpoint,
                     "oracle_split": cfg.oracle_split, "oracle_limit": cfg.oracle_limit}
                    if cfg.allocations != ("fixed",) else {})}
@@ -328,8 +322,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                 f"sweep-budget times every case, and this launch started {world.size} processes: processes sharing "
                 f"a host or a bus would time each other. Time it in one process first (the same command with "
                 f"--timing-only), then this launch scores the data set data-parallel; or add --per-process"))
-        meta = res.write_meta(run_meta(built, budgets=budgets, budget_unit=cfg.budget_unit,
-                                       image_input=view_input(splitting, resolution),
+        meta = res.write_meta(run_meta(built, image_input=describe_input(splitting, resolution), budgets=budgets,
+                                       budget_unit=cfg.budget_unit,
                                        qgsa_checkpoints=dict(cfg.checkpoints), dense_visual_tokens=n_dense,
                                        pipelines=list(cfg.pipelines), budget_rule=budget_rule(cfg.budget_unit),
                                        **(data.meta() if data else {}), **measure_meta(built, m),
@@ -382,12 +376,6 @@ def first_image(data):
     if not data.samples:
         raise QGSAError(f"{data.name} split '{data.split}' has no samples: nothing to time or score")
     return data.open_images(data.samples[:1])[1][0]
-
-
-def view_input(splitting, resolution: int) -> str:
-    """What the model's image input was, as eval.csv says it (`image_input`)."""
-    return (f"the model's processor: {splitting.describe()}" if splitting
-            else f"one square view of {resolution} px (the paper's form)")
 
 
 @dataclass(eq=False)  # a case is itself (a dict key), not its fields
@@ -540,7 +528,7 @@ def budget_rule(unit: str) -> str:
 
 def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: dict, image_size=None) -> None:
     """Each case's row gains its budget, share, selector description, weights and FLOPs share of dense, and
-    `image_size` (width, height) of the split image timed, where there is one."""
+    `image_size` ((width, height) px) where the image was split."""
     dense_flops = next((r.get("flops_total") for c, r in zip(cases, rows) if c.run.spec.is_dense), None)
     for case, row in zip(cases, rows):
         own = cfg.checkpoints.get(case.run.spec.selector.name)
@@ -584,7 +572,7 @@ def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress,
             out.append({"budget": row["budget"], "budget_share": row["budget_share"], "case": case.label,
                         "selector": row["selector"], "point": row["point"], "flops_total": row.get("flops_total"),
                         "flops_share_of_dense": row.get("flops_share_of_dense"), "allocation": row.get("allocation"),
-                        "image_input": view_input(splitting, resolution), **summary})
+                        "image_input": describe_input(splitting, resolution), **summary})
         overall = next(s for s in summary_rows(records, case.pipeline) if s["scope"] == "all")
         row.update({"accuracy": overall["accuracy"], "n_eval": overall["n"],
                     "latency_ms_per_query_eval": overall["latency_ms_per_query"]})

@@ -16,19 +16,21 @@ head are always the full model's. Cross-checks written beside the counts (crossc
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from qgsa_bench import QGSAError
+from qgsa_bench.config import check_input_options
 from qgsa_bench.efficiency.flops import count_flops
 from qgsa_bench.experiments.depth import build_at_depth, count_scaled, plan_for
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.measure import peer_formulas
 from qgsa_bench.experiments.runner import FLOP_CONVENTION
 from qgsa_bench.results import run_meta
+from qgsa_bench.run.inputs import choose_input, describe_input
 from qgsa_bench.run.lm import tokens_for_layer_average
 from qgsa_bench.run.spec import parse_specs
 
@@ -76,20 +78,44 @@ class CountConfig:
         if self.budget_unit not in ("tokens", "layer-avg"):
             raise QGSAError(f"--budget-unit must be tokens or layer-avg, got '{self.budget_unit}'")
         self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field)
-        if not self.image_sizes and (self.splitting is not None or self.longest_edge is not None):
-            raise QGSAError("--image-splitting and --longest-edge describe the model's own views of an image: give "
-                            "--image-size WIDTHxHEIGHT too (or drop them for one square view of --resolution px)")
         if self.tile_unit not in ("tiles", "tokens"):
             raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
-        if self.budgets_from_tiles and not self.image_sizes:
-            raise QGSAError("--budgets-from-tiles sets the budgets from the tiles of a split image: give --image-size")
-        tiles = [s.text for s in self.specs if s.at_tiles]
-        if tiles and not self.image_sizes:
-            raise QGSAError(f"{tiles[0]} chooses among the tiles of a split image: give --image-size WIDTHxHEIGHT "
-                            f"(and --image-splitting where the model's own setting is off)")
         if self.image_sizes and self.resolution is not None:
             raise QGSAError("--resolution is one square view; --image-size splits the image as the model's processor "
                             "does: give one of them")
+        check_input_options(self.resolution, self.splitting, self.longest_edge)
+
+    def one_view_only(self) -> list[str]:
+        """What makes this count one square view even where the model splits (run/inputs.choose_input)."""
+        return [*(["--budget-unit layer-avg"] if self.budget_unit != "tokens" else []),
+                *(["--by-depth yes"] if self.by_depth == "yes" else [])]
+
+
+def run_count_flops(cfg: CountConfig, progress=None, warn=None) -> Path:
+    """`qgsa count-flops`: the image input chosen once (run/inputs.py: with neither --resolution nor
+    --image-size, the model's own views of a square photo at its longest edge where it splits, e.g. 2048 x 2048
+    in 17 views on SmolVLM; otherwise one square view), then counted over split images (count_views.py) or one
+    square view (run_count). The results folder. Raises QGSAError for bad input before any count."""
+    if not cfg.image_sizes and cfg.resolution is None:
+        probe = build_at_depth(cfg.model, 1)
+        splitting = choose_input(probe.adapter, None, cfg.splitting, cfg.longest_edge, cfg.specs,
+                                 cfg.one_view_only(), warn)
+        if splitting is not None:
+            cfg = replace(cfg, image_sizes=((splitting.longest_edge, splitting.longest_edge),))
+    if not cfg.image_sizes:
+        tiles = [s.text for s in cfg.specs if s.at_tiles]
+        if tiles:
+            raise QGSAError(f"{tiles[0]} chooses among the tiles of a split image: give --image-size WIDTHxHEIGHT "
+                            f"(and --image-splitting where the model's own setting is off)")
+        if cfg.budgets_from_tiles:
+            raise QGSAError("--budgets-from-tiles sets the budgets from the tiles of a split image: give --image-size")
+        if cfg.splitting is not None or cfg.longest_edge is not None:
+            raise QGSAError("--image-splitting and --longest-edge describe the model's own views of an image, and "
+                            "this count is one square view: give --image-size WIDTHxHEIGHT, or drop them")
+        return run_count(cfg, progress, warn)
+    from qgsa_bench.experiments.count_views import run_count_views
+
+    return run_count_views(cfg, progress, warn)
 
 
 
@@ -163,6 +189,7 @@ def run_count(cfg: CountConfig, progress=None, warn=None) -> Path:
             res.finished(f"the counts of {len(cases)} cases")
         vision = vision_crosscheck(probe, resolution)
         meta = {**run_meta(probe), "model": cfg.model, "model_source": preset.get("hub_id") or f"preset:{cfg.model}",
+                "image_input": describe_input(None, resolution),
                 "weights": "random", "dense_visual_tokens": n_dense,
                 "counting": ("LM counted on depth-reduced copies and scaled exactly (experiments/depth.py)" if scale
                              else "LM counted at its full depth"), "flop_convention": FLOP_CONVENTION}

@@ -25,6 +25,7 @@ from qgsa_bench.experiments.depth import build_at_depth, count_scaled
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.measure import peer_formulas
 from qgsa_bench.results import run_meta
+from qgsa_bench.run.inputs import describe_input
 from qgsa_bench.run.tiles import check_views, tiles_for_budget, tokens_of_tiles
 
 VIEWS_TABLE = Table("flops.csv", tuple(COLUMNS), ("image_size", "pipeline", "budget"))
@@ -101,6 +102,7 @@ def run_count_views(cfg, progress=None, warn=None) -> Path:
         if res.path(VIEWS_TABLE.file).exists():
             res.finished(f"the counts of {sum(len(p[2]) for p in plans)} cases")
         meta = {**run_meta(probe), "model": cfg.model, "weights": "random", "views": splitting.describe(),
+                "image_input": describe_input(splitting, splitting.tile),
                 "counting": "Counted on the model itself, at its full depth", "flop_convention": FLOP_CONVENTION}
         meta.pop("architecture_hash", None)
         meta = res.write_meta(meta)

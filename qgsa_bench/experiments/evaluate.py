@@ -25,6 +25,7 @@ from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.metrics import SCORING, multiple_choice_score, score
 from qgsa_bench.results import run_meta
+from qgsa_bench.run.inputs import choose_input, describe_input
 from qgsa_bench.run.tiles import check_views
 
 EVAL_COLUMNS = [
@@ -55,10 +56,12 @@ def _multiple_choice(run, result, samples) -> list[int]:
     return picks
 
 
-def eval_splitting(cfg: EvalConfig, adapter):
-    """The model's own views for `cfg` (models/views.Splitting), or None for one square view. Raises QGSAError
-    for settings the processor or the model cannot take (Idefics3Adapter.splitting)."""
-    return None if cfg.image_splitting is None else adapter.splitting(cfg.image_splitting, cfg.longest_edge)
+def eval_splitting(cfg: EvalConfig, adapter, warn=None):
+    """The input of `cfg`'s pipelines (run/inputs.choose_input): the model's own views (models/views.Splitting;
+    by default where the model splits), or None for one square view. Raises QGSAError for settings the processor
+    or the model cannot take (Idefics3Adapter.splitting)."""
+    return choose_input(adapter, cfg.resolution, cfg.image_splitting, cfg.longest_edge, cfg.specs,
+                        ["--allocate"] if cfg.allocate else [], warn)
 
 
 def run_budget(run, k):
@@ -235,13 +238,12 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         if not left and res.exists(EVAL_TABLE.file):
             res.finished(f"this evaluation ({len(data.samples)} samples x {len(labels)} pipelines)")
         built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
-        splitting = eval_splitting(cfg, built.adapter)
+        splitting = eval_splitting(cfg, built.adapter, warn)
         resolution = splitting.tile if splitting else cfg.resolution or built.adapter.image_size
         runs = [built.run(spec) for spec in cfg.specs]  # every point checked against the model before any work
         for run in runs:  # every resolution and budget too: a refused run writes nothing
             check_run(run, resolution, cfg.k, splitting)
-        image_input = (f"the model's processor: {splitting.describe()}" if splitting
-                       else f"one square view of {resolution} px (the paper's form)")
+        image_input = describe_input(splitting, resolution)
         random_weights = built.loaded.weights == "random"
         private = not any(s.answers or s.correct_choice is not None for s in data.samples)
         note = PRIVATE_NOTE if private else (RANDOM_NOTE if random_weights else "")

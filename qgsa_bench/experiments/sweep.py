@@ -13,7 +13,7 @@ has no row where the image is one view (nothing to choose there); a T above the 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from qgsa_bench import QGSAError
@@ -29,10 +29,12 @@ from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, PEER_COLUMNS, STAT
 from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.models.views import Splitting
 from qgsa_bench.results import run_meta
+from qgsa_bench.run.inputs import choose_input, describe_input
 from qgsa_bench.run.tiles import check_views
 from qgsa_bench.runtime import device_name, dtype_name, resolve_device
 
 PAPER_K = 17  # the seed paper's mean k for SmolVLM-256M (Table 1), the default fixed budget
+PAPER_SIZES = (224, 336, 384, 448, 576)  # the seed paper's Table 4 resolutions (one square view each)
 SWEEP_CSV = "sweep.csv"
 SWEEP_COLUMNS = [
     "model", "weights", "qgsa_weights", "device", "dtype", "batch", "resolution", "effective_resolution",
@@ -59,18 +61,34 @@ def resolve_k(k: int | None, checkpoint: str | None) -> tuple[int | None, str]:
     return PAPER_K, f"fixed k={PAPER_K} (the paper's mean k; random-init f_comp is meaningless)"
 
 
+def default_sizes(cfg: SweepConfig, built, warn=None) -> SweepConfig:
+    """`cfg` with its sizes decided where neither --sizes nor --longest-edge was given (run/inputs.choose_input):
+    the model's own views at every multiple of its tile size up to its own longest edge where it splits and every
+    pipeline takes split images (SmolVLM: 512, 1024, 1536, 2048 px), else the paper's PAPER_SIZES (one square
+    view each)."""
+    if cfg.sizes or cfg.longest_edges:
+        return cfg
+    splitting = choose_input(built.adapter, specs=cfg.specs, warn=warn,
+                             one_view=f"one square view per size, the paper's sweep ({' '.join(map(str, PAPER_SIZES))} px)")
+    if splitting is None:
+        return replace(cfg, sizes=PAPER_SIZES)
+    edges = tuple(range(splitting.tile, splitting.longest_edge + 1, splitting.tile))
+    return replace(cfg, longest_edges=edges)
+
+
 def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> Path:
     m = cfg.measure
+    rank = timing_alone("sweep-resolution", m.per_process)  # never timed by processes that share a host
+    built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
+                  attn_implementation=m.attn_implementation, warn=warn)
+    cfg = default_sizes(cfg, built, warn)
     # the run's identity: a later run may add sizes and batch sizes to the folder, nothing else
     settings = {**m.settings(), "device": device_name(resolve_device(m.device)), "pipelines": list(cfg.pipelines),
                 "compile": m.compile,
                 **({"longest_edges": list(cfg.longest_edges), "tiles": cfg.tiles} if cfg.longest_edges else {})}
     settings.pop("batch")  # rows carry their batch size: a later run may add sizes to the folder
-    rank = timing_alone("sweep-resolution", m.per_process)  # never timed by processes that share a host
     out = cfg.out if rank is None else per_process_folder(cfg.out, rank)
     with Results(out, "sweep-resolution", settings, cfg.overwrite, rank=rank) as res:
-        built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
-                      attn_implementation=m.attn_implementation, warn=warn)
         k, k_note = resolve_k(m.k, m.checkpoint)
         variants, engines = _variants(cfg, built)
         image = load_image(m.image) if m.image else demo_image()
@@ -86,8 +104,8 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
         done = {(int(b), int(r), c) for b, r, c in res.done(SWEEP_TABLE)}
         meta = res.write_meta(run_meta(built, sizes=sizes, batches=list(batches),
                                        pipelines=list(cfg.pipelines), compile=m.compile, k_rule=k_note,
-                                       **({"image_input": {s: p.describe() for s, p in points.items()}}
-                                          if cfg.longest_edges else {}),
+                                       image_input={s: describe_input(None, s) if p is None else p.describe()
+                                                    for s, p in points.items()},
                                        **measure_meta(built, m)))
         todo = [(b, s, [c for c in variants if (b, s, c) not in done and applies(points[s], variants[c][0])])
                 for b in batches for s in sizes]
@@ -118,6 +136,9 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
                                         where=None if point is None else f"edge {size}px, {point.views} views")
             if point is not None:
                 point.describe_rows(built.adapter, cases, rows, pairs)
+            else:
+                for row in rows:
+                    row["image_input"] = describe_input(None, size)
             base = {"model": m.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
                     "device": meta["device"], "dtype": dtype_name(built.dtype), "batch": batch,
                     "decode_tokens": m.decode_tokens}

@@ -41,6 +41,7 @@ from qgsa_bench.qgsa.checkpoint import load_checkpoint, save_checkpoint
 from qgsa_bench.qgsa.config import QGSAConfig
 from qgsa_bench.results import run_meta
 from qgsa_bench.models.views import Views
+from qgsa_bench.run.inputs import describe_input, own_views_split
 from qgsa_bench.run.post_vision import Visual
 from qgsa_bench.run.tiles import encode_views
 from qgsa_bench.run.vision import Encoded, vision_from, vision_until
@@ -110,6 +111,11 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, cfg.warmup_steps))
         self.step = 0
+
+    def image_input(self) -> str:
+        """What the training fed the model (run/inputs.describe_input): the processor's views (--insert tiles) or
+        one square view."""
+        return describe_input(self.tiles, self.resolution)
 
     def _check_tiles(self) -> None:
         """--insert tiles: the first training image's tiles hold the fixed budget T. Raises QGSAError before any
@@ -388,7 +394,7 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
         built = trainer.built
         meta = res.write_meta(run_meta(
             built, **data.meta(), train_config=cfg.to_dict(), global_batch=trainer.global_batch,
-            world=world.meta(), align_encoder=None if trainer.encoder is None else trainer.encoder.name,
+            world=world.meta(), image_input=trainer.image_input(), align_encoder=None if trainer.encoder is None else trainer.encoder.name,
             spacy_model=None if trainer.nouns is None else trainer.nouns.model,
             note="RANDOM base weights: a smoke test, not a trained selector" if built.loaded.weights == "random"
             else ""))
@@ -434,6 +440,10 @@ def _trainer(cfg: TrainConfig, data, warn=None, world=None) -> Trainer:
     qcfg = QGSAConfig(soft_mask_space=cfg.soft_mask_space, projection=cfg.projection, fill=cfg.fill,
                       tau=cfg.tau_start)
     built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, None, cfg.seed, warn=warn)
+    if cfg.insert != "tiles" and cfg.resolution is None and own_views_split(built.adapter) and warn:
+        warn(f"train --insert {cfg.insert} trains on one square view of {built.adapter.image_size} px (the seed "
+             f"paper's form), not this model's own views (tiles + a global view): --insert tiles --fixed-k T trains "
+             f"the tile scorer on those; --resolution R says one view without this warning")
     if cfg.align_encoder == "lm":
         qcfg.align_dim = built.adapter.d_q
     built = _with_module(built, qcfg, cfg.seed)
