@@ -150,16 +150,41 @@ def patch_boxes(indices, grid: int, width: float, height: float) -> list[tuple[f
 
 def hull_iou(indices, grid: int, width: float, height: float, box) -> float:
     """IoU between the convex hull of the selected patches and box [x, y, w, h]."""
+    return boxes_hull_iou(patch_boxes(indices, grid, width, height), box)
+
+
+def boxes_hull_iou(rects, box) -> float:
+    """IoU (0..1) between the convex hull of rectangles (x0, y0, x1, y1) and box [x, y, w, h], all in the same
+    pixels; 0.0 for no rectangles."""
     from shapely.geometry import MultiPoint, box as rect
 
-    corners = [(x, y) for x0, y0, x1, y1 in patch_boxes(indices, grid, width, height)
-               for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))]
+    corners = [(x, y) for x0, y0, x1, y1 in rects for x, y in ((x0, y0), (x1, y0), (x0, y1), (x1, y1))]
     if not corners:
         return 0.0
     hull = MultiPoint(corners).convex_hull
     target = rect(box[0], box[1], box[0] + box[2], box[1] + box[3])
     union = hull.union(target).area
     return float(hull.intersection(target).area / union) if union > 0 else 0.0
+
+
+def view_patch_boxes(indices, grid: int, view_boxes) -> list[tuple[float, float, float, float]]:
+    """Patches of several views -> (x0, y0, x1, y1) in original pixels. `indices`: the joint frame of a split
+    image (patch p of view j is j * grid^2 + p, p in raster order on the view's grid x grid patches);
+    `view_boxes`: each view's rectangle in original pixels (models/views.Views.view_boxes), which its patches
+    divide evenly (a view is a resize of its rectangle to a square)."""
+    n = grid * grid
+    out = []
+    for i in indices:
+        j, p = divmod(int(i), n)
+        x0, y0, x1, y1 = view_boxes[j]
+        cw, ch = (x1 - x0) / grid, (y1 - y0) / grid
+        out.append((x0 + (p % grid) * cw, y0 + (p // grid) * ch, x0 + (p % grid + 1) * cw, y0 + (p // grid + 1) * ch))
+    return out
+
+
+def box_centres(rects) -> list[tuple[float, float]]:
+    """Rectangles (x0, y0, x1, y1) -> their centres (x, y)."""
+    return [((x0 + x1) / 2, (y0 + y1) / 2) for x0, y0, x1, y1 in rects]
 
 
 def oracle_patches(grid: int, width: float, height: float, box, k: int) -> list[int]:
@@ -201,7 +226,11 @@ def _inside(point: tuple[float, float], box) -> bool:
 def share_in_box(indices, grid: int, width: float, height: float, box) -> float:
     """The share (0..1) of the patches whose centre lies inside box [x, y, w, h] (original pixels, edges
     included); 0.0 for no patches."""
-    centers = patch_centers(indices, grid, width, height)
+    return centres_share_in_box(patch_centers(indices, grid, width, height), box)
+
+
+def centres_share_in_box(centers, box) -> float:
+    """The share (0..1) of the points (x, y) inside box [x, y, w, h] (edges included); 0.0 for none."""
     return sum(_inside(c, box) for c in centers) / len(centers) if centers else 0.0
 
 
@@ -213,8 +242,13 @@ def pointing_hit(indices, grid: int, width: float, height: float, box) -> bool:
     Defined on the kept set alone, so it applies alike to every selector (no scores or saliency map needed),
     and the point is always a kept patch: a selection split between two objects points at one of them, not
     at the empty space between them."""
-    indices = sorted(indices)
-    centers = patch_centers(indices, grid, width, height)
+    return centres_pointing_hit(patch_centers(sorted(indices), grid, width, height), box)
+
+
+def centres_pointing_hit(centers, box) -> bool:
+    """`pointing_hit` on kept regions given by their centres (x, y), in the order that breaks ties (the first
+    nearest wins): the region nearest the centroid of the centres points; a hit when its centre lies in box
+    [x, y, w, h] (edges included). None: a miss."""
     if not centers:
         return False
     mx = sum(c[0] for c in centers) / len(centers)

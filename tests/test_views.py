@@ -271,7 +271,7 @@ def test_sweep_budget_times_and_counts_a_split_image(tmp_path):
     assert (rows.image_size == "200x150").all() and rows.latency_ms_median.gt(0).all()
     assert "a 200x150 image split by the model's processor" in (out / "table.md").read_text()
     for extra, words in [(["--tiles", "13"], "--tiles 13 is above the 12 tiles of this image"),
-                         (["--dataset", "shapes"], "accuracy on split images is not measured by sweep-budget yet")]:
+                         (["--resolution", "224"], "give one of them")]:
         bad = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / "bad")])
         assert bad.exit_code == 2 and words in bad.stderr, bad.output
     one_view = CliRunner().invoke(app, ["sweep-budget", "--model", "tiny", "--pipelines", "dense,qgsa-tiles",

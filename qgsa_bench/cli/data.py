@@ -111,20 +111,27 @@ GroundingBudgets = multi_value_option(
     "--budgets", "INT", "Budgets, each in its pipeline's own units: patches for the paper's patch-level qgsa, random "
     "and norm, visual tokens for every other selector (e.g. --budgets 4 8 12 24); default: --k, else f_comp(q)'s "
     "budget per question.")
+GroundingTiles = multi_value_option(
+    "--tiles", "INT", "With --image-splitting: the tile selectors' budgets (qgsa-tiles, random-tiles), in tiles kept "
+    "besides the global view, e.g. --tiles 1 2; the other selectors take --budgets (visual tokens over all views).")
 
 
 @command(**MULTI_VALUE_COMMAND)
 @EVALUATION.with_options(checkpoint=(SelectorCheckpoints, []))
 def grounding(
     model: Model = "smolvlm-256m",
-    dataset: str = typer.Option("shapes", "--dataset", "-d", help="refcoco | shapes (samples with a box)."),
+    dataset: str = typer.Option("shapes", "--dataset", "-d",
+                                help="refcoco | shapes | shapes-hires (samples with a box)."),
     evaluation: dict = None,
     pipelines: Optional[str] = typer.Option(
         None, help="Comma-separated selectors, as qgsa eval takes them (NAME or NAME@POINT). Default: the paper's "
                    "patch-level qgsa, random, norm and every registered selector at its default insertion point "
                    "(downsample is left out: it keeps the whole image at a lower resolution, no patches to ground). "
+                   "With --image-splitting: every selector that takes split images, the tile selectors where --tiles "
+                   "gives their budgets (not global-only: it keeps no tile). "
                    + PIPELINE_HELP),
     budgets: GroundingBudgets = [],
+    tiles: GroundingTiles = [],
     k: Optional[int] = typer.Option(None, help="One budget (as --budgets K); default: f_comp per question."),
     batch: QuestionBatch = 8,
     out: Path = typer.Option(Path("results/grounding"), help="Results folder (grounding.csv, .jsonl, pairs.csv, "
@@ -132,7 +139,11 @@ def grounding(
     overwrite: Overwrite = False,
 ):
     """Where each selector looks: IoU of its kept patches' hull with the referent's box, pointing game, share of
-    the kept patches in the box, for every selector at every budget, beside the oracle (Table 3)."""
+    the kept patches in the box, for every selector at every budget, beside the oracle (Table 3).
+
+    With --image-splitting: on the model's own views, in the original image's pixels; tile selectors at --tiles
+    (their chosen tiles), every other selector at --budgets visual tokens over all views, with tile-level hit,
+    IoU and Jaccard beside (README, "Where a selection lands on the model's own views")."""
     from qgsa_bench.config import SelectorCheckpoints as Checkpoints
     from qgsa_bench.experiments.grounding import GroundingConfig, run_grounding
 
@@ -140,6 +151,7 @@ def grounding(
     checkpoints = Checkpoints(tuple(options.pop("checkpoint") or ()))
     cfg = GroundingConfig(model=model, dataset=dataset, **options, pipelines=pipeline_list(pipelines or ""),
                           budgets=ints("--budgets", budgets) if budgets else (), k=k, checkpoint=checkpoints.default,
+                          tiles=ints("--tiles", tiles) if tiles else (),
                           checkpoints=checkpoints.by_selector, batch=batch, out=str(out), overwrite=overwrite)
     fixed = cfg.budget_list != (None,)
     reading = [spec for spec in cfg.specs if spec.selector.uses_module or not fixed]  # whose selection the module makes

@@ -118,7 +118,9 @@ def sweep_budget(
     """Every selector at several budgets: FLOPs by stage, latency with intervals, accuracy (with --dataset).
 
     With --image-size WxH: one image as the model's processor splits it (SmolVLM: tiles + a global view), timed and
-    counted; tile selectors (qgsa-tiles, random-tiles, global-only) at --tiles."""
+    counted; tile selectors (qgsa-tiles, random-tiles, global-only) at --tiles. With --dataset and --image-splitting
+    [--longest-edge N]: each data set image split by the model's processor and scored as qgsa eval --image-splitting
+    scores it (timed on --image-size's picture when given, else on the data set's first image)."""
     from qgsa_bench.config import SelectorCheckpoints
     from qgsa_bench.experiments.budget import DEFAULT_SHARES, BudgetConfig, run_budget
 

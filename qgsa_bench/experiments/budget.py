@@ -6,6 +6,13 @@ visual tokens. Every (selector, budget) is one case of the same alternating timi
 FLOPs by stage, latency with intervals and speedup against dense come from one measurement; with a data
 set, every case is also evaluated (accuracy overall and per question type, the data set's own scoring).
 
+Split images (the model's own views, models/views.py): `--image-size WxH` times and counts a generated picture
+(or --image) at that size as the processor splits it; `--dataset D --image-splitting [--longest-edge N]` scores
+each data set image split by the processor through evaluate.py's own path (`evaluate_run(..., splitting)`, the
+one `qgsa eval --image-splitting` runs), timed on --image-size's picture when given, else on the data set's first
+image. Tile selectors run at --tiles (tiles besides the global view), the others at --budgets visual tokens over
+all views. Options that disagree on the image (one square view vs split) are one `error:` line (`_check_views`).
+
 Writes budget.csv (one row per case), accuracy.csv (one row per case x scope), comparisons.csv,
 meta.json and table.md. `qgsa report` draws the accuracy-FLOPs Pareto figure from these files.
 """
@@ -42,7 +49,8 @@ BUDGET_COLUMNS = ["budget", "budget_unit", "budget_share", "selector", "point", 
                   "image_size"]  # --image-size: the split image (WxH)
 ACCURACY_COLUMNS = ["budget", "budget_share", "case", "pipeline", "selector", "point", "allocation", "scope",
                     "question_type", "n", "n_scored", "accuracy", "delta_vs_dense_points", "k_mean", "k_std",
-                    "n_visual_tokens_mean", "flops_total", "flops_share_of_dense", "latency_ms_per_query"]
+                    "n_visual_tokens_mean", "flops_total", "flops_share_of_dense", "latency_ms_per_query", "tiles_mean",
+                    "image_input"]  # split images (--dataset --image-splitting): the tiles encoded, the processor's settings
 BUDGET_TABLE = Table(BUDGET_CSV, tuple(BUDGET_COLUMNS), ("case",))
 ACCURACY_TABLE = Table(ACCURACY_CSV, tuple(ACCURACY_COLUMNS), ("case", "scope", "question_type"))
 
@@ -103,24 +111,26 @@ class BudgetConfig:
         self._check_views()
 
     def _check_views(self) -> None:
-        split = self.image_size is not None
-        if split and self.resolution is not None:
+        """Raises QGSAError (one `error:` line naming what to give) for options that describe the image in two ways;
+        where none is given, run/inputs.choose_input decides (the model's own views where it splits)."""
+        if self.image_size is not None and self.resolution is not None:
             raise QGSAError("--resolution is one square view; --image-size splits the image as the model's processor "
                             "does: give one of them")
         check_input_options(self.resolution, self.splitting, self.longest_edge)
-        if self.dataset and (split or self.splitting):
-            raise QGSAError("accuracy on split images is not measured by sweep-budget yet (eval runs one square view): "
-                            "drop --dataset to time and count the split image, or drop --image-size and "
-                            "--image-splitting")
+        adaptive = [a for a in self.allocations if a != "fixed"]
+        if adaptive and (self.image_size is not None or self.splitting):
+            raise QGSAError(f"--allocate {adaptive[0]} spreads budgets over one view's visual tokens; on split images "
+                            f"give fixed budgets (--tiles, --budgets): drop --allocate, or --image-size and "
+                            f"--image-splitting")
         if self.tile_unit not in ("tiles", "tokens"):
             raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
         if any(t < 1 for t in self.tiles):
             raise QGSAError(f"--tiles are budgets in {self.tile_unit}, at least 1 each, got {list(self.tiles)}")
 
     def one_view_only(self) -> list[str]:
-        """What makes this sweep one square view even where the model splits (run/inputs.choose_input)."""
-        return [*(["--dataset (accuracy on split images)"] if self.dataset else []),
-                *(["--allocate"] if self.allocations != ("fixed",) else [])]
+        """What makes this sweep one square view even where the model splits (run/inputs.choose_input): an allocation
+        other than fixed. A data set is no reason any more: each image is scored as the processor splits it."""
+        return ["--allocate"] if self.allocations != ("fixed",) else []
 
     def _check_allocations(self) -> None:
         from qgsa_bench.config import check_allocation
@@ -244,14 +254,24 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                   attn_implementation=m.attn_implementation, warn=warn)
     a = built.adapter
     resolution = cfg.resolution or a.image_size
+    data = None
+    if cfg.dataset:
+        from qgsa_bench.data import load_dataset
+
+        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, False, m.seed)
     image = load_image(m.image) if m.image else demo_image()
-    n_tiles = None
+    n_tiles, scored_split = None, False
     # the model's own views of one image (run/tiles.py): of --image-size, else by default where the model splits
-    # (run/inputs.py: the picture's own size with --image, else a square photo at the longest edge)
+    # (run/inputs.py: the picture's own size with --image, else with --dataset the data set's first image as it
+    # comes, else a square photo at the longest edge)
     splitting = (a.splitting(cfg.splitting, cfg.longest_edge) if cfg.image_size else
                  choose_input(a, cfg.resolution, cfg.splitting, cfg.longest_edge, cfg.specs, cfg.one_view_only(), warn))
-    image_size = cfg.image_size or (splitting and (image.size if m.image else (splitting.longest_edge,) * 2))
+    if splitting and not cfg.image_size and not m.image and data is not None:
+        image = first_image(data)
+    image_size = cfg.image_size or (splitting and (image.size if m.image or data is not None
+                                                   else (splitting.longest_edge,) * 2))
     if splitting:
+        scored_split = data is not None  # each data set image split as the processor does (eval's path)
         image = image.resize(image_size)
         views = a.views([image], splitting)
         resolution, n_tiles = splitting.tile, views.counts[0] - 1
@@ -273,18 +293,15 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
         res = case.run.resolution(resolution, case.k)
         if case.k is not None and case.run.spec.patches and case.k > a.n_patches(res):
             raise QGSAError(f"budget {case.k} is above N = {a.n_patches(res)} patches for {case.pipeline}")
-    data = None
-    if cfg.dataset:
-        from qgsa_bench.data import load_dataset
-
-        data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, False, m.seed)
     settings = {**m.settings(), "resolution": resolution, "pipelines": list(cfg.pipelines), "budgets": budgets,
                 "budget_unit": cfg.budget_unit, "checkpoints": dict(cfg.checkpoints), "dataset": cfg.dataset,
                 "data_dir": cfg.data_dir, "split": cfg.split, "limit": cfg.limit, "eval_batch": cfg.eval_batch,
                 "max_new_tokens": cfg.max_new_tokens, "compile": m.compile,
                 **({"image_size": "x".join(map(str, image_size)), "splitting": vars(splitting),
                     "tiles": list(cfg.tiles), "tile_unit": cfg.tile_unit,
-                    "budgets_from_tiles": cfg.budgets_from_tiles} if splitting else {}),
+                    "budgets_from_tiles": cfg.budgets_from_tiles, **({"scored_split": True} if scored_split else {}),
+                    **({"timed_image": "the data set's first image"}
+                       if data is not None and not cfg.image_size and not m.image else {})} if splitting else {}),
                 **({"allocations": list(cfg.allocations), "fcomp_checkpoint": cfg.fcomp_checkpoint,
                     "oracle_split": cfg.oracle_split, "oracle_limit": cfg.oracle_limit}
                    if cfg.allocations != ("fixed",) else {})}
@@ -339,7 +356,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                                        "allocations": {c.label: a.summary() for c, a in allocated.items()}})
             if progress:
                 progress(f"scoring {len(cases) + len(adaptive)} cases on {len(data.samples)} samples", -max(left, 1))
-            accuracy_rows = _accuracy(built, cases, rows, data, resolution, cfg, progress, done, save)
+            accuracy_rows = _accuracy(built, cases, rows, data, resolution, cfg, progress, done, save,
+                                      splitting if scored_split else None)
             if adaptive:
                 flops_at = _flops_at(built, image, resolution, m, flop_memo) if m.count_flops else None
                 more_rows, more_accuracy = _allocated_accuracy(built, allocated, rows, data, resolution, cfg,
@@ -349,6 +367,15 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
             res.replace(ACCURACY_TABLE, accuracy_rows)
             res.replace(BUDGET_TABLE, rows)  # with each case's accuracy
     return res.out
+
+
+def first_image(data):
+    """The first sample's image of `data` (LoadedData), RGB, at its own size: what `sweep-budget --dataset
+    --image-splitting` times and counts without --image-size. Raises QGSAError for an empty data set or an
+    unreadable image (data.open_images)."""
+    if not data.samples:
+        raise QGSAError(f"{data.name} split '{data.split}' has no samples: nothing to time or score")
+    return data.open_images(data.samples[:1])[1][0]
 
 
 @dataclass(eq=False)  # a case is itself (a dict key), not its fields
@@ -521,8 +548,11 @@ def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: di
             row["flops_share_of_dense"] = row["flops_total"] / dense_flops
 
 
-def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress, done=None, save=None) -> list[dict]:
-    """Every case evaluated on the data set (per-sample scoring of evaluate.py), summarised per scope. `done`
+def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress, done=None, save=None,
+              splitting=None) -> list[dict]:
+    """Every case evaluated on the data set (per-sample scoring of evaluate.py, its very path:
+    `evaluate_run`), summarised per scope. `splitting`: each image as the model's processor splits it (as `qgsa eval
+    --image-splitting`; a tile selector's budget T tiles, global-only none), else one square view. `done`
     (case -> id -> record): finished by an interrupted run; `save`: each batch's new records, with their case.
     Each row and case gains its accuracy; the differences to dense are `_delta_vs_dense`'s."""
     from qgsa_bench.experiments.evaluate import evaluate_run, summary_rows, warm_up
@@ -530,18 +560,19 @@ def _accuracy(built, cases, rows, data, resolution, cfg: BudgetConfig, progress,
     ecfg = _eval_config(cfg, data)
     done = done or {}
     if any(s.id not in done.get(c.label, {}) for c in cases for s in data.samples):
-        warm_up([built.run("dense")], data, resolution, ecfg)
+        warm_up([built.run("dense")], data, resolution, ecfg, splitting)
     out = []
     for case, row in zip(cases, rows):
         ecfg.k = case.k
         keep = (lambda new, label=case.label: save([{**r, "case": label} for r in new])) if save else None
         with case.run.engine.same_draws():
-            records = evaluate_run(case.run, data, resolution, ecfg, progress, done.get(case.label, {}), keep)
+            records = evaluate_run(case.run, data, resolution, ecfg, progress, done.get(case.label, {}), keep,
+                                   splitting=splitting)
         for summary in summary_rows(records, case.pipeline):
             out.append({"budget": row["budget"], "budget_share": row["budget_share"], "case": case.label,
                         "selector": row["selector"], "point": row["point"], "flops_total": row.get("flops_total"),
                         "flops_share_of_dense": row.get("flops_share_of_dense"), "allocation": row.get("allocation"),
-                        **summary})
+                        "image_input": describe_input(splitting, resolution), **summary})
         overall = next(s for s in summary_rows(records, case.pipeline) if s["scope"] == "all")
         row.update({"accuracy": overall["accuracy"], "n_eval": overall["n"],
                     "latency_ms_per_query_eval": overall["latency_ms_per_query"]})

@@ -19,6 +19,16 @@ from all over the image: only its selected (dominant) tokens are grounded. Rando
 best selection of at most k patches whose hull is a grid-aligned rectangle (`metrics.oracle_patches`, the
 IoU ceiling): `oracle` at k = b patches, `oracle@tokens` at k = b x s^2 patches (b visual tokens).
 
+On the model's own views (`--image-splitting [--longest-edge N]`, experiments/grounding_views.py): every pipeline
+that takes split images runs on the processor's tiles + global view, and its kept patches are rectangles of the
+ORIGINAL image (each view's rectangle: models/views.Views.view_boxes). Tile selectors (qgsa-tiles, random-tiles)
+run at `--tiles T` and are grounded by their chosen tiles (the global view that comes with them is not counted:
+chosen by none of them, the whole image whatever the question); every other selector at --budgets visual tokens
+over all views, its global-view tokens counted as their blocks of the whole image. Beside the three metrics,
+tile-level ones: tile_hit (the box centre lies in a tile the selection touches), tile_iou (hull of those tiles
+with the box), tile_jaccard (vs the tiles the box overlaps); oracles `oracle-tiles` (the box's tiles) and
+`oracle@tokens` on the patch grid of the box's tile. The one-view path is unchanged.
+
 Writes grounding.jsonl (one record per (sample, pipeline, budget), appended as each batch finishes; a rerun
 resumes), grounding.csv (one row per pipeline x budget x question type), pairs.csv (two questions about
 different objects of one image: do the two selections differ?) and meta.json (pipelines, budgets, units).
@@ -39,7 +49,9 @@ from qgsa_bench.build import build
 from qgsa_bench.data import load_dataset
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.evaluate import batches
-from qgsa_bench.metrics import hull_iou, oracle_patches, pointing_hit, share_in_box
+from qgsa_bench.experiments.grounding_views import GLOBAL_VIEW_RULE, TILE_ORACLE, TILE_RULE, kept_patches, kept_rects
+from qgsa_bench.metrics import (box_centres, centres_share_in_box, hull_iou, oracle_patches, pointing_hit,
+                                share_in_box)
 from qgsa_bench.results import run_meta
 from qgsa_bench.run.spec import check_options, parse_spec, parse_specs
 
@@ -50,7 +62,9 @@ PAIR_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selecto
                 "n_pairs", "mean_jaccard", "share_in_own_box", "share_in_other_box", "resolution", "note"]
 GROUNDING_COLUMNS = ["model", "weights", "qgsa_weights", "dataset", "split", "selector", "point", "question_guided",
                      "budget", "budget_unit", "question_type", "n", "mean_iou", "median_iou", "acc_iou_0_5",
-                     "pointing", "share_in_box", "kept_patches_mean", "k_mean", "resolution", "note"]
+                     "pointing", "share_in_box", "kept_patches_mean", "k_mean", "resolution", "note",
+                     "image_input", "tile_hit", "tile_iou", "tile_jaccard", "kept_tiles_mean", "global_patches_mean",
+                     "referent_tile_share"]
 GROUNDED = "grounding.jsonl"  # one record per (sample, pipeline, budget), appended as each batch finishes
 GROUNDING_TABLE = Table("grounding.csv", tuple(GROUNDING_COLUMNS), ("selector", "budget", "question_type"))
 PAIR_TABLE = Table("pairs.csv", tuple(PAIR_COLUMNS), ("selector", "budget"))
@@ -59,17 +73,22 @@ POINTING_RULE = ("the kept patch nearest the centroid of the kept patches' centr
                  "lies in the box")
 
 
-def default_pipelines() -> tuple[str, ...]:
+def default_pipelines(split: bool = False) -> tuple[str, ...]:
     """The seed paper's patch-level `qgsa`, `random`, `norm`, then every registered selector that keeps a subset
     of the patches, at its default insertion point (`random@post-vision`, `fastv`, `qgsa-vision`, ...). Left
     out: `dense` and `dense-bypass` (they keep every patch), `downsample` (it keeps the whole image at a
     lower resolution: no patch of the image is chosen, so there is nothing to ground) and the tile selectors
-    (they choose tiles of a split image; grounding runs on one view)."""
+    (they choose tiles of a split image). `split` (the model's own views, grounding_views.py): the tile
+    selectors that choose tiles (qgsa-tiles, random-tiles) instead of the seed paper's patch-level three (they
+    select single patches of one view and refuse split images); `global-only` keeps no tile (nothing chosen)."""
     from qgsa_bench.selectors.registry import REGISTRY
 
-    names = list(PATCH_LEVEL)
+    names = [] if split else list(PATCH_LEVEL)
     for name, cls in REGISTRY.items():
         selector = cls()
+        if split and "tiles" in selector.points and not selector.keeps_no_tiles:
+            names.append(name)
+            continue
         if selector.keeps_all or "input" in selector.points or "tiles" in selector.points:
             continue
         names.append(f"{name}@{selector.points[0]}" if selector.patch_form else name)
@@ -83,7 +102,9 @@ class GroundingConfig:
     `pipelines` empty: `default_pipelines()`. `checkpoints`: a selector's own QGSA checkpoint by selector name
     (`qgsa-vision=PATH`, as sweep-budget takes them); `checkpoint` serves every other QGSA pipeline. Raises
     QGSAError (one line) for a pipeline that selects nothing to ground, a budget below 1, --k with --budgets,
-    a checkpoint no pipeline reads."""
+    a checkpoint no pipeline reads. `image_splitting` (not None): the model's own views (grounding_views.py;
+    `longest_edge` where the processor resizes to); `tiles`: the tile selectors' budgets in tiles, required with a
+    tile selector and refused without one or on one view (QGSAError)."""
 
     model: str = "smolvlm-256m"
     dataset: str = "shapes"
@@ -104,14 +125,19 @@ class GroundingConfig:
     seed: int = 0
     out: str = "results/grounding"
     overwrite: bool = False
-    image_splitting: bool | None = None  # the model's own views: not grounded yet (refused)
+    image_splitting: bool | None = None  # the model's own views (grounding_views.py); None: one square view
     longest_edge: int | None = None
+    tiles: tuple[int, ...] = ()  # the tile selectors' budgets in tiles (split images only)
 
     def __post_init__(self):
-        if self.image_splitting or self.longest_edge is not None:
-            raise QGSAError("grounding compares one view's kept patches with the referent's box; on the model's own "
-                            "views (tiles + a global view) it is not built yet: drop --image-splitting and "
-                            "--longest-edge (qgsa eval --image-splitting records each sample's selected tiles)")
+        if self.longest_edge is not None and not self.image_splitting:
+            raise QGSAError("--longest-edge sets how the model's processor tiles the image: add --image-splitting")
+        if self.image_splitting is not None and self.resolution is not None:
+            raise QGSAError("--resolution is one square view; --image-splitting/--no-image-splitting use the model's "
+                            "own processor (its tile size): give one of them")
+        if any(t < 1 for t in self.tiles):
+            raise QGSAError(f"--tiles are budgets in tiles, at least 1 each, got {list(self.tiles)}")
+        self.tiles = tuple(sorted(set(self.tiles)))
         if self.batch < 1:
             raise QGSAError(f"--batch must be at least 1, got {self.batch}")
         if self.limit is not None and self.limit < 1:
@@ -124,12 +150,25 @@ class GroundingConfig:
             raise QGSAError(f"--budgets need positive integers (patches or visual tokens), got {list(self.budgets)}")
         self.budgets = tuple(sorted(set(self.budgets)))
         self.pipelines = tuple(self.pipelines)
-        self.specs = parse_specs(self.pipelines or default_pipelines())  # parsed once (not a field)
+        split = self.image_splitting is not None
+        # the default tile selectors where --tiles gives their budgets
+        defaults = [p for p in default_pipelines(split) if self.tiles or not parse_spec(p).at_tiles]
+        self.specs = parse_specs(self.pipelines or defaults)  # parsed once (not a field)
         labels = [s.text for s in self.specs]
         if len(set(labels)) < len(labels):
             raise QGSAError(f"--pipelines names {next(x for x in labels if labels.count(x) > 1)} twice: give it once")
         for spec in self.specs:
             grounded(spec)
+        choosers = [s.text for s in self.specs if s.at_tiles]
+        if choosers and not split:
+            raise QGSAError(f"{choosers[0]} chooses among the tiles of a split image: add --image-splitting (the "
+                            f"model's own views), or drop it from --pipelines")
+        if choosers and not self.tiles:
+            raise QGSAError(f"{choosers[0]} needs budgets in tiles: give --tiles T1 T2 ... (--budgets and --k count "
+                            f"the other selectors' visual tokens)")
+        if self.tiles and not choosers:
+            raise QGSAError("--tiles are the budgets of the tile selectors (qgsa-tiles, random-tiles), and --pipelines "
+                            "has none: drop --tiles, or add one")
         fixed = "--budgets" if self.budgets else "--k"
         check_options(self.specs, None if self.budget_list == (None,) else 1, self.checkpoint, fixed)
         unknown = [n for n in self.checkpoints if n not in {s.selector.name for s in self.specs}]
@@ -143,17 +182,26 @@ class GroundingConfig:
 
     def settings(self) -> dict:
         """What the results depend on (meta.json `settings`; a rerun with other settings is refused)."""
-        return {k: v for k, v in asdict(self).items() if k not in ("out", "device", "overwrite")}
+        # --tiles only where given: a one-view folder's settings stay what they were before split images
+        return {k: v for k, v in asdict(self).items()
+                if k not in ("out", "device", "overwrite") and not (k == "tiles" and not v)}
+
+    def budgets_of(self, spec) -> tuple[int | None, ...]:
+        """The budgets pipeline `spec` runs at: --tiles for a tile selector, `budget_list` for every other."""
+        return self.tiles if spec.at_tiles else self.budget_list
 
 
 def grounded(spec) -> None:
     """Raises QGSAError (one line saying what to do) for a pipeline with no patches to ground: one that keeps
-    every patch, or downsampling, which keeps the whole image at a lower resolution."""
+    every patch, downsampling, which keeps the whole image at a lower resolution, or global-only (no tile)."""
     if spec.selector.keeps_all:
         raise QGSAError(f"{spec.text} keeps every patch, so there is no selection to ground: drop it from --pipelines")
     if "input" in spec.selector.points:
         raise QGSAError(f"{spec.text} keeps the whole image at a lower resolution: it chooses no patches, so there "
                         f"is nothing to ground; drop it from --pipelines")
+    if spec.selector.keeps_no_tiles:
+        raise QGSAError(f"{spec.text} keeps no tile (the global view alone, the whole image, whatever the question): "
+                        f"there is no selection to ground; drop it from --pipelines")
 
 
 def box_samples(cfg):
@@ -219,58 +267,104 @@ def run_grounding(cfg: GroundingConfig, progress=None, warn=None) -> Path:
         data, samples = box_samples(cfg)
         done = {_key(r): r for r in res.read_records(GROUNDED)}  # an interrupted run's finished batches
         before = res.meta() or {}
+        finished_before = before.get("budgets_of") or {p: cfg.budget_list for p in before.get("pipelines") or []}
         if before.get("pipelines") and res.exists(GROUNDING_TABLE.file) and all(
-                (s.id, p, b) in done for s in samples for p in before["pipelines"] for b in cfg.budget_list):
+                (s.id, p, None if b == "f_comp" else b) in done for s in samples for p in before["pipelines"]
+                for b in finished_before.get(p, cfg.budget_list)):
             res.finished(f"the grounding of {len(samples)} boxes")
         built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
         runs = _runs(cfg, built, warn)
         a = built.adapter
-        requested = cfg.resolution or a.image_size
-        resolution = next(iter(runs.values())).check(requested)
-        for run in runs.values():  # every (pipeline, budget) checked before any work
-            for b in cfg.budget_list:
-                run.check(requested, b)
+        splitting = None if cfg.image_splitting is None else a.splitting(cfg.image_splitting, cfg.longest_edge)
+        budgets_of = {label: cfg.budgets_of(run.spec) for label, run in runs.items()}
+        if splitting is None:
+            requested = cfg.resolution or a.image_size
+            resolution = next(iter(runs.values())).check(requested)
+            for run in runs.values():  # every (pipeline, budget) checked before any work
+                for b in cfg.budget_list:
+                    run.check(requested, b)
+            image_input = f"one square view of {resolution} px (the paper's form)"
+        else:
+            requested = resolution = splitting.tile
+            check_split(runs, budgets_of, splitting, a)
+            image_input = f"the model's processor: {splitting.describe()}"
         N = a.n_patches(resolution)
         grid = int(N ** 0.5)
         s2 = a.unit_patches(N).shape[1]
-        units = {label: run.units(resolution)[1] for label, run in runs.items()}
-        oracles = [name for name, unit in ((ORACLE, "patches"), (ORACLE_TOKENS, "visual tokens"))
-                   if unit in units.values()]
-        units.update({ORACLE: "patches", ORACLE_TOKENS: "visual tokens"})
+        units = {label: "tiles" if run.spec.at_tiles else run.units(resolution)[1] for label, run in runs.items()}
+        kinds = ((ORACLE, "patches"), (ORACLE_TOKENS, "visual tokens"), (TILE_ORACLE, "tiles"))
+        oracles = [name for name, unit in kinds if unit in units.values()]
+        for name, unit in kinds:
+            units[name] = unit
+            budgets_of[name] = cfg.tiles if unit == "tiles" else cfg.budget_list
         labels = [*runs, *oracles]
         note = "RANDOM base weights: the selections mean nothing" if built.loaded.weights == "random" else ""
         own = {label: f"checkpoint:{cfg.checkpoints[run.spec.selector.name]}"
                for label, run in runs.items() if run.spec.selector.name in cfg.checkpoints}
+        shown = lambda bs: [b if b is not None else "f_comp" for b in bs]  # noqa: E731
+        views_meta = {} if splitting is None else {
+            "splitting": vars(splitting), "tiles": list(cfg.tiles), "global_view": GLOBAL_VIEW_RULE,
+            "tile_metrics": TILE_RULE, "budgets_of": {label: shown(budgets_of[label]) for label in labels},
+            "geometry": "each view's rectangle in original pixels: models/views.Views.view_boxes; a view's patches "
+                        "divide it evenly (metrics.view_patch_boxes)"}
         meta = res.write_meta(run_meta(
             built, **{**data.meta(), "n_samples": len(samples)}, requested_resolution=requested,
             resolution=resolution, grid=grid, unit_patches=s2, pipelines=labels,
-            budgets=[b if b is not None else "f_comp" for b in cfg.budget_list],
+            budgets=shown(cfg.budget_list), image_input=image_input,
             budget_units={label: units[label] for label in labels}, qgsa_checkpoints=dict(cfg.checkpoints),
             note=note, world=world.meta(), pointing=POINTING_RULE,
             oracle="best IoU over selections of <= k patches whose hull is a grid-aligned rectangle; k = b patches "
-                   f"(oracle) or b x {s2} patches (oracle@tokens, b visual tokens)",
-            visionzip="only the selected (dominant) tokens are grounded; the merged contextual tokens are not"))
+                   f"(oracle) or b x {s2} patches (oracle@tokens, b visual tokens)"
+                   + ("" if splitting is None else ", on the patch grid of the tile holding the box's centre; "
+                      "oracle-tiles: the tiles the box overlaps, most overlapped first, at most T"),
+            visionzip="only the selected (dominant) tokens are grounded; the merged contextual tokens are not",
+            **views_meta))
+        order = [(label, b) for label in labels for b in budgets_of[label]]
         if progress:
-            progress(f"{data.name}: {len(samples)} boxes x {len(runs)} pipelines x {len(cfg.budget_list)} budgets",
+            n_budgets = len({b for label in labels for b in budgets_of[label]})
+            progress(f"{data.name}: {len(samples)} boxes x {len(runs)} pipelines x {n_budgets} budgets",
                      -len(samples))
-            finished = sum(all((s.id, p, b) in done for p in labels for b in cfg.budget_list) for s in samples)
+            finished = sum(all((s.id, p, b) in done for p, b in order) for s in samples)
             if finished:
                 progress("resumed", finished)
-        plan = Plan(runs, oracles, cfg.budget_list, resolution, grid, s2)
+        plan = Plan(runs, oracles, cfg.budget_list, resolution, grid, s2, splitting, budgets_of)
         records, samples = ground(built, data, samples, plan, cfg.batch, progress, done,
                                   lambda new: res.append_records(GROUNDED, new))
         res.write_meta({**meta, **data.meta(), "n_samples": len(samples)})
         base = {"model": cfg.model, "weights": built.loaded.weights, "qgsa_weights": built.qgsa_weights,
-                "dataset": data.name, "split": data.split, "resolution": resolution, "note": note}
+                "dataset": data.name, "split": data.split, "resolution": resolution, "note": note,
+                "image_input": image_input}
         info = {label: describe_pipeline(run, own.get(label)) for label, run in runs.items()}
         info.update({name: {"point": "–", "question_guided": False} for name in oracles})
-        order = [(label, b) for label in labels for b in cfg.budget_list]
         res.replace(GROUNDING_TABLE, summary_rows(records, base, info, order, units))
         pairs = question_pairs(records, grid)
         if pairs:
             res.replace(PAIR_TABLE, [{**base, **({"qgsa_weights": own[r["selector"]]} if r["selector"] in own else {}),
                                       **r} for r in pairs])
     return res.out
+
+
+def check_split(runs: dict, budgets_of: dict, splitting, adapter) -> None:
+    """Before any work on split images: every pipeline takes split images (run/tiles.check_views), a tile budget
+    lies in 1..the most tiles `splitting` makes ((longest edge / tile)^2), a budget in visual tokens in 1..the
+    visual tokens of the most views. An image with fewer tiles or views is refused when it comes (run/tiles.py,
+    run/view_select.py). Raises QGSAError (one line naming the option to change)."""
+    from qgsa_bench.run.tiles import check_views
+
+    most = (splitting.longest_edge // splitting.tile) ** 2 if splitting.split else 0
+    n_v = adapter.n_dense_tokens(splitting.tile)
+    for label, run in runs.items():
+        check_views(run.spec)
+        for b in budgets_of[label]:
+            if b is None:
+                continue
+            if run.spec.at_tiles and not 1 <= b <= most:
+                raise QGSAError(f"--tiles {b} is impossible for {label}: at --longest-edge {splitting.longest_edge} an "
+                                f"image has at most {most} tiles of {splitting.tile} px; use 1 <= --tiles <= {most}")
+            if not run.spec.at_tiles and not 1 <= b <= (most + 1) * n_v:
+                raise QGSAError(f"budget {b} visual tokens is impossible for {label}: an image split at --longest-edge "
+                                f"{splitting.longest_edge} has at most {most + 1} views of {n_v} visual tokens; use "
+                                f"--budgets within 1 .. {(most + 1) * n_v}")
 
 
 def describe_pipeline(run, checkpoint: str | None = None) -> dict:
@@ -286,8 +380,10 @@ def describe_pipeline(run, checkpoint: str | None = None) -> dict:
 @dataclass
 class Plan:
     """What a grounding run selects: `runs` (label -> Run), the oracle labels, the budgets (None: f_comp's per
-    question), the encoder resolution, the patch grid (grid x grid = N patches) and s^2, the patches of a
-    visual token."""
+    question), the encoder resolution (split images: the view size), the patch grid (grid x grid = N patches, of
+    each view) and s^2, the patches of a visual token. `splitting`: the model's own views (grounding_views.py),
+    None for one square view; `budgets_of`: label -> its own budgets (a tile selector's in tiles), else
+    `budgets` for every label."""
 
     runs: dict
     oracles: list
@@ -295,6 +391,12 @@ class Plan:
     resolution: int
     grid: int
     s2: int
+    splitting: object | None = None
+    budgets_of: dict | None = None
+
+    def budgets_for(self, label: str) -> tuple:
+        """The budgets pipeline (or oracle) `label` runs at."""
+        return (self.budgets_of or {}).get(label, self.budgets)
 
 
 @torch.no_grad()
@@ -302,13 +404,16 @@ def select_batch(plan: Plan, built, images, samples, todo) -> list[dict]:
     """The records of one batch: for every pipeline and budget `todo(sample_id, label, budget)` holds, the kept
     patches of each sample (`Result.selected_patches`, indices in [0, N)) and their metrics (`record`), from one
     `Run.prepare` over the samples that need it; random selectors draw per sample (`Run.sample_seeds`). The
-    oracle's k: b patches (`oracle`), b x s^2 (`oracle@tokens`); without a budget, f_comp(q)'s per question."""
+    oracle's k: b patches (`oracle`), b x s^2 (`oracle@tokens`); without a budget, f_comp(q)'s per question.
+    Split images (`plan.splitting`): `split_batch`."""
+    if plan.splitting is not None:
+        return split_batch(plan, built, images, samples, todo)
     questions = [s.question for s in samples]
     sizes = [img.size for img in images]
     out = []
     for label, run in plan.runs.items():
         unit = run.units(plan.resolution)[1]
-        for budget in plan.budgets:
+        for budget in plan.budgets_for(label):
             need = [i for i, s in enumerate(samples) if todo(s.id, label, budget)]
             if not need:
                 continue
@@ -321,7 +426,7 @@ def select_batch(plan: Plan, built, images, samples, todo) -> list[dict]:
                                   result.selected_patches(j), plan.grid, extra))
     for label in plan.oracles:
         tokens = label == ORACLE_TOKENS
-        for budget in plan.budgets:
+        for budget in plan.budgets_for(label):
             need = [i for i, s in enumerate(samples) if todo(s.id, label, budget)]
             if not need:
                 continue
@@ -331,6 +436,43 @@ def select_batch(plan: Plan, built, images, samples, todo) -> list[dict]:
                 patches = _oracle(plan.grid, w, h, box, ks[j])
                 out.append(record(samples[i], sizes[i], label, budget, "visual tokens" if tokens else "patches",
                                   ks[j] // plan.s2 if tokens else ks[j], patches, plan.grid))
+    return out
+
+
+@torch.no_grad()
+def split_batch(plan: Plan, built, images, samples, todo) -> list[dict]:
+    """`select_batch` on the model's own views: every pipeline through `Run.prepare(..., splitting=...)`, its
+    records in original pixels (grounding_views.result_record: a tile selector's chosen tiles, a whole-token
+    selector's kept patches over all views); `oracle-tiles` at each tile budget, `oracle@tokens` at each token
+    budget on the patch grid of the box's tile (grounding_views.py)."""
+    from qgsa_bench.experiments.grounding_views import oracle_tiles_record, oracle_tokens_record, result_record
+
+    questions = [s.question for s in samples]
+    out = []
+    for label, run in plan.runs.items():
+        unit = "tiles" if run.spec.at_tiles else run.units(plan.resolution)[1]
+        for budget in plan.budgets_for(label):
+            need = [i for i, s in enumerate(samples) if todo(s.id, label, budget)]
+            if not need:
+                continue
+            result = run.prepare([images[i] for i in need], [questions[i] for i in need], plan.resolution, budget,
+                                 new_tokens=0, seeds=run.sample_seeds([samples[i].id for i in need]),
+                                 splitting=plan.splitting)
+            out += [result_record(result, j, samples[i], label, budget, unit, plan.grid) for j, i in enumerate(need)]
+    views = None
+    for label in plan.oracles:
+        for budget in plan.budgets_for(label):
+            need = [i for i, s in enumerate(samples) if todo(s.id, label, budget)]
+            if not need:
+                continue
+            if views is None:  # the geometry only (each view's rectangle in original pixels)
+                views = built.adapter.views(images, plan.splitting)
+            if label == TILE_ORACLE:
+                out += [oracle_tiles_record(samples[i], views, i, budget, plan.grid) for i in need]
+                continue
+            ks = oracle_budgets(plan, built, [questions[i] for i in need], budget, True)
+            out += [oracle_tokens_record(samples[i], views, i, budget, ks[j] // plan.s2, plan.s2, plan.grid, label)
+                    for j, i in enumerate(need)]
     return out
 
 
@@ -380,7 +522,7 @@ def ground(built, data, samples, plan: Plan, batch: int, progress=None, done=Non
 
     done = done or {}
     labels = [*plan.runs, *plan.oracles]
-    keys = [(label, b) for label in labels for b in plan.budgets]
+    keys = [(label, b) for label in labels for b in plan.budgets_for(label)]
     new: dict[tuple, dict] = {}
     complete = lambda sid: all((sid, label, b) in done for label, b in keys)  # noqa: E731
     todo = [s for s in samples if not complete(s.id)]
@@ -423,8 +565,23 @@ def summary_rows(records: list[dict], base: dict, info: dict, order: list[tuple]
                          "pointing": 100 * float(np.mean([r["pointing"] for r in part])),
                          "share_in_box": 100 * float(np.mean([r["share_in_box"] for r in part])),
                          "kept_patches_mean": float(np.mean([r["n_patches"] for r in part])),
-                         "k_mean": float(np.mean([r["k"] for r in part if r["k"] is not None] or [np.nan]))})
+                         "k_mean": float(np.mean([r["k"] for r in part if r["k"] is not None] or [np.nan])),
+                         **tile_columns(part)})
     return rows
+
+
+def tile_columns(part: list[dict]) -> dict:
+    """The tile-level columns of records on split images (grounding_views.py): tile_hit, tile_iou, tile_jaccard,
+    referent_tile_share in percent, the mean tiles touched and the mean kept patches of the global view; {} for
+    one-view records (and an unsplit image: no tile)."""
+    tiled = [r for r in part if r.get("tile_hit") is not None]
+    if not tiled:
+        return {}
+    keys = ("tile_hit", "tile_iou", "tile_jaccard", "referent_tile_share")
+    out = {key: 100 * float(np.mean([r[key] for r in tiled])) for key in keys}
+    out["kept_tiles_mean"] = float(np.mean([len(r["tiles"]) for r in tiled]))
+    out["global_patches_mean"] = float(np.mean([r["global_patches"] for r in tiled]))
+    return out
 
 
 def pair_indices(records: list[dict]) -> list[tuple[int, int]]:
@@ -445,7 +602,7 @@ def question_pairs(records: list[dict], grid: int) -> list[dict]:
     the box, not the question: left out."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
-        if r["pipeline"] not in (ORACLE, ORACLE_TOKENS):
+        if r["pipeline"] not in (ORACLE, ORACLE_TOKENS, TILE_ORACLE):
             groups.setdefault((r["pipeline"], r.get("budget")), []).append(r)
     rows = []
     for (label, budget), part in groups.items():
@@ -455,6 +612,14 @@ def question_pairs(records: list[dict], grid: int) -> list[dict]:
         jac, own, other = [], [], []
         for a, b in pairs:
             ra, rb = part[a], part[b]
+            if "view_boxes" in ra:  # split images: the joint frame; shares on each kept patch's rectangle
+                sa, sb = set(kept_patches(ra)), set(kept_patches(rb))
+                jac.append(len(sa & sb) / max(len(sa | sb), 1))
+                for r, r_other in ((ra, rb), (rb, ra)):
+                    centres = box_centres(kept_rects(r))
+                    own.append(centres_share_in_box(centres, r["box"]))
+                    other.append(centres_share_in_box(centres, r_other["box"]))
+                continue
             sa, sb = set(ra["patches"]), set(rb["patches"])
             jac.append(len(sa & sb) / max(len(sa | sb), 1))
             for r, s_own, r_other in ((ra, sa, rb), (rb, sb, ra)):

@@ -117,6 +117,24 @@ class Views:
                 out[b] = tile_of_patches(self, b, patch_size, device)
         return out
 
+    def view_boxes(self, b: int) -> list[tuple[float, float, float, float]]:
+        """Sample b's views as rectangles (x0, y0, x1, y1) in the ORIGINAL image's pixels (the image as given,
+        `sizes[b]`), in view order: its tiles row-major, then its global view; one rectangle for an unsplit image.
+
+        Read from what the processor did (`grids[b]`), not re-derived: transformers' Idefics3ImageProcessor
+        resizes the WHOLE image (no crop, no pad) to longest edge `longest_edge`, then again to rows x cols whole
+        tiles of `tile` px (`resize_for_vision_encoder`: each side rounded up to a multiple of the tile, scaling a
+        small image up), and cuts that into exactly rows x cols tiles (`split_images`' unfold); the global view, and
+        an unsplit image's one view, is the whole image resized to one tile. Every step maps the whole image onto
+        the whole output, so tile (r, c) (0-based) covers x in [c W / cols, (c + 1) W / cols] and y in
+        [r H / rows, (r + 1) H / rows] of the W x H original (whatever the intermediate sizes), and the global
+        view [0, W] x [0, H]. A view's g x g patches divide its rectangle evenly (`view_patch_boxes`)."""
+        h, w = self.sizes[b]
+        rows, cols = self.grids[b]
+        tiles = [(c * w / cols, r * h / rows, (c + 1) * w / cols, (r + 1) * h / rows)
+                 for r in range(rows) for c in range(cols)] if rows else []
+        return tiles + [(0.0, 0.0, float(w), float(h))]
+
     def rows_of(self, b: int) -> slice:
         """Sample b's views in `pixel_values` (its tiles, then its global view)."""
         return slice(self.first[b], self.first[b] + self.counts[b])

@@ -41,10 +41,12 @@ def added_later() -> dict[str, tuple[str, ...]]:
     return {"sweep": ("case", *timing, *PEER_COLUMNS, *views), "ablate": ("accuracy", "accuracy_n", *timing),
             "eval": ("n_scored",), "budget": ("budget_unit", "speedup_equal_inputs", "allocation", "budget_mean_realised",
                                                      "budget_std", "latency_ms_per_query_eval", "image_size", *views),
-            "accuracy": ("allocation", "k_std", "latency_ms_per_query"),  # budget allocation (issue 22)
+            "accuracy": ("allocation", "k_std", "latency_ms_per_query",  # budget allocation (issue 22)
+                         "tiles_mean", "image_input"),  # sweep-budget accuracy on split images (issue 19)
             # every selector at every budget (issue 22); a folder from before holds qgsa/random/norm/oracle at one k
             "grounding": ("acc_iou_0_5", "point", "question_guided", "budget", "budget_unit", "pointing", "share_in_box",
-                          "kept_patches_mean"),
+                          "kept_patches_mean", "image_input", "tile_hit", "tile_iou", "tile_jaccard", "kept_tiles_mean",
+                          "global_patches_mean", "referent_tile_share"),
             "pairs": ("budget", "budget_unit"),
             "flops": ("budget", "budget_unit", "formula_fastv_prefill", "formula_ffn3_prefill", "image_size", "views",
                       "views_encoded")}

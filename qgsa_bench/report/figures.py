@@ -76,7 +76,8 @@ def figure_selections(items, grid: int, path: Path, title: str = "") -> Path:
     for ax, (image, record) in zip(axes[0], items):
         w, h = image.size
         ax.imshow(image)
-        for x0, y0, x1, y1 in patch_boxes(record["qgsa_patches"], grid, w, h):
+        regions = record.get("qgsa_regions")  # split images: rectangles in original pixels (report/render.py)
+        for x0, y0, x1, y1 in regions if regions is not None else patch_boxes(record["qgsa_patches"], grid, w, h):
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, facecolor="cyan", edgecolor="black", lw=0.5, alpha=0.45))
         x, y, bw, bh = record["box"]
         ax.add_patch(Rectangle((x, y), bw, bh, fill=False, edgecolor="lime", lw=2))

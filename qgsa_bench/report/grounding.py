@@ -46,6 +46,19 @@ GROUNDING_NOTE = (
     "the contextual tokens it merges from the rest of the image. Random selectors draw per sample.")
 
 
+SPLIT_NOTE = (
+    "**On the model's own views** (experiments/grounding_views.py): every kept patch is the rectangle of the original "
+    "image it covers (a tile's patch a small one, a global-view patch a block of the whole image). A tile selector "
+    "(budget in tiles) is grounded by its chosen tiles; the global view that comes with it is not counted (chosen by "
+    "none, the whole image whatever the question). Every other selector keeps visual tokens over all views, its "
+    "global-view tokens included as their blocks. **Tiles touched**: a tile selector's chosen tiles, else the tiles "
+    "holding a kept token; **tile hit**: the box's centre lies in a touched tile; **tile IoU**: hull of the touched "
+    "tiles with the box; **tile Jaccard**: touched tiles vs the tiles the box overlaps; **in box's tiles**: the share "
+    "of the kept tile patches (global view left out) in the tiles the box overlaps (chance: their share of the "
+    "tiles). `oracle-tiles`: the box's tiles (at most T); `oracle@tokens`: the one-view oracle on the patch grid of "
+    "the box's tile.")
+
+
 def _budget_cell(row) -> str:
     unit = "tokens" if str(row.get("budget_unit")) == "visual tokens" else str(row.get("budget_unit"))
     budget = row.get("budget")
@@ -88,17 +101,30 @@ def selectors_grounding_markdown(frame, meta: dict | None) -> str:
     ns = sorted({int(n) for n in overall["n"]})
     lines = header(meta, f"Grounding IoU, pointing game and share in the box of every selector on "
                          f"{meta.get('dataset', '?')} ({meta.get('split', '?')}) (cf. the paper's Table 3)")
-    lines += [f"{ns[0] if len(ns) == 1 else ', '.join(map(str, ns))} boxes per row; a patch grid of "
-              f"{meta.get('grid', '?')}×{meta.get('grid', '?')} at {meta.get('resolution', '?')} px, "
+    split = "splitting" in meta
+    where = (f"on the model's own views ({meta.get('image_input', '?')}), in the original image's pixels: a patch grid "
+             f"of {meta.get('grid', '?')}×{meta.get('grid', '?')} per {meta.get('resolution', '?')}-px view"
+             if split else f"a patch grid of {meta.get('grid', '?')}×{meta.get('grid', '?')} at "
+                           f"{meta.get('resolution', '?')} px")
+    lines += [f"{ns[0] if len(ns) == 1 else ', '.join(map(str, ns))} boxes per row; {where}, "
               f"{meta.get('unit_patches', '?')} patches per visual token.", ""]
+    tiled = "tile_hit" in overall and overall["tile_hit"].notna().any()
+
+    def tile_cells(r) -> list[str]:
+        if not tiled:
+            return []
+        return [fmt(r.get("kept_tiles_mean"), ".2f"), fmt(r.get("tile_hit"), ".1f"), fmt(r.get("tile_iou"), ".1f"),
+                fmt(r.get("tile_jaccard"), ".1f"), fmt(r.get("referent_tile_share"), ".1f")]
+
     lines += markdown_rows(
         ["selector", "insertion point", "question-guided", "budget", "kept patches", "IoU %", "IoU ≥ 0.5 % [95 % CI]",
-         "pointing % [95 % CI]", "in box %"],
+         "pointing % [95 % CI]", "in box %",
+         *(["tiles touched", "tile hit %", "tile IoU %", "tile Jaccard %", "in box's tiles %"] if tiled else [])],
         ([_grounding_flag(r["selector"], r, meta, notes), r.get("point", "–"),
           "yes" if str(r.get("question_guided")) == "True" else "no", _budget_cell(r),
           fmt(r.get("kept_patches_mean"), ".1f"), fmt(r["mean_iou"], ".1f"),
           accuracy_with_ci(r.get("acc_iou_0_5"), r["n"], ".1f"), accuracy_with_ci(r.get("pointing"), r["n"], ".1f"),
-          fmt(r.get("share_in_box"), ".1f")] for _, r in overall.iterrows()))
+          fmt(r.get("share_in_box"), ".1f"), *tile_cells(r)] for _, r in overall.iterrows()))
     types = [t for t in dict.fromkeys(frame["question_type"]) if t != "all"]
     if types:
         per = frame[frame["question_type"] != "all"].set_index(["selector", "_budget", "question_type"])
@@ -114,7 +140,7 @@ def selectors_grounding_markdown(frame, meta: dict | None) -> str:
                              f"{fmt(per.loc[key, 'share_in_box'], '.1f')}")
             rows.append([_grounding_flag(r["selector"], r, meta, notes), _budget_cell(r), *cells])
         lines += markdown_rows(["selector", "budget", *(f"{t} (n={n_of[t]})" for t in types)], rows)
-    lines += notes.lines() + ["", GROUNDING_NOTE]
+    lines += notes.lines() + ["", GROUNDING_NOTE] + (["", SPLIT_NOTE] if split else [])
     return "\n".join(lines) + "\n"
 
 

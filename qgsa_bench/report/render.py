@@ -115,11 +115,22 @@ def figure_records(records: list[dict], meta: dict) -> tuple[list[dict], str]:
         return records, "qgsa"
     pipelines = meta.get("pipelines") or list(dict.fromkeys(r["pipeline"] for r in records))
     label = "qgsa" if "qgsa" in pipelines else pipelines[0]
-    budget = next((None if b == "f_comp" else b for b in meta.get("budgets", [])), records[0].get("budget"))
-    chosen = [{**r, "qgsa_patches": r["patches"], "qgsa_iou": r["iou"]} for r in records
+    budgets = (meta.get("budgets_of") or {}).get(label, meta.get("budgets", []))  # split images: each label's own
+    budget = next((None if b == "f_comp" else b for b in budgets), records[0].get("budget"))
+    chosen = [{**r, "qgsa_patches": r["patches"], "qgsa_iou": r["iou"], **split_regions(r)} for r in records
               if r["pipeline"] == label and r.get("budget") == budget]
-    unit = "tokens" if chosen and chosen[0].get("unit") == "visual tokens" else "patches"
+    unit = {"visual tokens": "tokens", "tiles": "tiles"}.get(chosen[0].get("unit"), "patches") if chosen else "patches"
     return chosen, label + ("" if budget is None else f" at {budget} {unit}")
+
+
+def split_regions(record: dict) -> dict:
+    """A split-image record's kept patches as rectangles in original pixels (`qgsa_regions`, what figures.py draws
+    instead of one view's patch grid); {} for a one-view record."""
+    if "view_boxes" not in record:
+        return {}
+    from qgsa_bench.experiments.grounding_views import kept_rects
+
+    return {"qgsa_regions": kept_rects(record)}
 
 
 def _copied(folder: Path, out: Path, suffix: str) -> list[Path]:
