@@ -155,3 +155,18 @@ def test_train_at_post_vision_says_it_trains_on_one_view(tmp_path):
     again = invoke("train", "-m", TILED, "-d", "shapes", "--limit", 4, "--max-steps", 1, "--warmup-steps", 0,
                    "--device", "cpu", "--resolution", 224, "--out", tmp_path / "u")
     assert again.exit_code == 0 and not [w for w in warnings(again) if "one square view" in w], again.output
+
+
+def test_grounding_takes_the_models_own_views_by_default(tmp_path):
+    out = tmp_path / "g"
+    result = invoke("grounding", "--model", TILED, "--dataset", "shapes-hires", "--limit", 2, "--pipelines",
+                    "random-tiles,random@post-vision", "--tiles", 1, "--budgets", 98, "--out", out)
+    assert result.exit_code == 0 and not warnings(result), result.output
+    assert json.loads((out / "meta.json").read_text())["image_input"] == OWN
+    rows = pd.read_csv(out / "grounding.csv")
+    assert {"random-tiles", "random@post-vision"} <= set(rows.selector)
+    one = invoke("grounding", "--model", TILED, "--dataset", "shapes-hires", "--limit", 2, "--pipelines", "qgsa",
+                 "--k", 8, "--out", tmp_path / "one")  # the paper's patch-level qgsa: one view, said once
+    assert one.exit_code == 0 and [w for w in warnings(one) if "takes one view only" in w], one.output
+    assert json.loads((tmp_path / "one" / "meta.json").read_text())["image_input"] == \
+        "one square view of 224 px (the paper's form)"

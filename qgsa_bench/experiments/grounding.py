@@ -46,6 +46,7 @@ import torch
 
 from qgsa_bench import QGSAError
 from qgsa_bench.build import build
+from qgsa_bench.config import check_input_options
 from qgsa_bench.data import load_dataset
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.evaluate import batches
@@ -53,6 +54,7 @@ from qgsa_bench.experiments.grounding_views import GLOBAL_VIEW_RULE, TILE_ORACLE
 from qgsa_bench.metrics import (box_centres, centres_share_in_box, hull_iou, oracle_patches, pointing_hit,
                                 share_in_box)
 from qgsa_bench.results import run_meta
+from qgsa_bench.run.inputs import choose_input, describe_input
 from qgsa_bench.run.spec import check_options, parse_spec, parse_specs
 
 ORACLE = "oracle"  # at k = b patches (beside the patch-level pipelines)
@@ -130,11 +132,7 @@ class GroundingConfig:
     tiles: tuple[int, ...] = ()  # the tile selectors' budgets in tiles (split images only)
 
     def __post_init__(self):
-        if self.longest_edge is not None and not self.image_splitting:
-            raise QGSAError("--longest-edge sets how the model's processor tiles the image: add --image-splitting")
-        if self.image_splitting is not None and self.resolution is not None:
-            raise QGSAError("--resolution is one square view; --image-splitting/--no-image-splitting use the model's "
-                            "own processor (its tile size): give one of them")
+        check_input_options(self.resolution, self.image_splitting, self.longest_edge)
         if any(t < 1 for t in self.tiles):
             raise QGSAError(f"--tiles are budgets in tiles, at least 1 each, got {list(self.tiles)}")
         self.tiles = tuple(sorted(set(self.tiles)))
@@ -150,7 +148,7 @@ class GroundingConfig:
             raise QGSAError(f"--budgets need positive integers (patches or visual tokens), got {list(self.budgets)}")
         self.budgets = tuple(sorted(set(self.budgets)))
         self.pipelines = tuple(self.pipelines)
-        split = self.image_splitting is not None
+        split = bool(self.image_splitting)
         # the default tile selectors where --tiles gives their budgets
         defaults = [p for p in default_pipelines(split) if self.tiles or not parse_spec(p).at_tiles]
         self.specs = parse_specs(self.pipelines or defaults)  # parsed once (not a field)
@@ -160,7 +158,7 @@ class GroundingConfig:
         for spec in self.specs:
             grounded(spec)
         choosers = [s.text for s in self.specs if s.at_tiles]
-        if choosers and not split:
+        if choosers and self.image_splitting is False:
             raise QGSAError(f"{choosers[0]} chooses among the tiles of a split image: add --image-splitting (the "
                             f"model's own views), or drop it from --pipelines")
         if choosers and not self.tiles:
@@ -275,7 +273,12 @@ def run_grounding(cfg: GroundingConfig, progress=None, warn=None) -> Path:
         built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
         runs = _runs(cfg, built, warn)
         a = built.adapter
-        splitting = None if cfg.image_splitting is None else a.splitting(cfg.image_splitting, cfg.longest_edge)
+        # the model's own views by default where it splits (run/inputs.py); one square view where asked or needed
+        splitting = choose_input(a, cfg.resolution, cfg.image_splitting, cfg.longest_edge, cfg.specs, warn=warn)
+        choosers = [label for label, run in runs.items() if run.spec.at_tiles]
+        if splitting is None and choosers:
+            raise QGSAError(f"{choosers[0]} chooses among the tiles of a split image: add --image-splitting (the "
+                            f"model's own views), or drop it from --pipelines")
         budgets_of = {label: cfg.budgets_of(run.spec) for label, run in runs.items()}
         if splitting is None:
             requested = cfg.resolution or a.image_size
@@ -283,11 +286,11 @@ def run_grounding(cfg: GroundingConfig, progress=None, warn=None) -> Path:
             for run in runs.values():  # every (pipeline, budget) checked before any work
                 for b in cfg.budget_list:
                     run.check(requested, b)
-            image_input = f"one square view of {resolution} px (the paper's form)"
+            image_input = describe_input(None, resolution)
         else:
             requested = resolution = splitting.tile
             check_split(runs, budgets_of, splitting, a)
-            image_input = f"the model's processor: {splitting.describe()}"
+            image_input = describe_input(splitting, resolution)
         N = a.n_patches(resolution)
         grid = int(N ** 0.5)
         s2 = a.unit_patches(N).shape[1]
