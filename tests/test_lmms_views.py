@@ -116,6 +116,7 @@ def test_tile_selectors_and_their_flops_through_qgsa_lmms_eval(tasks, tmp_path):
     assert rows.loc["random-tiles", "flops_share_of_dense"] < 1
     meta = json.loads((out / "meta.json").read_text())
     assert meta["image_input"] == OWN and meta["splitting"]["split"] is True
+    assert f"Image input: {OWN}." in (out / "table.md").read_text()
     assert meta["settings"]["image_splitting"] is None and meta["settings"]["longest_edge"] is None
 
 
