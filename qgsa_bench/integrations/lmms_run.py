@@ -2,13 +2,16 @@
 
     lmms.csv                one row per (pipeline, task, metric, filter): lmms-eval's score (its own metric and
                             aggregation) beside the mean visual tokens kept and the mean counted FLOPs by stage
-                            per sample, and the share of the dense pipeline's FLOPs when dense ran too
+                            per sample, and the share of the dense pipeline's FLOPs when dense ran too; the image
+                            input (`image_input`, run/inputs.describe_input) and on split images the mean tiles encoded
     samples_{pipeline}.jsonl  lmms-eval's per-sample log (doc_id, target, resps, filtered_resps, metrics...) with
                             `task` and `qgsa` (lmms.Bridge: tokens kept, kept indices, FLOPs by stage)
     lmms_results_{pipeline}.json  lmms-eval's results (results, versions, configs, n-samples, n-shot)
-    meta.json               lmms-eval's version, the tasks and their versions, the settings, the weights
-Every check (lmms-eval installed, the options after `--`, the tasks, the pipelines against the model) runs
-before any answer; a refused run leaves no results folder behind (driver.Results).
+    meta.json               lmms-eval's version, the tasks and their versions, the settings, the weights, the image
+                            input (`image_input`; `splitting`: the processor's settings where it split)
+One image input for every pipeline of a run (lmms.bridge_input: the model's own views unless resolution is given
+or a pipeline takes one view only). Every check (lmms-eval installed, the options after `--`, the tasks, the
+input, the pipelines against the model and the input) runs before any answer; a refused run leaves no results folder behind (driver.Results).
 
 Under a launch of several processes (accelerate launch / torchrun ... -m qgsa_bench.cli lmms-eval) every
 process joins the launch (parallel.join_world) and lmms-eval shards the documents and gathers the scores itself
