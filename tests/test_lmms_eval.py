@@ -155,8 +155,9 @@ def test_multiple_choice_scores_every_option_on_one_selection(tasks, tmp_path):
     (["--tasks", "shapes_qa", "--", "--model_args", "k=abc"], "--model_args after -- is qgsa lmms-eval's own"),
     (["--tasks", "shapes_qa", "--", "--wandb_args", "project=x"], "--wandb_args is an option of lmms-eval's"),
     (["--tasks", "shapes_qa", "--", "--no_such_option"], "lmms-eval option after --: unrecognized arguments"),
-    # found by a first afternoon: a tile selector (qgsa lmms-eval feeds one view) refused before any task loads,
-    # and a published task whose data is not here (offline) is the user's situation, not an internal failure
+    # found by a first afternoon: a tile selector on a model that does not split (the one-view shapes base) refused
+    # before any task loads, and a published task whose data is not here (offline) is the user's situation, not an
+    # internal failure
     (["--tasks", "shapes_qa", "--pipelines", "qgsa-tiles", "--k", 2], "qgsa-tiles chooses among the tiles of a split"),
     (["--tasks", "pope", "--pipelines", "dense"], "a task's data could not be loaded"),
 ])

@@ -15,9 +15,18 @@ What is honoured of a request:
                    argmax. All options of one question (same task, document and context) are scored on ONE
                    selection: one pass selects, every option replays it (LMPlan.for_rows), as `qgsa eval` does.
 One image per request (the first of doc_to_visual's list when it gives one; a request without an image is
-refused). Per sample, beside lmms-eval's own fields: the visual tokens kept, the visual tokens entering the LM,
-the kept indices, and fvcore's FLOPs by stage, counted once per distinct shape (resolution, prompt length,
-visual tokens at each stage, generated tokens or option lengths) and reused.
+refused). The image input follows every command's rule (run/inputs.choose_input): `resolution` gives one square
+view of that many px (the paper's form); `image_splitting` / `longest_edge` the model's own processor with that
+setting; neither: the model's own setting, so on a model whose processor splits (SmolVLM) every request's image is
+split into tiles + a global view, unless the pipelines take one view only (then one square view of the native
+size, with one warning). Tile selectors (qgsa-tiles, random-tiles, global-only) need split images; their budget
+`k` counts tiles beside the global view, and `share` is refused for them. On split images `share` gives each
+image share x its own visual tokens (views x tokens per view). Per sample, beside lmms-eval's own fields: the
+input, the visual tokens kept, the visual tokens entering the LM, the kept indices (split images: in the joint
+frame of the views), the views and tiles encoded (split images), and fvcore's FLOPs by stage, counted on the
+sample alone as it ran (its views encoded) once per distinct shape (resolution, prompt length, visual tokens at
+each stage, and on split images the views, the grid, the views encoded and the LM's sequence length; generated
+tokens or option lengths) and reused.
 """
 
 from __future__ import annotations
@@ -52,9 +61,12 @@ def lmms_eval_version() -> str:
 @dataclass
 class ModelArgs:
     """lmms-eval's model arguments (`--model_args key=value,...`) for the qgsa model. `k`: visual tokens (or
-    patches, for the paper's patch-level pipelines) kept; `share`: the budget as a fraction of them; neither:
-    f_comp(q)'s budget per question. `batch_size`: questions per generation batch (loglikelihood: one question,
-    all its options, at a time)."""
+    patches, for the paper's patch-level pipelines; tiles, for tile selectors) kept; `share`: the budget as a
+    fraction of them; neither: f_comp(q)'s budget per question. `resolution`: one square view of that many px;
+    `image_splitting` (true/false) and `longest_edge` (px): the model's own processor with that setting; none of
+    the three: the model's own setting (module docstring). `batch_size`: questions per generation batch
+    (loglikelihood: one question, all its options, at a time). Raises QGSAError for k with share, a budget or
+    size out of range, or resolution with image_splitting / longest_edge."""
 
     model: str = "smolvlm-256m"
     pipeline: str = "dense"
@@ -65,12 +77,17 @@ class ModelArgs:
     device: str = "auto"
     dtype: str = "fp32"
     resolution: int | None = None
+    image_splitting: bool | None = None
+    longest_edge: int | None = None
     seed: int = 0
     batch_size: int = 1
     max_new_tokens: int = 16
     count_flops: bool = True
 
     def __post_init__(self):
+        from qgsa_bench.config import check_input_options
+
+        check_input_options(self.resolution, self.image_splitting, self.longest_edge)
         if self.k is not None and self.share is not None:
             raise QGSAError(f"give the budget as k or as share, not both (k={self.k}, share={self.share})")
         if self.k is not None and self.k < 1:
@@ -127,17 +144,51 @@ class Request:
     extra: object = None
 
 
-class Bridge:
-    """One built model (build.Built) and one spec at one budget, answering lmms-eval's requests; `logs` holds
-    what each sample's log adds ((task, doc_id) -> dict), `flop_counts` the memo of counted shapes."""
+AUTO = "auto"  # Bridge's `splitting` default: chosen from the model arguments and its own pipeline
 
-    def __init__(self, built, args: ModelArgs, spec=None):
+
+def bridge_input(adapter, args: ModelArgs, specs, warn=None):
+    """The image input of every pipeline in `specs` (run.spec.Spec) under the model arguments `args`
+    (run/inputs.choose_input): a models.views.Splitting (the model's processor makes the views) or None (one
+    square view of `args.resolution`, or of the native size). `warn` receives the one line said where the model
+    splits but a pipeline takes one view only. Raises QGSAError for settings the processor or the tokenizer
+    cannot take, or longest_edge where a pipeline takes one view only."""
+    from qgsa_bench.run.inputs import choose_input
+
+    return choose_input(adapter, args.resolution, args.image_splitting, args.longest_edge, specs, warn=warn)
+
+
+def sample_views(views, b: int):
+    """Sample b of a batch of views (models.views.Views) alone: its pixel values (n_b, 3, S, S), its grid and size;
+    the same tensors as the processor gives for that image alone (it resizes and tiles each image on its own)."""
+    from qgsa_bench.models.views import Views
+
+    return Views(views.pixel_values[views.rows_of(b)], [views.counts[b]], [views.grids[b]], [views.sizes[b]],
+                 views.splitting)
+
+
+class Bridge:
+    """One built model (build.Built) and one spec at one budget, answering lmms-eval's requests on one image
+    input (`splitting`: a models.views.Splitting, or None for one square view of `requested` px; by default
+    chosen by `bridge_input` from `args` and this pipeline alone, with `warn` receiving its one warning line);
+    `image_input` says which (run/inputs.describe_input). `logs` holds what each sample's log adds ((task,
+    doc_id) -> dict), `flop_counts` the memo of counted shapes. Raises QGSAError before any answer for a
+    selector that cannot sit where asked or cannot take the input, a budget it cannot keep, or share for a
+    tile selector."""
+
+    def __init__(self, built, args: ModelArgs, spec=None, splitting=AUTO, warn=None):
+        from qgsa_bench.experiments.evaluate import check_run
+        from qgsa_bench.run.inputs import describe_input
+
         self.built, self.args = built, args
         self.run = built.run(spec or args.pipeline)
         adapter = built.adapter
-        self.requested = args.resolution or adapter.image_size
+        self.splitting = bridge_input(adapter, args, [self.run.spec], warn) if splitting == AUTO else splitting
+        self.requested = self.splitting.tile if self.splitting else args.resolution or adapter.image_size
+        self.image_input = describe_input(self.splitting, self.requested)
         self.k = self._budget()
-        self.run.check(self.requested, self.k)  # a selector that cannot sit here, or a budget it cannot keep
+        # a selector that cannot sit here or take this input, or a budget it cannot keep
+        check_run(self.run, self.requested, self.k, self.splitting)
         self.logs: dict[tuple, dict] = {}
         self.flop_counts: dict[tuple, dict] = {}
 
@@ -146,11 +197,50 @@ class Bridge:
         return self.run.label
 
     def _budget(self) -> int | None:
-        """k as given, or share x the units a budget counts here (at least 1); None: f_comp's."""
-        if self.args.share is None or self.run.spec.selector.keeps_all:
-            return None if self.run.spec.selector.keeps_all else self.args.k
+        """k as given, or share x the units a budget counts here (at least 1); None: f_comp's, a tile selector's
+        that takes none (global-only), or share on split images (each image's own: `_view_budget`). Raises
+        QGSAError for share with a tile selector."""
+        spec = self.run.spec
+        if spec.selector.keeps_all or spec.selector.keeps_no_tiles:
+            return None
+        if self.args.share is None:
+            return self.args.k
+        if spec.point.kind == "tiles":
+            raise QGSAError(f"{self.label} keeps whole tiles: give its budget as k tiles beside the global view "
+                            f"(e.g. k=2), not share={self.args.share}")
+        if self.splitting is not None:
+            return None
         n, _ = self.run.units(self.run.adapter.dense_resolution(self.requested))
         return max(1, round(self.args.share * n))
+
+    def _view_budget(self, views):
+        """The budget of a batch of split images: `k`, or with share each image's share x its visual tokens (views
+        x the dense tokens of one view), at least 1: one int where they agree, else a (B,) tensor."""
+        spec = self.run.spec
+        if self.args.share is None or spec.selector.keeps_all or spec.selector.keeps_no_tiles:
+            return self.k
+        per_view = self.run.adapter.n_dense_tokens(self.splitting.tile)
+        budgets = [max(1, round(self.args.share * n * per_view)) for n in views.counts]
+        return budgets[0] if len(set(budgets)) == 1 else torch.tensor(budgets)
+
+    def _prepare(self, requests: list[Request], new_tokens: int, k=None):
+        """(the run's Result, each sample's budget: int or None) of `requests` as one batch on this bridge's input:
+        split images through the model's processor (models.views; the budget `_view_budget`'s), else one square
+        view of `requested` px at budget `k` (Run.prepare); `new_tokens` > 0: greedy answers. Raises QGSAError
+        for an empty question or a budget the image cannot give."""
+        images, questions = [r.image for r in requests], [r.question for r in requests]
+        seeds = self.run.sample_seeds(r.seed_key for r in requests)
+        if self.splitting is None:
+            result = self.run.prepare(images, questions, self.requested, k, new_tokens, seeds)
+        else:  # as Run.prepare(..., splitting) does, with the views made once (share reads their number)
+            if not all(q and q.strip() for q in questions):
+                raise QGSAError("a request's context (the question) is empty: the model answers a question about "
+                                "the image")
+            views = self.run.adapter.views(images, self.splitting)
+            k = self._view_budget(views)
+            result = self.run.execute(views, questions, k, new_tokens, seeds=seeds)
+        budgets = [None] * len(requests) if k is None else torch.as_tensor(k).reshape(-1).expand(len(requests))
+        return result, [None if b is None else int(b) for b in budgets]
 
     # ---- generate_until -------------------------------------------------------------------------------
     @torch.no_grad()
@@ -184,14 +274,15 @@ class Bridge:
     def _answer(self, chunk: list[Request], new_tokens: int, until: tuple[str, ...]) -> list[str]:
         questions = [r.question for r in chunk]
         texts: list[str] = [""] * len(chunk)
-        for group in self.run.budget_groups(questions, self.requested, self.k):  # downsampling: one size a batch
+        groups = [list(range(len(chunk)))] if self.splitting else \
+            self.run.budget_groups(questions, self.requested, self.k)  # downsampling: one size a batch
+        for group in groups:
             part = [chunk[i] for i in group]
-            result = self.run.answer([r.image for r in part], [r.question for r in part], self.requested, self.k,
-                                     new_tokens, self.run.sample_seeds(r.seed_key for r in part))
+            result, budgets = self._prepare(part, new_tokens, self.k)
             for b, (i, request) in enumerate(zip(group, part)):
                 texts[i] = cut(self.run.adapter.decode_text(result.generated[b]), until)
-                flops = self._generation_flops(request, result, b) if self.args.count_flops else None
-                self._log(request, result, b, flops, generated_tokens=len(result.generated[b]))
+                flops = self._generation_flops(request, result, b, budgets[b]) if self.args.count_flops else None
+                self._log(request, result, b, budgets[b], flops, generated_tokens=len(result.generated[b]))
         return texts
 
     # ---- loglikelihood --------------------------------------------------------------------------------
@@ -212,14 +303,13 @@ class Bridge:
         from qgsa_bench.run.lm import answer_logprob_greedy
 
         first, n = options[0], len(options)
-        result = self.run.prepare([first.image], [first.question], self.requested, self.k, 0,
-                                  self.run.sample_seeds([first.seed_key]))
+        result, budgets = self._prepare([first], 0, self.k)
         rows = result.inputs.rows(0, n)
         plan = None if result.plan is None else result.plan.for_rows(0, n)
         answers = [self._answer_text(r.extra) for r in options]
         logp, greedy = answer_logprob_greedy(self.run.adapter, rows, plan, answers)
-        flops = self._option_flops(first, result, rows, plan, answers) if self.args.count_flops else None
-        self._log(first, result, 0, flops, option_selections=self._option_selections(result, plan, n))
+        flops = self._option_flops(first, result, rows, plan, answers, budgets[0]) if self.args.count_flops else None
+        self._log(first, result, 0, budgets[0], flops, option_selections=self._option_selections(result, plan, n))
         return [(float(lp), bool(g)) for lp, g in zip(logp.tolist(), greedy.tolist())]
 
     def _answer_text(self, continuation: str) -> str:
@@ -239,11 +329,13 @@ class Bridge:
         return [selection.indices[0][selection.valid[0]].tolist()] * n
 
     # ---- what each sample's log adds ------------------------------------------------------------------
-    def _log(self, request: Request, result, b: int, flops: dict | None, **extra) -> None:
+    def _log(self, request: Request, result, b: int, budget, flops: dict | None, **extra) -> None:
         kept = result.kept_selection()
-        entry = {"pipeline": self.label, "budget": self.k, "visual_tokens_kept": result.kept(b),
-                 "visual_tokens_to_lm": int(result.inputs.n_visual[b]),
-                 "kept_indices": None if kept is None else kept.indices[b][kept.valid[b]].tolist(),
+        views = {} if result.views is None else {"views": result.views.counts[b],
+                                                 "selected_tiles": result.selected_tiles(b)}
+        entry = {"pipeline": self.label, "image_input": self.image_input, "budget": budget,
+                 "visual_tokens_kept": result.kept(b), "visual_tokens_to_lm": int(result.inputs.n_visual[b]),
+                 "kept_indices": None if kept is None else kept.indices[b][kept.valid[b]].tolist(), **views,
                  "flops": flops, **extra}
         previous = self.logs.get(request.key)
         if previous is not None and flops is not None and previous.get("flops"):  # a repeated request: summed
@@ -251,38 +343,52 @@ class Bridge:
         self.logs[request.key] = entry
 
     def _shape(self, request: Request, result, b: int, *more) -> tuple:
+        """The memo key of one sample's FLOPs: resolution, question prompt length, visual tokens at each stage,
+        and on split images the views, the grid, the views encoded and the LM's sequence length (the tiles kept
+        set the rows the prompt lays out), then `more`."""
         adapter = self.run.adapter
         prompt = len(adapter.tokenize(adapter.prompt_suffix.format(question=request.question)))
-        return (result.resolution, prompt, tuple(n[b] for _, n in result.trace), *more)
+        key = (result.resolution, prompt, tuple(n[b] for _, n in result.trace))
+        if result.views is not None:
+            shown = None if result.shown is None else len(result.shown[b])
+            key += ("views", result.views.counts[b], result.views.grids[b], shown,
+                    int(result.inputs.attention_mask[b].sum()))
+        return (*key, *more)
 
-    def _generation_flops(self, request: Request, result, b: int) -> dict:
-        """FLOPs by stage of answering one request alone (measure.count_stage_flops on its own image and
-        question, decoding as many tokens as it generated), memoised by shape."""
+    def _pixels(self, request: Request, result, b: int):
+        """What sample b was encoded from, alone: its views (split images) or its one square view (1, 3, R, R)."""
+        if result.views is not None:
+            return sample_views(result.views, b)
+        return self.run.adapter.pixel_values([request.image], result.resolution)
+
+    def _counted(self, request: Request, result, b: int, budget, tokens: int) -> dict:
+        """measure.count_stage_flops of sample b alone, at its budget, drawing as its answer drew (its seed)."""
         from qgsa_bench.experiments.measure import Case, count_stage_flops
 
+        case = Case(self.label, self.run, budget)
+        with self.run.engine.same_draws(), self.run.draws(self.run.sample_seeds([request.seed_key])):
+            return count_stage_flops(case, self._pixels(request, result, b), [request.question], tokens)
+
+    def _generation_flops(self, request: Request, result, b: int, budget) -> dict:
+        """FLOPs by stage of answering one request alone (measure.count_stage_flops on its own image (its views
+        encoded) and question, decoding as many tokens as it generated), memoised by shape."""
         tokens = max(len(result.generated[b]), 1)
         key = self._shape(request, result, b, "generate", tokens)
         if key not in self.flop_counts:
-            pixels = self.run.adapter.pixel_values([request.image], result.resolution)
-            with self.run.engine.same_draws():
-                counted = count_stage_flops(Case(self.label, self.run, self.k), pixels, [request.question], tokens)
-            self.flop_counts[key] = stage_totals(counted, tokens)
+            self.flop_counts[key] = stage_totals(self._counted(request, result, b, budget, tokens), tokens)
         return dict(self.flop_counts[key])
 
-    def _option_flops(self, request: Request, result, rows, plan, answers: list[str]) -> dict:
+    def _option_flops(self, request: Request, result, rows, plan, answers: list[str], budget) -> dict:
         """FLOPs by stage of one question's options: the selecting pass (vision, select, prefill; no decoding)
         and `score`, the teacher-forced pass of every option, memoised by shape."""
         from qgsa_bench.efficiency.flops import count_flops
-        from qgsa_bench.experiments.measure import Case, count_stage_flops
         from qgsa_bench.run.lm import answer_logprob_greedy
 
         adapter = self.run.adapter
         lengths = tuple(len(adapter.tokenize(adapter.answer_prefix + a)) for a in answers)
         key = self._shape(request, result, 0, "options", lengths)
         if key not in self.flop_counts:
-            pixels = adapter.pixel_values([request.image], result.resolution)
-            with self.run.engine.same_draws():
-                counted = count_stage_flops(Case(self.label, self.run, self.k), pixels, [request.question], 1)
+            counted = self._counted(request, result, 0, budget, 1)
             score = count_flops(lambda e: answer_logprob_greedy(adapter, replace(rows, inputs_embeds=e), plan,
                                                                 answers)[0],
                                 rows.inputs_embeds, modules=[adapter.model, self.run.module])

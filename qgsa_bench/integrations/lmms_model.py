@@ -28,7 +28,8 @@ class QGSALMM(lmms):
     """lmms-eval's model interface over a Bridge: generate_until and loglikelihood (lmms.py says what of each
     request is honoured). Built from model arguments (lmms.ModelArgs; raises QGSAError for arguments it cannot
     parse, a model it cannot build, or a selector that cannot sit where asked), or around an existing Bridge
-    (`around`, what `qgsa lmms-eval` does). `rank`, `world_size`: this process among the launch's (module
+    (`around`, what `qgsa lmms-eval` does). Its image input follows the model arguments (lmms.Bridge: by default
+    the model's own views; one warning line on stderr where its pipeline takes one view only). `rank`, `world_size`: this process among the launch's (module
     docstring); parallel.WorldLost when the process group cannot be joined."""
 
     is_simple = True
@@ -44,7 +45,7 @@ class QGSALMM(lmms):
             args = parse_model_args(model_args)
             world = join_world(args.device)  # lmms-eval's CLI: joins the group its Accelerator started
             bridge = Bridge(build(args.model, args.weights, args.device, args.dtype, args.checkpoint, args.seed),
-                            args)
+                            args, warn=say)
         else:
             world = join_world(bridge.args.device)  # `qgsa lmms-eval` joined before building: the same world
         self.bridge = bridge
@@ -94,6 +95,13 @@ class QGSALMM(lmms):
     def generate_until_multi_round(self, requests) -> list[str]:
         raise QGSAError(f"the {MODEL_ID} model answers one question per image; multi-round tasks "
                         f"(generate_until_multi_round) are refused: run single-round tasks")
+
+
+def say(line: str) -> None:
+    """A warning of lmms-eval's own CLI run (e.g. the input falling back to one view): one line on stderr."""
+    import sys
+
+    print(f"warning: {line}", file=sys.stderr)
 
 
 def answered(requests, placeholder, answer) -> list:

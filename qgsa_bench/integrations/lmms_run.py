@@ -2,13 +2,16 @@
 
     lmms.csv                one row per (pipeline, task, metric, filter): lmms-eval's score (its own metric and
                             aggregation) beside the mean visual tokens kept and the mean counted FLOPs by stage
-                            per sample, and the share of the dense pipeline's FLOPs when dense ran too
+                            per sample, and the share of the dense pipeline's FLOPs when dense ran too; the image
+                            input (`image_input`, run/inputs.describe_input) and on split images the mean tiles encoded
     samples_{pipeline}.jsonl  lmms-eval's per-sample log (doc_id, target, resps, filtered_resps, metrics...) with
                             `task` and `qgsa` (lmms.Bridge: tokens kept, kept indices, FLOPs by stage)
     lmms_results_{pipeline}.json  lmms-eval's results (results, versions, configs, n-samples, n-shot)
-    meta.json               lmms-eval's version, the tasks and their versions, the settings, the weights
-Every check (lmms-eval installed, the options after `--`, the tasks, the pipelines against the model) runs
-before any answer; a refused run leaves no results folder behind (driver.Results).
+    meta.json               lmms-eval's version, the tasks and their versions, the settings, the weights, the image
+                            input (`image_input`; `splitting`: the processor's settings where it split)
+One image input for every pipeline of a run (lmms.bridge_input: the model's own views unless resolution is given
+or a pipeline takes one view only). Every check (lmms-eval installed, the options after `--`, the tasks, the
+input, the pipelines against the model and the input) runs before any answer; a refused run leaves no results folder behind (driver.Results).
 
 Under a launch of several processes (accelerate launch / torchrun ... -m qgsa_bench.cli lmms-eval) every
 process joins the launch (parallel.join_world) and lmms-eval shards the documents and gathers the scores itself
@@ -27,12 +30,13 @@ from pathlib import Path
 
 from qgsa_bench import QGSAError
 from qgsa_bench.experiments.driver import Results, Table
-from qgsa_bench.integrations.lmms import FLOP_STAGES, Bridge, ModelArgs, filelock_workaround, lmms_eval_version
+from qgsa_bench.integrations.lmms import (FLOP_STAGES, Bridge, ModelArgs, bridge_input, filelock_workaround,
+                                          lmms_eval_version)
 
 LMMS_COLUMNS = ["model", "weights", "qgsa_weights", "lmms_eval", "task", "task_version", "output_type", "metric",
                 "filter", "value", "stderr", "n", "pipeline", "point", "k", "share", "visual_tokens_kept_mean",
                 "visual_tokens_to_lm_mean", *(f"flops_{s}" for s in FLOP_STAGES), "flops_total",
-                "flops_share_of_dense", "note"]
+                "flops_share_of_dense", "note", "image_input", "tiles_mean"]
 LMMS_TABLE = Table("lmms.csv", tuple(LMMS_COLUMNS), ("pipeline", "task", "metric", "filter"))
 LMMS_SHARDS = ("lmms-eval's own: document d of a task on process d mod processes (its padding copies not answered); "
                "samples and metrics gathered to process 0")
@@ -71,10 +75,10 @@ class LMMSConfig:
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one pipeline")
         self.specs = parse_specs(self.pipelines)
-        tiles = [s.text for s in self.specs if s.at_tiles]
-        if tiles:
-            raise QGSAError(f"{tiles[0]} chooses among the tiles of a split image, and qgsa lmms-eval feeds one square "
-                            f"view: use a selector of one view (README, 'SmolVLM as it runs')")
+        tiles = [s.text for s in self.specs if s.at_tiles and not s.selector.keeps_no_tiles]
+        if tiles and self.args.share is not None:
+            raise QGSAError(f"{tiles[0]} keeps whole tiles: give its budget as --k T tiles beside the global view, "
+                            f"not --share")
         check_options(self.specs, self.args.k if self.args.share is None else 1, self.args.checkpoint)
 
     def model_args(self, pipeline: str) -> ModelArgs:
@@ -166,11 +170,13 @@ def run_lmms(cfg: LMMSConfig, progress=None, warn=None) -> Path:
         a = cfg.args
         built = build(a.model, a.weights, a.device, a.dtype, a.checkpoint, a.seed, warn=warn)
         try:  # every check first; the same facts on every process: the main process says it
-            bridges = [Bridge(built, cfg.model_args(spec.text), spec) for spec in cfg.specs]
+            splitting = bridge_input(built.adapter, a, cfg.specs, warn)  # one input for every pipeline
+            bridges = [Bridge(built, cfg.model_args(spec.text), spec, splitting) for spec in cfg.specs]
         except QGSAError as err:
             raise everywhere(world, err) from None
         meta = res.write_meta(run_meta(built, lmms_eval=version, lmms_eval_workaround=filelock_workaround(),
-                                       tasks=tasks, lmms_options=options,
+                                       tasks=tasks, lmms_options=options, image_input=bridges[0].image_input,
+                                       **({"splitting": vars(splitting)} if splitting else {}),
                                        world={**world.meta(), "shards": LMMS_SHARDS},
                                        decoding=DECODING, flop_convention=FLOP_NOTE,
                                        note=RANDOM_NOTE if built.loaded.weights == "random" else "pretrained weights"))
@@ -283,7 +289,7 @@ def table_rows(bridge: Bridge, results: dict, meta: dict) -> list[dict]:
     spec = bridge.run.spec
     base = {"model": meta.get("model"), "weights": meta.get("weights"), "qgsa_weights": meta.get("qgsa_weights"),
             "lmms_eval": meta.get("lmms_eval"), "pipeline": bridge.label, "point": spec.where(), "k": bridge.k,
-            "share": bridge.args.share, "note": meta.get("note")}
+            "share": bridge.args.share, "note": meta.get("note"), "image_input": bridge.image_input}
     rows = []
     for task, scores in results.get("results", {}).items():
         means = sample_means([log for (t, _), log in bridge.logs.items() if t == task])
@@ -302,15 +308,19 @@ def table_rows(bridge: Bridge, results: dict, meta: dict) -> list[dict]:
 
 
 def sample_means(logs: list[dict]) -> dict:
-    """Means over a task's samples of the tokens kept, the tokens entering the LM and the FLOPs by stage."""
+    """Means over a task's samples of the tokens kept, the tokens entering the LM, the FLOPs by stage and (split
+    images) the tiles encoded (a tile selector's kept tiles, else every tile: views - 1)."""
     def mean(values):
         values = [v for v in values if v is not None]
         return sum(values) / len(values) if values else None
 
     flops = [log["flops"] for log in logs if log.get("flops")]
+    tiles = [len(log["selected_tiles"]) if log.get("selected_tiles") is not None else log["views"] - 1
+             for log in logs if log.get("views") is not None]
     return {"visual_tokens_kept_mean": mean(log["visual_tokens_kept"] for log in logs),
             "visual_tokens_to_lm_mean": mean(log["visual_tokens_to_lm"] for log in logs),
-            **{f"flops_{stage}": mean(f[stage] for f in flops) for stage in (*FLOP_STAGES, "total")}}
+            **{f"flops_{stage}": mean(f[stage] for f in flops) for stage in (*FLOP_STAGES, "total")},
+            "tiles_mean": mean(tiles)}
 
 
 def with_dense_share(rows: list[dict]) -> list[dict]:

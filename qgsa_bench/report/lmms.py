@@ -22,5 +22,6 @@ def lmms_markdown(frame, meta: dict | None) -> str:
     lines += ["", "Scores: lmms-eval's own metric and aggregation for each task. FLOPs: fvcore, one multiply-add = one "
               "FLOP, each sample counted as it ran (its own prompt length, visual tokens at each stage, generated "
               "tokens or option lengths), the mean over the task's samples; per stage in lmms.csv and per sample in "
-              f"samples_*.jsonl. Decoding: {meta.get('decoding', 'greedy')}."]
+              f"samples_*.jsonl. Decoding: {meta.get('decoding', 'greedy')}."
+              + (f" Image input: {meta['image_input']}." if meta.get("image_input") else "")]
     return "\n".join(lines) + "\n"
