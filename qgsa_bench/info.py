@@ -40,7 +40,7 @@ def views_info(built: Built, image_sizes, splitting, question: str = "What is sh
         pieces = a.prompt_pieces(question, image_prompt(views.markers(0), [n_v] * n, views.grids[0]))
         rows.append({"image_size": f"{width}x{height}", "grid": "x".join(map(str, views.grids[0])), "views": n,
                      "visual_tokens": n * n_v, "prompt_tokens": a.prompt_length(pieces),
-                     "upscaled": splitting.split and max(width, height) < splitting.longest_edge})
+                     "upscaled": views.scaled_up(0)})
     return rows
 
 

@@ -170,3 +170,30 @@ def test_grounding_takes_the_models_own_views_by_default(tmp_path):
     assert one.exit_code == 0 and [w for w in warnings(one) if "takes one view only" in w], one.output
     assert json.loads((tmp_path / "one" / "meta.json").read_text())["image_input"] == \
         "one square view of 224 px (the paper's form)"
+
+
+def test_an_image_smaller_than_the_longest_edge_is_said_to_be_scaled_up(tmp_path):
+    """As SmolVLM's processor does, a small image is scaled up to the longest edge before tiling (a 640 x 480 photo
+    becomes 13 views): not an error, said in the output (tiny: 64-px tiles, longest edge 256)."""
+    from PIL import Image
+
+    path = tmp_path / "small.png"
+    Image.new("RGB", (200, 150), (200, 30, 30)).save(path)
+    out = tmp_path / "a.json"
+    result = invoke("ask", "--model", "tiny", "--image", path, "-q", "what color?", "--image-splitting",
+                    "--max-new-tokens", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    answer = json.loads(out.read_text())
+    assert answer["views_made"] == ("13 views: 3 x 4 tiles + a global view; the 200x150 image scaled up to a longest "
+                                    "edge of 256 px, as the model's processor does") and answer["scaled_up"] is True
+    folder = tmp_path / "e"
+    result = invoke("eval", "--model", "tiny", "--dataset", "shapes", "--limit", 2, "--image-splitting",
+                    "--pipelines", "dense", "--max-new-tokens", 1, "--out", folder)
+    assert result.exit_code == 0, result.output
+    note = ("2 of 2 images are smaller than the longest edge 256 px and were scaled up to it before tiling, as the "
+            "model's processor does")
+    assert any(note in w for w in warnings(result)), result.output
+    assert json.loads((folder / "meta.json").read_text())["scaled_up"].startswith(note)
+    big = invoke("eval", "--model", "tiny", "--dataset", "shapes", "--limit", 2, "--image-splitting", "--longest-edge",
+                 128, "--pipelines", "dense", "--max-new-tokens", 1, "--out", tmp_path / "big")
+    assert big.exit_code == 0 and not any("scaled up" in w for w in warnings(big)), big.output

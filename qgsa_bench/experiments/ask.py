@@ -61,6 +61,7 @@ def answer(built: Built, image_path: str, question: str, pipeline="dense", resol
         "resolution": resolution if splitting is None else None,
         "effective_resolution": prepared.resolution,
         "image_input": describe_input(splitting, prepared.resolution),
+        **({"views_made": prepared.views.describe(0)} if prepared.views is not None else {}),
         "n_patches": prepared.n_patches,
         "insertion_point": run.spec.where() if run.spec.patches or run.spec.is_dense else str(run.spec.point),
         "n_visual_tokens": int(prepared.inputs.n_visual[0]),  # entering the LM

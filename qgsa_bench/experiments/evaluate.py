@@ -64,6 +64,18 @@ def eval_splitting(cfg: EvalConfig, adapter, warn=None):
                         ["--allocate"] if cfg.allocate else [], warn)
 
 
+def scaled_up_note(records: list[dict], splitting) -> str | None:
+    """One line where split images were smaller than the processor's longest edge and so scaled up before
+    tiling (records' `scaled_up`, Views.scaled_up), as the model's processor does; None where none was."""
+    ids = {r["id"] for r in records if r.get("scaled_up")}
+    if not ids:
+        return None
+    total = len({r["id"] for r in records})
+    return (f"{len(ids)} of {total} images are smaller than the longest edge {splitting.longest_edge} px and were "
+            f"scaled up to it before tiling, as the model's processor does (SmolVLM: a 640x480 photo becomes 13 "
+            f"views); --longest-edge sets a smaller edge, --resolution R one square view")
+
+
 def run_budget(run, k):
     """The budget `run` gets: none for budget-free pipelines (dense, global-only), as the --k help says."""
     return None if run.spec.selector.keeps_no_tiles else k
@@ -301,9 +313,12 @@ def run_eval(cfg: EvalConfig, progress=None, warn=None) -> Path:
         unequal = unequal_tokens(rows)
         if unequal and warn:
             warn(unequal)
+        scaled = scaled_up_note(all_records, splitting)
+        if scaled and warn:
+            warn(scaled)
         # again: images skipped under --skip-bad are known only now
         res.write_meta({**meta, **data.meta(), "submission_files": written,
-                        "unequal_visual_tokens": unequal})
+                        "unequal_visual_tokens": unequal, **({"scaled_up": scaled} if scaled else {})})
     return res.out
 
 

@@ -102,6 +102,23 @@ class Views:
         """The same layout over other pixel values (M, 3, S, S) (a FLOP count's traced copy)."""
         return Views(pixel_values, self.counts, self.grids, self.sizes, self.splitting)
 
+    def scaled_up(self, b: int) -> bool:
+        """Whether sample b's image was scaled UP before tiling: split, and its longest side below the longest
+        edge (the processor resizes it up to that edge, as SmolVLM's does: a 640 x 480 photo becomes 13 views)."""
+        return self.splitting.split and max(self.sizes[b]) < self.splitting.longest_edge
+
+    def describe(self, b: int) -> str:
+        """Sample b's views in words, e.g. '13 views: 3 x 4 tiles + a global view; the 640x480 image scaled up to a
+        longest edge of 2048 px, as the model's processor does'."""
+        h, w = self.sizes[b]
+        rows, cols = self.grids[b]
+        text = (f"{self.counts[b]} views: {rows} x {cols} tiles + a global view" if self.counts[b] > 1
+                else "one view")
+        if self.scaled_up(b):
+            text += (f"; the {w}x{h} image scaled up to a longest edge of {self.splitting.longest_edge} px, as the "
+                     f"model's processor does")
+        return text
+
     @property
     def global_rows(self) -> list[int]:
         """Each sample's global view's row in M (its last view)."""

@@ -125,9 +125,11 @@ class Result:
 
     def patch_fields(self, b: int) -> dict:
         """The record fields of sample b's selection, in the image's frame: `selected_patches`, and
-        `merged_patches` for a merging selector."""
+        `merged_patches` for a merging selector; on split images `views`, `selected_tiles` and `scaled_up`
+        (models/views.Views.scaled_up)."""
         groups = self.merged_patches(b)
-        tiles = {} if self.views is None else {"views": self.views.counts[b], "selected_tiles": self.selected_tiles(b)}
+        tiles = {} if self.views is None else {"views": self.views.counts[b], "selected_tiles": self.selected_tiles(b),
+                                               "scaled_up": self.views.scaled_up(b)}
         return {"selected_patches": self.selected_patches(b), **({} if groups is None else {"merged_patches": groups}),
                 **tiles}
 
