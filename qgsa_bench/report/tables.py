@@ -132,12 +132,9 @@ def eval_markdown(frame, meta: dict | None) -> str:
         lines.append("**Accuracy with random weights is meaningless**: these rows test the plumbing only.\n")
     if meta.get("allocation"):
         lines += [eval_allocation_line(meta), ""]
-    if meta.get("image_input"):
-        lines += [f"Input: {meta['image_input']}.  ", ""]
-    notes = Notes()
-    frame = dense_first(frame)
-    # split images: a tile selector's budget (--k T) counts tiles besides the global view, k its visual tokens
-    tiled = "tiles_mean" in frame and frame["tiles_mean"].notna().any()
+    lines += [f"Input: {meta['image_input']}.  ", ""] if meta.get("image_input") else []
+    notes, frame = Notes(), dense_first(frame)
+    tiled = "tiles_mean" in frame and frame["tiles_mean"].notna().any()  # split images: tiles beside k
     lines += markdown_rows(
         ["Pipeline", "n", "Accuracy (%) [95 % CI]", "Δ vs dense (points)", "MC accuracy (%)", "mean k (± std)",
          "visual tokens", *(["tiles encoded (mean)"] if tiled else []), "latency ms / query"],
@@ -146,10 +143,8 @@ def eval_markdown(frame, meta: dict | None) -> str:
           f"{fmt(r['k_mean'], '.1f')} ± {fmt(r['k_std'], '.1f')}", fmt(r["n_visual_tokens_mean"], ".1f"),
           *([fmt(r["tiles_mean"], ".2f")] if tiled else []), fmt(r["latency_ms_per_query"])]
          for _, r in frame[frame["scope"] == "all"].iterrows()))
-    if tiled:
-        lines += ["", "k and visual tokens count visual tokens kept; a tile "
-                      "selector's budget `--k T` counts tiles encoded besides the global view (the tiles column; "
-                      "dense encodes all of them, global-only none)."]
+    lines += ["", "k and visual tokens count visual tokens kept; a tile selector's budget `--k T` counts tiles encoded "
+                  "besides the global view (the tiles column; dense encodes all, global-only none)."] if tiled else []
     types = frame[frame["scope"].isin(["type", "answer_type"])]
     if len(types):
         lines += ["", "Per question type (the paper's section 4.7 / A.1 analysis; VQA-RAD also per answer type):", ""]
