@@ -72,3 +72,10 @@ $QGSA sweep-budget --model "$BASE" --device cpu --image-size 448x448 --pipelines
 python3 results/tiles/accuracy_table.py "$OUT" > "$OUT/table.md"
 python3 results/tiles/tile_choice.py "$OUT" > "$OUT/tile_choice.md"
 cat "$OUT/table.md" "$OUT/tile_choice.md"
+# 6. every tile selector and the peers at their visual tokens on one accuracy-FLOPs plane (sweep-budget's accuracy on
+#    split images; the Pareto figure from `qgsa report`; its latencies on the shared CPU are not cited)
+$QGSA sweep-budget --model "$BASE" --dataset shapes-hires --split test --limit "$LIMIT" \
+  --pipelines dense,global-only,qgsa-tiles,random-tiles,hired,random@post-vision,fastv@lm:2 --tiles 1 2 \
+  --budgets-from-tiles --checkpoint "qgsa-tiles=$CKPT" --reps 3 --warmup 1 --decode-tokens 3 \
+  --out results/tiles/pareto-shapes
+$QGSA report --results results/tiles/pareto-shapes --out results/tiles/pareto-shapes/report
