@@ -91,7 +91,8 @@ class SweepConfig:
         tiled = [s.text for s in self.specs if s.at_tiles]
         if tiled and self.sizes:
             raise QGSAError(f"{tiled[0]} chooses among the tiles of a split image: sweep --longest-edge "
-                            f"(e.g. --longest-edge 1024 1536 2048), not --sizes")
+                            f"(multiples of the model's tile size, e.g. SmolVLM's --longest-edge 1024 1536 2048), not "
+                            f"--sizes")
         needs_t = [s.text for s in self.specs if s.at_tiles and not s.selector.keeps_no_tiles]
         if needs_t and self.tiles is None:
             raise QGSAError(f"{needs_t[0]} keeps T tiles: give its budget with --tiles T (e.g. --tiles 1)")
@@ -313,6 +314,9 @@ class TrainConfig:
             raise QGSAError("--lr, --tau-start and --tau-end must be positive")
         if self.insert != "tiles" and self.longest_edge is not None:
             raise QGSAError("--longest-edge splits the images into tiles: it goes with --insert tiles")
+        if self.insert == "tiles" and self.resolution is not None:
+            raise QGSAError("--resolution is one square view; --insert tiles trains on the model's own views (tiles + a "
+                            "global view; --longest-edge sets their edge): drop --resolution")
         if self.insert != "post-vision":
             from qgsa_bench.selectors.base import parse_point
 

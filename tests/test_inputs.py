@@ -51,9 +51,9 @@ def test_the_default_is_the_models_own_setting_unless_something_takes_one_view(t
     # the paper's patch-level qgsa takes one view: every pipeline gets one, said once
     assert choose_input(a, specs=parse_specs(["dense", "qgsa", "downsample"]), warn=said.append) is None
     assert said == ["qgsa takes one view only, so every pipeline gets one square view of 224 px (the paper's form), "
-                    "not this model's own views (tiles + a global view). For those: --image-splitting with dense, a "
-                    "tile selector or a selector at post-vision, vision:L or lm:K; --resolution R (sweep-resolution: "
-                    "--sizes) asks for one view without this warning"]
+                    "not this model's own views (tiles + a global view). For those: dense, a tile selector or a "
+                    "selector at post-vision, vision:L or lm:K (sweep-resolution: with --longest-edge); --resolution R "
+                    "(sweep-resolution: --sizes) asks for one view without this warning"]
     assert choose_input(a, extra=["--allocate"], warn=said.append) is None and said[-1].startswith("--allocate takes")
     with pytest.raises(QGSAError, match="--longest-edge 448 tiles the image, and qgsa takes one view only"):
         choose_input(a, longest_edge=448, specs=parse_specs(["qgsa"]))
@@ -79,9 +79,9 @@ def test_ask_and_eval_take_the_models_own_views_by_default(tmp_path, tiled):
     assert result.exit_code == 0, result.output
     assert [w for w in warnings(result) if "takes one view only" in w] == [
         "warning: qgsa takes one view only, so every pipeline gets one square view of 224 px (the paper's form), not "
-        "this model's own views (tiles + a global view). For those: --image-splitting with dense, a tile selector or "
-        "a selector at post-vision, vision:L or lm:K; --resolution R (sweep-resolution: --sizes) asks for one view "
-        "without this warning"]
+        "this model's own views (tiles + a global view). For those: dense, a tile selector or a selector at "
+        "post-vision, vision:L or lm:K (sweep-resolution: with --longest-edge); --resolution R (sweep-resolution: "
+        "--sizes) asks for one view without this warning"]
     assert json.loads(out.read_text())["image_input"] == "one square view of 224 px (the paper's form)"
     result = invoke(*base, "--resolution", 224, "--out", out)
     assert result.exit_code == 0 and not warnings(result), result.output
@@ -110,7 +110,8 @@ def test_sweep_budget_and_sweep_resolution_split_by_default(tmp_path):
     assert result.exit_code == 0 and not warnings(result), result.output
     rows = pd.read_csv(out / "budget.csv").set_index("case")
     assert rows.n_visual_tokens.tolist() == [245, 49, 98, 245]  # a 448 x 448 square: 5 views of 49 tokens
-    assert (rows.image_size == "448x448").all()
+    assert (rows.image_size == "448x448").all() and set(rows.image_input) == {OWN}
+    assert set(rows.views) == {5} and set(rows.longest_edge) == {448}
     assert json.loads((out / "meta.json").read_text())["image_input"] == OWN
 
     out = tmp_path / "sweep"
@@ -197,3 +198,34 @@ def test_an_image_smaller_than_the_longest_edge_is_said_to_be_scaled_up(tmp_path
     big = invoke("eval", "--model", "tiny", "--dataset", "shapes", "--limit", 2, "--image-splitting", "--longest-edge",
                  128, "--pipelines", "dense", "--max-new-tokens", 1, "--out", tmp_path / "big")
     assert big.exit_code == 0 and not any("scaled up" in w for w in warnings(big)), big.output
+
+
+def test_what_a_fresh_user_found_in_session_six(tmp_path):
+    """Found by trying the new defaults as a new user: count-flops told a local model directory it was allowed;
+    train --insert tiles kept --resolution in its config without using it; hints led into a second error (add
+    --image-splitting beside --resolution, --no-image-splitting where the command has none, 'pick 1 .. 0'
+    tiles); a one-view sweep-budget titled its table as split."""
+    for args, words in [
+        (["count-flops", "--model", TILED, "--pipelines", "dense"], "count-flops builds its copies from a registry preset"),
+        (["train", "-m", TILED, "-d", "shapes-hires", "--insert", "tiles", "--fixed-k", 1, "--resolution", 224],
+         "--insert tiles trains on the model's own views (tiles + a global view; --longest-edge sets their edge): drop "
+         "--resolution"),
+        (["ask", "-m", TILED, "-i", ROOT / "examples" / "shapes.png", "-q", "what?", "-p", "random-tiles", "--k", 1,
+          "--resolution", 224], "this run is one square view: drop --resolution"),
+        (["sweep-budget", "--model", TILED, "--pipelines", "dense,qgsa-tiles", "--tiles", 1, "--no-image-splitting"],
+         "qgsa-tiles chooses among tiles, and this image is one view (image splitting off"),
+        (["info", "--model", TILED, "--image-size", "448x448", "--no-image-splitting", "--longest-edge", 672],
+         "drop --no-image-splitting, or drop --longest-edge"),
+        (["ask", "-m", str(ROOT / "results" / "shapes" / "base-model"), "-i", ROOT / "examples" / "shapes.png", "-q",
+          "what?", "--image-splitting"], "run it on one view (drop the splitting options and tile selectors"),
+    ]:
+        result = invoke(*args, "--out", tmp_path / "x")
+        lines = [line for line in result.stderr.splitlines() if line.startswith(("error:", "warning:"))]
+        assert result.exit_code == 2 and words in lines[-1], (args, result.output)
+    out = tmp_path / "one"
+    result = invoke("sweep-budget", "--model", TILED, "--pipelines", "dense,fastv@lm:1", "--budgets", 16,
+                    "--no-image-splitting", "--reps", 1, "--warmup", 0, "--decode-tokens", 1, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "a 448x448 image as one 224-px view (image splitting off)" in (out / "table.md").read_text()
+    assert set(pd.read_csv(out / "budget.csv").image_input) == {
+        "the model's processor: one 224-px view (image splitting off)"}

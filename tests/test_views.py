@@ -152,7 +152,7 @@ def test_vision_flops_of_a_split_image_are_views_times_one_view(tiny):
     (lambda t: t.adapter.splitting(True, 200), "--longest-edge 200 is not a positive multiple of the tile size 64"),
     (lambda t: t.adapter.splitting(True, 512), "gives 8 tiles per side; the tokenizer marks at most 6"),
     (lambda t: t.engine.run("random-tiles").prepare([noise(200, 150)], [QUESTION], 64, k=2),
-     "random-tiles chooses among the tiles of a split image: pass --image-splitting"),
+     "random-tiles chooses among the tiles of a split image, and this run is one square view"),
     (lambda t: t.engine.run("random-tiles").prepare([noise(200, 150)], [QUESTION], 0, k=13,
                                                     splitting=t.adapter.splitting(True)),
      "budget 13 tiles is impossible at tiles (12 tiles in the image with the fewest): pick 1 <= budget <= 12"),

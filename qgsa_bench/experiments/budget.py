@@ -222,6 +222,9 @@ def _cases(cfg: BudgetConfig, built, budgets: list[int], n_dense: int, resolutio
                 cases.append(Case(spec.text, run))
                 continue
             for t in cfg.tiles:
+                if n_tiles == 0:
+                    raise QGSAError(f"{spec.text} chooses among tiles, and this image is one view (image splitting off, "
+                                    f"or an image within one tile): drop it, or turn splitting on / give a larger image")
                 if cfg.tile_unit == "tiles" and t > n_tiles:
                     raise QGSAError(f"--tiles {t} is above the {n_tiles} tiles of this image: pick 1 .. {n_tiles}")
                 T = tiles_for_budget(t, cfg.tile_unit, n_v, n_tiles, spec.text)
@@ -341,7 +344,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                                         timing_deadline(m, 1, 0), flop_memo=flop_memo, splitting=splitting)
             base = {"model": m.model, "weights": built.loaded.weights, "device": meta["device"],
                     "dtype": dtype_name(built.dtype), "batch": m.batch, "decode_tokens": m.decode_tokens}
-            _describe_rows(cfg, built, cases, rows, n_dense, base, image_size)
+            _describe_rows(cfg, built, cases, rows, n_dense, base, image_size, describe_input(splitting, resolution),
+                           n_tiles + 1 if splitting else None, splitting.longest_edge if splitting else None)
             res.replace(BUDGET_TABLE, rows)  # at once: an interrupted accuracy run does not time again
             res.replace(COMPARISONS_TABLE, pairs)
             unstable = [r["case"] for r in rows if r.get("unstable")]
@@ -526,9 +530,11 @@ def budget_rule(unit: str) -> str:
              "last cut)") + "; qgsa/random/norm without @: k patches through the QGSA module's projection")
 
 
-def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: dict, image_size=None) -> None:
-    """Each case's row gains its budget, share, selector description, weights and FLOPs share of dense, and
-    `image_size` ((width, height) px) where the image was split."""
+def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: dict, image_size=None,
+                   image_input: str | None = None, views: int | None = None, longest_edge: int | None = None) -> None:
+    """Each case's row gains its budget, share, selector description, weights and FLOPs share of dense, its
+    `image_input` (run/inputs.describe_input), and where the processor made the views `image_size` ((width,
+    height) px), `views` (the image's views) and `longest_edge` (px)."""
     dense_flops = next((r.get("flops_total") for c, r in zip(cases, rows) if c.run.spec.is_dense), None)
     for case, row in zip(cases, rows):
         own = cfg.checkpoints.get(case.run.spec.selector.name)
@@ -539,8 +545,9 @@ def _describe_rows(cfg: BudgetConfig, built, cases, rows, n_dense: int, base: di
         else:
             budget = n_dense if case.k is None else int(case.label.rpartition("k=")[2])
             share, unit = budget / n_dense, cfg.budget_unit
+        row["image_input"] = image_input
         if image_size:
-            row["image_size"] = "x".join(map(str, image_size))
+            row.update(image_size="x".join(map(str, image_size)), views=views, longest_edge=longest_edge)
         row.update({"budget": budget, "budget_share": share, "budget_unit": unit,
                     **describe(case.run), **base, "allocation": None if case.k is None else "fixed",
                     "qgsa_weights": f"checkpoint:{own}" if own else built.qgsa_weights})

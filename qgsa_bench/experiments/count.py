@@ -95,7 +95,14 @@ def run_count_flops(cfg: CountConfig, progress=None, warn=None) -> Path:
     """`qgsa count-flops`: the image input chosen once (run/inputs.py: with neither --resolution nor
     --image-size, the model's own views of a square photo at its longest edge where it splits, e.g. 2048 x 2048
     in 17 views on SmolVLM; otherwise one square view), then counted over split images (count_views.py) or one
-    square view (run_count). The results folder. Raises QGSAError for bad input before any count."""
+    square view (run_count). The results folder. Raises QGSAError for bad input before any count (a local model
+    directory included: the counts are built from a registry preset)."""
+    from qgsa_bench.models.registry import available_models
+
+    if cfg.model not in available_models():
+        raise QGSAError(f"count-flops builds its copies from a registry preset ({', '.join(available_models())}), and "
+                        f"'{cfg.model}' is none: count a local model directory with `qgsa sweep-budget --model "
+                        f"{cfg.model}` (FLOPs by stage, counted, beside the timing)")
     if not cfg.image_sizes and cfg.resolution is None:
         probe = build_at_depth(cfg.model, 1)
         splitting = choose_input(probe.adapter, None, cfg.splitting, cfg.longest_edge, cfg.specs,

@@ -25,7 +25,7 @@ from qgsa_bench.efficiency.timing import Stopwatch
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.metrics import SCORING, multiple_choice_score, score
 from qgsa_bench.results import run_meta
-from qgsa_bench.run.inputs import choose_input, describe_input
+from qgsa_bench.run.inputs import ONE_VIEW_TILES, choose_input, describe_input
 from qgsa_bench.run.tiles import check_views
 
 EVAL_COLUMNS = [
@@ -87,8 +87,7 @@ def check_run(run, resolution: int, k, splitting) -> None:
     it comes (run/tiles.py). Raises QGSAError."""
     if splitting is None:
         if run.spec.point.kind == "tiles":
-            raise QGSAError(f"{run.label} chooses among the tiles of a split image: add --image-splitting (the "
-                            f"model's own views), or use a selector of one view")
+            raise QGSAError(f"{run.label} {ONE_VIEW_TILES}")
         run.check(resolution, k)
         return
     check_views(run.spec)

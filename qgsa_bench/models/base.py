@@ -130,14 +130,16 @@ class VLMAdapter:
                          longest_edge=own.longest_edge if longest_edge is None else longest_edge)
         if longest_edge is not None and not chosen.split:
             raise QGSAError(f"--longest-edge {longest_edge} sets where the processor tiles the image, and this model's "
-                            f"image splitting is {'off' if split is None else 'turned off'}: add --image-splitting, or "
+                            f"image splitting is {'off' if split is None else 'turned off'}: "
+                            f"{'add --image-splitting' if split is None else 'drop --no-image-splitting'}, or "
                             f"drop --longest-edge")
         chosen.check()
         if chosen.split:
             missing = [t for t in (tile_token(1, 1), "<global-img>") if t not in self.loaded.special_tokens]
             if missing:
                 raise QGSAError(f"this model's tokenizer has no {missing[0]} marker, so it cannot read a split image "
-                                f"(it was trained on one view): pass --no-image-splitting")
+                                f"(it was trained on one view): run it on one view (drop the splitting options and tile "
+                                f"selectors; train: --insert post-vision)")
         return chosen
 
     def views(self, images, splitting: Splitting) -> Views:

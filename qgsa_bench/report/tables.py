@@ -1,8 +1,7 @@
 """The Markdown tables, one builder per results CSV: Table 4 (sweep), Table 5 (ablate), Tables 1-2 (eval),
 selectors at equal budgets (budget), counted FLOPs (flops); Table 3 and the question pairs (grounding) are in
-report/grounding.py.
-
-Each writer calls its builder when it finishes (table4.md, table.md, ...); `qgsa report` calls them all."""
+report/grounding.py. Each writer calls its builder when it finishes (table4.md, table.md, ...); `qgsa report`
+calls them all."""
 
 from __future__ import annotations
 
@@ -196,8 +195,10 @@ def budget_markdown(frame, meta: dict | None, accuracy=None) -> str:
     meta = meta or {}
     notes = Notes()
     s = meta.get("settings", {})
-    where = (f"a {s['image_size']} image split by the model's processor into {s['resolution']}-px tiles + a global view"
-             if s.get("image_size") else f"{s.get('resolution', '?')} px")
+    where = ((f"a {s['image_size']} image split by the model's processor into {s['resolution']}-px tiles + a global view"
+              if (s.get("splitting") or {}).get("split", True) else
+              f"a {s['image_size']} image as one {s['resolution']}-px view (image splitting off)") if s.get("image_size")
+             else f"{s.get('resolution', '?')} px")
     lines = header(meta, f"Selectors at equal budgets, {where} ({meta.get('dense_visual_tokens', '?')} dense visual "
                          f"tokens)")
     lines += [f"Budget: {meta.get('budget_rule', 'visual tokens reaching the LM')}. FLOPs: multiply-adds (fvcore), "

@@ -28,6 +28,12 @@ from qgsa_bench.models.views import Splitting
 from qgsa_bench.run.tiles import check_views
 
 
+# a tile selector given one square view (ask, eval, lmms-eval): what to change
+ONE_VIEW_TILES = ("chooses among the tiles of a split image, and this run is one square view: drop --resolution (the "
+                  "model's own views are the default where its processor splits) or add --image-splitting, or use a "
+                  "selector of one view")
+
+
 def one_view_reasons(adapter, specs: Iterable = (), extra: Iterable[str] = ()) -> list[str]:
     """What in a command takes one view only: each pipeline spec (run.spec.Spec; a selector named without a
     point at its default point on `adapter`'s model, its layers checked later by Spec.bind) that split images
@@ -79,9 +85,9 @@ def choose_input(adapter, resolution: int | None = None, split: bool | None = No
         if warn:
             one_view = one_view or f"one square view of {adapter.image_size} px (the paper's form)"
             warn(f"{reasons[0]} takes one view only, so every pipeline gets {one_view}, not this model's own views "
-                 f"(tiles + a global view). For those: --image-splitting with dense, a tile selector or a selector "
-                 f"at post-vision, vision:L or lm:K; --resolution R (sweep-resolution: --sizes) asks for one view "
-                 f"without this warning")
+                 f"(tiles + a global view). For those: dense, a tile selector or a selector at post-vision, "
+                 f"vision:L or lm:K (sweep-resolution: with --longest-edge); --resolution R (sweep-resolution: "
+                 f"--sizes) asks for one view without this warning")
         return None
     return adapter.splitting(None, longest_edge)
 

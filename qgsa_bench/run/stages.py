@@ -332,8 +332,9 @@ class Run:
         if isinstance(pixel_values, Views):
             check_views(self.spec)
         elif self.spec.point.kind == "tiles":
-            raise QGSAError(f"{self.label} chooses among the tiles of a split image: pass --image-splitting (the "
-                            f"model's own views) or use a selector of one view")
+            from qgsa_bench.run.inputs import ONE_VIEW_TILES
+
+            raise QGSAError(f"{self.label} {ONE_VIEW_TILES}")
         with self.draws(seeds):
             return self._execute(pixel_values, questions, k, new_tokens, stop, observer)
 

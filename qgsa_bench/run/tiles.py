@@ -107,7 +107,7 @@ def choose_tiles(run, views: Views, V_global: torch.Tensor, q, k, tau: float | N
     n_tiles = state.valid.sum(1)
     if int(n_tiles.min()) == 0:
         raise QGSAError(f"{run.label} chooses among tiles, and an image of this batch was not split (it is one view):"
-                        f" use global-only or dense for it, or a larger --longest-edge")
+                        f" use global-only or dense for it, turn image splitting on, or give a larger --longest-edge")
     where = f"at tiles ({int(n_tiles.min())} tiles in the image with the fewest)"
     k = run.budget(k, q, int(n_tiles.min()), B, V_global.device, where, "tiles")
     selection = sel.select(state, k)
