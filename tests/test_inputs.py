@@ -133,14 +133,14 @@ def test_count_flops_counts_a_square_photo_at_the_longest_edge_by_default(monkey
 
     seen = []
     monkeypatch.setattr(count_views, "run_count_views", lambda cfg, progress, warn: seen.append(("views", cfg)))
-    monkeypatch.setattr(count, "run_count", lambda cfg, progress, warn: seen.append(("one view", cfg)))
+    monkeypatch.setattr(count_views, "run_count", lambda cfg, progress, warn: seen.append(("one view", cfg)))
     said = []
     for pipelines in (("dense", "qgsa-tiles", "fastv@lm:2"), ("dense", "qgsa")):
-        count.run_count_flops(count.CountConfig(model="smolvlm-256m", pipelines=pipelines), warn=said.append)
+        count_views.run_count_flops(count.CountConfig(model="smolvlm-256m", pipelines=pipelines), warn=said.append)
     assert [(how, cfg.image_sizes) for how, cfg in seen] == [("views", ((2048, 2048),)), ("one view", ())]
     assert len(said) == 1 and said[0].startswith("qgsa takes one view only")
     with pytest.raises(QGSAError, match="qgsa-tiles chooses among the tiles of a split image: give --image-size"):
-        count.run_count_flops(count.CountConfig(model="smolvlm-256m", resolution=512, pipelines=("qgsa-tiles",)))
+        count_views.run_count_flops(count.CountConfig(model="smolvlm-256m", resolution=512, pipelines=("qgsa-tiles",)))
 
 
 def test_train_at_post_vision_says_it_trains_on_one_view(tmp_path):

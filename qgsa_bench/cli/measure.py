@@ -174,7 +174,8 @@ def count_flops_command(
     --tiles), or one square view of --resolution px (the paper's form; also for models that do not split, and
     wherever a pipeline takes one view only).
     Cross-checks: a published vision-tower count and the analytic LM prefill."""
-    from qgsa_bench.experiments.count import CountConfig, run_count_flops
+    from qgsa_bench.experiments.count import CountConfig
+    from qgsa_bench.experiments.count_views import run_count_flops
     from qgsa_bench.experiments.parallel import main_only
 
     if not main_only("count-flops", warn):  # counting gives the same numbers in one process as in many

@@ -16,7 +16,7 @@ head are always the full model's. Cross-checks written beside the counts (crossc
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,7 +30,7 @@ from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.measure import peer_formulas
 from qgsa_bench.experiments.runner import FLOP_CONVENTION
 from qgsa_bench.results import run_meta
-from qgsa_bench.run.inputs import choose_input, describe_input
+from qgsa_bench.run.inputs import describe_input
 from qgsa_bench.run.lm import tokens_for_layer_average
 from qgsa_bench.run.spec import parse_specs
 
@@ -89,41 +89,6 @@ class CountConfig:
         """What makes this count one square view even where the model splits (run/inputs.choose_input)."""
         return [*(["--budget-unit layer-avg"] if self.budget_unit != "tokens" else []),
                 *(["--by-depth yes"] if self.by_depth == "yes" else [])]
-
-
-def run_count_flops(cfg: CountConfig, progress=None, warn=None) -> Path:
-    """`qgsa count-flops`: the image input chosen once (run/inputs.py: with neither --resolution nor
-    --image-size, the model's own views of a square photo at its longest edge where it splits, e.g. 2048 x 2048
-    in 17 views on SmolVLM; otherwise one square view), then counted over split images (count_views.py) or one
-    square view (run_count). The results folder. Raises QGSAError for bad input before any count (a local model
-    directory included: the counts are built from a registry preset)."""
-    from qgsa_bench.models.registry import available_models
-
-    if cfg.model not in available_models():
-        raise QGSAError(f"count-flops builds its copies from a registry preset ({', '.join(available_models())}), and "
-                        f"'{cfg.model}' is none: count a local model directory with `qgsa sweep-budget --model "
-                        f"{cfg.model}` (FLOPs by stage, counted, beside the timing)")
-    if not cfg.image_sizes and cfg.resolution is None:
-        probe = build_at_depth(cfg.model, 1)
-        splitting = choose_input(probe.adapter, None, cfg.splitting, cfg.longest_edge, cfg.specs,
-                                 cfg.one_view_only(), warn)
-        if splitting is not None:
-            cfg = replace(cfg, image_sizes=((splitting.longest_edge, splitting.longest_edge),))
-    if not cfg.image_sizes:
-        tiles = [s.text for s in cfg.specs if s.at_tiles]
-        if tiles:
-            raise QGSAError(f"{tiles[0]} chooses among the tiles of a split image: give --image-size WIDTHxHEIGHT "
-                            f"(and --image-splitting where the model's own setting is off)")
-        if cfg.budgets_from_tiles:
-            raise QGSAError("--budgets-from-tiles sets the budgets from the tiles of a split image: give --image-size")
-        if cfg.splitting is not None or cfg.longest_edge is not None:
-            raise QGSAError("--image-splitting and --longest-edge describe the model's own views of an image, and "
-                            "this count is one square view: give --image-size WIDTHxHEIGHT, or drop them")
-        return run_count(cfg, progress, warn)
-    from qgsa_bench.experiments.count_views import run_count_views
-
-    return run_count_views(cfg, progress, warn)
-
 
 
 def analytic_prefill(text_config, n: int, batch: int = 1) -> int:

@@ -9,23 +9,27 @@ the columns of flops.csv. Cross-checks (crosscheck.json): the dense vision stage
 count and the published count per view (timm's SigLIP-B/16 at 512 px, 107.0 GMACs); the dense prefill equals
 the analytic count for its prompt length. Raises QGSAError for a budget the image cannot take, a selector
 that cannot take split images, or a model without tiles.
+
+`run_count_flops` is the command's entry: it chooses the input once (run/inputs.py) and counts split images here
+or one square view with count.run_count.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 
 from qgsa_bench import QGSAError
 from qgsa_bench.efficiency.flops import count_flops
-from qgsa_bench.experiments.count import (COLUMNS, FLOP_CONVENTION, PUBLISHED_VISION, _fits, build_text_config,
-                                          prefill_crosscheck)
+from qgsa_bench.experiments.count import (COLUMNS, FLOP_CONVENTION, PUBLISHED_VISION, CountConfig, _fits,
+                                          build_text_config, prefill_crosscheck, run_count)
 from qgsa_bench.experiments.depth import build_at_depth, count_scaled
 from qgsa_bench.experiments.driver import Results, Table
 from qgsa_bench.experiments.measure import peer_formulas
 from qgsa_bench.results import run_meta
-from qgsa_bench.run.inputs import describe_input
+from qgsa_bench.run.inputs import choose_input, describe_input
 from qgsa_bench.run.tiles import check_views, tiles_for_budget, tokens_of_tiles
 
 VIEWS_TABLE = Table("flops.csv", tuple(COLUMNS), ("image_size", "pipeline", "budget"))
@@ -69,6 +73,38 @@ def _cases(cfg, probe, n_tiles: int, n_v: int, size: str) -> list[tuple]:
                                 f"tokens (--budgets 1 .. {n_tokens})")
             cases.append((spec, budget, "tokens", budget))
     return cases
+
+
+def run_count_flops(cfg: CountConfig, progress=None, warn=None) -> Path:
+    """`qgsa count-flops`: the image input chosen once (run/inputs.py: with neither --resolution nor
+    --image-size, the model's own views of a square photo at its longest edge where it splits, e.g. 2048 x 2048
+    in 17 views on SmolVLM; otherwise one square view), then counted over split images (run_count_views) or one
+    square view (count.run_count). The results folder. Raises QGSAError for bad input before any count (a local model
+    directory included: the counts are built from a registry preset)."""
+    from qgsa_bench.models.registry import available_models
+
+    if cfg.model not in available_models():
+        raise QGSAError(f"count-flops builds its copies from a registry preset ({', '.join(available_models())}), and "
+                        f"'{cfg.model}' is none: count a local model directory with `qgsa sweep-budget --model "
+                        f"{cfg.model}` (FLOPs by stage, counted, beside the timing)")
+    if not cfg.image_sizes and cfg.resolution is None:
+        probe = build_at_depth(cfg.model, 1)
+        splitting = choose_input(probe.adapter, None, cfg.splitting, cfg.longest_edge, cfg.specs,
+                                 cfg.one_view_only(), warn)
+        if splitting is not None:
+            cfg = replace(cfg, image_sizes=((splitting.longest_edge, splitting.longest_edge),))
+    if not cfg.image_sizes:
+        tiles = [s.text for s in cfg.specs if s.at_tiles]
+        if tiles:
+            raise QGSAError(f"{tiles[0]} chooses among the tiles of a split image: give --image-size WIDTHxHEIGHT "
+                            f"(and --image-splitting where the model's own setting is off)")
+        if cfg.budgets_from_tiles:
+            raise QGSAError("--budgets-from-tiles sets the budgets from the tiles of a split image: give --image-size")
+        if cfg.splitting is not None or cfg.longest_edge is not None:
+            raise QGSAError("--image-splitting and --longest-edge describe the model's own views of an image, and "
+                            "this count is one square view: give --image-size WIDTHxHEIGHT, or drop them")
+        return run_count(cfg, progress, warn)
+    return run_count_views(cfg, progress, warn)
 
 
 def run_count_views(cfg, progress=None, warn=None) -> Path:
