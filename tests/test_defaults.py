@@ -158,7 +158,8 @@ def test_an_untrained_qgsa_module_is_one_warning_line(tmp_path):
     assert warnings(result.stderr, "QGSA module") == [
         "warning: qgsa, random@vision:1 read the QGSA module (its scorer, its W_vis projection, or f_comp's budget "
         "without --k), which without a checkpoint is random-init: those results are an untrained selector's; pass "
-        "--checkpoint FILE from `qgsa train` (for results/shapes/base-model: results/shapes/checkpoints/)"]
+        "--checkpoint FILE from `qgsa train` (committed: results/shapes/checkpoints/ for the shapes base, "
+        "results/tiles/checkpoints/ for the tiled base)"]
     result = invoke("eval", "-m", "tiny", "--limit", 2, "--pipelines", "dense,random@vision:1", "--k", 4,
                     "--max-new-tokens", 1, "--device", "cpu", "--out", tmp_path / "f")
     assert result.exit_code == 0, result.output
@@ -181,7 +182,8 @@ def test_sweep_budget_warns_for_an_untrained_selector_it_scores():
     assert untrained(specs, 0, lambda spec: own.get(spec.selector.name), "--checkpoint [SELECTOR=]PATH") == (
         "qgsa-vision@vision:1 reads the QGSA module (its scorer, its W_vis projection), which without a checkpoint "
         "is random-init: those results are an untrained selector's; pass --checkpoint [SELECTOR=]PATH from `qgsa "
-        "train` (for results/shapes/base-model: results/shapes/checkpoints/)")
+        "train` (committed: results/shapes/checkpoints/ for the shapes base, results/tiles/checkpoints/ for the "
+        "tiled base)")
     assert untrained(specs, 0, lambda spec: "all.pt") is None
 
 

@@ -125,6 +125,8 @@ def test_multiple_choice_on_split_images_scores_one_tile_selection(tasks, tmp_pa
     result = lmms(tasks, out, "--tasks", "shapes_mc", "--pipelines", "qgsa-tiles,fastv@lm:2", "--k", 1, "--",
                   "--limit", LIMIT)
     assert result.exit_code == 0, result.output
+    said = [line for line in result.stderr.splitlines() if "QGSA module" in line]  # an untrained scorer, said once
+    assert len(said) == 1 and said[0].startswith("warning: qgsa-tiles reads the QGSA module"), result.output
     for sample in samples(out, "qgsa-tiles"):
         log = sample["qgsa"]
         assert log["views"] == 5 and len(log["selected_tiles"]) == 1 and log["visual_tokens_to_lm"] == 2 * 49

@@ -37,8 +37,8 @@ def untrained(specs, k=None, checkpoint_of=lambda spec: None, option: str = "--c
     budget = "" if k is not None else ", or f_comp's budget without --k"
     return (f"{', '.join(names)} read{'s' if len(names) == 1 else ''} the QGSA module (its scorer, its W_vis "
             f"projection{budget}), which without a checkpoint is random-init: those results are an untrained "
-            f"selector's; pass {option} from `qgsa train` (for results/shapes/base-model: "
-            f"results/shapes/checkpoints/)")
+            f"selector's; pass {option} from `qgsa train` (committed: results/shapes/checkpoints/ for the shapes "
+            f"base, results/tiles/checkpoints/ for the tiled base)")
 
 
 def warned_when_started(run, message: str | None):

@@ -69,5 +69,10 @@ def lmms_eval_command(
     cfg = LMMSConfig(tasks=tuple(t.strip() for t in tasks.split(",") if t.strip()),
                      pipelines=pipeline_list(pipelines), args=args, include_path=text_or_none(include_path),
                      lmms_args=tuple(ctx.meta.get(PASSED_ON, ())), out=str(out), overwrite=overwrite)
-    run_and_show(run_lmms, cfg, warn=warn, table="table.md",
+    from qgsa_bench.cli.data import untrained, warned_when_started
+    from qgsa_bench.run.spec import parse_specs
+
+    # a pipeline reading a random-init QGSA module answers as an untrained selector: said once, as eval says it
+    message = untrained(parse_specs(cfg.pipelines), 1 if share is not None else k, lambda spec: args.checkpoint)
+    run_and_show(warned_when_started(run_lmms, message), cfg, warn=warn, table="table.md",
                  files=("lmms.csv", "samples_*.jsonl", "lmms_results_*.json", "table.md", "meta.json"))
