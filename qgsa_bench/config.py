@@ -122,9 +122,14 @@ class AblateConfig:
                                              "train_steps", "align_encoder", "eval_limit")}
 
 
-def check_input_options(resolution: int | None, split: bool | None, longest_edge: int | None) -> None:
+def check_input_options(resolution: int | None, split: bool | None, longest_edge: int | None,
+                        image_size=None) -> None:
     """--resolution (one square view, the paper's form) and the processor's options (--image-splitting,
-    --no-image-splitting, --longest-edge) exclude each other (run/inputs.py). Raises QGSAError naming both."""
+    --no-image-splitting, --longest-edge; sweep-budget's and count-flops' --image-size, a picture the processor
+    splits) exclude each other (run/inputs.py). Raises QGSAError naming both."""
+    if resolution is not None and image_size:
+        raise QGSAError("--resolution is one square view; --image-size splits the image as the model's processor "
+                        "does: give one of them")
     if resolution is not None and (split is not None or longest_edge is not None):
         given = "--longest-edge" if split is None else "--image-splitting" if split else "--no-image-splitting"
         raise QGSAError(f"--resolution is one square view (the paper's form); {given} uses the model's own processor "
@@ -387,8 +392,9 @@ class AskConfig:
 
     def __post_init__(self):
         self.spec = parse_spec(self.pipeline)  # parsed once, here (not a field)
-        if self.tile_unit not in ("tiles", "tokens"):
-            raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
+        from qgsa_bench.run.tiles import check_tile_unit
+
+        check_tile_unit(self.tile_unit)
         check_input_options(self.resolution, self.image_splitting, self.longest_edge)
         if not self.question.strip():
             raise QGSAError("empty question: pass a non-empty --question")

@@ -7,11 +7,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from functools import wraps
 from pathlib import Path
 from typing import Optional
-
-import sys
 
 import typer
 import typer.core

@@ -34,7 +34,7 @@ from qgsa_bench.models.images import demo_image, load_image
 from qgsa_bench.results import run_meta
 from qgsa_bench.run.inputs import choose_input, describe_input
 from qgsa_bench.run.spec import check_options, parse_specs
-from qgsa_bench.run.tiles import check_views, tiles_for_budget, tokens_of_tiles
+from qgsa_bench.run.tiles import check_tile_unit, check_views, tiles_for_budget, tokens_of_tiles
 from qgsa_bench.runtime import dtype_name
 
 BUDGET_CSV = "budget.csv"
@@ -113,17 +113,13 @@ class BudgetConfig:
     def _check_views(self) -> None:
         """Raises QGSAError (one `error:` line naming what to give) for options that describe the image in two ways;
         where none is given, run/inputs.choose_input decides (the model's own views where it splits)."""
-        if self.image_size is not None and self.resolution is not None:
-            raise QGSAError("--resolution is one square view; --image-size splits the image as the model's processor "
-                            "does: give one of them")
-        check_input_options(self.resolution, self.splitting, self.longest_edge)
+        check_input_options(self.resolution, self.splitting, self.longest_edge, self.image_size)
         adaptive = [a for a in self.allocations if a != "fixed"]
         if adaptive and (self.image_size is not None or self.splitting):
             raise QGSAError(f"--allocate {adaptive[0]} spreads budgets over one view's visual tokens; on split images "
                             f"give fixed budgets (--tiles, --budgets): drop --allocate, or --image-size and "
                             f"--image-splitting")
-        if self.tile_unit not in ("tiles", "tokens"):
-            raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
+        check_tile_unit(self.tile_unit)
         if any(t < 1 for t in self.tiles):
             raise QGSAError(f"--tiles are budgets in {self.tile_unit}, at least 1 each, got {list(self.tiles)}")
 

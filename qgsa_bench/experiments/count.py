@@ -33,6 +33,7 @@ from qgsa_bench.results import run_meta
 from qgsa_bench.run.inputs import describe_input
 from qgsa_bench.run.lm import tokens_for_layer_average
 from qgsa_bench.run.spec import parse_specs
+from qgsa_bench.run.tiles import check_tile_unit
 
 FLOPS_CSV = "flops.csv"
 # Published vision-tower counts (multiply-adds) for the towers of the shipped presets, with their source.
@@ -78,12 +79,8 @@ class CountConfig:
         if self.budget_unit not in ("tokens", "layer-avg"):
             raise QGSAError(f"--budget-unit must be tokens or layer-avg, got '{self.budget_unit}'")
         self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field)
-        if self.tile_unit not in ("tiles", "tokens"):
-            raise QGSAError(f"--tile-unit must be tiles or tokens, got '{self.tile_unit}'")
-        if self.image_sizes and self.resolution is not None:
-            raise QGSAError("--resolution is one square view; --image-size splits the image as the model's processor "
-                            "does: give one of them")
-        check_input_options(self.resolution, self.splitting, self.longest_edge)
+        check_tile_unit(self.tile_unit)
+        check_input_options(self.resolution, self.splitting, self.longest_edge, self.image_sizes)
 
     def one_view_only(self) -> list[str]:
         """What makes this count one square view even where the model splits (run/inputs.choose_input)."""

@@ -395,7 +395,8 @@ def run_train(cfg: TrainConfig, resume: bool = False, progress=None, warn=None) 
         built = trainer.built
         meta = res.write_meta(run_meta(
             built, **data.meta(), train_config=cfg.to_dict(), global_batch=trainer.global_batch,
-            world=world.meta(), image_input=trainer.image_input(), align_encoder=None if trainer.encoder is None else trainer.encoder.name,
+            world=world.meta(), image_input=trainer.image_input(),
+            align_encoder=None if trainer.encoder is None else trainer.encoder.name,
             spacy_model=None if trainer.nouns is None else trainer.nouns.model,
             note="RANDOM base weights: a smoke test, not a trained selector" if built.loaded.weights == "random"
             else ""))

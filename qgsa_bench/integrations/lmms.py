@@ -158,15 +158,6 @@ def bridge_input(adapter, args: ModelArgs, specs, warn=None):
     return choose_input(adapter, args.resolution, args.image_splitting, args.longest_edge, specs, warn=warn)
 
 
-def sample_views(views, b: int):
-    """Sample b of a batch of views (models.views.Views) alone: its pixel values (n_b, 3, S, S), its grid and size;
-    the same tensors as the processor gives for that image alone (it resizes and tiles each image on its own)."""
-    from qgsa_bench.models.views import Views
-
-    return Views(views.pixel_values[views.rows_of(b)], [views.counts[b]], [views.grids[b]], [views.sizes[b]],
-                 views.splitting)
-
-
 class Bridge:
     """One built model (build.Built) and one spec at one budget, answering lmms-eval's requests on one image
     input (`splitting`: a models.views.Splitting, or None for one square view of `requested` px; by default
@@ -358,7 +349,7 @@ class Bridge:
     def _pixels(self, request: Request, result, b: int):
         """What sample b was encoded from, alone: its views (split images) or its one square view (1, 3, R, R)."""
         if result.views is not None:
-            return sample_views(result.views, b)
+            return result.views.sample(b)
         return self.run.adapter.pixel_values([request.image], result.resolution)
 
     def _counted(self, request: Request, result, b: int, budget, tokens: int) -> dict:

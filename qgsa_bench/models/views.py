@@ -152,6 +152,12 @@ class Views:
                  for r in range(rows) for c in range(cols)] if rows else []
         return tiles + [(0.0, 0.0, float(w), float(h))]
 
+    def sample(self, b: int) -> "Views":
+        """Sample b alone: its pixel values (n_b, 3, S, S), its grid and size; the same tensors as the processor
+        gives for that image alone (it resizes and tiles each image on its own)."""
+        return Views(self.pixel_values[self.rows_of(b)], [self.counts[b]], [self.grids[b]], [self.sizes[b]],
+                     self.splitting)
+
     def rows_of(self, b: int) -> slice:
         """Sample b's views in `pixel_values` (its tiles, then its global view)."""
         return slice(self.first[b], self.first[b] + self.counts[b])

@@ -43,12 +43,17 @@ def check_views(spec) -> None:
 TILE_UNITS = ("tiles", "tokens")
 
 
+def check_tile_unit(unit: str) -> None:
+    """Raises QGSAError for a --tile-unit that is not one of TILE_UNITS."""
+    if unit not in TILE_UNITS:
+        raise QGSAError(f"--tile-unit must be tiles or tokens, got '{unit}'")
+
+
 def tiles_for_budget(budget: int, unit: str, n_v: int, n_tiles: int, label: str) -> int:
     """T, the tiles a tile selector keeps for `budget` in `unit`: "tiles" (T itself, besides the global view) or
     "tokens" (visual tokens reaching the LM: the global view's n_v, then whole tiles of n_v each, T = floor(budget /
     n_v) - 1). Raises QGSAError (one line, the allowed range) for an unknown unit or a T outside 1..n_tiles."""
-    if unit not in TILE_UNITS:
-        raise QGSAError(f"--tile-unit must be tiles or tokens, got '{unit}'")
+    check_tile_unit(unit)
     if unit == "tiles":
         if not 1 <= budget <= n_tiles:
             raise QGSAError(f"{label} at {budget} tiles is impossible: the image has {n_tiles} tiles besides the global "
@@ -65,7 +70,6 @@ def tiles_for_budget(budget: int, unit: str, n_v: int, n_tiles: int, label: str)
 def tokens_of_tiles(T: int, n_v: int) -> int:
     """Visual tokens a tile selector keeping T tiles hands the LM: the global view's and the T tiles' (n_v each)."""
     return (T + 1) * n_v
-
 
 
 def tile_state(run, views: Views, V_global: torch.Tensor, q) -> SelectState:
