@@ -21,7 +21,7 @@ from qgsa_bench.experiments.measure import Case
 from qgsa_bench.experiments.runner import (STAT_COLUMNS, THROUGHPUT_COLUMNS, Progress, measure_cases, measure_meta,
                                            steps_per_resolution, timing_deadline, warn_unstable)
 from qgsa_bench.experiments.sweep import PAPER_K, check_k_fits
-from qgsa_bench.models.images import demo_image, load_image
+from qgsa_bench.models.images import command_image
 from qgsa_bench.qgsa.checkpoint import load_checkpoint
 from qgsa_bench.results import run_meta
 from qgsa_bench.run.inputs import describe_input
@@ -74,6 +74,7 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
                 "checkpoints": checkpoints}
     rank = timing_alone("ablate", m.per_process)  # never timed by processes that share a host
     out = cfg.out if rank is None else per_process_folder(cfg.out, rank)
+    image = command_image(m.image)  # before the model loads
     with Results(out, "ablate", settings, cfg.overwrite, rank=rank) as res:
         built = build(m.model, m.weights, m.device, m.dtype, None, m.seed,
                       attn_implementation=m.attn_implementation, warn=warn)
@@ -94,7 +95,6 @@ def run_ablate(cfg: AblateConfig, progress: Progress | None = None, warn=None) -
                      if built.loaded.weights == "random" else "accuracy only for configurations with checkpoints"),
             "qgsa_weights": "per configuration (see the qgsa_weights column)"}))
         if cases:
-            image = load_image(m.image) if m.image else demo_image()
             if progress:
                 progress("ablation configurations", -steps_per_resolution(len(cases), m.reps, m.warmup, m.count_flops))
             rows, _ = measure_cases(cases, [image] * m.batch, [m.question] * m.batch, cfg.resolution, m.reps,

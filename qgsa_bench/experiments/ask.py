@@ -17,23 +17,26 @@ RANDOM_NOTE = "random weights: this answer is noise, not a model prediction"
 
 
 def ask(cfg: AskConfig, warn=None, warmup: int = 1) -> dict:
-    """`qgsa ask` as configured: the model built, one answer with everything `answer` reports."""
+    """`qgsa ask` as configured: the image read (before the model loads: a bad file is one error at once), the
+    model built, one answer with everything `answer` reports."""
+    image = load_image(cfg.image)
     built = build(cfg.model, cfg.weights, cfg.device, cfg.dtype, cfg.checkpoint, cfg.seed, warn=warn)
     splitting = choose_input(built.adapter, cfg.resolution, cfg.image_splitting, cfg.longest_edge, [cfg.spec],
                              warn=warn)
     return answer(built, cfg.image, cfg.question, cfg.spec, cfg.resolution, cfg.k, cfg.max_new_tokens, warmup,
-                  splitting, cfg.tile_unit)
+                  splitting, cfg.tile_unit, image)
 
 
 @torch.no_grad()
 def answer(built: Built, image_path: str, question: str, pipeline="dense", resolution: int | None = None,
            k: int | None = None, max_new_tokens: int = 16, warmup: int = 1, splitting=None,
-           tile_unit: str = "tiles") -> dict:
+           tile_unit: str = "tiles", image=None) -> dict:
     """One answer, its visual tokens, selection and latency (one timed run after `warmup` untimed ones).
     `pipeline`: a spec (`NAME[@POINT]` or a parsed run.spec.Spec); `splitting` (models.views.Splitting): the
     image as the model's processor gives it, else one square view of `resolution` px. Raises QGSAError for
-    bad input. `tile_unit`: a tile selector's k in tiles or in visual tokens (run/tiles.tiles_for_budget)."""
-    image = load_image(image_path)
+    bad input. `tile_unit`: a tile selector's k in tiles or in visual tokens (run/tiles.tiles_for_budget).
+    `image`: the file at `image_path` already read (a PIL image), else it is read here."""
+    image = load_image(image_path) if image is None else image
     resolution = resolution or built.adapter.image_size
     run = built.run(pipeline)
     budget = k

@@ -30,7 +30,7 @@ from qgsa_bench.experiments.measure import Case
 from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_cases, measure_meta,
                                            steps_per_resolution, timing_deadline, warn_unstable)
 from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
-from qgsa_bench.models.images import demo_image, load_image
+from qgsa_bench.models.images import command_image
 from qgsa_bench.results import run_meta
 from qgsa_bench.run.inputs import choose_input, describe_input
 from qgsa_bench.run.spec import check_options, parse_specs
@@ -249,16 +249,16 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
     rank = launched_rank() if alone else None
     world = World() if alone else join_world(m.device)
     out = per_process_folder(cfg.out, rank) if alone else cfg.out
-    built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
-                  attn_implementation=m.attn_implementation, warn=warn)
-    a = built.adapter
-    resolution = cfg.resolution or a.image_size
+    image = command_image(m.image)  # the inputs are read before the model loads
     data = None
     if cfg.dataset:
         from qgsa_bench.data import load_dataset
 
         data = load_dataset(cfg.dataset, cfg.data_dir, cfg.split, cfg.limit, False, m.seed)
-    image = load_image(m.image) if m.image else demo_image()
+    built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
+                  attn_implementation=m.attn_implementation, warn=warn)
+    a = built.adapter
+    resolution = cfg.resolution or a.image_size
     n_tiles, scored_split = None, False
     # the model's own views of one image (run/tiles.py): of --image-size, else by default where the model splits
     # (run/inputs.py: the picture's own size with --image, else with --dataset the data set's first image as it

@@ -26,7 +26,7 @@ from qgsa_bench.experiments.measure import Case
 from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, PEER_COLUMNS, STAT_COLUMNS, THROUGHPUT_COLUMNS, Progress,
                                            case_labels, measure_cases, measure_meta, steps_per_resolution,
                                            paper_metrics, timing_clock, timing_deadline, warn_unstable)
-from qgsa_bench.models.images import demo_image, load_image
+from qgsa_bench.models.images import command_image
 from qgsa_bench.models.views import Splitting
 from qgsa_bench.results import run_meta
 from qgsa_bench.run.inputs import choose_input, describe_input
@@ -79,6 +79,7 @@ def default_sizes(cfg: SweepConfig, built, warn=None) -> SweepConfig:
 def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> Path:
     m = cfg.measure
     rank = timing_alone("sweep-resolution", m.per_process)  # never timed by processes that share a host
+    image = command_image(m.image)  # before the model loads
     built = build(m.model, m.weights, m.device, m.dtype, m.checkpoint, m.seed,
                   attn_implementation=m.attn_implementation, warn=warn)
     cfg = default_sizes(cfg, built, warn)
@@ -91,7 +92,6 @@ def run_sweep(cfg: SweepConfig, progress: Progress | None = None, warn=None) -> 
     with Results(out, "sweep-resolution", settings, cfg.overwrite, rank=rank) as res:
         k, k_note = resolve_k(m.k, m.checkpoint)
         variants, engines = _variants(cfg, built)
-        image = load_image(m.image) if m.image else demo_image()
         points = _points(cfg, built, image)
         for size, point in points.items():  # every budget at every size, before any work
             for spec, mode in variants.values():

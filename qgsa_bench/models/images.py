@@ -38,6 +38,13 @@ def load_image(path: str | Path):
     return open_image(Path(path))
 
 
+def command_image(path: str | Path | None):
+    """A command's --image (sweep-resolution, sweep-budget, ablate, ask) -> RGB PIL image, or `demo_image()`
+    for None. Each command calls it before the model loads, so that a missing or damaged file is one error
+    line at once, not after minutes of loading. Raises QGSAError as `load_image`."""
+    return load_image(path) if path else demo_image()
+
+
 def check_resolution(resolution: int, patch_size: int) -> int:
     """Validate R for the sparse pipelines; return the number of patches N."""
     if resolution <= 0 or resolution % patch_size:
