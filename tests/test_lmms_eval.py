@@ -110,6 +110,7 @@ def test_accuracy_equals_qgsa_eval_exactly(tasks, tmp_path):
     for pipeline in ("dense", "fastv@lm:2"):
         assert rows.loc[pipeline, "value"] == eval_accuracy[pipeline]
     assert rows.loc["fastv@lm:2", "visual_tokens_kept_mean"] == 8
+    assert set(rows.qgsa_weights) == {"not used"}  # neither reads the QGSA module at --k 8 (as eval.csv says)
     predictions = {(r["pipeline"], r["id"]): r["prediction"]
                    for r in map(json.loads, (ours / "predictions.jsonl").read_text().splitlines())}
     for line in (tmp_path / "l" / "samples_fastv_lm_2.jsonl").read_text().splitlines():
@@ -145,6 +146,24 @@ def test_multiple_choice_scores_every_option_on_one_selection(tasks, tmp_path):
     assert row.flops_total == sum(s["qgsa"]["flops"]["total"] for s in samples) / N
     assert meta["task_output_types"] == {"shapes_mc": "multiple_choice"}
     assert "shapes_mc (2.0)" in (out / "table.md").read_text()
+
+
+def test_the_table_marks_a_pipeline_reading_an_untrained_module():
+    from qgsa_bench.integrations.lmms_run import LMMS_COLUMNS
+    from qgsa_bench.report.lmms import lmms_markdown
+
+    base = dict.fromkeys(LMMS_COLUMNS)
+    base.update(task="shapes_qa", task_version=1.0, metric="exact_match", filter="none", value=0.5, stderr=0.1, n=8,
+                visual_tokens_kept_mean=8.0, flops_total=1e9, flops_share_of_dense=1.0)
+    rows = [{**base, "pipeline": "dense", "qgsa_weights": "not used"},
+            {**base, "pipeline": "qgsa@post-vision", "k": 8, "qgsa_weights": "random-init (seed 0)"},
+            {**base, "pipeline": "fastv@lm:2", "k": 8, "qgsa_weights": "not used"}]
+    table = lmms_markdown(pd.DataFrame(rows), {"qgsa_weights": "random-init (seed 0)"})
+    lines = {name: line for line in table.splitlines() for name in ("dense", "qgsa@post-vision", "fastv@lm:2")
+             if f"| {name} " in line}
+    assert "qgsa@post-vision †" in lines["qgsa@post-vision"]
+    assert "†" not in lines["dense"] and "†" not in lines["fastv@lm:2"]
+    assert any(line.startswith("† ") for line in table.splitlines())
 
 
 @pytest.mark.parametrize("args, message", [

@@ -287,7 +287,10 @@ def table_rows(bridge: Bridge, results: dict, meta: dict) -> list[dict]:
     """lmms.csv's rows of one pipeline: each task's metrics (lmms-eval's `METRIC,FILTER` keys) with the task's
     per-sample means of visual tokens and FLOPs."""
     spec = bridge.run.spec
-    base = {"model": meta.get("model"), "weights": meta.get("weights"), "qgsa_weights": meta.get("qgsa_weights"),
+    fixed = bridge.args.k is not None or bridge.args.share is not None  # else f_comp(q) gives the budget
+    # the QGSA module's origin where this pipeline reads it (Spec.reads_checkpoint), else "not used" (as eval.csv)
+    qgsa_weights = meta.get("qgsa_weights") if spec.reads_checkpoint(1 if fixed else None) else "not used"
+    base = {"model": meta.get("model"), "weights": meta.get("weights"), "qgsa_weights": qgsa_weights,
             "lmms_eval": meta.get("lmms_eval"), "pipeline": bridge.label, "point": spec.where(), "k": bridge.k,
             "share": bridge.args.share, "note": meta.get("note"), "image_input": bridge.image_input}
     rows = []
