@@ -26,7 +26,8 @@ def info(model: str, weights: str = "auto", device: str = "cpu", warn=None, imag
 def views_info(built: Built, image_sizes, splitting, question: str = "What is shown in the image?") -> list[dict]:
     """Per image size (width, height) px: the views the model's processor makes (tiles rows x cols + the global
     view), the visual tokens reaching the LM and the prompt's length in tokens with `question`, and whether
-    the image was scaled up to the longest edge (an image smaller than it is, as the processor does)."""
+    the image was scaled up to the longest edge (an image smaller than it is, as the processor does) and how the tiles
+    stretch its aspect (`stretch`: Views.stretch, height over width)."""
     from qgsa_bench.models.images import demo_image
     from qgsa_bench.models.views import image_prompt, make_views
 
@@ -40,7 +41,7 @@ def views_info(built: Built, image_sizes, splitting, question: str = "What is sh
         pieces = a.prompt_pieces(question, image_prompt(views.markers(0), [n_v] * n, views.grids[0]))
         rows.append({"image_size": f"{width}x{height}", "grid": "x".join(map(str, views.grids[0])), "views": n,
                      "visual_tokens": n * n_v, "prompt_tokens": a.prompt_length(pieces),
-                     "upscaled": views.scaled_up(0)})
+                     "upscaled": views.scaled_up(0), "stretch": round(views.stretch(0), 4)})
     return rows
 
 

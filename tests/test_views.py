@@ -180,13 +180,19 @@ def test_info_shows_the_views_of_each_image_size(tmp_path):
 
     out = tmp_path / "info.json"
     result = CliRunner().invoke(app, ["info", "--model", "smolvlm-256m", "--weights", "random", "--image-size",
-                                      "2048x2048", "640x480", "--out", str(out)])
+                                      "2048x2048", "640x480", "4000x100", "1920x1080", "--out", str(out)],
+                                     env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     import json
 
     views = json.loads(out.read_text())["views"]
-    assert [(v["image_size"], v["grid"], v["views"], v["visual_tokens"], v["upscaled"]) for v in views] == [
-        ("2048x2048", "4x4", 17, 1088, False), ("640x480", "3x4", 13, 832, True)]  # a small photo is scaled up
+    assert [(v["image_size"], v["grid"], v["views"], v["visual_tokens"], v["upscaled"], v["stretch"])
+            for v in views] == [
+        ("2048x2048", "4x4", 17, 1088, False, 1.0), ("640x480", "3x4", 13, 832, True, 1.0),  # a small photo: scaled up
+        # the processor rounds each side up to whole tiles, padding nothing: a 40:1 strip becomes 4 x 1 tiles
+        # (height x10), a 16:9 photo 4 x 3 tiles (height x4/3); the table says so
+        ("4000x100", "1x4", 5, 320, False, 10.0), ("1920x1080", "3x4", 13, 832, True, 1.3333)]
+    assert "height x10.00" in result.output and "height x1.33" in result.output
     assert views[0]["prompt_tokens"] > 1088
     bad = CliRunner().invoke(app, ["info", "--model", "smolvlm-256m", "--weights", "random", "--image-size", "2048"])
     assert bad.exit_code == 2 and "--image-size takes sizes WIDTHxHEIGHT in px" in bad.stderr
@@ -403,3 +409,21 @@ def test_what_a_fresh_user_found_in_session_five(tmp_path):
         result = CliRunner().invoke(app, [*args, "--out", str(out)] if args[0] != "info" else args)
         assert result.exit_code == 2 and words in result.stderr, (args, result.output)
         assert len(result.stderr.strip().splitlines()) == 1 and not out.exists(), args
+
+
+def test_a_stretched_aspect_is_said_as_the_processor_makes_it():
+    """SmolVLM's processor rounds each side up to whole tiles and pads nothing (issue 19's 4000 x 100 strip): the
+    views keep the processor's behaviour, and what it did to the aspect is said (Views.stretch, describe)."""
+    from PIL import Image
+
+    splitting = Splitting(True, 2048, 512, 1)
+    strip = make_views([Image.new("RGB", (4000, 100), (90, 90, 90))], splitting, (0.5,) * 3, (0.5,) * 3)
+    assert (strip.grids[0], strip.counts[0], strip.stretch(0)) == ((1, 4), 5, 10.0)
+    assert strip.describe(0) == ("5 views: 1 x 4 tiles + a global view; its aspect 40.00:1 stretched into 1 x 4 tiles "
+                                 "(4:1), x10.00 in height, as the model's processor does (it pads nothing)")
+    square = make_views([Image.new("RGB", (1024, 1024), (90, 90, 90))], splitting, (0.5,) * 3, (0.5,) * 3)
+    assert square.stretch(0) == 1.0 and "stretched" not in square.describe(0)
+    one = make_views([Image.new("RGB", (300, 600), (90, 90, 90))], Splitting(False, 2048, 512, 1), (0.5,) * 3,
+                     (0.5,) * 3)
+    assert one.stretch(0) == 0.5 and one.describe(0).endswith("stretched into one square view, x2.00 in width, as "
+                                                               "the model's processor does (it pads nothing)")

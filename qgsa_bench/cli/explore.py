@@ -55,11 +55,14 @@ def info(
     console.print(res)
     if data.get("views"):
         views = Table(title="Views per image (the model's own processor)", title_justify="left")
-        for col in ("image", "tiles (rows x cols)", "views", "visual tokens", "prompt tokens", "scaled up"):
+        for col in ("image", "tiles (rows x cols)", "views", "visual tokens", "prompt tokens", "scaled up",
+                    "aspect stretched"):
             views.add_column(col, justify="right")
         for row in data["views"]:
+            s = row["stretch"]
+            stretched = "no" if abs(s - 1) <= 0.01 else f"{'height' if s > 1 else 'width'} x{max(s, 1 / s):.2f}"
             views.add_row(row["image_size"], row["grid"], str(row["views"]), f"{row['visual_tokens']:,}",
-                          f"{row['prompt_tokens']:,}", "yes" if row["upscaled"] else "no")
+                          f"{row['prompt_tokens']:,}", "yes" if row["upscaled"] else "no", stretched)
         console.print(views)
     write_json(out, data)
 

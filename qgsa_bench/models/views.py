@@ -107,16 +107,32 @@ class Views:
         edge (the processor resizes it up to that edge, as SmolVLM's does: a 640 x 480 photo becomes 13 views)."""
         return self.splitting.split and max(self.sizes[b]) < self.splitting.longest_edge
 
+    def stretch(self, b: int) -> float:
+        """How much the processor changes sample b's aspect ratio (a unitless factor): (H' / h) / (W' / w), the
+        height's scale over the width's, from the image as given (h x w px) to the rows x cols whole tiles it is
+        resized to (H' = rows x tile, W' = cols x tile; an unsplit image: its one square view). 1.0: the aspect
+        kept; > 1: stretched in height (a 4000 x 100 strip becomes 1 x 4 tiles, 2048 x 512 px: 10.0); < 1: in
+        width. SmolVLM's processor rounds each side up to whole tiles without padding (view_boxes), so most
+        photos are stretched a little (1920 x 1080: 4 x 3 tiles, 1.33)."""
+        h, w = self.sizes[b]
+        rows, cols = self.grids[b] if self.counts[b] > 1 else (1, 1)
+        return (rows / h) / (cols / w)
+
     def describe(self, b: int) -> str:
         """Sample b's views in words, e.g. '13 views: 3 x 4 tiles + a global view; the 640x480 image scaled up to a
-        longest edge of 2048 px, as the model's processor does'."""
+        longest edge of 2048 px, as the model's processor does', and its `stretch` where it is not within 1 %."""
         h, w = self.sizes[b]
         rows, cols = self.grids[b]
-        text = (f"{self.counts[b]} views: {rows} x {cols} tiles + a global view" if self.counts[b] > 1
-                else "one view")
+        split = self.counts[b] > 1
+        text = f"{self.counts[b]} views: {rows} x {cols} tiles + a global view" if split else "one view"
         if self.scaled_up(b):
             text += (f"; the {w}x{h} image scaled up to a longest edge of {self.splitting.longest_edge} px, as the "
                      f"model's processor does")
+        stretch = self.stretch(b)
+        if abs(stretch - 1) > 0.01:
+            into = f"{rows} x {cols} tiles ({cols}:{rows})" if split else "one square view"
+            text += (f"; its aspect {w / h:.2f}:1 stretched into {into}, x{max(stretch, 1 / stretch):.2f} in "
+                     f"{'height' if stretch > 1 else 'width'}, as the model's processor does (it pads nothing)")
         return text
 
     @property
