@@ -222,6 +222,9 @@ def test_count_flops_splits_images_and_counts_only_the_encoded_views(tmp_path):
     assert rows[rows.pipeline == "global-only"].iloc[0].flops_vision == one_view
     fastv = rows[rows.pipeline == "fastv@lm:1"].iloc[0]
     assert fastv.flops_vision == dense.flops_vision and fastv.flops_prefill < dense.flops_prefill
+    assert json.loads((out / "meta.json").read_text())["views_made"] == {"200x150": (
+        "13 views: 3 x 4 tiles + a global view; the 200x150 image scaled up to a longest edge of 256 px, as the "
+        "model's processor does")}  # the synthetic image too: its scaling is said
     for extra, words in [(["--tiles", "13"], "qgsa-tiles on the 200x150 image at 13 tiles is impossible: the image has 12 tiles"),
                          (["--resolution", "64"], "--resolution is one square view; --image-size splits"),
                          (["--longest-edge", "100"], "--longest-edge 100 is not a positive multiple of the tile size 64")]:
@@ -276,6 +279,10 @@ def test_sweep_budget_times_and_counts_a_split_image(tmp_path):
     assert scorer > 0 and vision["qgsa-tiles T=1"] == 2 * vision["global-only"] + scorer
     assert (rows.image_size == "200x150").all() and rows.latency_ms_median.gt(0).all()
     assert "a 200x150 image split by the model's processor" in (out / "table.md").read_text()
+    import json
+
+    assert json.loads((out / "meta.json").read_text())["views_made"].startswith("13 views: 3 x 4 tiles + a global "
+                                                                                "view; the 200x150 image scaled up")
     for extra, words in [(["--tiles", "13"], "--tiles 13 is above the 12 tiles of this image"),
                          (["--resolution", "224"], "give one of them")]:
         bad = CliRunner().invoke(app, [*args, *extra, "--out", str(tmp_path / "bad")])

@@ -326,6 +326,8 @@ def run_budget(cfg: BudgetConfig, progress: Progress | None = None, warn=None) -
                                        qgsa_checkpoints=dict(cfg.checkpoints), dense_visual_tokens=n_dense,
                                        pipelines=list(cfg.pipelines), budget_rule=budget_rule(cfg.budget_unit),
                                        **(data.meta() if data else {}), **measure_meta(built, m),
+                                       # the timed image's views, scaled up or stretched as the processor did
+                                       **({"views_made": views.describe(0)} if splitting else {}),
                                        **({"world": world.meta()} if world.size > 1 else {})))
         if progress and not timed:  # one phase each: a timed step takes far longer than a scored sample
             where = f"a {'x'.join(map(str, image_size))} image in {n_tiles + 1} views" if splitting else f"{resolution}px"

@@ -125,10 +125,11 @@ def run_count_views(cfg, progress=None, warn=None) -> Path:
     vision_depth, patch, width_v = a.vision_depth, a.patch_size, a.d_v
     splitting = a.splitting(cfg.splitting, cfg.longest_edge)
     n_v = a.n_dense_tokens(splitting.tile)  # visual tokens per view
-    plans = []
+    plans, made = [], {}
     for width, height in cfg.image_sizes:
         views = a.views([picture(width, height)], splitting)
         size = f"{width}x{height}"
+        made[size] = views.describe(0)  # scaled up or stretched, as the processor did
         plans.append((size, views.counts[0], _cases(cfg, probe, views.counts[0] - 1, n_v, size)))
     settings = {"model": cfg.model, "image_sizes": [p[0] for p in plans], "splitting": vars(splitting),
                 "batch": cfg.batch, "decode_tokens": cfg.decode_tokens, "question": cfg.question,
@@ -138,7 +139,7 @@ def run_count_views(cfg, progress=None, warn=None) -> Path:
         if res.path(VIEWS_TABLE.file).exists():
             res.finished(f"the counts of {sum(len(p[2]) for p in plans)} cases")
         meta = {**run_meta(probe), "model": cfg.model, "weights": "random", "views": splitting.describe(),
-                "image_input": describe_input(splitting, splitting.tile),
+                "image_input": describe_input(splitting, splitting.tile), "views_made": made,
                 "counting": "Counted on the model itself, at its full depth", "flop_convention": FLOP_CONVENTION}
         meta.pop("architecture_hash", None)
         meta = res.write_meta(meta)
