@@ -2,13 +2,14 @@
 # The GPU suite, in the order of what is still to measure on a GPU (results/h200/README.md), each step copied
 # into OUT as soon as it ends and skipped (logged) when the time left (SUITE_SECONDS, default 540 s) cannot
 # hold it, so that a lease that runs short still brings back every finished step:
+#   0. SmolVLM-256M on a 2048x2048 photo as its processor splits it (17 views): dense, global-only and the tile
+#      selectors at 1 / 2 / 4 tiles, batch 1 and 8     -> budget-selectors.csv (column image_size)
 #   1. SmolVLM-256M compiled (torch.compile reduce-overhead: CUDA graphs) beside eager at 384 px, batch 1 and 8
 #                                                       -> sweep-smolvlm-256m.csv (column compile)
 #   2. LLaVA-1.5-7B (random weights, bf16) at 576 / 192 / 64 visual tokens, dense and the field's selectors,
 #      batch 8                                          -> budget-llava.csv (column batch)
-#   3. the selectors on SmolVLM-256M at 576 px (inside the encoder too), batch 8 -> budget-selectors.csv, and
-#      SmolVLM-256M on a 2048x2048 photo as its processor splits it (17 views): dense, global-only and the tile
-#      selectors at 1 / 2 / 4 tiles, batch 1 and 8     -> rows appended to budget-selectors.csv (image_size)
+#   3. the selectors on SmolVLM-256M at 576 px (inside the encoder too), batch 8 -> rows appended to
+#      budget-selectors.csv
 #   4. sweep-resolution SmolVLM-500M at 224 384 576, batch 1 and 8 -> sweep-smolvlm-500m.csv
 #   5. the ablation on SmolVLM-500M at 512 px         -> ablate.csv
 #   6. LLaVA-1.5-7B at batch 1                        -> rows appended to budget-llava.csv
@@ -79,6 +80,14 @@ PY
     'cuda', torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'none')"
 } 2>&1 | tee -a "$LOG"
 PIPES="dense,dense,qgsa,random"
+# SmolVLM as it runs first (issue 19): no GPU has timed the tiled cases yet
+for b in $BATCHES; do
+  # shellcheck disable=SC2086
+  step "budget-tiles-b$b" 45 $QGSA sweep-budget --model "$SMALL" --weights random $DEVICE $TILED --tiles 1 2 4 \
+    --batch "$b" --pipelines dense,global-only,qgsa-tiles,random-tiles $BUDGET_TIMING --decode-tokens 8 --no-flops \
+    --out "$WORK/budget-tiles-b$b"
+  collect "budget-tiles-b$b" budget.csv budget-selectors.csv
+done
 # shellcheck disable=SC2086
 step "sweep-$SMALL-compiled" 90 $QGSA sweep-resolution --model "$SMALL" --weights random $DEVICE \
   --sizes $COMPILE_RES --batch $BATCHES --k $K --pipelines dense,qgsa,random --compile "$COMPILE" $COMPILE_TIMING \
@@ -94,13 +103,6 @@ step budget-selectors 60 $QGSA sweep-budget --model "$SMALL" --weights random $D
   --shares 0.1 0.25 --batch "$BIG" --pipelines "dense,qgsa,$INSIDE,qgsa-vision,fastv,visionzip,divprune,downsample" \
   $BUDGET_TIMING --decode-tokens 8 --no-flops --out "$WORK/budget-selectors"
 collect budget-selectors budget.csv budget-selectors.csv
-for b in $BATCHES; do
-  # shellcheck disable=SC2086
-  step "budget-tiles-b$b" 45 $QGSA sweep-budget --model "$SMALL" --weights random $DEVICE $TILED --tiles 1 2 4 \
-    --batch "$b" --pipelines dense,global-only,qgsa-tiles,random-tiles $BUDGET_TIMING --decode-tokens 8 --no-flops \
-    --out "$WORK/budget-tiles-b$b"
-  collect "budget-tiles-b$b" budget.csv budget-selectors.csv
-done
 if [ -n "$SIZES_LARGE" ]; then
   # shellcheck disable=SC2086
   step "sweep-$LARGE" 60 $QGSA sweep-resolution --model "$LARGE" --weights random $DEVICE --sizes $SIZES_LARGE \
