@@ -80,12 +80,15 @@ def test_every_result_names_a_committed_checkpoint():
 
 
 # results/tiles/accuracy.sh: qgsa-attr's recipe on the tiled base (results/tiles/shapes-tiled-base), one 224-px view
-# of the shapes-hires train split; and the module trained where it chooses (--insert tiles --fixed-k 1, 3 epochs,
+# of the shapes-hires train split (1,600 questions, and 6,400); and the module trained where it chooses (--insert tiles --fixed-k 1, 3 epochs,
 # no L_attr, each step encoding the chosen tiles)
 TILES = RESULTS / "tiles"
 TILE_FILES = sorted(path.stem for path in (TILES / "checkpoints").glob("*.pt"))
 TILE_RECIPES = {
     "qgsa-tiles-attr": ({**COMMON, **PAPER, **ATTR, "dataset": "shapes-hires"}, "post-vision"),
+    # the same recipe on 4 x the training questions (is the tile scorer short of data?)
+    "qgsa-tiles-attr-6400": ({**COMMON, **PAPER, **ATTR, "dataset": "shapes-hires", "limit": 6400, "epochs": 3},
+                             "post-vision"),
     "qgsa-tiles-trained": ({**COMMON, **PAPER, **FIX, "dataset": "shapes-hires", "lr": 1e-3, "epochs": 3,
                             "insert": "tiles", "fixed_k": 1, "cache_features": False}, "tiles"),
 }

@@ -4,8 +4,9 @@ of a 448 x 448 image on the tiled base, batch 1, 3 generated tokens).
 
     python3 results/tiles/accuracy_table.py results/tiles/accuracy-shapes > results/tiles/accuracy-shapes/table.md
 
-qgsa-tiles rows: the committed post-vision module (qgsa-tiles-attr.pt, eval-tiles-t*) and the module trained at
-tiles (qgsa-tiles-trained.pt, `qgsa train --insert tiles --fixed-k 1`, eval-tiles-trained-t*).
+qgsa-tiles rows: the committed post-vision module (qgsa-tiles-attr.pt, eval-tiles-t*), the same recipe on 4 x the
+training questions (qgsa-tiles-attr-6400.pt, `--limit 6400 --epochs 3`, eval-tiles-attr6400-t*) and the module trained
+at tiles (qgsa-tiles-trained.pt, `qgsa train --insert tiles --fixed-k 1`, eval-tiles-trained-t*).
 Groups: single-object = color + shape (one object named by its kind); detail = single-object + exist (one object's
 colour and shape, or their absence); count needs every object. Accuracy in %, with n questions per type.
 """
@@ -30,6 +31,8 @@ def records(out: Path) -> pd.DataFrame:
             name = f"{r['pipeline']} T={tiles}" if r["pipeline"].endswith("-tiles") else r["pipeline"]
             if path.parent.name.startswith("eval-tiles-trained"):  # the module trained at tiles (train --insert tiles)
                 name = f"qgsa-tiles trained at tiles T={tiles}"
+            if path.parent.name.startswith("eval-tiles-attr6400"):  # the post-vision recipe on 4 x the questions
+                name = f"qgsa-tiles 4x data T={tiles}"
             if path.parent.name == "eval-one-view-base":
                 name = "one-view base at 224 px (results/shapes/base-model, no tiles)"
             rows.append({"row": name, "type": r["question_type"], "score": r["score"], "tiles": tiles,
@@ -51,7 +54,8 @@ def main(out: Path) -> str:
     head = ["pipeline", *TYPES, *GROUPS, "tiles encoded", "visual tokens", "end-to-end GFLOPs (share of dense)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     order = ["dense", "global-only"] + [f"{s} T={t}" for t in (1, 2, 4)
-                                        for s in ("qgsa-tiles", "qgsa-tiles trained at tiles", "random-tiles")]
+                                        for s in ("qgsa-tiles", "qgsa-tiles 4x data", "qgsa-tiles trained at tiles",
+                                                  "random-tiles")]
     order += [row for row in data["row"].unique() if row not in order]
     for row in order:
         part = data[data["row"] == row]
@@ -62,7 +66,7 @@ def main(out: Path) -> str:
             sub = part[part["type"].isin(kinds)]
             cells.append(f"{100 * sub['score'].mean():.1f} ({len(sub)})")
         tiles = "–" if part["tiles"].isna().all() else f"{part['tiles'].mean():g}"
-        g = cost.get(row.replace(" trained at tiles", ""))  # the same module shape: the same FLOPs
+        g = cost.get(row.replace(" trained at tiles", "").replace(" 4x data", ""))  # same module shape, same FLOPs
         cells += [tiles, f"{part['tokens'].mean():g}", "–" if g is None else f"{g[0]:.3f} ({g[1]:.1f} %)"]
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

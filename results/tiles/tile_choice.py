@@ -20,6 +20,8 @@ from qgsa_bench.data import shapes
 
 BASE = "results/tiles/shapes-tiled-base"
 CKPTS = {"post-vision module (qgsa-tiles-attr.pt)": "results/tiles/checkpoints/qgsa-tiles-attr.pt",
+         "post-vision module on 4x the data (qgsa-tiles-attr-6400.pt)":
+             "results/tiles/checkpoints/qgsa-tiles-attr-6400.pt",
          "trained at tiles (qgsa-tiles-trained.pt)": "results/tiles/checkpoints/qgsa-tiles-trained.pt"}
 
 
@@ -34,7 +36,8 @@ def chosen(out: Path, samples: dict) -> list[str]:
     lines = ["| selector | T | question type | referent's tile chosen | accuracy when chosen | when not |", "|---|---|---|---|---|---|"]
     for path in sorted(out.glob("eval-tiles-*/predictions.jsonl")):
         groups = collections.defaultdict(list)
-        trained = " (trained at tiles)" if path.parent.name.startswith("eval-tiles-trained") else ""
+        trained = (" (trained at tiles)" if path.parent.name.startswith("eval-tiles-trained") else
+                   " (4x data)" if path.parent.name.startswith("eval-tiles-attr6400") else "")
         for r in map(json.loads, path.read_text().splitlines()):
             s = samples[r["id"]]
             if s.box is not None:
