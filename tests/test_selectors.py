@@ -166,7 +166,7 @@ def test_specs_and_points_are_checked():
         parse_spec("fastv@lm:1,2")
     assert set(SELECTORS) == {"dense", "dense-bypass", "qgsa", "random", "norm", "fastv", "pdrop", "sparsevlm",
                               "visionzip", "divprune", "downsample", "qgsa-vision", "random-tiles", "global-only",
-                              "qgsa-tiles", "hired"}
+                              "qgsa-tiles", "qgsa-tiles-max", "hired"}
     for cls in SELECTORS.values():
         assert cls.paper and cls.__module__ and cls.points
 

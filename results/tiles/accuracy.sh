@@ -75,6 +75,11 @@ done
 for T in 1 2; do
   $QGSA eval "${EVAL[@]}" --image-splitting --pipelines qgsa-tiles --k "$T" --checkpoint "$CKPT_MORE" \
     --out "$OUT/eval-tiles-attr6400-t$T"
+  # a tile scored by its best patch, with either post-vision module
+  $QGSA eval "${EVAL[@]}" --image-splitting --pipelines qgsa-tiles-max --k "$T" --checkpoint "$CKPT" \
+    --out "$OUT/eval-tiles-max-t$T"
+  $QGSA eval "${EVAL[@]}" --image-splitting --pipelines qgsa-tiles-max --k "$T" --checkpoint "$CKPT_MORE" \
+    --out "$OUT/eval-tiles-max6400-t$T"
 done
 $QGSA eval --model results/shapes/base-model --device cpu --dataset shapes-hires --split test --limit "$LIMIT" \
   --batch 8 --max-new-tokens 3 --pipelines dense --out "$OUT/eval-one-view-base"

@@ -37,7 +37,7 @@ def chosen(out: Path, samples: dict) -> list[str]:
     for path in sorted(out.glob("eval-tiles-*/predictions.jsonl")):
         groups = collections.defaultdict(list)
         trained = (" (trained at tiles)" if path.parent.name.startswith("eval-tiles-trained") else
-                   " (4x data)" if path.parent.name.startswith("eval-tiles-attr6400") else "")
+                   " (4x data)" if "6400" in path.parent.name else "")
         for r in map(json.loads, path.read_text().splitlines()):
             s = samples[r["id"]]
             if s.box is not None:
