@@ -197,3 +197,15 @@ def test_budget_as_a_layer_average_is_the_largest_kept_count_that_fits():
     with pytest.raises(QGSAError, match=r"even keeping 1 token after the cuts, the layers average 144.8 \(all 576 "
                                         r"before the first cut\); pick a budget of at least 145"):
         tokens_for_layer_average(64, 576, (8, 16, 24), 32)
+
+
+def test_qgsa_tiles_max_scores_a_tile_by_its_best_patch():
+    """qgsa-tiles pools a tile's patch scores by their mean, qgsa-tiles-max by their maximum: one salient patch
+    (a small object) wins a tile for the max and is diluted by the mean; a tile holding no patch never wins."""
+    from qgsa_bench.selectors.tiles import QGSATiles, QGSATilesMax
+
+    patch_scores = torch.tensor([[0.0, 0.0, 0.0, 4.0, 2.0, 2.0, 2.0, 2.0]])  # tile 0: one salient patch; tile 1: even
+    where = torch.tensor([[0, 0, 0, 0, 1, 1, 1, 1]])
+    inside = torch.nn.functional.one_hot(where, 3).bool()  # tile 2 holds no patch
+    assert QGSATiles.pool(patch_scores, inside).tolist() == [[1.0, 2.0, 0.0]]
+    assert QGSATilesMax.pool(patch_scores, inside).tolist() == [[4.0, 2.0, -1e4]]

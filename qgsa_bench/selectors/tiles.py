@@ -75,12 +75,20 @@ class QGSATiles(Selector):
         return module.select_scores(scores, state.q, k, module.config.tau if tau is None else tau, state.generator)
 
     def scores(self, state: SelectState) -> torch.Tensor:
-        """(B, n) each tile's mean patch score s_i = scorer(q, v_i) over the global view's patches inside it."""
+        """(B, n) each tile's score from the scores s_i = scorer(q, v_i) of the global view's patches inside it,
+        pooled by `pool` (their mean)."""
         V, where = state.cache["global_patches"], state.cache["patch_tiles"]  # (B, N_v, d_v), (B, N_v)
         patch_scores = state.module.scorer(state.q, V.to(state.q.dtype)).float()  # (B, N_v)
         n = state.valid.shape[1]
-        inside = torch.nn.functional.one_hot(where.clamp(min=0), n).float() * (where >= 0)[..., None]  # (B, N_v, n)
-        return (inside * patch_scores[..., None]).sum(1) / inside.sum(1).clamp(min=1)  # top-T: select
+        inside = torch.nn.functional.one_hot(where.clamp(min=0), n).bool() & (where >= 0)[..., None]  # (B, N_v, n)
+        return self.pool(patch_scores, inside)  # top-T: select
+
+    @staticmethod
+    def pool(patch_scores: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        """patch_scores (B, N_v), inside (B, N_v, n) bool -> (B, n): the mean score of each tile's patches (0 for
+        a tile holding none)."""
+        weights = inside.float()
+        return (weights * patch_scores[..., None]).sum(1) / weights.sum(1).clamp(min=1)
 
 
 @register
@@ -88,11 +96,8 @@ class QGSATilesMax(QGSATiles):
     name = "qgsa-tiles-max"
     paper = "QGSA (the seed paper)'s question-guided scorer over the global view, a tile scored by its best patch"
 
-    def scores(self, state: SelectState) -> torch.Tensor:
-        """(B, n) each tile's largest patch score max_i scorer(q, v_i) over the global view's patches inside it
-        (a tile holding none: -1e4, never above a real tile)."""
-        V, where = state.cache["global_patches"], state.cache["patch_tiles"]  # (B, N_v, d_v), (B, N_v)
-        patch_scores = state.module.scorer(state.q, V.to(state.q.dtype)).float()  # (B, N_v)
-        n = state.valid.shape[1]
-        inside = torch.nn.functional.one_hot(where.clamp(min=0), n).bool() & (where >= 0)[..., None]  # (B, N_v, n)
-        return patch_scores[..., None].masked_fill(~inside, -1e4).amax(dim=1)  # top-T: select
+    @staticmethod
+    def pool(patch_scores: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+        """patch_scores (B, N_v), inside (B, N_v, n) bool -> (B, n): the largest score of each tile's patches
+        (-1e4 for a tile holding none, never above a real tile)."""
+        return patch_scores[..., None].masked_fill(~inside, -1e4).amax(dim=1)
