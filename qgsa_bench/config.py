@@ -182,6 +182,9 @@ class EvalConfig:
         if not self.pipelines:
             raise QGSAError("--pipelines needs at least one pipeline")
         self.specs = parse_specs(self.pipelines)  # each spec parsed once, here (not a field: settings() skip it)
+        from qgsa_bench.run.inputs import check_tile_options
+
+        check_tile_options(self.specs, self.k, self.image_splitting, self.resolution)
         # --allocate fcomp reads --checkpoint's f_comp (unless --fcomp-checkpoint names another)
         fcomp_reads = self.allocate == "fcomp" and not self.fcomp_checkpoint
         check_options(self.specs, self.k, None if fcomp_reads else self.checkpoint)
@@ -403,6 +406,9 @@ class AskConfig:
         if self.max_new_tokens < 1:
             raise QGSAError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         check_options((self.spec,), self.k, self.checkpoint)
+        from qgsa_bench.run.inputs import check_tile_options
+
+        check_tile_options((self.spec,), self.k, self.image_splitting, self.resolution)
 
 
 @dataclass

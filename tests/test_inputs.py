@@ -211,9 +211,11 @@ def test_what_a_fresh_user_found_in_session_six(tmp_path):
          "--insert tiles trains on the model's own views (tiles + a global view; --longest-edge sets their edge): drop "
          "--resolution"),
         (["ask", "-m", TILED, "-i", ROOT / "examples" / "shapes.png", "-q", "what?", "-p", "random-tiles", "--k", 1,
-          "--resolution", 224], "this run is one square view: drop --resolution"),
+          "--resolution", 224], "random-tiles chooses among the tiles of a split image, and --resolution 224 gives "
+                                "one view: drop --resolution 224"),
         (["sweep-budget", "--model", TILED, "--pipelines", "dense,qgsa-tiles", "--tiles", 1, "--no-image-splitting"],
-         "qgsa-tiles chooses among tiles, and this image is one view (image splitting off"),
+         "qgsa-tiles chooses among the tiles of a split image, and --no-image-splitting gives one view: drop "
+         "--no-image-splitting"),
         (["info", "--model", TILED, "--image-size", "448x448", "--no-image-splitting", "--longest-edge", 672],
          "drop --no-image-splitting, or drop --longest-edge"),
         (["ask", "-m", str(ROOT / "results" / "shapes" / "base-model"), "-i", ROOT / "examples" / "shapes.png", "-q",

@@ -52,3 +52,31 @@ def test_sweep_budget_reads_its_data_set_before_the_model_loads(tmp_path, no_mod
                                       "4", "--reps", "1", "--out", str(tmp_path / "out")])
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and "the model was loaded" not in result.output
+
+
+@pytest.mark.parametrize("args, words", [
+    (["ask", "--question", "what?", "--pipeline", "qgsa-tiles-max"],
+     "error: qgsa-tiles-max needs a budget in tiles: --k T, the tiles encoded besides the global view"),
+    (["ask", "--question", "what?", "--pipeline", "qgsa-tiles", "--k", "2", "--no-image-splitting"],
+     "error: qgsa-tiles chooses among the tiles of a split image, and --no-image-splitting gives one view: drop "
+     "--no-image-splitting"),
+    (["eval", "--dataset", "shapes", "--pipelines", "dense,random-tiles", "--k", "1", "--resolution", "64"],
+     "error: random-tiles chooses among the tiles of a split image, and --resolution 64 gives one view"),
+    (["eval", "--dataset", "shapes", "--pipelines", "global-only,qgsa-tiles"],
+     "error: qgsa-tiles needs a budget in tiles"),
+    (["sweep-budget", "--pipelines", "dense,random-tiles", "--tiles", "1", "--no-image-splitting"],
+     "error: random-tiles chooses among the tiles of a split image, and --no-image-splitting gives one view"),
+])
+def test_a_tile_selectors_options_are_checked_before_the_model_loads(tmp_path, no_model, monkeypatch, args, words):
+    """What the options alone settle for a tile selector (no budget in ask / eval; one view asked for) is refused
+    before the weights load (found by the fresh-user trial of session seven: 10-13 s of loading smolvlm-256m first)."""
+    monkeypatch.setattr("qgsa_bench.experiments.evaluate.build", _no_model)
+    image = tmp_path / "photo.png"
+    from PIL import Image
+
+    Image.new("RGB", (200, 150), (200, 30, 30)).save(image)
+    extra = ["--image", str(image)] if args[0] == "ask" else ["--out", str(tmp_path / "out")]
+    result = CliRunner().invoke(app, [*args, "--model", "tiny", "--weights", "random", "--device", "cpu", *extra])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(words), result.output

@@ -310,7 +310,7 @@ def test_what_a_first_afternoon_found(tmp_path):
     ask = ["ask", "--model", "tiny", "--image", str(path), "-q", QUESTION, "--image-splitting"]
     count = ["count-flops", "--model", "tiny", "--image-size", "200x150", "--image-splitting"]
     for args, words in [
-        ([*ask, "--pipeline", "qgsa-tiles"], "qgsa-tiles needs a budget in tiles (--k T, --tiles T): f_comp predicts"),
+        ([*ask, "--pipeline", "qgsa-tiles"], "qgsa-tiles needs a budget in tiles: --k T, the tiles encoded besides"),
         ([*ask, "--pipeline", "global-only", "--k", "2"], "global-only keeps no tile (the global view alone) and takes no"),
         ([*count, "--pipelines", "dense,fastv@lm:1", "--budgets", "40", "--budget-unit", "layer-avg"],
          "drop --budget-unit layer-avg and --by-depth yes"),

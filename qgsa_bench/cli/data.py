@@ -73,7 +73,8 @@ def eval_command(
     pipelines: Pipelines = "dense,qgsa",
     k: Optional[int] = typer.Option(None, help="Fixed budget for sparse pipelines (default: f_comp per question), in "
                                                "each selector's units: visual tokens (patches for the paper's qgsa, "
-                                               "random, norm); for the tile selectors qgsa-tiles and random-tiles "
+                                               "random, norm); for the tile selectors qgsa-tiles, qgsa-tiles-max and "
+                                               "random-tiles "
                                                "(with --image-splitting) tiles, what sweep-budget calls --tiles. "
                                                "Dense and global-only take none. With --allocate: the mean budget "
                                                "the allocation holds."),
@@ -112,7 +113,8 @@ GroundingBudgets = multi_value_option(
     "and norm, visual tokens for every other selector (e.g. --budgets 4 8 12 24); default: --k, else f_comp(q)'s "
     "budget per question.")
 GroundingTiles = multi_value_option(
-    "--tiles", "INT", "With --image-splitting: the tile selectors' budgets (qgsa-tiles, random-tiles), in tiles kept "
+    "--tiles", "INT", "With --image-splitting: the tile selectors' budgets (qgsa-tiles, qgsa-tiles-max, random-tiles), "
+    "in tiles kept "
     "besides the global view, e.g. --tiles 1 2; the other selectors take --budgets (visual tokens over all views).")
 
 

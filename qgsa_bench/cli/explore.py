@@ -109,7 +109,8 @@ def ask(
     """Answer one question about one image with one pipeline; show tokens, selection and latency.
 
     The image as the model's own processor makes its views (SmolVLM: tiles + a global view; tile selectors:
-    qgsa-tiles, random-tiles, global-only, with --k tiles), or with --resolution one square view of that many px
+    qgsa-tiles, qgsa-tiles-max, random-tiles, global-only, with --k tiles), or with --resolution one square view of
+    that many px
     (the paper's form; also where the pipeline takes one view only, e.g. the paper's patch-level qgsa)."""
     from qgsa_bench.config import AskConfig
     from qgsa_bench.experiments.ask import ask as run_ask

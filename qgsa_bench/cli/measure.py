@@ -42,7 +42,8 @@ def sweep_resolution(
     pipelines: Pipelines = "dense,dense-bypass,qgsa,random",
     k: Optional[int] = typer.Option(None, help="Fixed k for sparse pipelines (default 17, the paper's mean; f_comp "
                                                "with --checkpoint)."),
-    tiles: Optional[int] = typer.Option(None, "--tiles", help="With --longest-edge: tiles qgsa-tiles / random-tiles "
+    tiles: Optional[int] = typer.Option(None, "--tiles", help="With --longest-edge: tiles qgsa-tiles / qgsa-tiles-max "
+                                        "/ random-tiles "
                                         "encode besides the global view (their budget T)."),
     batch: Batches = ["1"],
     timing: dict = None,
@@ -118,7 +119,8 @@ def sweep_budget(
     """Every selector at several budgets: FLOPs by stage, latency with intervals, accuracy (with --dataset).
 
     With --image-size WxH: one image as the model's processor splits it (SmolVLM: tiles + a global view), timed and
-    counted; tile selectors (qgsa-tiles, random-tiles, global-only) at --tiles. With --dataset and --image-splitting
+    counted; tile selectors (qgsa-tiles, qgsa-tiles-max, random-tiles, global-only) at --tiles. With --dataset and
+    --image-splitting
     [--longest-edge N]: each data set image split by the model's processor and scored as qgsa eval --image-splitting
     scores it (timed on --image-size's picture when given, else on the data set's first image)."""
     from qgsa_bench.config import SelectorCheckpoints
@@ -170,7 +172,8 @@ def count_flops_command(
     """FLOPs by stage for every pipeline at every budget, counted (no timing).
 
     The image as the model's processor splits it (--image-size; default: a square photo at the model's longest
-    edge, 2048 x 2048 on SmolVLM: tiles + a global view; tile selectors qgsa-tiles, random-tiles, global-only at
+    edge, 2048 x 2048 on SmolVLM: tiles + a global view; tile selectors qgsa-tiles, qgsa-tiles-max, random-tiles,
+    global-only at
     --tiles), or one square view of --resolution px (the paper's form; also for models that do not split, and
     wherever a pipeline takes one view only).
     Cross-checks: a published vision-tower count and the analytic LM prefill."""

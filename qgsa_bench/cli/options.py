@@ -18,7 +18,8 @@ MODEL_HELP = ("Registry name (smolvlm-256m, smolvlm-500m, llava-1.5-7b; tests: t
 PIPELINE_HELP = ("dense | dense-bypass | qgsa | random | norm (the paper's, post-vision) | fastv | pdrop | sparsevlm "
                  "| visionzip | divprune | downsample | qgsa-vision, or SELECTOR@POINT with POINT post-vision, "
                  "vision:L or lm:K (e.g. random@vision:4); on split images (--image-splitting) also the tile "
-                 "selectors qgsa-tiles | random-tiles | global-only and hired (one budget over all views).")
+                 "selectors qgsa-tiles | qgsa-tiles-max | random-tiles | global-only and hired (one budget over all "
+                 "views).")
 
 # ---- the model and how it runs
 Model = Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)]
@@ -97,7 +98,8 @@ ImageSizes = multi_value_option("--image-size", "WxH", "Image sizes in px, e.g. 
 LongestEdges = multi_value_option("--longest-edge", "INT", "Sweep the model's own split views instead of --sizes: "
                                   "the longest edge the image is resized to before tiling, e.g. --longest-edge 512 1024 "
                                   "1536 2048 (a square image: SmolVLM's 1, 5, 10, 17 views).")
-Tiles = multi_value_option("--tiles", "INT", "A tile selector's budgets (qgsa-tiles, random-tiles) in --tile-unit: "
+Tiles = multi_value_option("--tiles", "INT", "A tile selector's budgets (qgsa-tiles, qgsa-tiles-max, random-tiles) in "
+                                            "--tile-unit: "
                                             "tiles kept besides the global view, e.g. --tiles 1 2 4 8.")
 TileUnit = Annotated[str, typer.Option(help="Unit of a tile selector's budgets: tiles (besides the global view) | "
                                             "tokens (visual tokens reaching the LM: the global view's 64, then whole "

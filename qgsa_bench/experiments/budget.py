@@ -32,7 +32,7 @@ from qgsa_bench.experiments.runner import (COMPARISONS_TABLE, Progress, measure_
 from qgsa_bench.experiments.sweep import SWEEP_COLUMNS
 from qgsa_bench.models.images import command_image
 from qgsa_bench.results import run_meta
-from qgsa_bench.run.inputs import choose_input, describe_input
+from qgsa_bench.run.inputs import check_tile_options, choose_input, describe_input
 from qgsa_bench.run.spec import check_options, parse_specs
 from qgsa_bench.run.tiles import check_tile_unit, check_views, tiles_for_budget, tokens_of_tiles
 from qgsa_bench.runtime import dtype_name
@@ -114,6 +114,7 @@ class BudgetConfig:
         """Raises QGSAError (one `error:` line naming what to give) for options that describe the image in two ways;
         where none is given, run/inputs.choose_input decides (the model's own views where it splits)."""
         check_input_options(self.resolution, self.splitting, self.longest_edge, self.image_size)
+        check_tile_options(self.specs, split=self.splitting, needs_k=False)  # --tiles gives their budgets
         adaptive = [a for a in self.allocations if a != "fixed"]
         if adaptive and (self.image_size is not None or self.splitting):
             raise QGSAError(f"--allocate {adaptive[0]} spreads budgets over one view's visual tokens; on split images "

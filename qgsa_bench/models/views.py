@@ -124,15 +124,18 @@ class Views:
         h, w = self.sizes[b]
         rows, cols = self.grids[b]
         split = self.counts[b] > 1
-        text = f"{self.counts[b]} views: {rows} x {cols} tiles + a global view" if split else "one view"
+        done = []  # what the processor did to the image, said once
         if self.scaled_up(b):
-            text += (f"; the {w}x{h} image scaled up to a longest edge of {self.splitting.longest_edge} px, as the "
-                     f"model's processor does")
+            done.append(f"the {w}x{h} image scaled up to a longest edge of {self.splitting.longest_edge} px")
         stretch = self.stretch(b)
-        if abs(stretch - 1) > 0.01:
+        stretched = abs(stretch - 1) > 0.01
+        if stretched:
             into = f"{rows} x {cols} tiles ({cols}:{rows})" if split else "one square view"
-            text += (f"; its aspect {w / h:.2f}:1 stretched into {into}, x{max(stretch, 1 / stretch):.2f} in "
-                     f"{'height' if stretch > 1 else 'width'}, as the model's processor does (it pads nothing)")
+            done.append(f"its aspect {w / h:.2f}:1 stretched into {into}, x{max(stretch, 1 / stretch):.2f} in "
+                        f"{'height' if stretch > 1 else 'width'}")
+        text = f"{self.counts[b]} views: {rows} x {cols} tiles + a global view" if split else "one view"
+        if done:
+            text += "; " + "; ".join(done) + ", as the model's processor does" + (" (it pads nothing)" * stretched)
         return text
 
     @property

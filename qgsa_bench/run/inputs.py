@@ -34,6 +34,28 @@ ONE_VIEW_TILES = ("chooses among the tiles of a split image, and this run is one
                   "selector of one view")
 
 
+def check_tile_options(specs: Iterable, k: int | None = None, split: bool | None = None,
+                       resolution: int | None = None, needs_k: bool = True) -> None:
+    """Before the model loads: the options a tile selector (insertion point `tiles`, run.spec.Spec.at_tiles) cannot
+    take, from the options alone. `split` False (--no-image-splitting) or `resolution` (--resolution R) give one
+    view, where it has no tiles to choose; without `k` (`needs_k`: ask and eval, whose --k is its budget in tiles)
+    it has no budget (f_comp predicts visual tokens, not tiles). Raises QGSAError naming the first such spec.
+    What depends on the image or the model (T above the image's tiles) is checked when they are known."""
+    tiles = [spec for spec in specs if spec.at_tiles]
+    if not tiles:
+        return
+    name = tiles[0].text
+    if resolution is not None or split is False:
+        given = f"--resolution {resolution}" if resolution is not None else "--no-image-splitting"
+        raise QGSAError(f"{name} chooses among the tiles of a split image, and {given} gives one view: drop {given} "
+                        f"(the model's own views are the default where its processor splits), or use a selector of "
+                        f"one view")
+    budgeted = [spec for spec in tiles if not spec.selector.keeps_no_tiles]
+    if needs_k and k is None and budgeted:
+        raise QGSAError(f"{budgeted[0].text} needs a budget in tiles: --k T, the tiles encoded besides the global "
+                        f"view (1 .. the image's tiles: 16 for a square photo on SmolVLM)")
+
+
 def one_view_reasons(adapter, specs: Iterable = (), extra: Iterable[str] = ()) -> list[str]:
     """What in a command takes one view only: each pipeline spec (run.spec.Spec; a selector named without a
     point at its default point on `adapter`'s model, its layers checked later by Spec.bind) that split images

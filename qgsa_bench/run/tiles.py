@@ -106,8 +106,8 @@ def choose_tiles(run, views: Views, V_global: torch.Tensor, q, k, tau: float | N
             raise QGSAError(f"{run.label} keeps no tile (the global view alone) and takes no budget: drop --k")
         return sel.select(state, torch.zeros(B, dtype=torch.long, device=V_global.device)), state
     if k is None:
-        raise QGSAError(f"{run.label} needs a budget in tiles (--k T, --tiles T): f_comp predicts visual tokens, "
-                        f"not tiles")
+        raise QGSAError(f"{run.label} needs a budget in tiles (ask, eval, lmms-eval: --k T; sweep-budget, "
+                        f"count-flops, grounding: --tiles T): f_comp predicts visual tokens, not tiles")
     n_tiles = state.valid.sum(1)
     if int(n_tiles.min()) == 0:
         raise QGSAError(f"{run.label} chooses among tiles, and an image of this batch was not split (it is one view):"
