@@ -38,7 +38,7 @@ def test_every_selector_keeps_patches_of_the_image_at_its_budget(tiny):
     patch-level forms, b x s^2 (b visual tokens) for the rest, VisionZip's selected tokens plus its merged ones
     making b."""
     tiles = {name for name, cls in REGISTRY.items() if cls.points == ("tiles",)}
-    assert tiles == {"qgsa-tiles", "random-tiles", "global-only"}
+    assert tiles == {"qgsa-tiles", "qgsa-tiles-max", "random-tiles", "global-only"}
     assert {s.partition("@")[0] for s in SPECS} == set(REGISTRY) - {"dense", "dense-bypass", "downsample"} - tiles
     data, samples = box_data(3)
     chunk, images = data.open_images(samples)
