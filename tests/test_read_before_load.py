@@ -66,11 +66,20 @@ def test_sweep_budget_reads_its_data_set_before_the_model_loads(tmp_path, no_mod
      "error: qgsa-tiles needs a budget in tiles"),
     (["sweep-budget", "--pipelines", "dense,random-tiles", "--tiles", "1", "--no-image-splitting"],
      "error: random-tiles chooses among the tiles of a split image, and --no-image-splitting gives one view"),
+    # grounding's own copy of the first check told a user who gave --no-image-splitting to add --image-splitting,
+    # and found --resolution only after the model loaded: both now the one check
+    (["grounding", "--dataset", "shapes", "--pipelines", "qgsa-tiles", "--tiles", "1", "--no-image-splitting"],
+     "error: qgsa-tiles chooses among the tiles of a split image, and --no-image-splitting gives one view: drop "
+     "--no-image-splitting"),
+    (["grounding", "--dataset", "shapes", "--pipelines", "qgsa-tiles", "--tiles", "1", "--resolution", "64"],
+     "error: qgsa-tiles chooses among the tiles of a split image, and --resolution 64 gives one view: drop "
+     "--resolution 64"),
 ])
 def test_a_tile_selectors_options_are_checked_before_the_model_loads(tmp_path, no_model, monkeypatch, args, words):
     """What the options alone settle for a tile selector (no budget in ask / eval; one view asked for) is refused
     before the weights load (found by the fresh-user trial of session seven: 10-13 s of loading smolvlm-256m first)."""
     monkeypatch.setattr("qgsa_bench.experiments.evaluate.build", _no_model)
+    monkeypatch.setattr("qgsa_bench.experiments.grounding.build", _no_model)
     image = tmp_path / "photo.png"
     from PIL import Image
 

@@ -54,7 +54,7 @@ from qgsa_bench.experiments.grounding_views import GLOBAL_VIEW_RULE, TILE_ORACLE
 from qgsa_bench.metrics import (box_centres, centres_share_in_box, hull_iou, oracle_patches, pointing_hit,
                                 share_in_box)
 from qgsa_bench.results import run_meta
-from qgsa_bench.run.inputs import choose_input, describe_input
+from qgsa_bench.run.inputs import check_tile_options, choose_input, describe_input
 from qgsa_bench.run.spec import check_options, parse_spec, parse_specs
 
 ORACLE = "oracle"  # at k = b patches (beside the patch-level pipelines)
@@ -158,9 +158,7 @@ class GroundingConfig:
         for spec in self.specs:
             grounded(spec)
         choosers = [s.text for s in self.specs if s.at_tiles]
-        if choosers and self.image_splitting is False:
-            raise QGSAError(f"{choosers[0]} chooses among the tiles of a split image: add --image-splitting (the "
-                            f"model's own views), or drop it from --pipelines")
+        check_tile_options(self.specs, split=self.image_splitting, resolution=self.resolution, needs_k=False)
         if choosers and not self.tiles:
             raise QGSAError(f"{choosers[0]} needs budgets in tiles: give --tiles T1 T2 ... (--budgets and --k count "
                             f"the other selectors' visual tokens)")
